@@ -1,0 +1,60 @@
+"""Process-wide settings: ``ht.config.transfer_guard = "log"`` and friends."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+_GUARDS = ("allow", "log", "disallow")
+
+
+class Config:
+    """Settings read by every stage. Attributes:
+
+    transfer_guard: what an implicit copy between memory spaces in eager mode does:
+        "allow" (default), "log" (log it) or "disallow" (raise TransferGuardError).
+    strict_placement: turn a soft-placement fallback (an op with no kernel on its annotated
+        device) into a PlacementError, like ONNX Runtime's disable_cpu_ep_fallback.
+    checks: run the verifier after every pass (``HETERO_CHECKS=1``).
+    log_device_placement: log node, device and reason as placement happens
+        (``HETERO_LOG_DEVICE_PLACEMENT=1``).
+    machine: the Machine eager mode and ``@function`` use; ``Machine.detect()`` when unset.
+    """
+
+    def __init__(self) -> None:
+        self._transfer_guard = "allow"
+        self.strict_placement = False
+        self.checks = os.environ.get("HETERO_CHECKS", "") not in ("", "0")
+        self.log_device_placement = os.environ.get("HETERO_LOG_DEVICE_PLACEMENT", "") not in ("", "0")
+        self._machine: Any = None
+
+    @property
+    def transfer_guard(self) -> str:
+        return self._transfer_guard
+
+    @transfer_guard.setter
+    def transfer_guard(self, value: str) -> None:
+        if value not in _GUARDS:
+            from hetero.errors import HeteroError
+
+            raise HeteroError(f"transfer_guard must be one of {', '.join(_GUARDS)}, got {value!r}")
+        self._transfer_guard = value
+
+    @property
+    def machine(self) -> Any:
+        if self._machine is None:
+            from hetero.devices import Machine
+
+            self._machine = Machine.detect()
+        return self._machine
+
+    @machine.setter
+    def machine(self, value: Any) -> None:
+        if isinstance(value, str):
+            from hetero.devices import Machine
+
+            value = Machine.parse(value)
+        self._machine = value
+
+
+config = Config()

@@ -1,0 +1,8 @@
+"""Every op as a function: ``ht.ops.add(a, b)``, ``ht.ops.conv2d(x, w, strides=(2, 2))``.
+
+Importing this package registers every op family in ``hetero.ops.registry``. Each public function
+runs eagerly, or records a node inside ``@hetero.function``; each takes ``device=`` to annotate.
+"""
+
+from hetero.ops.elementwise import add, mul, sub  # noqa: F401
+from hetero.ops.registry import REGISTRY, Cost, Op, lookup  # noqa: F401

@@ -1,0 +1,200 @@
+"""The op registry: one ``Op`` entry per operation, holding everything about it.
+
+An entry has the attribute schema, shape and dtype inference, a cost formula, and kernels. A kernel
+is written once against the array namespace of its inputs::
+
+    def kernel(xp, ins, attrs, outs) -> None
+
+where ``xp`` is ``numpy`` on the CPU and the simulated GPU and ``cupy`` on a CUDA GPU, ``ins`` are
+the input arrays, and ``outs`` are preallocated output arrays the kernel must fill (``out=`` or
+``outs[0][...] = ...``). Backend-specific kernels (cuDNN, ``kernels/*.cu``) override the shared one
+for their backend in ``Op.kernels``. Which backend has a kernel for an op is a question this
+registry answers, so the placer never imports a backend.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hetero.errors import ShapeError, UnknownOpError
+from hetero.graph import Attrs, Node, TensorSpec
+
+#: Every backend name the project knows. "sim" is the simulated GPU: it has the same kernel set as
+#: "cupy", so placement on a simulated machine is placement on a real one.
+BACKENDS = ("numpy", "cupy", "sim")
+GPU_BACKENDS = frozenset({"cupy", "sim"})
+
+#: Op classes: the simulated GPU and the roofline cost model rate each class separately.
+OP_CLASSES = ("elementwise", "matmul", "conv", "reduce", "data", "norm")
+
+Kernel = Callable[[Any, Sequence[Any], Attrs, Sequence[Any]], None]
+Infer = Callable[[tuple[TensorSpec, ...], Attrs], tuple[TensorSpec, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """Work of one node: floating-point operations and bytes moved to and from memory."""
+
+    flops: float = 0.0
+    bytes: float = 0.0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.flops + other.flops, self.bytes + other.bytes)
+
+
+REQUIRED = object()  # attribute schema marker: no default
+
+
+def default_cost(ins: tuple[TensorSpec, ...], outs: tuple[TensorSpec, ...], attrs: Attrs) -> Cost:
+    """One flop per output element; every input and output read or written once."""
+    return Cost(flops=float(sum(s.size for s in outs)),
+                bytes=float(sum(s.nbytes for s in ins) + sum(s.nbytes for s in outs)))
+
+
+@dataclass(eq=False)
+class Op:
+    """One operation: schema, inference, cost and kernels.
+
+    Attributes:
+        name: registry name ("matmul").
+        infer: ``(input specs, attrs) -> output specs``; raises ShapeError on invalid inputs.
+        kernel: the array-namespace kernel shared by every backend in ``backends``.
+        arity: (min, max) number of inputs; max None means variadic.
+        attrs: attribute schema, name -> default (``REQUIRED`` for none).
+        cost: ``(input specs, output specs, attrs) -> Cost``.
+        op_class: what the cost model and the simulated GPU rate this op as.
+        backends: backends on which the op has a kernel.
+        kernels: backend-specific kernels that replace ``kernel`` on that backend.
+        doc: one line for the docs.
+    """
+
+    name: str
+    infer: Infer
+    kernel: Kernel | None
+    arity: tuple[int, int | None] = (1, 1)
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    cost: Callable[..., Cost] = default_cost
+    op_class: str = "elementwise"
+    backends: frozenset[str] = frozenset(BACKENDS)
+    kernels: dict[str, Kernel] = field(default_factory=dict)
+    doc: str = ""
+
+    def kernel_for(self, backend: str) -> Kernel | None:
+        """The kernel that runs this op on ``backend``, or None if it has none there."""
+        if backend not in self.backends:
+            return None
+        return self.kernels.get(backend, self.kernel)
+
+    def has_kernel(self, backend: str) -> bool:
+        return self.kernel_for(backend) is not None
+
+    def normalize_attrs(self, attrs: Mapping[str, Any] | None, label: str = "") -> Attrs:
+        """Fill defaults and refuse unknown or missing attributes."""
+        attrs = dict(attrs or {})
+        unknown = sorted(set(attrs) - set(self.attrs))
+        who = label or self.name
+        if unknown:
+            raise ShapeError(f"{who}: unknown attribute(s) {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(self.attrs)) or 'none'})")
+        out = {}
+        for key, default in self.attrs.items():
+            if key in attrs and attrs[key] is not None:
+                out[key] = attrs[key]
+            elif default is REQUIRED:
+                raise ShapeError(f"{who}: missing required attribute {key!r}")
+            else:
+                out[key] = default
+        return Attrs(out)
+
+    def infer_specs(self, ins: tuple[TensorSpec, ...], attrs: Attrs) -> tuple[TensorSpec, ...]:
+        lo, hi = self.arity
+        if len(ins) < lo or (hi is not None and len(ins) > hi):
+            want = f"{lo}" if lo == hi else f"{lo} to {hi if hi is not None else 'any'}"
+            raise ShapeError(f"{self.name} takes {want} inputs, got {len(ins)}")
+        return tuple(self.infer(tuple(ins), attrs))
+
+    def cost_of(self, ins: tuple[TensorSpec, ...], outs: tuple[TensorSpec, ...],
+                attrs: Attrs) -> Cost:
+        return self.cost(ins, outs, attrs)
+
+
+REGISTRY: dict[str, Op] = {}
+
+
+def register(op: Op) -> Op:
+    if op.name in REGISTRY:
+        raise ValueError(f"op {op.name!r} registered twice")
+    if op.op_class not in OP_CLASSES:
+        raise ValueError(f"op {op.name!r}: unknown op class {op.op_class!r}")
+    REGISTRY[op.name] = op
+    return op
+
+
+def lookup(name: str, node: Node | None = None) -> Op:
+    """The registry entry for ``name``; an ``UnknownOpError`` that suggests close names if none."""
+    op = REGISTRY.get(name)
+    if op is not None:
+        return op
+    _ensure_loaded()
+    op = REGISTRY.get(name)
+    if op is not None:
+        return op
+    close = difflib.get_close_matches(name, REGISTRY, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    who = f"{node.label}: " if node is not None else ""
+    raise UnknownOpError(f"{who}unknown op {name!r}{hint}")
+
+
+def has_kernel(op_name: str, backend: str) -> bool:
+    """Does ``op_name`` have a kernel on ``backend``? (Graph-level ops such as "input",
+    "constant" and "transfer" run everywhere.)"""
+    if op_name in STRUCTURAL_OPS:
+        return True
+    return lookup(op_name).has_kernel(backend)
+
+
+#: Ops that are part of the graph's structure rather than computation; every device has them.
+STRUCTURAL_OPS = frozenset({"input", "constant", "transfer"})
+
+
+def _ensure_loaded() -> None:
+    import hetero.ops  # noqa: F401  (importing the package registers every op family)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers shared by the op families
+
+
+def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """NumPy broadcasting of shapes, with a ShapeError that shows them."""
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise ShapeError(
+            "shapes " + ", ".join(str(tuple(s)) for s in shapes) + " cannot be broadcast together"
+        ) from None
+
+
+def same_dtype(ins: Sequence[TensorSpec], what: str = "inputs") -> np.dtype:
+    """The common dtype of ``ins``; ONNX requires them equal, and so do we."""
+    dtypes = {s.dtype for s in ins}
+    if len(dtypes) > 1:
+        raise ShapeError(f"{what} have different dtypes "
+                         f"({', '.join(sorted(d.name for d in dtypes))}); cast one first")
+    return ins[0].dtype
+
+
+def require_float(spec: TensorSpec, opname: str) -> None:
+    if spec.dtype.kind != "f":
+        raise ShapeError(f"{opname} needs a floating-point input, got {spec.dtype.name}")
+
+
+def normalize_axis(axis: int, ndim: int, opname: str = "") -> int:
+    if not -ndim <= axis < max(ndim, 1):
+        raise ShapeError(f"{opname} axis {axis} is out of range for rank {ndim}")
+    return axis % max(ndim, 1)

@@ -1,0 +1,62 @@
+"""The sequential reference executor: the simplest correct way to run a Graph.
+
+Every node runs in graph order on the host with the NumPy kernel of its op, each output in a fresh
+buffer. Device annotations are ignored and ``transfer`` nodes are copies. Every other executor must
+produce what this one produces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from hetero.errors import ExecutionError, HeteroError, ShapeError
+from hetero.graph import Graph, TensorSpec
+
+
+def check_inputs(graph: Graph, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Refuse inputs whose count, shape or dtype differ from the graph's, before anything runs."""
+    if len(inputs) != len(graph.inputs):
+        raise ShapeError(f"graph {graph.name!r} takes {len(graph.inputs)} inputs "
+                         f"({', '.join(graph.inputs)}), got {len(inputs)}")
+    arrays = []
+    for name, x in zip(graph.inputs, inputs):
+        want = graph.node(name).outputs[0]
+        arr = np.asarray(x)
+        got = TensorSpec.of(arr)
+        if got != want:
+            raise ShapeError(f"input {name!r} of graph {graph.name!r} must be {want}, got {got}")
+        arrays.append(arr)
+    return arrays
+
+
+def run(graph: Graph, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Run ``graph`` on ``inputs`` and return its outputs as NumPy arrays."""
+    from hetero.ops.registry import lookup
+
+    arrays = check_inputs(graph, inputs)
+    env: dict[str, tuple[np.ndarray, ...]] = dict(
+        zip(graph.inputs, ((a,) for a in arrays))
+    )
+    for node in graph.nodes:
+        if node.op == "input":
+            continue
+        if node.op == "constant":
+            env[node.name] = (graph.constants[node.name],)
+            continue
+        ins = [env[v.node][v.index] for v in node.inputs]
+        if node.op == "transfer":
+            env[node.name] = (np.array(ins[0], copy=True),)
+            continue
+        op = lookup(node.op, node)
+        outs = tuple(np.empty(s.shape, s.dtype) for s in node.outputs)
+        try:
+            op.kernel_for("numpy")(np, ins, node.attrs, outs)
+        except HeteroError:
+            raise
+        except Exception as exc:
+            raise ExecutionError(f"{node.label} failed on the reference executor: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        env[node.name] = outs
+    return [np.array(env[v.node][v.index], copy=True) for v in graph.outputs]

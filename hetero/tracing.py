@@ -1,0 +1,695 @@
+"""Eager tensors, device and colocation scopes, and graph mode (``@function``).
+
+One ``Tensor`` type serves both modes. An eager tensor holds a concrete array on a device; a traced
+tensor holds a ``Value`` of the graph being recorded. Every op goes through ``apply``: outside a
+trace it runs the op's kernel at once on the chosen device; inside a trace it records a ``Node``
+with the device annotation of the innermost scope and the user's source line.
+
+State: a thread-local stack of annotation scopes (device, soft, colocate) and a thread-local stack
+of active traces. A trace only records; it never runs kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import itertools
+import logging
+import os
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hetero.errors import DeviceError, HeteroError, ShapeError, TraceError, TransferGuardError, node_label
+from hetero.graph import Attrs, Graph, Node, TensorSpec, Value
+
+log = logging.getLogger("hetero.tracing")
+
+_HETERO_DIR = os.path.dirname(os.path.abspath(__file__))
+_local = threading.local()
+
+
+def _scopes() -> list[tuple[str | None, bool, str | None]]:
+    s = getattr(_local, "scopes", None)
+    if s is None:
+        s = _local.scopes = []
+    return s
+
+
+def _traces() -> list[Trace]:
+    t = getattr(_local, "traces", None)
+    if t is None:
+        t = _local.traces = []
+    return t
+
+
+def user_line() -> str | None:
+    """``file:line`` of the innermost stack frame outside the hetero package."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if not os.path.abspath(path).startswith(_HETERO_DIR) and "contextlib" not in path:
+            return f"{os.path.basename(path)}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Scopes
+
+
+@contextlib.contextmanager
+def device(name: str, *, soft: bool = False) -> Iterator[None]:
+    """Run (or record) the ops inside on device ``name`` ("cpu:0", "gpu:1").
+
+    Scopes nest; the innermost wins. ``soft=True`` lets the placer override the annotation.
+    """
+    from hetero.devices import normalize_device
+
+    name = normalize_device(name)
+    stack = _scopes()
+    _, _, col = stack[-1] if stack else (None, False, None)
+    stack.append((name, soft, col))
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+@contextlib.contextmanager
+def colocate(group: str) -> Iterator[None]:
+    """Nodes created inside share one device, whatever the placer decides."""
+    if not isinstance(group, str) or not group:
+        raise HeteroError(f"a colocation group is a non-empty string, got {group!r}")
+    stack = _scopes()
+    dev, soft, _ = stack[-1] if stack else (None, False, None)
+    stack.append((dev, soft, group))
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def current_annotation() -> tuple[str | None, bool, str | None]:
+    stack = _scopes()
+    return stack[-1] if stack else (None, False, None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tensor
+
+
+class Tensor:
+    """A tensor: eager (a concrete array on a device) or traced (a value of a graph being built)."""
+
+    __slots__ = ("_data", "_device", "_trace", "_value", "_spec", "__weakref__")
+    __array_priority__ = 100  # so ndarray + Tensor calls Tensor.__radd__
+
+    def __init__(self, data: Any = None, device: str | None = None, *, _trace: Trace | None = None,
+                 _value: Value | None = None, _spec: TensorSpec | None = None) -> None:
+        self._data = data
+        self._device = device
+        self._trace = _trace
+        self._value = _value
+        self._spec = _spec if _spec is not None else TensorSpec.of(data)
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def spec(self) -> TensorSpec:
+        return self._spec
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._spec.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._spec.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self._spec.ndim
+
+    @property
+    def size(self) -> int:
+        return self._spec.size
+
+    @property
+    def device(self) -> str | None:
+        """The device an eager tensor lives on (None for a traced tensor)."""
+        return self._device
+
+    @property
+    def is_traced(self) -> bool:
+        return self._trace is not None
+
+    def numpy(self) -> np.ndarray:
+        """The value as a NumPy array on the host."""
+        if self._trace is not None:
+            raise TraceError(f"{user_line()}: .numpy() on a traced value: inside @function there "
+                             "is no value yet; return the tensor from the function instead")
+        from hetero.config import config
+
+        return config.machine.device(self._device).to_host(self._data)
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self.numpy()
+        return arr if dtype is None else arr.astype(dtype)
+
+    def __repr__(self) -> str:
+        if self._trace is not None:
+            return f"Tensor<traced {self._value} {self._spec}>"
+        body = np.array2string(self.numpy(), separator=", ", prefix="Tensor(")
+        return f"Tensor({body}, dtype={self.dtype.name}, device={self._device!r})"
+
+    # -- Python protocols that would need a value -----------------------------------------------
+
+    def _no_value(self, what: str) -> TraceError:
+        return TraceError(
+            f"{user_line()}: {what} on a traced value: Python control flow cannot depend on a "
+            "value inside @function (the graph is traced once, not run). Use "
+            "ht.ops.where(cond, a, b) to choose between values, or pass the flag as a plain "
+            "Python argument.")
+
+    def __bool__(self) -> bool:
+        if self._trace is not None:
+            raise self._no_value("bool() (an `if`, `while`, `and`/`or`)")
+        return bool(self.numpy())
+
+    def __int__(self) -> int:
+        if self._trace is not None:
+            raise self._no_value("int()")
+        return int(self.numpy())
+
+    def __float__(self) -> float:
+        if self._trace is not None:
+            raise self._no_value("float()")
+        return float(self.numpy())
+
+    def __index__(self) -> int:
+        if self._trace is not None:
+            raise self._no_value("using a tensor as an index")
+        return int(self.numpy())
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __iter__(self):
+        if not self.shape:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.shape[0]))
+
+    __hash__ = object.__hash__
+
+    # -- operators ------------------------------------------------------------------------------
+
+    def __add__(self, o): return _ops().add(self, o)
+    def __radd__(self, o): return _ops().add(o, self)
+    def __sub__(self, o): return _ops().sub(self, o)
+    def __rsub__(self, o): return _ops().sub(o, self)
+    def __mul__(self, o): return _ops().mul(self, o)
+    def __rmul__(self, o): return _ops().mul(o, self)
+    def __truediv__(self, o): return _ops().div(self, o)
+    def __rtruediv__(self, o): return _ops().div(o, self)
+    def __pow__(self, o): return _ops().pow(self, o)
+    def __rpow__(self, o): return _ops().pow(o, self)
+    def __matmul__(self, o): return _ops().matmul(self, o)
+    def __rmatmul__(self, o): return _ops().matmul(o, self)
+    def __neg__(self): return _ops().neg(self)
+    def __pos__(self): return self
+    def __abs__(self): return _ops().abs(self)
+    def __gt__(self, o): return _ops().greater(self, o)
+    def __lt__(self, o): return _ops().less(self, o)
+    def __ge__(self, o): return _ops().greater_equal(self, o)
+    def __le__(self, o): return _ops().less_equal(self, o)
+
+    @property
+    def T(self) -> Tensor:
+        return _ops().transpose(self)
+
+    def reshape(self, *shape) -> Tensor:
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return _ops().reshape(self, shape)
+
+    def transpose(self, *perm) -> Tensor:
+        if len(perm) == 1 and isinstance(perm[0], (tuple, list)):
+            perm = tuple(perm[0])
+        return _ops().transpose(self, perm or None)
+
+    def sum(self, axis=None, keepdims: bool = False) -> Tensor:
+        return _ops().sum(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims: bool = False) -> Tensor:
+        return _ops().mean(self, axis=axis, keepdims=keepdims)
+
+    def max(self, axis=None, keepdims: bool = False) -> Tensor:
+        return _ops().max(self, axis=axis, keepdims=keepdims)
+
+    def min(self, axis=None, keepdims: bool = False) -> Tensor:
+        return _ops().min(self, axis=axis, keepdims=keepdims)
+
+    def astype(self, dtype) -> Tensor:
+        return _ops().cast(self, dtype)
+
+    def __getitem__(self, key) -> Tensor:
+        return _ops().getitem(self, key)
+
+
+def _ops():
+    import hetero.ops as ops
+
+    return ops
+
+
+def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
+    """An eager tensor from an array-like, on ``device`` (or the innermost device scope, or cpu:0).
+
+    Python floats become float32 and Python ints int64 unless ``dtype`` says otherwise.
+    """
+    if isinstance(data, Tensor):
+        data = data.numpy()
+    arr = np.asarray(data, dtype=dtype)
+    if dtype is None and arr.dtype == np.float64 and not isinstance(data, np.ndarray):
+        arr = arr.astype(np.float32)
+    from hetero.config import config
+    from hetero.devices import normalize_device
+
+    name = normalize_device(device) if device else (current_annotation()[0] or "cpu:0")
+    dev = config.machine.device(name)
+    return Tensor(dev.from_host(arr), dev.name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tracing
+
+
+class Trace:
+    """A graph under construction: nodes in creation order (which is topological)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.nodes: list[Node] = []
+        self.constants: dict[str, np.ndarray] = {}
+        self.inputs: list[str] = []
+        self._counter = itertools.count()
+        self._const_ids: dict[int, Value] = {}
+
+    def fresh(self, prefix: str) -> str:
+        """A node name not used yet in this trace."""
+        return f"{prefix}_{next(self._counter)}"
+
+    def add_input(self, spec: TensorSpec, name: str, device: str | None) -> Tensor:
+        node = Node(name=name, op="input", outputs=(spec,), device=device,
+                    soft=True, where=None)
+        self.nodes.append(node)
+        self.inputs.append(node.name)
+        return Tensor(_trace=self, _value=node.value(), _spec=spec)
+
+    def add_constant(self, array: np.ndarray, where: str | None) -> Value:
+        key = id(array)
+        if key in self._const_ids and self.constants[self._const_ids[key].node] is array:
+            return self._const_ids[key]
+        arr = np.array(array, copy=True)
+        arr.flags.writeable = False
+        dev, soft, col = current_annotation()
+        node = Node(name=self.fresh("constant"), op="constant", outputs=(TensorSpec.of(arr),),
+                    device=dev, soft=True, colocate=col, where=where)
+        self.nodes.append(node)
+        self.constants[node.name] = arr
+        value = node.value()
+        if array is not arr:
+            self._const_ids[key] = value
+            self.constants[node.name] = arr
+        return value
+
+    def graph(self, outputs: Sequence[Value]) -> Graph:
+        return Graph(tuple(self.nodes), tuple(self.inputs), tuple(outputs), self.constants,
+                     name=self.name)
+
+
+def _weak_dtype(inputs: Sequence[Any]) -> np.dtype | None:
+    """The dtype Python scalars take: that of the first tensor or array among the inputs."""
+    for x in inputs:
+        if isinstance(x, Tensor):
+            return x.dtype
+        if isinstance(x, np.ndarray):
+            return x.dtype
+    return None
+
+
+def _scalar_array(x: Any, like: np.dtype | None) -> np.ndarray:
+    if like is not None and not (isinstance(x, float) and like.kind in "iub"):
+        return np.asarray(x, dtype=like)
+    if isinstance(x, bool):
+        return np.asarray(x)
+    if isinstance(x, int):
+        return np.asarray(x, dtype=np.int64)
+    return np.asarray(x, dtype=np.float32)
+
+
+def apply(op_name: str, inputs: Sequence[Any], attrs: dict[str, Any] | None = None, *,
+          device: str | None = None, soft: bool | None = None) -> Any:
+    """Run op ``op_name`` eagerly, or record it in the active trace.
+
+    Returns one Tensor, or a tuple of Tensors for ops with several outputs.
+    """
+    from hetero.ops.registry import lookup
+
+    op = lookup(op_name)
+    where = user_line()
+    dev, scope_soft, col = current_annotation()
+    if device is not None:
+        from hetero.devices import normalize_device
+
+        dev, scope_soft = normalize_device(device), False
+    soft = scope_soft if soft is None else soft
+    attrs = op.normalize_attrs(attrs, node_label(op_name, op_name, where))
+
+    traces = _traces()
+    trace = traces[-1] if traces else None
+    if trace is None:
+        for x in inputs:
+            if isinstance(x, Tensor) and x._trace is not None:
+                raise TraceError(f"{where}: a traced value escaped its @function and is used "
+                                 "outside it (store results by returning them)")
+        return _run_eager(op, inputs, attrs, dev, where)
+    return _record(trace, op, inputs, attrs, dev, soft, col, where)
+
+
+def _record(trace: Trace, op, inputs, attrs: Attrs, dev, soft, col, where) -> Any:
+    like = _weak_dtype(inputs)
+    values: list[Value] = []
+    specs: list[TensorSpec] = []
+    for x in inputs:
+        if isinstance(x, Tensor):
+            if x._trace is None:
+                v = trace.add_constant(x.numpy(), where)
+            elif x._trace is not trace:
+                raise TraceError(f"{where}: a value traced by another @function is used here")
+            else:
+                v = x._value
+            values.append(v)
+            specs.append(x.spec)
+        else:
+            arr = x if isinstance(x, np.ndarray) else _scalar_array(x, like)
+            v = trace.add_constant(arr, where)
+            values.append(v)
+            specs.append(TensorSpec.of(arr))
+    name = trace.fresh(op.name)
+    try:
+        out_specs = op.infer_specs(tuple(specs), attrs)
+    except ShapeError as exc:
+        raise ShapeError(f"{node_label(name, op.name, where)}: {exc}") from None
+    node = Node(name=name, op=op.name, inputs=tuple(values), attrs=attrs, outputs=out_specs,
+                device=dev, soft=soft if dev else False, colocate=col, where=where)
+    trace.nodes.append(node)
+    outs = tuple(Tensor(_trace=trace, _value=Value(name, i), _spec=s)
+                 for i, s in enumerate(out_specs))
+    return outs[0] if len(outs) == 1 else outs
+
+
+def _run_eager(op, inputs, attrs: Attrs, dev: str | None, where: str | None) -> Any:
+    from hetero.config import config
+
+    machine = config.machine
+    if dev is None:
+        dev = next((x._device for x in inputs if isinstance(x, Tensor)), "cpu:0")
+    try:
+        target = machine.device(dev)
+    except DeviceError as exc:
+        raise DeviceError(f"{node_label(op.name, op.name, where)}: {exc}") from None
+    like = _weak_dtype(inputs)
+    arrays = []
+    for x in inputs:
+        if isinstance(x, Tensor):
+            arrays.append(_move(x, target, machine, op.name, where))
+        elif isinstance(x, np.ndarray):
+            arrays.append(target.from_host(x))
+        else:
+            arrays.append(target.from_host(_scalar_array(x, like)))
+    specs = tuple(TensorSpec.of(a) for a in arrays)
+    try:
+        out_specs = op.infer_specs(specs, attrs)
+    except ShapeError as exc:
+        raise ShapeError(f"{node_label(op.name, op.name, where)}: {exc}") from None
+    kernel_ok = op.has_kernel(target.backend)
+    if not kernel_ok:
+        raise DeviceError(f"{node_label(op.name, op.name, where)}: op {op.name} has no kernel on "
+                          f"{target.name} ({target.backend})")
+    outs = [target.empty(s) for s in out_specs]
+    try:
+        target.run_kernel(op, arrays, attrs, outs)
+    except HeteroError:
+        raise
+    except Exception as exc:
+        from hetero.errors import ExecutionError
+
+        raise ExecutionError(f"{node_label(op.name, op.name, where)} failed on {target.name}: "
+                             f"{type(exc).__name__}: {exc}") from exc
+    result = tuple(Tensor(o, target.name, _spec=s) for o, s in zip(outs, out_specs))
+    return result[0] if len(result) == 1 else result
+
+
+def _move(x: Tensor, target, machine, opname: str, where: str | None) -> Any:
+    if x._device == target.name:
+        return x._data
+    src = machine.device(x._device)
+    if src.memory_space == target.memory_space:
+        return x._data
+    from hetero.config import config
+
+    guard = config.transfer_guard
+    msg = (f"{node_label(opname, opname, where)}: implicit copy of {x.spec} from {src.name} to "
+           f"{target.name}")
+    if guard == "disallow":
+        raise TransferGuardError(msg + " (ht.config.transfer_guard is 'disallow'; move it "
+                                 "explicitly with ht.ops.to_device)")
+    if guard == "log":
+        log.warning(msg)
+    copy = getattr(machine, "copy", None)
+    if copy is not None:
+        return copy(x._data, src, target)
+    return target.from_host(src.to_host(x._data))
+
+
+# ----------------------------------------------------------------------------------------------
+# Graph mode
+
+
+@dataclass(frozen=True)
+class _ArgSig:
+    kind: str  # "tensor" | "static"
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None
+    device: str | None = None
+    static: Any = None
+
+
+def _signature(args: Sequence[Any]) -> tuple[_ArgSig, ...]:
+    sig = []
+    for a in args:
+        if isinstance(a, Tensor):
+            if a._trace is not None:
+                raise TraceError("calling an @function with a traced value of another trace")
+            sig.append(_ArgSig("tensor", a.shape, a.dtype.name, a.device))
+        elif isinstance(a, np.ndarray):
+            sig.append(_ArgSig("tensor", tuple(a.shape), a.dtype.name, "cpu:0"))
+        else:
+            try:
+                hash(a)
+            except TypeError:
+                raise TraceError(f"argument {a!r} of type {type(a).__name__} is neither a tensor "
+                                 "nor a hashable static value") from None
+            sig.append(_ArgSig("static", static=a))
+    return tuple(sig)
+
+
+def _explain_retrace(names: Sequence[str], old: tuple[_ArgSig, ...],
+                     new: tuple[_ArgSig, ...]) -> str:
+    changes = []
+    for i, (a, b) in enumerate(zip(old, new)):
+        label = names[i] if i < len(names) else f"#{i}"
+        if a.kind != b.kind:
+            changes.append(f"argument {label} changed from {a.kind} to {b.kind}")
+            continue
+        for what in ("shape", "dtype", "device", "static"):
+            va, vb = getattr(a, what), getattr(b, what)
+            if va != vb:
+                noun = "value" if what == "static" else what
+                changes.append(f"argument {label} changed {noun} {va} -> {vb}")
+    if len(old) != len(new):
+        changes.append(f"number of arguments changed {len(old)} -> {len(new)}")
+    return "; ".join(changes) or "new signature"
+
+
+def _flatten(obj: Any) -> tuple[list[Any], Callable[[list[Any]], Any]]:
+    """Flatten nested tuples/lists/dicts of leaves; return leaves and a rebuild function."""
+    if isinstance(obj, (tuple, list)):
+        parts = [_flatten(o) for o in obj]
+        leaves = [leaf for p in parts for leaf in p[0]]
+        sizes = [len(p[0]) for p in parts]
+
+        def rebuild(xs):
+            out, i = [], 0
+            for (_, rb), n in zip(parts, sizes):
+                out.append(rb(xs[i:i + n]))
+                i += n
+            return type(obj)(out) if isinstance(obj, list) else tuple(out)
+        return leaves, rebuild
+    if isinstance(obj, dict):
+        keys = list(obj)
+        leaves, rb = _flatten([obj[k] for k in keys])
+        return leaves, lambda xs: dict(zip(keys, rb(xs)))
+    return [obj], lambda xs: xs[0]
+
+
+class _Traced:
+    """One entry of a Function's trace cache."""
+
+    def __init__(self, graph: Graph, rebuild: Callable[[list[Any]], Any],
+                 out_kinds: list[str]) -> None:
+        self.graph = graph
+        self.rebuild = rebuild
+        self.out_kinds = out_kinds
+        self.runner: Any = None
+
+
+class Function:
+    """A Python function in graph mode: traced once per input signature, then the graph runs.
+
+    Tensor arguments (``ht.Tensor`` or NumPy arrays) become graph inputs; any other argument is a
+    static Python value that is part of the signature (a changed value retraces).
+    """
+
+    #: more traces than this of one function warn (as tf.function does)
+    max_traces = 5
+
+    def __init__(self, fn: Callable[..., Any], *, machine: Any = None, policy: str = "heft",
+                 name: str | None = None) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.machine = machine
+        self.policy = policy
+        self.name = name or fn.__name__
+        self._cache: dict[tuple[_ArgSig, ...], _Traced] = {}
+        self._lock = threading.Lock()
+        self.trace_count = 0
+        try:
+            self._argnames = list(inspect.signature(fn).parameters)
+        except (TypeError, ValueError):
+            self._argnames = []
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        return functools.partial(self, obj)
+
+    def _traced(self, args: Sequence[Any]) -> tuple[tuple[_ArgSig, ...], _Traced]:
+        sig = _signature(args)
+        entry = self._cache.get(sig)
+        if entry is not None:
+            return sig, entry
+        with self._lock:
+            entry = self._cache.get(sig)
+            if entry is not None:
+                return sig, entry
+            if self._cache:
+                old = min(self._cache, key=lambda s: len(_explain_retrace(self._argnames, s, sig)))
+                reason = _explain_retrace(self._argnames, old, sig)
+                log.info("retracing %s: %s", self.name, reason)
+            else:
+                reason = "first call"
+                log.debug("tracing %s: first call", self.name)
+            entry = self._trace(args)
+            self._cache[sig] = entry
+            self.trace_count += 1
+            if self.trace_count > self.max_traces:
+                warnings.warn(
+                    f"@function {self.name} has been traced {self.trace_count} times (last "
+                    f"because {reason}); tracing is expensive. Pass tensors of fixed shape, "
+                    "or avoid passing changing Python values.", stacklevel=4)
+        return sig, entry
+
+    def _trace(self, args: Sequence[Any]) -> _Traced:
+        trace = Trace(self.name)
+        call_args = []
+        for i, a in enumerate(args):
+            if isinstance(a, (Tensor, np.ndarray)):
+                name = self._argnames[i] if i < len(self._argnames) else f"arg{i}"
+                dev = a.device if isinstance(a, Tensor) else None
+                call_args.append(trace.add_input(TensorSpec.of(a), name, dev))
+            else:
+                call_args.append(a)
+        _traces().append(trace)
+        try:
+            result = self.fn(*call_args)
+        finally:
+            _traces().pop()
+        leaves, rebuild = _flatten(result)
+        outputs, kinds = [], []
+        for leaf in leaves:
+            if isinstance(leaf, Tensor) and leaf._trace is trace:
+                outputs.append(leaf._value)
+                kinds.append("tensor")
+            elif isinstance(leaf, (Tensor, np.ndarray)) or np.isscalar(leaf):
+                # a value that does not depend on the inputs still becomes a graph output
+                arr = leaf.numpy() if isinstance(leaf, Tensor) else np.asarray(leaf)
+                outputs.append(trace.add_constant(arr, None))
+                kinds.append("tensor")
+            else:
+                raise TraceError(f"@function {self.name} returned {type(leaf).__name__}; return "
+                                 "tensors (or tuples, lists, dicts of them)")
+        graph = trace.graph(outputs)
+        from hetero.config import config
+
+        if config.checks:
+            from hetero.graph import check
+
+            check(graph)
+        return _Traced(graph, rebuild, kinds)
+
+    def graph(self, *args: Any) -> Graph:
+        """The traced Graph for these arguments, without running it."""
+        return self._traced(args)[1].graph
+
+    def __call__(self, *args: Any) -> Any:
+        _, entry = self._traced(args)
+        if _traces():
+            # called from inside another trace: inline by tracing the Python function again
+            return self.fn(*args)
+        tensors = [a for a in args if isinstance(a, (Tensor, np.ndarray))]
+        arrays = [a.numpy() if isinstance(a, Tensor) else a for a in tensors]
+        if entry.runner is None:
+            entry.runner = self._make_runner(entry.graph)
+        outs = entry.runner(arrays)
+        return entry.rebuild([tensor_from_host(o) for o in outs])
+
+    def _make_runner(self, graph: Graph) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+        """How a traced graph runs. Compiled through the placement pipeline when it exists."""
+        from hetero import reference
+
+        return lambda arrays: reference.run(graph, arrays)
+
+
+def tensor_from_host(array: np.ndarray, device: str = "cpu:0") -> Tensor:
+    from hetero.config import config
+
+    dev = config.machine.device(device)
+    return Tensor(dev.from_host(np.asarray(array)), dev.name)
+
+
+def function(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
+    """Decorator: run ``fn`` in graph mode. ``@function`` or ``@function(machine=..., policy=...)``."""
+    if fn is None:
+        return lambda f: Function(f, **options)
+    return Function(fn, **options)
