@@ -2,7 +2,13 @@
 
 Importing this package registers every op family in ``hetero.ops.registry``. Each public function
 runs eagerly, or records a node inside ``@hetero.function``; each takes ``device=`` to annotate.
+Each family module lists its public functions in ``__all__``.
 """
 
-from hetero.ops.elementwise import add, mul, sub  # noqa: F401
+from hetero.ops.elementwise import *  # noqa: F403
+from hetero.ops.linalg import *  # noqa: F403
+from hetero.ops.misc import *  # noqa: F403
+from hetero.ops.nn import *  # noqa: F403
+from hetero.ops.reduce import *  # noqa: F403
 from hetero.ops.registry import REGISTRY, Cost, Op, lookup  # noqa: F401
+from hetero.ops.shape import *  # noqa: F403

@@ -6,6 +6,8 @@ from hetero.graph import TensorSpec
 from hetero.ops.registry import Op, broadcast_shapes, register, same_dtype
 from hetero.tracing import apply
 
+__all__ = ["add", "sub", "mul"]
+
 
 def _infer_binary(ins, attrs):
     dtype = same_dtype(ins)

@@ -1,0 +1,3 @@
+"""misc ops."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""reduce ops."""
+
+__all__: list[str] = []

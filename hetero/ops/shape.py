@@ -1,0 +1,3 @@
+"""shape ops."""
+
+__all__: list[str] = []
