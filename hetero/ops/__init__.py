@@ -12,3 +12,4 @@ from hetero.ops.nn import *  # noqa: F403
 from hetero.ops.reduce import *  # noqa: F403
 from hetero.ops.registry import REGISTRY, Cost, Op, lookup  # noqa: F401
 from hetero.ops.shape import *  # noqa: F403
+from hetero.ops.transfer import *  # noqa: F403

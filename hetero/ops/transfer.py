@@ -1,0 +1,3 @@
+"""Explicit device moves (to_device)."""
+
+__all__: list[str] = []
