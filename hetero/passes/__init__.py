@@ -1,0 +1,1 @@
+"""Graph passes: optimize, place, partition, schedule, memory (each a pure function)."""
