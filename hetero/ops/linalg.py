@@ -1,3 +1,136 @@
-"""linalg ops."""
+"""Matrix products: ``matmul`` (NumPy semantics, batch broadcasting) and ``gemm`` (ONNX Gemm).
 
-__all__: list[str] = []
+Both kernels call ``xp.matmul(..., out=)`` so the BLAS (or cuBLAS) writes straight into the
+preallocated output; transposes are strided views, never copies made here. ``gemm`` applies
+``alpha`` and adds ``beta * c`` in place on the output, skipping the passes for ``alpha == 1``,
+``beta == 1`` and a missing ``c``.
+"""
+
+from __future__ import annotations
+
+from hetero.errors import ShapeError
+from hetero.graph import TensorSpec
+from hetero.ops.registry import Cost, Op, broadcast_shapes, register, same_dtype
+from hetero.tracing import apply
+
+__all__ = ["matmul", "gemm"]
+
+
+def _matmul_shapes(a: tuple[int, ...], b: tuple[int, ...], name: str) -> tuple[int, ...]:
+    """Output shape of NumPy matmul; a ShapeError that shows both shapes."""
+    if not a or not b:
+        raise ShapeError(f"{name} needs inputs of rank >= 1, got shapes {a} and {b}")
+    a2 = (1,) + a if len(a) == 1 else a
+    b2 = b + (1,) if len(b) == 1 else b
+    if a2[-1] != b2[-2]:
+        raise ShapeError(f"shapes {a} and {b} do not align for {name} "
+                         f"({a2[-1]} (dim {len(a) - 1}) != {b2[-2]} (dim {max(len(b) - 2, 0)}))")
+    try:
+        batch = broadcast_shapes(a2[:-2], b2[:-2])
+    except ShapeError:
+        raise ShapeError(f"{name}: batch dimensions of shapes {a} and {b} cannot be broadcast "
+                         "together") from None
+    out = batch + (a2[-2], b2[-1])
+    if len(a) == 1:
+        out = out[:-2] + out[-1:]
+    if len(b) == 1:
+        out = out[:-1]
+    return out
+
+
+def _matmul_infer(ins, attrs):
+    a, b = ins
+    dtype = same_dtype(ins, "the inputs of matmul")
+    if dtype.kind not in "fiuc":
+        raise ShapeError(f"matmul does not take {dtype.name} inputs")
+    return (TensorSpec(_matmul_shapes(a.shape, b.shape, "matmul"), dtype),)
+
+
+def _matmul_cost(ins, outs, attrs):
+    k = ins[0].shape[-1]
+    return Cost(flops=2.0 * outs[0].size * k,
+                bytes=float(ins[0].nbytes + ins[1].nbytes + outs[0].nbytes))
+
+
+def _matmul_kernel(xp, ins, attrs, outs):
+    xp.matmul(ins[0], ins[1], out=outs[0])
+
+
+register(Op("matmul", _matmul_infer, _matmul_kernel, arity=(2, 2), cost=_matmul_cost,
+            op_class="matmul", doc="matrix product with NumPy semantics (batched, broadcast)"))
+
+
+def _gemm_infer(ins, attrs):
+    a, b = ins[0], ins[1]
+    dtype = same_dtype(ins, "the inputs of gemm")
+    if dtype.kind not in "fiuc":
+        raise ShapeError(f"gemm does not take {dtype.name} inputs")
+    if a.ndim != 2 or b.ndim != 2:
+        raise ShapeError(f"gemm needs 2-D a and b, got shapes {a.shape} and {b.shape}")
+    for flag in ("trans_a", "trans_b"):
+        if attrs[flag] not in (0, 1, True, False):
+            raise ShapeError(f"gemm {flag} must be 0 or 1, got {attrs[flag]!r}")
+    m, ka = a.shape[::-1] if attrs["trans_a"] else a.shape
+    kb, n = b.shape[::-1] if attrs["trans_b"] else b.shape
+    if ka != kb:
+        raise ShapeError(f"shapes {a.shape} and {b.shape} do not align for gemm with "
+                         f"trans_a={int(attrs['trans_a'])}, trans_b={int(attrs['trans_b'])} "
+                         f"({ka} != {kb})")
+    if len(ins) == 3:
+        c = ins[2]
+        try:
+            full = broadcast_shapes(c.shape, (m, n))
+        except ShapeError:
+            full = None
+        if full != (m, n):
+            raise ShapeError(f"gemm: c of shape {c.shape} cannot be broadcast to the product's "
+                             f"shape {(m, n)}")
+    return (TensorSpec((m, n), dtype),)
+
+
+def _gemm_cost(ins, outs, attrs):
+    a = ins[0]
+    k = a.shape[0] if attrs["trans_a"] else a.shape[1]
+    mn = outs[0].size
+    extra = (mn if attrs["alpha"] != 1 else 0) + (2 * mn if len(ins) == 3 else 0)
+    return Cost(flops=2.0 * mn * k + extra,
+                bytes=float(sum(s.nbytes for s in ins) + outs[0].nbytes))
+
+
+def _gemm_kernel(xp, ins, attrs, outs):
+    out = outs[0]
+    a, b = ins[0], ins[1]
+    xp.matmul(a.T if attrs["trans_a"] else a, b.T if attrs["trans_b"] else b, out=out)
+    alpha = attrs["alpha"]
+    if alpha != 1:
+        out *= out.dtype.type(alpha)
+    if len(ins) == 3:
+        beta = attrs["beta"]
+        if beta == 1:
+            out += ins[2]
+        elif beta != 0:
+            # beta * c costs one pass over c only (c is usually a bias row, much smaller)
+            out += ins[2] * ins[2].dtype.type(beta)
+
+
+register(Op("gemm", _gemm_infer, _gemm_kernel, arity=(2, 3), cost=_gemm_cost, op_class="matmul",
+            attrs={"alpha": 1.0, "beta": 1.0, "trans_a": 0, "trans_b": 0},
+            doc="alpha * a' @ b' + beta * c (ONNX Gemm)"))
+
+
+def matmul(a, b, *, device=None):
+    """Matrix product with NumPy semantics: 1-D operands are promoted, batch dims broadcast."""
+    return apply("matmul", (a, b), device=device)
+
+
+def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, trans_a=False, trans_b=False, device=None):
+    """``alpha * a' @ b' + beta * c`` for 2-D ``a``, ``b`` (ONNX Gemm).
+
+    Args:
+        c: optional addend, broadcast to the product's shape.
+        trans_a, trans_b: use the transpose of ``a`` / ``b``.
+    """
+    attrs = {"alpha": float(alpha), "beta": float(beta), "trans_a": int(bool(trans_a)),
+             "trans_b": int(bool(trans_b))}
+    ins = (a, b) if c is None else (a, b, c)
+    return apply("gemm", ins, attrs, device=device)
