@@ -1,3 +1,267 @@
-"""misc ops."""
+"""Ops that imported models need beyond the core families (ONNX semantics).
 
-__all__: list[str] = []
+Identity and inference-mode Dropout, the variadic sum ``add_n`` (ONNX Sum), the remaining ONNX
+activations (Elu, Selu, HardSigmoid, PRelu, Softplus, Softsign, Sign), Expand, Tile and
+InstanceNormalization. Kernels are written once against the array namespace ``xp``.
+"""
+
+from __future__ import annotations
+
+from hetero.errors import ShapeError
+from hetero.graph import TensorSpec
+from hetero.ops.registry import (
+    REQUIRED,
+    Cost,
+    Op,
+    broadcast_shapes,
+    register,
+    require_float,
+    same_dtype,
+)
+from hetero.tracing import apply
+
+__all__ = [
+    "identity", "dropout", "add_n", "elu", "selu", "hard_sigmoid", "prelu", "softplus",
+    "softsign", "sign", "expand", "tile", "instance_norm",
+]
+
+
+def _same(ins, attrs):
+    return (ins[0],)
+
+
+def _same_float(name: str):
+    def infer(ins, attrs):
+        require_float(ins[0], name)
+        return (ins[0],)
+    return infer
+
+
+def _copy_kernel(xp, ins, attrs, outs):
+    outs[0][...] = ins[0]
+
+
+def _copy_cost(ins, outs, attrs) -> Cost:
+    return Cost(flops=0.0, bytes=float(ins[0].nbytes + outs[0].nbytes))
+
+
+register(Op("identity", _same, _copy_kernel, cost=_copy_cost, op_class="data",
+            doc="a copy of x"))
+register(Op("dropout", _same_float("dropout"), _copy_kernel, attrs={"ratio": 0.5},
+            cost=_copy_cost, op_class="data", doc="inference-mode dropout: x unchanged"))
+
+
+def _infer_add_n(ins, attrs):
+    dtype = same_dtype(ins)
+    shapes = {s.shape for s in ins}
+    if len(shapes) > 1:
+        raise ShapeError(f"add_n needs inputs of one shape, got {sorted(shapes)}")
+    return (TensorSpec(ins[0].shape, dtype),)
+
+
+def _add_n_kernel(xp, ins, attrs, outs):
+    out = outs[0]
+    if len(ins) == 1:
+        out[...] = ins[0]
+        return
+    xp.add(ins[0], ins[1], out=out)
+    for x in ins[2:]:
+        xp.add(out, x, out=out)
+
+
+def _add_n_cost(ins, outs, attrs) -> Cost:
+    return Cost(flops=float(max(len(ins) - 1, 1) * outs[0].size),
+                bytes=float(sum(s.nbytes for s in ins) + outs[0].nbytes))
+
+
+register(Op("add_n", _infer_add_n, _add_n_kernel, arity=(1, None), cost=_add_n_cost,
+            doc="sum of any number of same-shape tensors (ONNX Sum)"))
+
+
+def _elu_kernel(xp, ins, attrs, outs):
+    x = ins[0]
+    outs[0][...] = xp.where(x > 0, x, attrs["alpha"] * xp.expm1(xp.minimum(x, 0)))
+
+
+def _selu_kernel(xp, ins, attrs, outs):
+    x = ins[0]
+    neg = attrs["alpha"] * xp.expm1(xp.minimum(x, 0))
+    outs[0][...] = attrs["gamma"] * xp.where(x > 0, x, neg)
+
+
+def _hard_sigmoid_kernel(xp, ins, attrs, outs):
+    xp.clip(attrs["alpha"] * ins[0] + attrs["beta"], 0, 1, out=outs[0])
+
+
+def _softplus_kernel(xp, ins, attrs, outs):
+    x = ins[0]
+    # log(1 + e^x) without overflow: max(x, 0) + log1p(e^-|x|)
+    outs[0][...] = xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))
+
+
+def _softsign_kernel(xp, ins, attrs, outs):
+    x = ins[0]
+    xp.divide(x, 1 + xp.abs(x), out=outs[0])
+
+
+def _sign_kernel(xp, ins, attrs, outs):
+    xp.sign(ins[0], out=outs[0])
+
+
+register(Op("elu", _same_float("elu"), _elu_kernel, attrs={"alpha": 1.0},
+            doc="x if x > 0 else alpha * (exp(x) - 1)"))
+register(Op("selu", _same_float("selu"), _selu_kernel,
+            attrs={"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875},
+            doc="gamma * (x if x > 0 else alpha * (exp(x) - 1))"))
+register(Op("hard_sigmoid", _same_float("hard_sigmoid"), _hard_sigmoid_kernel,
+            attrs={"alpha": 0.2, "beta": 0.5}, doc="clip(alpha * x + beta, 0, 1)"))
+register(Op("softplus", _same_float("softplus"), _softplus_kernel, doc="log(1 + exp(x))"))
+register(Op("softsign", _same_float("softsign"), _softsign_kernel, doc="x / (1 + |x|)"))
+register(Op("sign", _same, _sign_kernel, doc="-1, 0 or 1 by the sign of x"))
+
+
+def _infer_prelu(ins, attrs):
+    x, slope = ins
+    require_float(x, "prelu")
+    same_dtype(ins)
+    if broadcast_shapes(x.shape, slope.shape) != x.shape:
+        raise ShapeError(f"prelu slope {slope.shape} does not broadcast to x {x.shape}")
+    return (x,)
+
+
+def _prelu_kernel(xp, ins, attrs, outs):
+    x, slope = ins
+    outs[0][...] = xp.where(x < 0, x * slope, x)
+
+
+register(Op("prelu", _infer_prelu, _prelu_kernel, arity=(2, 2),
+            doc="x if x >= 0 else slope * x (slope broadcasts to x)"))
+
+
+def _infer_expand(ins, attrs):
+    shape = tuple(attrs["shape"])
+    out = broadcast_shapes(ins[0].shape, shape)
+    return (TensorSpec(out, ins[0].dtype),)
+
+
+def _expand_kernel(xp, ins, attrs, outs):
+    outs[0][...] = xp.broadcast_to(ins[0], outs[0].shape)
+
+
+def _infer_tile(ins, attrs):
+    reps = tuple(int(r) for r in attrs["repeats"])
+    if len(reps) != ins[0].ndim or any(r < 0 for r in reps):
+        raise ShapeError(f"tile repeats {reps} must be one non-negative int per dim of "
+                         f"{ins[0].shape}")
+    return (TensorSpec(tuple(d * r for d, r in zip(ins[0].shape, reps)), ins[0].dtype),)
+
+
+def _tile_kernel(xp, ins, attrs, outs):
+    outs[0][...] = xp.tile(ins[0], tuple(attrs["repeats"]))
+
+
+register(Op("expand", _infer_expand, _expand_kernel, attrs={"shape": REQUIRED},
+            cost=_copy_cost, op_class="data", doc="broadcast x to broadcast(x.shape, shape)"))
+register(Op("tile", _infer_tile, _tile_kernel, attrs={"repeats": REQUIRED}, cost=_copy_cost,
+            op_class="data", doc="x repeated along each axis"))
+
+
+def _infer_instance_norm(ins, attrs):
+    x, scale, bias = ins
+    require_float(x, "instance_norm")
+    same_dtype(ins)
+    if x.ndim < 3:
+        raise ShapeError(f"instance_norm needs an N,C,... input of rank >= 3, got {x.shape}")
+    c = x.shape[1]
+    if scale.shape != (c,) or bias.shape != (c,):
+        raise ShapeError(f"instance_norm scale {scale.shape} and bias {bias.shape} must be ({c},)")
+    return (x,)
+
+
+def _instance_norm_kernel(xp, ins, attrs, outs):
+    x, scale, bias = ins
+    axes = tuple(range(2, x.ndim))
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    inv = (1.0 / xp.sqrt(var + attrs["epsilon"])).astype(x.dtype)
+    outs[0][...] = (x - mean) * inv * scale.reshape(shape) + bias.reshape(shape)
+
+
+def _instance_norm_cost(ins, outs, attrs) -> Cost:
+    return Cost(flops=float(8 * outs[0].size), bytes=float(2 * ins[0].nbytes + outs[0].nbytes))
+
+
+register(Op("instance_norm", _infer_instance_norm, _instance_norm_kernel, arity=(3, 3),
+            attrs={"epsilon": 1e-5}, cost=_instance_norm_cost, op_class="norm",
+            doc="per-sample, per-channel normalisation, then scale and bias"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Public functions
+
+
+def identity(x, *, device=None):
+    """A copy of ``x``."""
+    return apply("identity", (x,), device=device)
+
+
+def dropout(x, ratio: float = 0.5, *, device=None):
+    """Dropout at inference: ``x`` unchanged (``ratio`` is recorded, not applied)."""
+    return apply("dropout", (x,), {"ratio": ratio}, device=device)
+
+
+def add_n(*xs, device=None):
+    """The sum of any number of tensors of one shape and dtype."""
+    return apply("add_n", xs, device=device)
+
+
+def elu(x, alpha: float = 1.0, *, device=None):
+    """``x if x > 0 else alpha * (exp(x) - 1)``."""
+    return apply("elu", (x,), {"alpha": alpha}, device=device)
+
+
+def selu(x, alpha: float = 1.67326319217681884765625, gamma: float = 1.05070102214813232421875,
+         *, device=None):
+    """Scaled ELU: ``gamma * elu(x, alpha)``."""
+    return apply("selu", (x,), {"alpha": alpha, "gamma": gamma}, device=device)
+
+
+def hard_sigmoid(x, alpha: float = 0.2, beta: float = 0.5, *, device=None):
+    """``clip(alpha * x + beta, 0, 1)``."""
+    return apply("hard_sigmoid", (x,), {"alpha": alpha, "beta": beta}, device=device)
+
+
+def prelu(x, slope, *, device=None):
+    """``x if x >= 0 else slope * x``; ``slope`` broadcasts to ``x``."""
+    return apply("prelu", (x, slope), device=device)
+
+
+def softplus(x, *, device=None):
+    """``log(1 + exp(x))``, computed without overflow."""
+    return apply("softplus", (x,), device=device)
+
+
+def softsign(x, *, device=None):
+    """``x / (1 + |x|)``."""
+    return apply("softsign", (x,), device=device)
+
+
+def sign(x, *, device=None):
+    """-1, 0 or 1 by the sign of each element."""
+    return apply("sign", (x,), device=device)
+
+
+def expand(x, shape, *, device=None):
+    """``x`` broadcast to ``broadcast(x.shape, shape)`` (ONNX Expand)."""
+    return apply("expand", (x,), {"shape": tuple(shape)}, device=device)
+
+
+def tile(x, repeats, *, device=None):
+    """``x`` repeated ``repeats[i]`` times along axis ``i``."""
+    return apply("tile", (x,), {"repeats": tuple(repeats)}, device=device)
+
+
+def instance_norm(x, scale, bias, epsilon: float = 1e-5, *, device=None):
+    """Normalise each sample and channel over its spatial dims, then ``* scale + bias``."""
+    return apply("instance_norm", (x, scale, bias), {"epsilon": epsilon}, device=device)

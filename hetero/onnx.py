@@ -1,0 +1,1254 @@
+"""ONNX import (``load``) and an ``onnx.backend`` Backend that runs models through hetero.
+
+Design. ``load`` reads a ModelProto in three steps, each of which can only refuse the model with a
+``ModelError`` before anything runs:
+
+1. *Check*: the protobuf parses, the ONNX checker accepts it, every node's op is one we convert
+   (all unsupported ops are collected and reported together, each with its node names), and every
+   external tensor file lies inside the model's own folder.
+2. *Convert*: nodes are visited in order. Every ONNX value is either a constant (a NumPy array,
+   known at import) or a value of the graph being built. A converter per ONNX op maps the node's
+   attributes and inputs to registry ops (``auto_pad`` resolved into explicit pads, Clip bounds and
+   Reshape targets read from constant inputs, Softmax before opset 13 flattened, ...). An op whose
+   inputs are all constants is evaluated at once with its NumPy kernel, so Constant,
+   ConstantOfShape, Shape and everything computed from them fold away: shapes are static.
+3. *Emit*: the Graph keeps the ONNX graph input names; each node's ``where`` is
+   ``"model.onnx:node_name"`` so every later error names the ONNX node.
+
+``onnx`` itself is imported inside functions only, so ``import hetero.onnx`` needs nothing but
+NumPy; ``Backend`` and ``BackendRep`` (subclasses of onnx's base classes) are built on first use.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hetero.errors import HeteroError, ModelError
+from hetero.graph import Graph, Node, TensorSpec, Value
+
+# Backend and BackendRep are built on first access (module __getattr__), so they are not listed.
+__all__ = ["load", "supported_ops", "prepare", "run_model", "run_node"]
+
+# ----------------------------------------------------------------------------------------------
+# Values during import
+
+
+@dataclass(frozen=True, slots=True)
+class _Val:
+    """One ONNX value: a constant array known at import, or a value of the graph being built."""
+
+    spec: TensorSpec
+    array: np.ndarray | None = None
+    value: Value | None = None
+
+    @property
+    def is_const(self) -> bool:
+        return self.array is not None
+
+
+class _Builder:
+    """Collects nodes and constants; folds ops whose inputs are all constants."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Node] = []
+        self.constants: dict[str, np.ndarray] = {}
+        self.used: set[str] = set()
+        self._const_nodes: dict[int, Value] = {}
+        self._keep: list[np.ndarray] = []
+
+    def fresh(self, base: str) -> str:
+        base = base or "node"
+        name, k = base, 1
+        while name in self.used:
+            name, k = f"{base}_{k}", k + 1
+        self.used.add(name)
+        return name
+
+    def const(self, array: np.ndarray) -> _Val:
+        array = np.asarray(array)
+        return _Val(TensorSpec.of(array), array=array)
+
+    def materialize(self, v: _Val, name: str, where: str | None) -> Value:
+        """The graph value of ``v``: a constant node (made once per array) if ``v`` is constant."""
+        if v.value is not None:
+            return v.value
+        key = id(v.array)
+        got = self._const_nodes.get(key)
+        if got is not None:
+            return got
+        node = Node(self.fresh(name), "constant", outputs=(v.spec,), where=where)
+        arr = np.ascontiguousarray(v.array)
+        self.nodes.append(node)
+        self.constants[node.name] = arr
+        self._const_nodes[key] = node.value()
+        self._keep.append(v.array)  # keep id() unique while the import runs
+        return node.value()
+
+    def emit(self, op_name: str, ins: Sequence[_Val], attrs: Mapping[str, Any], name: str,
+             where: str, fold: bool = True) -> list[_Val]:
+        from hetero.ops.registry import lookup
+
+        op = lookup(op_name)
+        label = f"{where} ({op_name})"
+        try:
+            attrs = op.normalize_attrs(attrs, label)
+            specs = op.infer_specs(tuple(v.spec for v in ins), attrs)
+        except HeteroError as exc:
+            raise ModelError(f"{where}: cannot convert to {op_name}: {exc}") from None
+        if fold and all(v.is_const for v in ins):
+            outs = [np.empty(s.shape, s.dtype) for s in specs]
+            try:
+                op.kernel_for("numpy")(np, [v.array for v in ins], attrs, outs)
+            except Exception as exc:
+                raise ModelError(f"{where}: folding {op_name} of constants failed: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+            return [self.const(o) for o in outs]
+        values = tuple(self.materialize(v, f"{name}_const{i}", where) for i, v in enumerate(ins))
+        node = Node(self.fresh(name), op_name, values, attrs, tuple(specs), where=where)
+        self.nodes.append(node)
+        return [_Val(s, value=node.value(i)) for i, s in enumerate(specs)]
+
+
+class _Ctx:
+    """What a converter sees of one ONNX node."""
+
+    def __init__(self, imp: _Importer, node: Any, index: int, ins: list[_Val | None]) -> None:
+        self.imp = imp
+        self.node = node
+        self.op_type = node.op_type
+        self.ins = ins
+        self.opset = imp.opset
+        self.where = f"{imp.source}:{node.name or f'{node.op_type}#{index}'}"
+        self.base = _clean(node.output[0] if node.output and node.output[0] else node.op_type)
+        self.n_outputs = len(node.output)
+        self._attrs = {a.name: a for a in node.attribute}
+        self._k = 0
+
+    # -- attributes and inputs ------------------------------------------------------------------
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        import onnx.helper
+
+        a = self._attrs.get(name)
+        if a is None:
+            return default
+        value = onnx.helper.get_attribute_value(a)
+        if isinstance(value, bytes):
+            return value.decode()
+        if isinstance(value, list):
+            return tuple(v.decode() if isinstance(v, bytes) else v for v in value)
+        if a.type == a.TENSOR:
+            return _tensor_to_array(value, self.imp.folder, self.where)
+        return value
+
+    def has_attr(self, name: str) -> bool:
+        return name in self._attrs
+
+    def fail(self, message: str) -> ModelError:
+        return ModelError(f"{self.where} ({self.op_type}): {message}")
+
+    def inp(self, i: int) -> _Val:
+        if i >= len(self.ins) or self.ins[i] is None:
+            raise self.fail(f"input {i} is required")
+        return self.ins[i]
+
+    def opt(self, i: int) -> _Val | None:
+        return self.ins[i] if i < len(self.ins) else None
+
+    def const(self, i: int, what: str) -> np.ndarray | None:
+        """The array of optional input ``i``, which must be known at import (static shapes)."""
+        v = self.opt(i)
+        if v is None:
+            return None
+        if not v.is_const:
+            raise self.fail(f"{what} (input {i}) must be a constant or computed from constants "
+                            "and shapes: hetero graphs have static shapes")
+        return v.array
+
+    def spec(self, i: int) -> TensorSpec:
+        return self.inp(i).spec
+
+    # -- emitting -------------------------------------------------------------------------------
+
+    def emit(self, op: str, ins: Sequence[_Val], **attrs: Any) -> _Val:
+        return self.emit_multi(op, ins, **attrs)[0]
+
+    def emit_multi(self, op: str, ins: Sequence[_Val], **attrs: Any) -> list[_Val]:
+        name = self.base if self._k == 0 else f"{self.base}_{self._k}"
+        self._k += 1
+        return self.imp.builder.emit(op, ins, attrs, name, self.where)
+
+    def const_val(self, array: Any) -> _Val:
+        return self.imp.builder.const(np.asarray(array))
+
+
+def _clean(name: str) -> str:
+    return name.replace(" ", "_") or "v"
+
+
+# ----------------------------------------------------------------------------------------------
+# Converters: ONNX op type -> function(ctx) -> list of output _Vals (None for unused outputs)
+
+Converter = Callable[[_Ctx], Sequence[_Val | None]]
+_CONVERTERS: dict[str, tuple[Converter, tuple[str, ...]]] = {}
+
+
+def _converts(*op_types: str, needs: tuple[str, ...] = ()):
+    """Register a converter for ``op_types``; ``needs`` names the registry ops it emits."""
+
+    def deco(fn: Converter) -> Converter:
+        for t in op_types:
+            _CONVERTERS[t] = (fn, needs)
+        return fn
+
+    return deco
+
+
+def supported_ops() -> list[str]:
+    """ONNX op types this importer converts with the ops now in the registry."""
+    from hetero.ops.registry import REGISTRY, _ensure_loaded
+
+    _ensure_loaded()
+    return sorted(t for t, (_, needs) in _CONVERTERS.items() if all(n in REGISTRY for n in needs))
+
+
+def _legacy_broadcast(ctx: _Ctx, a: _Val, b: _Val) -> _Val:
+    """Opset < 7 broadcasting: ``b`` aligns with ``a`` starting at attribute ``axis``."""
+    if ctx.opset >= 7 or not ctx.attr("broadcast", 0) or b.spec.ndim == 0:
+        return b
+    axis = ctx.attr("axis", a.spec.ndim - b.spec.ndim)
+    axis %= max(a.spec.ndim, 1)
+    trailing = a.spec.ndim - axis - b.spec.ndim
+    if trailing <= 0:
+        return b
+    return ctx.emit("reshape", [b], shape=b.spec.shape + (1,) * trailing)
+
+
+_BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow",
+           "Equal": "equal", "Greater": "greater", "Less": "less",
+           "GreaterOrEqual": "greater_equal", "LessOrEqual": "less_equal"}
+
+
+def _binary_converter(onnx_op: str, op: str) -> None:
+    @_converts(onnx_op, needs=(op, "reshape", "cast"))
+    def convert(ctx: _Ctx) -> list[_Val]:
+        a, b = ctx.inp(0), ctx.inp(1)
+        b = _legacy_broadcast(ctx, a, b)
+        if a.spec.dtype != b.spec.dtype:
+            if onnx_op != "Pow":
+                raise ctx.fail(f"inputs have different dtypes {a.spec.dtype} and {b.spec.dtype}")
+            b = ctx.emit("cast", [b], to=a.spec.dtype.name)  # Pow(12+) allows a mixed exponent
+        if op == "div" and a.spec.dtype.kind in "iu":
+            raise ctx.fail("integer division is not supported (floating point only)")
+        return [ctx.emit(op, [a, b])]
+
+
+for _t, _o in _BINARY.items():
+    _binary_converter(_t, _o)
+
+_UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp", "Log": "log",
+          "Sqrt": "sqrt", "Neg": "neg", "Abs": "abs", "Erf": "erf", "Reciprocal": "reciprocal",
+          "Floor": "floor", "Ceil": "ceil", "Softplus": "softplus", "Softsign": "softsign",
+          "Sign": "sign"}
+
+
+def _unary_converter(onnx_op: str, op: str) -> None:
+    @_converts(onnx_op, needs=(op,))
+    def convert(ctx: _Ctx) -> list[_Val]:
+        return [ctx.emit(op, [ctx.inp(0)])]
+
+
+for _t, _o in _UNARY.items():
+    _unary_converter(_t, _o)
+
+
+@_converts("LeakyRelu", needs=("leaky_relu",))
+def _leaky_relu(ctx: _Ctx) -> list[_Val]:
+    return [ctx.emit("leaky_relu", [ctx.inp(0)], alpha=float(ctx.attr("alpha", 0.01)))]
+
+
+@_converts("Elu", needs=("elu",))
+def _elu(ctx: _Ctx) -> list[_Val]:
+    return [ctx.emit("elu", [ctx.inp(0)], alpha=float(ctx.attr("alpha", 1.0)))]
+
+
+@_converts("Selu", needs=("selu",))
+def _selu(ctx: _Ctx) -> list[_Val]:
+    alpha = float(ctx.attr("alpha", 1.67326319217681884765625))
+    gamma = float(ctx.attr("gamma", 1.05070102214813232421875))
+    return [ctx.emit("selu", [ctx.inp(0)], alpha=alpha, gamma=gamma)]
+
+
+@_converts("HardSigmoid", needs=("hard_sigmoid",))
+def _hard_sigmoid(ctx: _Ctx) -> list[_Val]:
+    return [ctx.emit("hard_sigmoid", [ctx.inp(0)], alpha=float(ctx.attr("alpha", 0.2)),
+                     beta=float(ctx.attr("beta", 0.5)))]
+
+
+@_converts("PRelu", needs=("prelu", "reshape"))
+def _prelu(ctx: _Ctx) -> list[_Val]:
+    x, slope = ctx.inp(0), ctx.inp(1)
+    # opset < 7 (and pytorch exports) give a per-channel slope of shape (C,) for NC... inputs
+    if slope.spec.ndim == 1 and x.spec.ndim > 2 and slope.spec.shape[0] == x.spec.shape[1] != 1:
+        per_channel = (slope.spec.shape[0],) + (1,) * (x.spec.ndim - 2)
+        slope = ctx.emit("reshape", [slope], shape=per_channel)
+    return [ctx.emit("prelu", [x, slope])]
+
+
+@_converts("Gelu", needs=("gelu",))
+def _gelu(ctx: _Ctx) -> list[_Val]:
+    return [ctx.emit("gelu", [ctx.inp(0)], approximate=ctx.attr("approximate", "none"))]
+
+
+@_converts("Clip", needs=("clip",))
+def _clip(ctx: _Ctx) -> list[_Val]:
+    if ctx.opset < 11:
+        lo, hi = ctx.attr("min"), ctx.attr("max")
+    else:
+        lo_a, hi_a = ctx.const(1, "min"), ctx.const(2, "max")
+        lo = None if lo_a is None else lo_a.item()
+        hi = None if hi_a is None else hi_a.item()
+    x = ctx.inp(0)
+    if lo is None and hi is None:
+        return [x]
+    return [ctx.emit("clip", [x], min=lo, max=hi)]
+
+
+@_converts("Cast", needs=("cast",))
+def _cast(ctx: _Ctx) -> list[_Val]:
+    to = _onnx_dtype(ctx.attr("to"), ctx)
+    x = ctx.inp(0)
+    if x.spec.dtype == to:
+        return [x]
+    return [ctx.emit("cast", [x], to=to.name)]
+
+
+@_converts("Where", needs=("where",))
+def _where(ctx: _Ctx) -> list[_Val]:
+    return [ctx.emit("where", [ctx.inp(0), ctx.inp(1), ctx.inp(2)])]
+
+
+def _variadic(ctx: _Ctx, op: str) -> _Val:
+    ins = [v for v in ctx.ins if v is not None]
+    if not ins:
+        raise ctx.fail("needs at least one input")
+    acc = ins[0]
+    for v in ins[1:]:
+        acc = ctx.emit(op, [acc, v])
+    return acc
+
+
+@_converts("Max", needs=("maximum",))
+def _max(ctx: _Ctx) -> list[_Val]:
+    return [_variadic(ctx, "maximum")]
+
+
+@_converts("Min", needs=("minimum",))
+def _min(ctx: _Ctx) -> list[_Val]:
+    return [_variadic(ctx, "minimum")]
+
+
+@_converts("Sum", needs=("add_n", "add"))
+def _sum(ctx: _Ctx) -> list[_Val]:
+    ins = [v for v in ctx.ins if v is not None]
+    if len(ins) == 1:
+        return [ins[0]]
+    shapes = {v.spec.shape for v in ins}
+    if len(shapes) == 1:
+        return [ctx.emit("add_n", ins)]
+    return [_variadic(ctx, "add")]  # broadcasting Sum
+
+
+@_converts("Mean", needs=("add", "div"))
+def _mean(ctx: _Ctx) -> list[_Val]:
+    acc = _variadic(ctx, "add")
+    n = sum(v is not None for v in ctx.ins)
+    return [ctx.emit("div", [acc, ctx.const_val(np.asarray(n, acc.spec.dtype))])]
+
+
+@_converts("MatMul", needs=("matmul",))
+def _matmul(ctx: _Ctx) -> list[_Val]:
+    return [ctx.emit("matmul", [ctx.inp(0), ctx.inp(1)])]
+
+
+@_converts("Gemm", needs=("gemm",))
+def _gemm(ctx: _Ctx) -> list[_Val]:
+    ins = [ctx.inp(0), ctx.inp(1)]
+    c = ctx.opt(2)
+    if c is not None:
+        ins.append(c)
+    return [ctx.emit("gemm", ins, alpha=float(ctx.attr("alpha", 1.0)),
+                     beta=float(ctx.attr("beta", 1.0)), trans_a=int(ctx.attr("transA", 0)),
+                     trans_b=int(ctx.attr("transB", 0)))]
+
+
+# -- reductions -----------------------------------------------------------------------------------
+
+_REDUCE = {"ReduceSum": ("sum", 13), "ReduceMean": ("mean", 18), "ReduceMax": ("max", 18),
+           "ReduceMin": ("min", 18)}
+
+
+def _reduce_converter(onnx_op: str, op: str, axes_input_since: int) -> None:
+    @_converts(onnx_op, needs=(op,))
+    def convert(ctx: _Ctx) -> list[_Val]:
+        x = ctx.inp(0)
+        if ctx.opset >= axes_input_since:
+            arr = ctx.const(1, "axes")
+            axes = None if arr is None else tuple(int(a) for a in arr.reshape(-1))
+        else:
+            axes = ctx.attr("axes")
+        keepdims = bool(ctx.attr("keepdims", 1))
+        if not axes:
+            if ctx.attr("noop_with_empty_axes", 0):
+                return [x]
+            axes = None
+        else:
+            axes = tuple(sorted(a % max(x.spec.ndim, 1) for a in axes))
+        if x.spec.ndim == 0:
+            return [x]
+        return [ctx.emit(op, [x], axes=axes, keepdims=keepdims)]
+
+
+for _t, (_o, _since) in _REDUCE.items():
+    _reduce_converter(_t, _o, _since)
+
+
+def _softmax_converter(onnx_op: str, op: str) -> None:
+    @_converts(onnx_op, needs=(op, "reshape"))
+    def convert(ctx: _Ctx) -> list[_Val]:
+        x = ctx.inp(0)
+        nd = x.spec.ndim
+        if ctx.opset >= 13:
+            return [ctx.emit(op, [x], axis=int(ctx.attr("axis", -1)) % max(nd, 1))]
+        # before opset 13 the input is seen as 2-D: dims before `axis` x dims from `axis` on
+        axis = int(ctx.attr("axis", 1)) % max(nd, 1)
+        if axis == nd - 1:
+            return [ctx.emit(op, [x], axis=axis)]
+        shape = x.spec.shape
+        flat = (math.prod(shape[:axis]), math.prod(shape[axis:]))
+        y = ctx.emit(op, [ctx.emit("reshape", [x], shape=flat)], axis=1)
+        return [ctx.emit("reshape", [y], shape=shape)]
+
+
+_softmax_converter("Softmax", "softmax")
+_softmax_converter("LogSoftmax", "log_softmax")
+
+
+# -- shape ops ------------------------------------------------------------------------------------
+
+
+@_converts("Reshape", needs=("reshape",))
+def _reshape(ctx: _Ctx) -> list[_Val]:
+    x = ctx.inp(0)
+    if ctx.opset < 5:
+        target = list(ctx.attr("shape", ()))
+    else:
+        target = [int(d) for d in ctx.const(1, "shape").reshape(-1)]
+    allowzero = ctx.attr("allowzero", 0)
+    for i, d in enumerate(target):
+        if d == 0 and not allowzero:
+            if i >= x.spec.ndim:
+                raise ctx.fail(f"shape {tuple(target)} copies dim {i}, but the input has rank "
+                               f"{x.spec.ndim}")
+            target[i] = x.spec.shape[i]
+    if target.count(-1) > 1:
+        raise ctx.fail(f"shape {tuple(target)} has more than one -1")
+    if -1 in target:
+        known = math.prod(d for d in target if d != -1)
+        if known == 0 or x.spec.size % known:
+            raise ctx.fail(f"cannot reshape {x.spec} to {tuple(target)}")
+        target[target.index(-1)] = x.spec.size // known
+    if math.prod(target) != x.spec.size:
+        raise ctx.fail(f"cannot reshape {x.spec} to {tuple(target)}")
+    if tuple(target) == x.spec.shape:
+        return [x]
+    return [ctx.emit("reshape", [x], shape=tuple(target))]
+
+
+@_converts("Flatten", needs=("flatten",))
+def _flatten(ctx: _Ctx) -> list[_Val]:
+    x = ctx.inp(0)
+    axis = int(ctx.attr("axis", 1))
+    nd = x.spec.ndim
+    if not -nd <= axis <= nd:
+        raise ctx.fail(f"axis {axis} out of range for rank {nd}")
+    return [ctx.emit("flatten", [x], axis=axis % (nd + 1) if axis < 0 else axis)]
+
+
+@_converts("Transpose", needs=("transpose",))
+def _transpose(ctx: _Ctx) -> list[_Val]:
+    x = ctx.inp(0)
+    perm = ctx.attr("perm")
+    perm = tuple(reversed(range(x.spec.ndim))) if perm is None else tuple(int(p) for p in perm)
+    return [ctx.emit("transpose", [x], perm=perm)]
+
+
+@_converts("Concat", needs=("concat",))
+def _concat(ctx: _Ctx) -> list[_Val]:
+    ins = [v for v in ctx.ins if v is not None]
+    axis = ctx.attr("axis", 1 if ctx.opset < 4 else None)
+    if axis is None:
+        raise ctx.fail("attribute 'axis' is required")
+    nd = ins[0].spec.ndim
+    if len(ins) == 1:
+        return [ins[0]]
+    return [ctx.emit("concat", ins, axis=int(axis) % max(nd, 1))]
+
+
+@_converts("Split", needs=("split",))
+def _split(ctx: _Ctx) -> list[_Val]:
+    x = ctx.inp(0)
+    axis = int(ctx.attr("axis", 0)) % max(x.spec.ndim, 1)
+    dim = x.spec.shape[axis]
+    if ctx.opset >= 13:
+        arr = ctx.const(1, "split")
+        sizes = None if arr is None else tuple(int(s) for s in arr)
+    else:
+        sizes = ctx.attr("split")
+        if sizes is None and ctx.opset < 2:
+            arr = ctx.const(1, "split")
+            sizes = None if arr is None else tuple(int(s) for s in arr)
+    n = ctx.n_outputs
+    if not sizes:
+        n = int(ctx.attr("num_outputs", n))
+        chunk = -(-dim // n)
+        sizes = tuple(min(chunk, dim - i * chunk) for i in range(n))
+    if sum(sizes) != dim:
+        raise ctx.fail(f"split sizes {sizes} do not add up to dim {dim}")
+    return ctx.emit_multi("split", [x], axis=axis, sizes=tuple(sizes))
+
+
+@_converts("Slice", needs=("slice",))
+def _slice(ctx: _Ctx) -> list[_Val]:
+    x = ctx.inp(0)
+    if ctx.opset < 10:
+        starts, ends, axes, steps = ctx.attr("starts"), ctx.attr("ends"), ctx.attr("axes"), None
+    else:
+        def ints(i: int, what: str):
+            arr = ctx.const(i, what)
+            return None if arr is None else tuple(int(v) for v in arr.reshape(-1))
+
+        starts, ends, axes, steps = ints(1, "starts"), ints(2, "ends"), ints(3, "axes"), \
+            ints(4, "steps")
+    if axes is not None:
+        axes = tuple(a % x.spec.ndim for a in axes)
+    return [ctx.emit("slice", [x], starts=tuple(starts), ends=tuple(ends), axes=axes,
+                     steps=steps)]
+
+
+def _axes_arg(ctx: _Ctx, since: int) -> tuple[int, ...] | None:
+    if ctx.opset >= since:
+        arr = ctx.const(1, "axes")
+        return None if arr is None else tuple(int(a) for a in arr.reshape(-1))
+    axes = ctx.attr("axes")
+    return None if axes is None else tuple(int(a) for a in axes)
+
+
+@_converts("Squeeze", needs=("squeeze",))
+def _squeeze(ctx: _Ctx) -> list[_Val]:
+    x = ctx.inp(0)
+    axes = _axes_arg(ctx, 13)
+    if axes is not None:
+        axes = tuple(sorted(a % max(x.spec.ndim, 1) for a in axes))
+    return [ctx.emit("squeeze", [x], axes=axes)]
+
+
+@_converts("Unsqueeze", needs=("unsqueeze",))
+def _unsqueeze(ctx: _Ctx) -> list[_Val]:
+    x = ctx.inp(0)
+    axes = _axes_arg(ctx, 13)
+    if axes is None:
+        raise ctx.fail("axes are required")
+    out_rank = x.spec.ndim + len(axes)
+    return [ctx.emit("unsqueeze", [x], axes=tuple(sorted(a % out_rank for a in axes)))]
+
+
+@_converts("Pad", needs=("pad",))
+def _pad(ctx: _Ctx) -> list[_Val]:
+    x = ctx.inp(0)
+    nd = x.spec.ndim
+    mode = ctx.attr("mode", "constant")
+    if ctx.opset < 11:
+        pads = tuple(int(p) for p in ctx.attr("pads", ctx.attr("paddings", ())))
+        value = float(ctx.attr("value", 0.0))
+    else:
+        pads = tuple(int(p) for p in ctx.const(1, "pads").reshape(-1))
+        cv = ctx.const(2, "constant_value")
+        value = 0.0 if cv is None or cv.size == 0 else cv.reshape(-1)[0].item()
+        axes_arr = ctx.const(3, "axes")
+        if axes_arr is not None:
+            axes = [int(a) % nd for a in axes_arr.reshape(-1)]
+            full = [0] * (2 * nd)
+            for k, a in enumerate(axes):
+                full[a], full[a + nd] = pads[k], pads[k + len(axes)]
+            pads = tuple(full)
+    if mode not in ("constant", "reflect", "edge"):
+        raise ctx.fail(f"pad mode {mode!r} is not supported (constant, reflect, edge)")
+    if len(pads) != 2 * nd:
+        raise ctx.fail(f"pads {pads} do not have 2 x rank ({nd}) entries")
+    if not any(pads):
+        return [x]
+    return [ctx.emit("pad", [x], pads=pads, mode=mode, value=value)]
+
+
+@_converts("Gather", needs=("gather",))
+def _gather(ctx: _Ctx) -> list[_Val]:
+    x, idx = ctx.inp(0), ctx.inp(1)
+    axis = int(ctx.attr("axis", 0)) % max(x.spec.ndim, 1)
+    if idx.is_const:  # negative indices count from the end (ONNX); normalise them here
+        arr = idx.array.astype(np.int64)
+        idx = ctx.const_val(np.where(arr < 0, arr + x.spec.shape[axis], arr))
+    return [ctx.emit("gather", [x, idx], axis=axis)]
+
+
+@_converts("Expand", needs=("expand",))
+def _expand(ctx: _Ctx) -> list[_Val]:
+    x = ctx.inp(0)
+    shape = tuple(int(d) for d in ctx.const(1, "shape").reshape(-1))
+    try:
+        out = tuple(np.broadcast_shapes(x.spec.shape, shape))
+    except ValueError:
+        raise ctx.fail(f"cannot expand {x.spec} to {shape}") from None
+    if out == x.spec.shape:
+        return [x]
+    return [ctx.emit("expand", [x], shape=out)]
+
+
+@_converts("Tile", needs=("tile",))
+def _tile(ctx: _Ctx) -> list[_Val]:
+    x = ctx.inp(0)
+    repeats = tuple(int(r) for r in ctx.const(1, "repeats").reshape(-1))
+    if len(repeats) != x.spec.ndim:
+        raise ctx.fail(f"repeats {repeats} must have one entry per dimension of {x.spec}")
+    return [ctx.emit("tile", [x], repeats=repeats)]
+
+
+@_converts("Identity", "Dropout")
+def _identity(ctx: _Ctx) -> list[_Val | None]:
+    x = ctx.inp(0)
+    if ctx.op_type == "Dropout":
+        training = ctx.const(2, "training_mode") if ctx.opset >= 12 else None
+        if training is not None and bool(training.reshape(-1)[0]):
+            raise ctx.fail("training mode is not supported (inference only)")
+        if ctx.opset < 7 and ctx.has_attr("is_test") and not ctx.attr("is_test"):
+            raise ctx.fail("is_test=0 (training) is not supported (inference only)")
+        if ctx.n_outputs > 1 and ctx.node.output[1]:
+            dtype = np.bool_ if ctx.opset >= 10 else x.spec.dtype
+            return [x, ctx.const_val(np.ones(x.spec.shape, dtype))]
+    return [x]
+
+
+# -- constants and shapes (folded) ----------------------------------------------------------------
+
+
+@_converts("Constant")
+def _constant(ctx: _Ctx) -> list[_Val]:
+    for key, dtype in (("value", None), ("value_float", np.float32), ("value_floats", np.float32),
+                       ("value_int", np.int64), ("value_ints", np.int64)):
+        if ctx.has_attr(key):
+            value = ctx.attr(key)
+            return [ctx.const_val(np.asarray(value, dtype) if dtype else value)]
+    raise ctx.fail("only tensor, float(s) and int(s) constants are supported "
+                   f"(got {', '.join(a.name for a in ctx.node.attribute) or 'no value'})")
+
+
+@_converts("ConstantOfShape")
+def _constant_of_shape(ctx: _Ctx) -> list[_Val]:
+    shape = tuple(int(d) for d in ctx.const(0, "shape").reshape(-1))
+    value = ctx.attr("value")
+    fill = np.zeros(1, np.float32) if value is None else value.reshape(-1)
+    return [ctx.const_val(np.full(shape, fill[0], fill.dtype))]
+
+
+@_converts("Shape")
+def _shape(ctx: _Ctx) -> list[_Val]:
+    shape = np.asarray(ctx.spec(0).shape, np.int64)
+    start, end = ctx.attr("start", 0), ctx.attr("end")
+    return [ctx.const_val(shape[start:end])]
+
+
+@_converts("Size")
+def _size(ctx: _Ctx) -> list[_Val]:
+    return [ctx.const_val(np.asarray(ctx.spec(0).size, np.int64))]
+
+
+# -- neural network ops ---------------------------------------------------------------------------
+
+
+def _resolve_pads(ctx: _Ctx, in_hw: Sequence[int], kernel: Sequence[int],
+                  strides: Sequence[int], dilations: Sequence[int], ceil_mode: int = 0
+                  ) -> tuple[int, ...]:
+    """Explicit pads (begins..., ends...) from ``pads`` or ``auto_pad``."""
+    nd = len(in_hw)
+    auto = ctx.attr("auto_pad", "NOTSET")
+    if auto in ("NOTSET", ""):
+        pads = ctx.attr("pads", (0,) * (2 * nd))
+        if len(pads) != 2 * nd:
+            raise ctx.fail(f"pads {tuple(pads)} need {2 * nd} entries")
+        return tuple(int(p) for p in pads)
+    if auto == "VALID":
+        return (0,) * (2 * nd)
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        raise ctx.fail(f"unknown auto_pad {auto!r}")
+    begins, ends = [], []
+    for n, k, s, d in zip(in_hw, kernel, strides, dilations):
+        out = -(-n // s)
+        total = max((out - 1) * s + (k - 1) * d + 1 - n, 0)
+        small = total // 2
+        if auto == "SAME_UPPER":
+            begins.append(small)
+            ends.append(total - small)
+        else:
+            begins.append(total - small)
+            ends.append(small)
+    return tuple(begins + ends)
+
+
+def _spatial_rank(ctx: _Ctx, x: _Val) -> int:
+    """Spatial dims of an N,C,... input: 2 (native) or 1 (run as 2-D with a unit width)."""
+    nsp = x.spec.ndim - 2
+    if nsp not in (1, 2):
+        raise ctx.fail(f"{ctx.op_type} on a rank-{x.spec.ndim} input is not supported: only "
+                       "1-D and 2-D spatial data (3-D or 4-D tensors, N,C,H[,W]) are")
+    return nsp
+
+
+def _to_2d(ctx: _Ctx, x: _Val) -> _Val:
+    return ctx.emit("reshape", [x], shape=x.spec.shape + (1,))
+
+
+def _from_2d(ctx: _Ctx, y: _Val) -> _Val:
+    return ctx.emit("reshape", [y], shape=y.spec.shape[:-1])
+
+
+def _pair(values: Sequence[int], nsp: int, fill: int) -> tuple[int, ...]:
+    """Per-spatial-dim values for the 2-D op (1-D ops get a unit second dim)."""
+    values = tuple(int(v) for v in values)
+    return values if nsp == 2 else values + (fill,)
+
+
+def _pads_2d(pads: tuple[int, ...], nsp: int) -> tuple[int, ...]:
+    return pads if nsp == 2 else (pads[0], 0, pads[1], 0)
+
+
+@_converts("Conv", needs=("conv2d", "reshape"))
+def _conv(ctx: _Ctx) -> list[_Val]:
+    x, w = ctx.inp(0), ctx.inp(1)
+    nsp = _spatial_rank(ctx, x)
+    kernel = tuple(ctx.attr("kernel_shape", w.spec.shape[2:]))
+    strides = tuple(ctx.attr("strides", (1,) * nsp))
+    dilations = tuple(ctx.attr("dilations", (1,) * nsp))
+    pads = _resolve_pads(ctx, x.spec.shape[2:], kernel, strides, dilations)
+    ins = [x, w]
+    if nsp == 1:
+        ins = [_to_2d(ctx, x), _to_2d(ctx, w)]
+    b = ctx.opt(2)
+    if b is not None:
+        ins.append(b)
+    y = ctx.emit("conv2d", ins, strides=_pair(strides, nsp, 1), pads=_pads_2d(pads, nsp),
+                 dilations=_pair(dilations, nsp, 1), groups=int(ctx.attr("group", 1)))
+    return [_from_2d(ctx, y) if nsp == 1 else y]
+
+
+def _pool(ctx: _Ctx, op: str) -> _Val:
+    x = ctx.inp(0)
+    nsp = _spatial_rank(ctx, x)
+    kernel = tuple(ctx.attr("kernel_shape"))
+    strides = tuple(ctx.attr("strides", (1,) * nsp))
+    dilations = tuple(ctx.attr("dilations", (1,) * nsp))
+    pads = _resolve_pads(ctx, x.spec.shape[2:], kernel, strides, dilations)
+    attrs: dict[str, Any] = {"kernel_shape": _pair(kernel, nsp, 1),
+                             "strides": _pair(strides, nsp, 1), "pads": _pads_2d(pads, nsp),
+                             "ceil_mode": int(ctx.attr("ceil_mode", 0))}
+    if op == "max_pool2d":
+        if ctx.n_outputs > 1 and ctx.node.output[1]:
+            raise ctx.fail("the Indices output of MaxPool is not supported")
+        attrs["dilations"] = _pair(dilations, nsp, 1)
+    else:
+        if any(d != 1 for d in dilations):
+            raise ctx.fail("AveragePool with dilations is not supported")
+        attrs["count_include_pad"] = int(ctx.attr("count_include_pad", 0))
+    if nsp == 1:
+        return _from_2d(ctx, ctx.emit(op, [_to_2d(ctx, x)], **attrs))
+    return ctx.emit(op, [x], **attrs)
+
+
+@_converts("MaxPool", needs=("max_pool2d", "reshape"))
+def _max_pool(ctx: _Ctx) -> list[_Val]:
+    if ctx.attr("storage_order", 0):
+        raise ctx.fail("storage_order=1 is not supported")
+    return [_pool(ctx, "max_pool2d")]
+
+
+@_converts("AveragePool", needs=("avg_pool2d", "reshape"))
+def _avg_pool(ctx: _Ctx) -> list[_Val]:
+    return [_pool(ctx, "avg_pool2d")]
+
+
+def _global_pool_converter(onnx_op: str, op: str) -> None:
+    @_converts(onnx_op, needs=(op, "reshape"))
+    def convert(ctx: _Ctx) -> list[_Val]:
+        x = ctx.inp(0)
+        if _spatial_rank(ctx, x) == 1:
+            return [_from_2d(ctx, ctx.emit(op, [_to_2d(ctx, x)]))]
+        return [ctx.emit(op, [x])]
+
+
+_global_pool_converter("GlobalAveragePool", "global_avg_pool")
+_global_pool_converter("GlobalMaxPool", "global_max_pool")
+
+
+@_converts("BatchNormalization", needs=("batch_norm", "reshape"))
+def _batch_norm(ctx: _Ctx) -> list[_Val]:
+    if any(o for o in ctx.node.output[1:]):
+        raise ctx.fail("training-mode outputs (running mean/var) are not supported")
+    if ctx.attr("training_mode", 0):
+        raise ctx.fail("training_mode=1 is not supported (inference only)")
+    if ctx.opset < 7 and ctx.has_attr("is_test") and not ctx.attr("is_test"):
+        raise ctx.fail("is_test=0 (training) is not supported (inference only)")
+    if ctx.opset < 9 and not ctx.attr("spatial", 1):
+        raise ctx.fail("spatial=0 is not supported")
+    x = ctx.inp(0)
+    params = [ctx.inp(i) for i in range(1, 5)]
+    eps = float(ctx.attr("epsilon", 1e-5))
+    if x.spec.ndim == 4:
+        return [ctx.emit("batch_norm", [x, *params], epsilon=eps)]
+    if x.spec.ndim < 2:
+        raise ctx.fail(f"input of rank {x.spec.ndim}; needs N,C,...")
+    shape = x.spec.shape
+    as4 = shape[:2] + (math.prod(shape[2:]), 1)  # any N,C,... input normalises per channel
+    y = ctx.emit("batch_norm", [ctx.emit("reshape", [x], shape=as4), *params], epsilon=eps)
+    return [ctx.emit("reshape", [y], shape=shape)]
+
+
+@_converts("InstanceNormalization", needs=("instance_norm",))
+def _instance_norm(ctx: _Ctx) -> list[_Val]:
+    return [ctx.emit("instance_norm", [ctx.inp(0), ctx.inp(1), ctx.inp(2)],
+                     epsilon=float(ctx.attr("epsilon", 1e-5)))]
+
+
+@_converts("LRN", needs=("lrn",))
+def _lrn(ctx: _Ctx) -> list[_Val]:
+    return [ctx.emit("lrn", [ctx.inp(0)], size=int(ctx.attr("size")),
+                     alpha=float(ctx.attr("alpha", 1e-4)), beta=float(ctx.attr("beta", 0.75)),
+                     bias=float(ctx.attr("bias", 1.0)))]
+
+
+# ----------------------------------------------------------------------------------------------
+# Tensors, external data
+
+
+def _onnx_dtype(code: int, ctx: _Ctx | None = None) -> np.dtype:
+    import onnx.helper
+
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(code)))
+    except Exception:
+        dtype = None
+    if dtype is None or dtype.kind not in "biuf" or dtype.name in ("bfloat16",):
+        msg = f"tensor type {code} is not supported (bool, integer and float tensors are)"
+        raise ctx.fail(msg) if ctx else ModelError(msg)
+    return dtype
+
+
+def _safe_external_path(folder: str | None, location: str, where: str) -> str:
+    """The file named by ``location`` if it lies inside ``folder``; ModelError otherwise."""
+    if folder is None:
+        raise ModelError(f"{where}: tensor data is stored in external file {location!r}, but the "
+                         "model was given as a ModelProto; load it from its path instead")
+    parts = location.replace("\\", "/").split("/")
+    if os.path.isabs(location) or location.startswith(("/", "\\")) or ".." in parts or \
+            (len(location) > 1 and location[1] == ":"):
+        raise ModelError(f"{where}: refusing external data location {location!r}: it must be a "
+                         "relative path inside the model's folder")
+    root = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(root, location))
+    if os.path.commonpath([root, path]) != root:
+        raise ModelError(f"{where}: refusing external data location {location!r}: it resolves "
+                         f"to {path}, outside the model's folder {root} (symbolic link?)")
+    if not os.path.isfile(path):
+        raise ModelError(f"{where}: external data file {location!r} not found in {root}")
+    return path
+
+
+def _tensor_to_array(tensor: Any, folder: str | None, where: str) -> np.ndarray:
+    """A TensorProto as a NumPy array, reading external data safely."""
+    from onnx import TensorProto, numpy_helper
+
+    if tensor.data_location == TensorProto.EXTERNAL:
+        info = {e.key: e.value for e in tensor.external_data}
+        path = _safe_external_path(folder, info.get("location", ""), where)
+        offset, length = int(info.get("offset", 0) or 0), info.get("length")
+        with open(path, "rb") as f:
+            f.seek(offset)
+            raw = f.read(int(length)) if length else f.read()
+        local = TensorProto()
+        local.CopyFrom(tensor)
+        del local.external_data[:]
+        local.data_location = TensorProto.DEFAULT
+        local.raw_data = raw
+        tensor = local
+    if tensor.data_type:
+        _onnx_dtype(tensor.data_type)
+    try:
+        arr = numpy_helper.to_array(tensor)
+    except Exception as exc:
+        raise ModelError(f"{where}: tensor {tensor.name!r} cannot be read: {exc}") from None
+    return np.array(arr, copy=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The importer
+
+
+class _Importer:
+    def __init__(self, model: Any, source: str, folder: str | None,
+                 input_shapes: Mapping[str, Sequence[int]] | None) -> None:
+        self.model = model
+        self.source = source
+        self.folder = folder
+        self.input_shapes = dict(input_shapes or {})
+        self.builder = _Builder()
+        self.opset = _opset(model)
+
+    def run(self) -> Graph:
+        g = self.model.graph
+        _check_supported(self.model, self.source)
+        env: dict[str, _Val] = {}
+        inits = {t.name for t in g.initializer}
+        for t in g.initializer:
+            env[t.name] = self.builder.const(_tensor_to_array(t, self.folder,
+                                                              f"{self.source}:{t.name}"))
+        inputs = []
+        for vi in g.input:
+            if vi.name in inits:
+                continue  # (IR < 4) an initializer listed as an input: a constant
+            spec = self._input_spec(vi)
+            name = self.builder.fresh(vi.name)
+            if name != vi.name:
+                raise ModelError(f"{self.source}: graph input name {vi.name!r} is used twice")
+            node = Node(name, "input", outputs=(spec,), where=f"{self.source}:{vi.name}")
+            self.builder.nodes.append(node)
+            inputs.append(name)
+            env[vi.name] = _Val(spec, value=node.value())
+        for index, node in enumerate(g.node):
+            self._convert(node, index, env)
+        outputs = []
+        for vo in g.output:
+            v = env.get(vo.name)
+            if v is None:
+                raise ModelError(f"{self.source}: graph output {vo.name!r} is produced by no node")
+            outputs.append(self.builder.materialize(v, vo.name, f"{self.source}:{vo.name}"))
+        return Graph(tuple(self.builder.nodes), tuple(inputs), tuple(outputs),
+                     self.builder.constants, name=_clean(g.name or "onnx"))
+
+    def _input_spec(self, vi: Any) -> TensorSpec:
+        where = f"{self.source}: graph input {vi.name!r}"
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise ModelError(f"{where} is not a tensor (sequences, maps and optionals are not "
+                             "supported)")
+        dtype = _onnx_dtype(tt.elem_type)
+        if vi.name in self.input_shapes:
+            return TensorSpec(tuple(self.input_shapes[vi.name]), dtype)
+        if not tt.HasField("shape"):
+            raise ModelError(f"{where} has no shape; pass input_shapes={{{vi.name!r}: (...)}}")
+        dims = []
+        for d in tt.shape.dim:
+            if not d.HasField("dim_value"):
+                raise ModelError(f"{where} has a symbolic dimension "
+                                 f"{d.dim_param or '?'!r}; hetero graphs have static shapes: "
+                                 f"pass input_shapes={{{vi.name!r}: (...)}}")
+            dims.append(d.dim_value)
+        return TensorSpec(tuple(dims), dtype)
+
+    def _convert(self, node: Any, index: int, env: dict[str, _Val]) -> None:
+        ins: list[_Val | None] = []
+        for name in node.input:
+            if not name:
+                ins.append(None)
+                continue
+            if name not in env:
+                raise ModelError(f"{self.source}:{node.name or f'{node.op_type}#{index}'} "
+                                 f"({node.op_type}): input {name!r} is produced by no earlier "
+                                 "node (malformed or unsorted graph)")
+            ins.append(env[name])
+        while ins and ins[-1] is None:
+            ins.pop()
+        ctx = _Ctx(self, node, index, ins)
+        convert, _ = _CONVERTERS[node.op_type]
+        try:
+            outs = list(convert(ctx))
+        except HeteroError as exc:
+            if isinstance(exc, ModelError):
+                raise
+            raise ModelError(f"{ctx.where} ({node.op_type}): {exc}") from None
+        for name, v in zip(node.output, outs):
+            if name:
+                if v is None:
+                    raise ctx.fail(f"output {name!r} is not supported")
+                env[name] = v
+        for name in node.output[len(outs):]:
+            if name:
+                raise ctx.fail(f"output {name!r} is not supported")
+
+
+def _opset(model: Any) -> int:
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return int(o.version)
+    return 1
+
+
+def _check_supported(model: Any, source: str) -> None:
+    """Raise one ModelError listing every unsupported op type with its node names."""
+    from hetero.ops.registry import REGISTRY, _ensure_loaded
+
+    _ensure_loaded()
+    missing: dict[str, list[str]] = {}
+    for i, node in enumerate(model.graph.node):
+        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        entry = _CONVERTERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if entry is None or not all(n in REGISTRY for n in entry[1]):
+            missing.setdefault(key, []).append(node.name or f"{node.op_type}#{i}")
+    if missing:
+        lines = []
+        for op, names in sorted(missing.items()):
+            shown = ", ".join(names[:8]) + (f", ... ({len(names)} nodes)" if len(names) > 8 else "")
+            lines.append(f"  {op}: {shown}")
+        raise ModelError(f"{source}: {len(missing)} unsupported ONNX op type(s):\n" +
+                         "\n".join(lines) + f"\n(supported: {', '.join(supported_ops())})")
+
+
+def _read_model(model: Any) -> tuple[Any, str, str | None]:
+    """(ModelProto without external data loaded, source label, folder) from a path or proto."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if isinstance(model, onnx.ModelProto):
+        return model, f"{_clean(model.graph.name or 'model')}.onnx", None
+    if not isinstance(model, (str, os.PathLike)):
+        raise ModelError(f"load() takes a path or an onnx.ModelProto, got {type(model).__name__}")
+    path = os.fspath(model)
+    if not os.path.isfile(path):
+        raise ModelError(f"{path}: no such model file")
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{path}: not a valid ONNX model: {exc}") from None
+    return proto, os.path.basename(path), os.path.dirname(os.path.abspath(path))
+
+
+def load(model: Any, *, input_shapes: Mapping[str, Sequence[int]] | None = None,
+         base_dir: str | None = None) -> Graph:
+    """Import an ONNX model (a path or an ``onnx.ModelProto``) as a hetero Graph.
+
+    Args:
+        model: path to a ``.onnx`` file, or a ModelProto.
+        input_shapes: shapes for graph inputs whose declared shape is symbolic or missing.
+        base_dir: folder for external tensor data of a ModelProto (a path uses its own folder).
+
+    Raises:
+        ModelError: malformed model, unsupported ops (all listed at once), dynamic shapes, or an
+            external data path that leaves the model's folder.
+    """
+    proto, source, folder = _parse(model, base_dir)
+    return _Importer(proto, source, folder, input_shapes).run()
+
+
+def _parse(model: Any, base_dir: str | None) -> tuple[Any, str, str | None]:
+    """Read and check a model: (ModelProto, source label, folder for external data)."""
+    import onnx
+
+    proto, source, folder = _read_model(model)
+    folder = folder if base_dir is None else base_dir
+    if not proto.HasField("graph"):
+        raise ModelError(f"{source}: not a valid ONNX model: it has no graph")
+    try:
+        onnx.checker.check_model(proto)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        raise ModelError(f"{source}: not a valid ONNX model: {str(exc).strip()}") from None
+    return proto, source, folder
+
+
+# ----------------------------------------------------------------------------------------------
+# Running imported graphs, and the onnx.backend Backend
+
+
+def _machine(machine: Any) -> Any:
+    from hetero.devices import Machine
+
+    if machine is None or isinstance(machine, Machine):
+        return machine
+    return Machine.parse(machine)
+
+
+def compile_graph(graph: Graph, machine: Any = None, **options: Any) -> Callable[..., list]:
+    """A callable ``run(*arrays) -> list of arrays`` for ``graph`` on ``machine``."""
+    try:
+        from hetero.compiler import compile as hetero_compile
+    except ModuleNotFoundError:  # before the placement pipeline exists: the reference executor
+        from hetero import reference
+
+        return lambda *arrays: reference.run(graph, arrays)
+    plan = hetero_compile(graph, machine=_machine(machine), **options)
+    return lambda *arrays: list(plan.run(*arrays))
+
+
+class _Runner:
+    """A loaded model, compiled per input signature, run on NumPy inputs."""
+
+    def __init__(self, model: Any, machine: Any = None, base_dir: str | None = None,
+                 **options: Any) -> None:
+        self.proto, self.source, self.folder = _parse(model, base_dir)
+        self.machine = machine
+        self.options = options
+        g = self.proto.graph
+        inits = {t.name for t in g.initializer}
+        self.input_names = [vi.name for vi in g.input if vi.name not in inits]
+        self.output_names = [vo.name for vo in g.output]
+        self._compiled: dict[tuple, Callable[..., list]] = {}
+        _check_supported(self.proto, self.source)
+        if self._static():
+            self._get(None)
+
+    def _static(self) -> bool:
+        g = self.proto.graph
+        inits = {t.name for t in g.initializer}
+        for vi in g.input:
+            if vi.name in inits:
+                continue
+            t = vi.type.tensor_type
+            if not t.HasField("shape") or any(not d.HasField("dim_value") for d in t.shape.dim):
+                return False
+        return True
+
+    def _get(self, arrays: Sequence[np.ndarray] | None) -> Callable[..., list]:
+        key = None if arrays is None else tuple((a.shape, a.dtype.str) for a in arrays)
+        fn = self._compiled.get(key)
+        if fn is None and arrays is not None:
+            fn = self._compiled.get(None)
+        if fn is None:
+            shapes = None if arrays is None else dict(zip(self.input_names,
+                                                          (a.shape for a in arrays)))
+            graph = _Importer(self.proto, self.source, self.folder, shapes).run()
+            fn = compile_graph(graph, self.machine, **self.options)
+            self._compiled[key] = fn
+        return fn
+
+    def run(self, inputs: Any) -> list[np.ndarray]:
+        if isinstance(inputs, Mapping):
+            inputs = [inputs[n] for n in self.input_names]
+        elif isinstance(inputs, np.ndarray):
+            inputs = [inputs]
+        arrays = [np.asarray(x) for x in inputs]
+        if len(arrays) != len(self.input_names):
+            raise ModelError(f"{self.source} takes {len(self.input_names)} inputs "
+                             f"({', '.join(self.input_names)}), got {len(arrays)}")
+        key = tuple((a.shape, a.dtype.str) for a in arrays)
+        fn = self._compiled.get(key) or self._get(arrays)
+        return fn(*arrays)
+
+
+def _backend_classes() -> tuple[type, type]:
+    from onnx.backend.base import Backend as OnnxBackend
+    from onnx.backend.base import BackendRep as OnnxBackendRep
+
+    class BackendRep(OnnxBackendRep):
+        """A prepared model: ``run(inputs)`` returns the outputs as a tuple of NumPy arrays."""
+
+        def __init__(self, runner: _Runner) -> None:
+            self.runner = runner
+
+        def run(self, inputs: Any, **kwargs: Any) -> tuple[np.ndarray, ...]:
+            return tuple(self.runner.run(inputs))
+
+    class Backend(OnnxBackend):
+        """``onnx.backend.base.Backend`` that compiles models through hetero.
+
+        ``prepare(model, device="CPU", machine=None, **compile_options)``: ``machine`` is a
+        Machine or a spec string ("cpu:2,sim:1"); by default the detected machine.
+        """
+
+        @classmethod
+        def is_compatible(cls, model: Any, device: str = "CPU", **kwargs: Any) -> bool:
+            return True
+
+        @classmethod
+        def prepare(cls, model: Any, device: str = "CPU", **kwargs: Any) -> BackendRep:
+            if not cls.supports_device(device):
+                raise ModelError(f"device {device!r} is not available to hetero")
+            machine = kwargs.pop("machine", None)
+            return BackendRep(_Runner(model, machine, **kwargs))
+
+        @classmethod
+        def run_model(cls, model: Any, inputs: Any, device: str = "CPU",
+                      **kwargs: Any) -> tuple[np.ndarray, ...]:
+            return cls.prepare(model, device, **kwargs).run(inputs)
+
+        @classmethod
+        def run_node(cls, node: Any, inputs: Any, device: str = "CPU", outputs_info: Any = None,
+                     **kwargs: Any) -> tuple[np.ndarray, ...]:
+            import onnx.helper
+
+            arrays = [np.asarray(x) for x in inputs]
+            names = [n for n in node.input if n]
+            graph_inputs = [onnx.helper.make_tensor_value_info(
+                n, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+                for n, a in zip(names, arrays)]
+            graph_outputs = [onnx.helper.make_empty_tensor_value_info(n) for n in node.output
+                             if n]
+            opset = kwargs.pop("opset_version", None) or onnx.defs.onnx_opset_version()
+            model = onnx.helper.make_model(
+                onnx.helper.make_graph([node], "node", graph_inputs, graph_outputs),
+                opset_imports=[onnx.helper.make_opsetid("", opset)])
+            return cls.run_model(model, arrays, device, **kwargs)
+
+        @classmethod
+        def supports_device(cls, device: str) -> bool:
+            kind = str(device).split(":")[0].upper()
+            if kind == "CPU":
+                return True
+            if kind == "CUDA":
+                try:
+                    from hetero.devices import Machine
+
+                    return bool(Machine.detect().gpus())
+                except Exception:
+                    return False
+            return False
+
+    return Backend, BackendRep
+
+
+_LAZY_CLASSES: dict[str, type] = {}
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Backend", "BackendRep"):
+        if not _LAZY_CLASSES:
+            backend, rep = _backend_classes()
+            _LAZY_CLASSES.update(Backend=backend, BackendRep=rep)
+        return _LAZY_CLASSES[name]
+    raise AttributeError(f"module 'hetero.onnx' has no attribute {name!r}")
+
+
+def prepare(model: Any, device: str = "CPU", **kwargs: Any) -> Any:
+    """``Backend.prepare``: a BackendRep whose ``run(inputs)`` runs the model through hetero."""
+    return __getattr__("Backend").prepare(model, device, **kwargs)
+
+
+def run_model(model: Any, inputs: Any, device: str = "CPU", **kwargs: Any) -> Any:
+    """``Backend.run_model``."""
+    return __getattr__("Backend").run_model(model, inputs, device, **kwargs)
+
+
+def run_node(node: Any, inputs: Any, device: str = "CPU", **kwargs: Any) -> Any:
+    """``Backend.run_node``."""
+    return __getattr__("Backend").run_node(node, inputs, device, **kwargs)
