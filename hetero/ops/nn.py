@@ -1,3 +1,543 @@
-"""nn ops."""
+"""Neural-network ops: convolution, pooling, batch normalisation and local response normalisation.
 
-__all__: list[str] = []
+ONNX semantics throughout: activations are NCHW, convolution weights OIHW, ``pads`` are in ONNX
+order ``(top, left, bottom, right)``.
+
+Every kernel is written once against the array namespace ``xp`` (NumPy on the CPU and the
+simulated GPU, CuPy on a CUDA GPU) and uses only functions the two share. The design of the
+convolution, which decides the speed of a CNN on the CPU:
+
+* A 1x1, stride-1, unpadded convolution is a plain GEMM: the input ``(C, H*W)`` of each image is
+  already the patch matrix, so no copy is made.
+* Any other convolution pads the input once (only when ``pads`` are non-zero), takes a strided
+  view of every patch (``as_strided``: no copy), copies that view once into the patch matrix
+  ``(C*KH*KW, OH*OW)`` (im2col) and runs one GEMM per image and group, writing straight into the
+  output buffer. The ``(C, KH, KW)`` patch order matches the OIHW weights, so the weights are used
+  as they are, never reordered per call.
+* A depthwise convolution (one input channel per group) has no GEMM worth the name; it is a loop
+  over the ``KH*KW`` taps of one fused multiply-add over the whole tensor.
+* Bias and the fused activation are applied in place on the GEMM output.
+
+Kernels keep no state between calls, so several worker threads may run them at once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from hetero.graph import TensorSpec
+from hetero.ops.registry import REQUIRED, Cost, Op, register, require_float, same_dtype
+from hetero.tracing import apply
+
+__all__ = [
+    "conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool", "global_max_pool", "batch_norm",
+    "lrn", "ACTIVATIONS",
+]
+
+#: Activations that conv2d can apply to its output in place (``activation=`` attribute), with the
+#: number of ``activation_params`` each takes: leaky_relu (alpha), clip (min, max).
+ACTIVATIONS = {"none": 0, "relu": 0, "leaky_relu": 1, "sigmoid": 0, "tanh": 0, "clip": 2}
+
+# ----------------------------------------------------------------------------------------------
+# Shared shape arithmetic
+
+
+def _pair(value, name: str, opname: str) -> tuple[int, int]:
+    try:
+        pair = tuple(int(v) for v in value)
+    except TypeError:
+        pair = (int(value), int(value))
+    if len(pair) != 2:
+        from hetero.errors import ShapeError
+
+        raise ShapeError(f"{opname}: {name} must have 2 entries (height, width), got {value!r}")
+    return pair
+
+
+def _window_attrs(attrs, opname: str, kernel: tuple[int, int]):
+    """Strides, pads (top, left, bottom, right) and dilations, validated."""
+    from hetero.errors import ShapeError
+
+    strides = _pair(attrs.get("strides") or (1, 1), "strides", opname)
+    dilations = _pair(attrs.get("dilations") or (1, 1), "dilations", opname)
+    pads = tuple(int(p) for p in (attrs.get("pads") or (0, 0, 0, 0)))
+    if len(pads) != 4:
+        raise ShapeError(f"{opname}: pads must have 4 entries (top, left, bottom, right) in ONNX "
+                         f"order, got {pads}")
+    if min(strides) < 1 or min(dilations) < 1:
+        raise ShapeError(f"{opname}: strides {strides} and dilations {dilations} must be >= 1")
+    if min(pads) < 0:
+        raise ShapeError(f"{opname}: pads {pads} must be >= 0")
+    if min(kernel) < 1:
+        raise ShapeError(f"{opname}: kernel shape {kernel} must be >= 1")
+    return strides, pads, dilations
+
+
+def _out_size(size: int, k: int, s: int, d: int, p0: int, p1: int, ceil_mode: bool) -> int:
+    """Output length along one axis (ONNX/PyTorch rule: with ``ceil_mode`` a last window that
+    would start in the trailing padding is dropped)."""
+    span = size + p0 + p1 - (d * (k - 1) + 1)
+    if span < 0:
+        return 0
+    if not ceil_mode:
+        return span // s + 1
+    out = -(-span // s) + 1
+    if (out - 1) * s >= size + p0:
+        out -= 1
+    return out
+
+
+def _spatial_out(x: TensorSpec, kernel, strides, pads, dilations, ceil_mode, opname):
+    from hetero.errors import ShapeError
+
+    _, _, h, w = x.shape
+    oh = _out_size(h, kernel[0], strides[0], dilations[0], pads[0], pads[2], ceil_mode)
+    ow = _out_size(w, kernel[1], strides[1], dilations[1], pads[1], pads[3], ceil_mode)
+    if oh < 1 or ow < 1:
+        raise ShapeError(f"{opname}: a {kernel[0]}x{kernel[1]} window (dilations {dilations}) "
+                         f"does not fit the {h}x{w} input padded by {pads}; the output would be "
+                         f"{oh}x{ow}")
+    return oh, ow
+
+
+def _require_nchw(spec: TensorSpec, opname: str, what: str = "input") -> None:
+    from hetero.errors import ShapeError
+
+    if spec.ndim != 4:
+        raise ShapeError(f"{opname}: {what} must be 4-D NCHW, got shape {spec.shape}")
+    require_float(spec, opname)
+
+
+def _padded(xp, x, pads, height: int, width: int, fill: float):
+    """``x`` inside a buffer of ``height x width`` whose border (``pads`` top/left, the rest
+    bottom/right) holds ``fill``; ``x`` itself when nothing needs padding."""
+    n, c, h, w = x.shape
+    top, left = pads[0], pads[1]
+    if top == 0 and left == 0 and height <= h and width <= w:
+        return x
+    buf = xp.full((n, c, max(height, top + h), max(width, left + w)), fill, dtype=x.dtype)
+    buf[:, :, top:top + h, left:left + w] = x
+    return buf
+
+
+def _windows(xp, buf, oh, ow, kernel, strides, dilations):
+    """A no-copy view ``(N, C, KH, KW, OH, OW)`` of every window of ``buf``."""
+    n, c = buf.shape[:2]
+    sn, sc, sh, sw = buf.strides
+    return xp.lib.stride_tricks.as_strided(
+        buf, shape=(n, c, kernel[0], kernel[1], oh, ow),
+        strides=(sn, sc, sh * dilations[0], sw * dilations[1], sh * strides[0], sw * strides[1]))
+
+
+def _needed(size_out: int, k: int, s: int, d: int) -> int:
+    """Input length the windows of one axis reach (padding included)."""
+    return (size_out - 1) * s + d * (k - 1) + 1
+
+
+# ----------------------------------------------------------------------------------------------
+# conv2d
+
+
+def _conv_attrs(attrs, kernel):
+    strides, pads, dilations = _window_attrs(attrs, "conv2d", kernel)
+    return strides, pads, dilations, int(attrs["groups"])
+
+
+def _infer_conv(ins, attrs):
+    from hetero.errors import ShapeError
+
+    x, w = ins[0], ins[1]
+    _require_nchw(x, "conv2d")
+    _require_nchw(w, "conv2d", "weight")
+    same_dtype(ins, "conv2d inputs")
+    n, c, _, _ = x.shape
+    o, cg, kh, kw = w.shape
+    strides, pads, dilations, groups = _conv_attrs(attrs, (kh, kw))
+    if groups < 1:
+        raise ShapeError(f"conv2d: groups must be >= 1, got {groups}")
+    if c != cg * groups:
+        raise ShapeError(f"conv2d: input has {c} channels but the weight {w.shape} (OIHW) with "
+                         f"groups={groups} expects {cg * groups}")
+    if o % groups:
+        raise ShapeError(f"conv2d: {o} output channels are not divisible by groups={groups}")
+    if len(ins) == 3 and ins[2].shape != (o,):
+        raise ShapeError(f"conv2d: bias must have shape ({o},), got {ins[2].shape}")
+    act = attrs["activation"]
+    if act not in ACTIVATIONS:
+        raise ShapeError(f"conv2d: unknown activation {act!r} (known: {', '.join(ACTIVATIONS)})")
+    params = tuple(attrs["activation_params"] or ())
+    if act != "none" and len(params) not in (0, ACTIVATIONS[act]):
+        raise ShapeError(f"conv2d: activation {act} takes {ACTIVATIONS[act]} activation_params, "
+                         f"got {params}")
+    oh, ow = _spatial_out(x, (kh, kw), strides, pads, dilations, False, "conv2d")
+    return (TensorSpec((n, o, oh, ow), x.dtype),)
+
+
+def _conv_cost(ins, outs, attrs):
+    w = ins[1]
+    n, o, oh, ow = outs[0].shape
+    _, cg, kh, kw = w.shape
+    flops = 2.0 * n * o * oh * ow * cg * kh * kw
+    return Cost(flops=flops, bytes=float(sum(s.nbytes for s in ins) + outs[0].nbytes))
+
+
+def apply_activation(xp, out, activation: str, params=()) -> None:
+    """Apply a fused activation to ``out`` in place."""
+    if activation == "none":
+        return
+    if activation == "relu":
+        xp.maximum(out, 0, out=out)
+    elif activation == "leaky_relu":
+        alpha = float(params[0]) if params else 0.01
+        # max(x, alpha*x) is leaky relu for 0 <= alpha <= 1; use where() for other alphas
+        if 0.0 <= alpha <= 1.0:
+            xp.maximum(out, out * out.dtype.type(alpha), out=out)
+        else:
+            out[...] = xp.where(out >= 0, out, out * out.dtype.type(alpha))
+    elif activation == "sigmoid":
+        # sigmoid(x) = 0.5 * tanh(x / 2) + 0.5: no overflow for large |x|
+        out *= out.dtype.type(0.5)
+        xp.tanh(out, out=out)
+        out *= out.dtype.type(0.5)
+        out += out.dtype.type(0.5)
+    elif activation == "tanh":
+        xp.tanh(out, out=out)
+    elif activation == "clip":
+        lo = params[0] if len(params) > 0 else None
+        hi = params[1] if len(params) > 1 else None
+        if lo is not None:
+            xp.maximum(out, out.dtype.type(lo), out=out)
+        if hi is not None:
+            xp.minimum(out, out.dtype.type(hi), out=out)
+    else:  # guarded by inference; kept for direct kernel calls
+        raise ValueError(f"unknown activation {activation!r}")
+
+
+def _conv_kernel(xp, ins, attrs, outs):
+    x, w = ins[0], ins[1]
+    out = outs[0]
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    strides, pads, dilations, groups = _conv_attrs(attrs, (kh, kw))
+    _, _, oh, ow = out.shape
+    og = o // groups
+    # a C-contiguous output can be written in place through reshaped views
+    target = out if out.flags.c_contiguous else xp.empty(out.shape, out.dtype)
+
+    if cg == 1 and groups > 1:
+        _depthwise(xp, x, w, target, strides, pads, dilations, groups)
+    elif (kh, kw) == (1, 1) and strides == (1, 1) and pads == (0, 0, 0, 0):
+        cols = x.reshape(n, groups, cg, h * wd)
+        if not cols.flags.c_contiguous:
+            cols = xp.ascontiguousarray(cols)
+        xp.matmul(w.reshape(groups, og, cg), cols, out=target.reshape(n, groups, og, oh * ow))
+    else:
+        buf = _padded(xp, x, pads, _needed(oh, kh, strides[0], dilations[0]),
+                      _needed(ow, kw, strides[1], dilations[1]), 0.0)
+        view = _windows(xp, buf, oh, ow, (kh, kw), strides, dilations)
+        # one copy: (N, C, KH, KW, OH, OW) -> patch matrices (N, G, Cg*KH*KW, OH*OW)
+        cols = view.reshape(n, groups, cg * kh * kw, oh * ow)
+        xp.matmul(w.reshape(groups, og, cg * kh * kw), cols,
+                  out=target.reshape(n, groups, og, oh * ow))
+
+    if len(ins) == 3:
+        target += ins[2].reshape(1, o, 1, 1)
+    apply_activation(xp, target, attrs["activation"], attrs["activation_params"])
+    if target is not out:
+        out[...] = target
+
+
+def _depthwise(xp, x, w, out, strides, pads, dilations, groups):
+    """Grouped conv with one input channel per group: a fused multiply-add per tap."""
+    n, c, _, _ = x.shape
+    o, _, kh, kw = w.shape
+    _, _, oh, ow = out.shape
+    mult = o // groups
+    buf = _padded(xp, x, pads, _needed(oh, kh, strides[0], dilations[0]),
+                  _needed(ow, kw, strides[1], dilations[1]), 0.0)
+    view = _windows(xp, buf, oh, ow, (kh, kw), strides, dilations)  # (N, C, KH, KW, OH, OW)
+    # out channel g*mult + m reads input channel g
+    out5 = out.reshape(n, c, mult, oh, ow)
+    w5 = w.reshape(c, mult, kh, kw)
+    xp.multiply(view[:, :, None, 0, 0], w5[None, :, :, 0, 0, None, None], out=out5)
+    tmp = xp.empty((n, c, mult, oh, ow), out.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            if i or j:
+                xp.multiply(view[:, :, None, i, j], w5[None, :, :, i, j, None, None], out=tmp)
+                out5 += tmp
+
+
+register(Op(
+    "conv2d", _infer_conv, _conv_kernel, arity=(2, 3),
+    attrs={"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "groups": 1,
+           "activation": "none", "activation_params": ()},
+    cost=_conv_cost, op_class="conv",
+    doc="2-D convolution (NCHW, OIHW), optional bias and fused activation"))
+
+
+def conv2d(x, w, b=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1,
+           activation="none", activation_params=(), device=None):
+    """2-D convolution of an NCHW input with OIHW weights (ONNX Conv).
+
+    Args:
+        x: input ``(N, C, H, W)``.
+        w: weights ``(O, C // groups, KH, KW)``.
+        b: optional bias ``(O,)``.
+        strides, dilations: per spatial axis (height, width).
+        pads: ONNX order ``(top, left, bottom, right)``.
+        groups: channel groups (``groups == C`` is a depthwise convolution).
+        activation: fused activation applied after the bias: one of ``ACTIVATIONS``.
+        activation_params: ``(alpha,)`` for leaky_relu, ``(min, max)`` for clip.
+
+    Returns:
+        ``(N, O, OH, OW)``.
+    """
+    ins = (x, w) if b is None else (x, w, b)
+    return apply("conv2d", ins, {"strides": tuple(strides), "pads": tuple(pads),
+                                 "dilations": tuple(dilations), "groups": int(groups),
+                                 "activation": activation,
+                                 "activation_params": tuple(activation_params)},
+                 device=device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pooling
+
+
+def _pool_geometry(attrs, opname):
+    kernel = _pair(attrs["kernel_shape"], "kernel_shape", opname)
+    strides, pads, dilations = _window_attrs(attrs, opname, kernel)
+    return kernel, strides, pads, dilations, bool(attrs["ceil_mode"])
+
+
+def _pool_infer(opname):
+    def infer(ins, attrs):
+        from hetero.errors import ShapeError
+
+        x = ins[0]
+        _require_nchw(x, opname)
+        kernel, strides, pads, dilations, ceil_mode = _pool_geometry(attrs, opname)
+        reach = (dilations[0] * (kernel[0] - 1), dilations[1] * (kernel[1] - 1))
+        if max(pads[0], pads[2]) > reach[0] or max(pads[1], pads[3]) > reach[1]:
+            raise ShapeError(f"{opname}: pads {pads} must be smaller than the window "
+                             f"{kernel} (dilations {dilations}): a window would see padding only")
+        oh, ow = _spatial_out(x, kernel, strides, pads, dilations, ceil_mode, opname)
+        return (TensorSpec((x.shape[0], x.shape[1], oh, ow), x.dtype),)
+    return infer
+
+
+def _pool_cost(ins, outs, attrs):
+    kh, kw = _pair(attrs["kernel_shape"], "kernel_shape", "pool")
+    return Cost(flops=float(outs[0].size * kh * kw),
+                bytes=float(ins[0].nbytes + outs[0].nbytes))
+
+
+def _max_pool_kernel(xp, ins, attrs, outs):
+    x, out = ins[0], outs[0]
+    kernel, strides, pads, dilations, _ = _pool_geometry(attrs, "max_pool2d")
+    _, _, oh, ow = out.shape
+    buf = _padded(xp, x, pads, _needed(oh, kernel[0], strides[0], dilations[0]),
+                  _needed(ow, kernel[1], strides[1], dilations[1]), -math.inf)
+    view = _windows(xp, buf, oh, ow, kernel, strides, dilations)
+    out[...] = view[:, :, 0, 0]
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            if i or j:
+                xp.maximum(out, view[:, :, i, j], out=out)
+
+
+def _window_counts(size, out_size, k, s, d, lo, hi):
+    """Per output position, how many taps of its window fall in ``[lo, hi)`` (input coords)."""
+    starts = np.arange(out_size)[:, None] * s + np.arange(k)[None, :] * d
+    return ((starts >= lo) & (starts < hi)).sum(axis=1)
+
+
+def _avg_pool_kernel(xp, ins, attrs, outs):
+    x, out = ins[0], outs[0]
+    kernel, strides, pads, dilations, _ = _pool_geometry(attrs, "avg_pool2d")
+    _, _, h, w = x.shape
+    _, _, oh, ow = out.shape
+    buf = _padded(xp, x, pads, _needed(oh, kernel[0], strides[0], dilations[0]),
+                  _needed(ow, kernel[1], strides[1], dilations[1]), 0.0)
+    view = _windows(xp, buf, oh, ow, kernel, strides, dilations)
+    out[...] = view[:, :, 0, 0]
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            if i or j:
+                xp.add(out, view[:, :, i, j], out=out)
+    # buffer coordinates: the input occupies [top, top + h); explicit pads end at top + h + bottom
+    if attrs["count_include_pad"]:
+        ch = _window_counts(h, oh, kernel[0], strides[0], dilations[0], 0, pads[0] + h + pads[2])
+        cw = _window_counts(w, ow, kernel[1], strides[1], dilations[1], 0, pads[1] + w + pads[3])
+    else:
+        ch = _window_counts(h, oh, kernel[0], strides[0], dilations[0], pads[0], pads[0] + h)
+        cw = _window_counts(w, ow, kernel[1], strides[1], dilations[1], pads[1], pads[1] + w)
+    inv = 1.0 / np.maximum(ch[:, None] * cw[None, :], 1)
+    out *= xp.asarray(inv.astype(out.dtype))
+
+
+_POOL_ATTRS = {"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "ceil_mode": 0}
+register(Op("max_pool2d", _pool_infer("max_pool2d"), _max_pool_kernel,
+            attrs={"kernel_shape": REQUIRED, **_POOL_ATTRS}, cost=_pool_cost, op_class="reduce",
+            doc="2-D max pooling (ONNX MaxPool)"))
+register(Op("avg_pool2d", _pool_infer("avg_pool2d"), _avg_pool_kernel,
+            attrs={"kernel_shape": REQUIRED, **_POOL_ATTRS, "count_include_pad": 0},
+            cost=_pool_cost, op_class="reduce", doc="2-D average pooling (ONNX AveragePool)"))
+
+
+def max_pool2d(x, kernel_shape, strides=None, pads=(0, 0, 0, 0), dilations=(1, 1), ceil_mode=0,
+               *, device=None):
+    """2-D max pooling of an NCHW input (ONNX MaxPool); ``pads`` are (top, left, bottom, right)
+    and padding never wins the max."""
+    return apply("max_pool2d", (x,), {
+        "kernel_shape": tuple(kernel_shape), "strides": tuple(strides or (1, 1)),
+        "pads": tuple(pads), "dilations": tuple(dilations), "ceil_mode": int(ceil_mode)},
+        device=device)
+
+
+def avg_pool2d(x, kernel_shape, strides=None, pads=(0, 0, 0, 0), ceil_mode=0, count_include_pad=0,
+               dilations=(1, 1), *, device=None):
+    """2-D average pooling of an NCHW input (ONNX AveragePool).
+
+    ``count_include_pad`` divides by the window size including the explicit padding; windows that
+    ``ceil_mode`` lets run past the padding never count the part beyond it.
+    """
+    return apply("avg_pool2d", (x,), {
+        "kernel_shape": tuple(kernel_shape), "strides": tuple(strides or (1, 1)),
+        "pads": tuple(pads), "dilations": tuple(dilations), "ceil_mode": int(ceil_mode),
+        "count_include_pad": int(count_include_pad)}, device=device)
+
+
+def _infer_global(opname):
+    def infer(ins, attrs):
+        from hetero.errors import ShapeError
+
+        x = ins[0]
+        if x.ndim < 3:
+            raise ShapeError(f"{opname}: input must be (N, C, spatial...), got shape {x.shape}")
+        require_float(x, opname)
+        return (TensorSpec(x.shape[:2] + (1,) * (x.ndim - 2), x.dtype),)
+    return infer
+
+
+def _global_kernel(reduction):
+    def kernel(xp, ins, attrs, outs):
+        x = ins[0]
+        getattr(xp, reduction)(x, axis=tuple(range(2, x.ndim)), keepdims=True, out=outs[0])
+    return kernel
+
+
+def _global_cost(ins, outs, attrs):
+    return Cost(flops=float(ins[0].size), bytes=float(ins[0].nbytes + outs[0].nbytes))
+
+
+register(Op("global_avg_pool", _infer_global("global_avg_pool"), _global_kernel("mean"),
+            cost=_global_cost, op_class="reduce",
+            doc="mean over every spatial axis, kept as size 1 (ONNX GlobalAveragePool)"))
+register(Op("global_max_pool", _infer_global("global_max_pool"), _global_kernel("max"),
+            cost=_global_cost, op_class="reduce",
+            doc="max over every spatial axis, kept as size 1 (ONNX GlobalMaxPool)"))
+
+
+def global_avg_pool(x, *, device=None):
+    """Mean over every spatial axis: ``(N, C, H, W) -> (N, C, 1, 1)``."""
+    return apply("global_avg_pool", (x,), device=device)
+
+
+def global_max_pool(x, *, device=None):
+    """Max over every spatial axis: ``(N, C, H, W) -> (N, C, 1, 1)``."""
+    return apply("global_max_pool", (x,), device=device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalisation
+
+
+def _infer_batch_norm(ins, attrs):
+    from hetero.errors import ShapeError
+
+    x = ins[0]
+    if x.ndim < 2:
+        raise ShapeError(f"batch_norm: input must be (N, C, ...), got shape {x.shape}")
+    require_float(x, "batch_norm")
+    same_dtype(ins, "batch_norm inputs")
+    c = x.shape[1]
+    for name, spec in zip(("scale", "bias", "mean", "var"), ins[1:]):
+        if spec.shape != (c,):
+            raise ShapeError(f"batch_norm: {name} must have shape ({c},) for {c} channels, got "
+                             f"{spec.shape}")
+    return (x,)
+
+
+def batch_norm_affine(xp, scale, bias, mean, var, epsilon):
+    """Per-channel ``(a, b)`` with ``batch_norm(x) = a * x + b``."""
+    a = scale / xp.sqrt(var + var.dtype.type(epsilon))
+    return a, bias - mean * a
+
+
+def _batch_norm_kernel(xp, ins, attrs, outs):
+    x, out = ins[0], outs[0]
+    a, b = batch_norm_affine(xp, *ins[1:], attrs["epsilon"])
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    xp.multiply(x, a.reshape(shape), out=out)
+    out += b.reshape(shape)
+
+
+register(Op("batch_norm", _infer_batch_norm, _batch_norm_kernel, arity=(5, 5),
+            attrs={"epsilon": 1e-5},
+            cost=lambda ins, outs, attrs: Cost(2.0 * ins[0].size,
+                                               float(ins[0].nbytes + outs[0].nbytes)),
+            op_class="norm", doc="inference batch normalisation (ONNX BatchNormalization)"))
+
+
+def batch_norm(x, scale, bias, mean, var, *, epsilon=1e-5, device=None):
+    """Inference batch normalisation over axis 1:
+    ``(x - mean) / sqrt(var + epsilon) * scale + bias``."""
+    return apply("batch_norm", (x, scale, bias, mean, var), {"epsilon": float(epsilon)},
+                 device=device)
+
+
+def _infer_lrn(ins, attrs):
+    from hetero.errors import ShapeError
+
+    x = ins[0]
+    if x.ndim < 3:
+        raise ShapeError(f"lrn: input must be (N, C, spatial...), got shape {x.shape}")
+    require_float(x, "lrn")
+    if int(attrs["size"]) < 1:
+        raise ShapeError(f"lrn: size must be >= 1, got {attrs['size']}")
+    return (x,)
+
+
+def _lrn_kernel(xp, ins, attrs, outs):
+    x, out = ins[0], outs[0]
+    size = int(attrs["size"])
+    c = x.shape[1]
+    lo, hi = (size - 1) // 2, -(-(size - 1) // 2)  # channels before and after, ONNX
+    sq = xp.zeros((x.shape[0], c + lo + hi) + x.shape[2:], x.dtype)
+    xp.multiply(x, x, out=sq[:, lo:lo + c])
+    out[...] = sq[:, 0:c]
+    for k in range(1, size):
+        out += sq[:, k:k + c]
+    t = x.dtype.type
+    out *= t(attrs["alpha"] / size)
+    out += t(attrs["bias"])
+    xp.power(out, t(-attrs["beta"]), out=out)
+    out *= x
+
+
+register(Op("lrn", _infer_lrn, _lrn_kernel,
+            attrs={"size": REQUIRED, "alpha": 1e-4, "beta": 0.75, "bias": 1.0},
+            cost=lambda ins, outs, attrs: Cost(float(ins[0].size * (int(attrs["size"]) + 4)),
+                                               float(ins[0].nbytes + outs[0].nbytes)),
+            op_class="norm", doc="local response normalisation across channels (ONNX LRN)"))
+
+
+def lrn(x, size, alpha=1e-4, beta=0.75, bias=1.0, *, device=None):
+    """Local response normalisation across channels (ONNX LRN):
+    ``x / (bias + alpha / size * sum of x**2 over `size` neighbouring channels) ** beta``."""
+    return apply("lrn", (x,), {"size": int(size), "alpha": float(alpha), "beta": float(beta),
+                               "bias": float(bias)}, device=device)
