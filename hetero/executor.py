@@ -1,0 +1,775 @@
+"""The executor: runs a Plan's per-device queues concurrently.
+
+Design
+======
+
+A Plan gives every device a queue of node names in execution order. The executor runs each queue
+in order on its own host thread and orders work across devices only through the plan's data
+dependencies. There is no dynamic scheduling: the placer and the scheduler already decided where
+and in which order everything runs, so the run-time job is to start each node as soon as its
+inputs exist and to get out of the way.
+
+Threads
+    * one thread per CPU worker ("cpu:N") with a non-empty queue; it calls each node's kernel
+      itself. The queue of the first CPU worker runs on the calling thread, so a plan that uses
+      one worker starts no thread at all.
+    * one host thread per GPU (CUDA or simulated) with a non-empty queue; it *enqueues* each node
+      on one of the GPU's streams and moves on: compute on ``compute_stream``, host-to-device and
+      device-to-device copies on ``h2d_stream``, device-to-host copies on ``d2h_stream``, so copies
+      overlap compute.
+
+Load time (``Executor(plan)``), done once per plan
+    * arenas: one buffer per memory space of the plan's ``MemoryPlan`` (``plan_memory`` runs here
+      if the plan has none); every planned value is a typed view of its arena at its offset.
+    * constants: uploaded once into the memory space of each constant node.
+    * each queue is compiled into a flat list of instructions, one tuple per node:
+      ``(kernel, ins, attrs, outs, waits, signal, node index)`` on a CPU worker, with ``ins`` and
+      ``outs`` lists of the very buffers the kernel reads and writes, so the hot loop does no
+      dictionary look-up and no allocation.
+
+State of a run (all of it; reset at the start of each run)
+    ``slots``
+        Values that change from run to run: graph inputs (the caller's arrays) and graph outputs
+        (a fresh buffer per run, because the caller keeps them while the next run writes its
+        arena). Their positions in the instruction lists are patched before any thread starts.
+    ``done[node]`` (a ``threading.Event``)
+        Exists only for nodes with a consumer on another thread. Set by the thread that owns the
+        node: by a CPU worker when the kernel returned; by a GPU host thread once the node is
+        enqueued and its stream event recorded.
+    ``events[node]``
+        The stream event recorded after a GPU node that a consumer on another stream or thread
+        waits for: a GPU consumer makes its stream wait on it (no host block); a CPU consumer
+        waits for ``done`` and then for the event.
+    ``failure``
+        The first error (exception, node, device), and ``aborted``.
+
+Policy
+    * Within a queue, order is the queue's order. Within a GPU stream it is enqueue order.
+    * A node waits for exactly its inputs produced on another thread or stream; nothing else.
+      Memory reuse needs no further waits: ``plan_memory`` only lets two values share bytes when
+      the last use of one happens-before the producer of the other through these same edges.
+    * Only ``_Run.fail`` mutates shared state after the threads start (every ``done`` is written
+      by its single owner). It records the first error, sets ``aborted`` and sets every ``done``
+      event so that no thread stays blocked; each thread checks ``aborted`` after its waits and
+      before each node, and returns. The calling thread joins every thread, synchronises every
+      stream, and raises ``ExecutionError`` naming the node, op, device and source line. A
+      KeyboardInterrupt (in the calling thread or raised by a kernel) takes the same path and is
+      re-raised. Afterwards no thread of the run is alive and the plan can run again.
+    * BLAS threads: while a run uses ``w`` host compute threads (CPU workers plus simulated GPUs,
+      whose kernels run on the host), BLAS is limited to ``cores // w`` threads (threadpoolctl),
+      so workers x BLAS threads <= cores. A plan with one worker keeps every BLAS thread.
+
+Synchronous mode (``run(..., sync=True)``)
+    Runs every node on the calling thread, one at a time, on its device, in one order that
+    respects the data dependencies and every queue's order (so the arena layout stays valid),
+    synchronising the stream after every GPU node. For debugging and as the reference that the
+    concurrent runs must equal.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from hetero.errors import ExecutionError, HeteroError
+from hetero.graph import Graph, Node, TensorSpec, Value
+from hetero.passes.memory import issue_stream, value_space
+
+__all__ = ["Executor", "default_cpu_workers", "blas_threads"]
+
+_UINT8 = np.dtype(np.uint8)
+
+# ----------------------------------------------------------------------------------------------
+# Worker count and BLAS threads
+
+
+def cpu_cores() -> int:
+    """Cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_cpu_workers(graph: Graph, cores: int | None = None) -> int:
+    """How many CPU workers suit ``graph``: its average parallelism (total work over the work on
+    the critical path, work = flops + bytes of each op), capped by the widest level of the graph
+    and by the cores. A chain gets one worker (with every BLAS thread); a wide graph several."""
+    from hetero.ops.registry import STRUCTURAL_OPS, lookup
+
+    cores = cores or cpu_cores()
+    work: dict[str, float] = {}
+    level: dict[str, int] = {}
+    longest: dict[str, float] = {}
+    width: dict[int, int] = {}
+    for node in graph.nodes:
+        preds = {v.node for v in node.inputs}
+        if node.op in STRUCTURAL_OPS:
+            w = 0.0
+        else:
+            op = lookup(node.op, node)
+            ins = tuple(graph.spec(v) for v in node.inputs)
+            c = op.cost_of(ins, node.outputs, node.attrs)
+            w = c.flops + c.bytes + 1.0
+        work[node.name] = w
+        longest[node.name] = w + max((longest[p] for p in preds), default=0.0)
+        if w > 0:
+            lv = 1 + max((level[p] for p in preds), default=0)
+            width[lv] = width.get(lv, 0) + 1
+        else:
+            lv = max((level[p] for p in preds), default=0)
+        level[node.name] = lv
+    total = sum(work.values())
+    critical = max(longest.values(), default=0.0)
+    if critical <= 0:
+        return 1
+    parallelism = total / critical
+    return max(1, min(cores, int(parallelism + 0.5), max(width.values(), default=1)))
+
+
+def blas_threads(workers: int, cores: int | None = None) -> int:
+    """BLAS threads per worker so that workers x BLAS threads <= cores."""
+    return max(1, (cores or cpu_cores()) // max(1, workers))
+
+
+_controller: Any = None
+
+
+def _blas_limit(threads: int) -> Any:
+    """A context manager that limits BLAS to ``threads`` (threadpoolctl), or None if BLAS
+    already uses no more."""
+    global _controller
+    try:
+        if _controller is None:
+            from threadpoolctl import ThreadpoolController
+
+            _controller = ThreadpoolController()
+        current = max((i["num_threads"] for i in _controller.info()
+                       if i["user_api"] == "blas"), default=0)
+    except Exception:  # threadpoolctl cannot see this BLAS: nothing to coordinate
+        return None
+    if current <= threads:
+        return None
+    return _controller.limit(limits=threads, user_api="blas")
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-run state
+
+
+class _Run:
+    """Shared state of one run; ``fail`` is the only writer once the threads are started."""
+
+    __slots__ = ("aborted", "error", "lock", "flags", "events", "trace")
+
+    def __init__(self, flags: list[threading.Event], nevents: int, trace: bool) -> None:
+        self.aborted = False
+        self.error: tuple[BaseException, Node | None, str] | None = None
+        self.lock = threading.Lock()
+        self.flags = flags
+        self.events: list[Any] = [None] * nevents
+        self.trace: list[tuple] | None = [] if trace else None
+
+    def fail(self, exc: BaseException, node: Node | None, device: str) -> None:
+        with self.lock:
+            if self.error is None:
+                self.error = (exc, node, device)
+            self.aborted = True
+        for f in self.flags:
+            f.set()
+
+
+class _Thread:
+    """Everything one host thread runs: its device, instructions and their patch sites."""
+
+    def __init__(self, device: Any, graph: Graph) -> None:
+        self.device = device
+        self.graph = graph
+        self.instrs: list[tuple] = []
+
+    def __repr__(self) -> str:
+        return f"_Thread({self.device.name}, {len(self.instrs)} nodes)"
+
+
+# ----------------------------------------------------------------------------------------------
+# The executor
+
+
+class Executor:
+    """Runs a Plan: every device's queue concurrently (see the module docstring).
+
+    Args:
+        plan: the Plan to run. Its MemoryPlan is computed here if ``plan.memory`` is None.
+        cost: a measured cost model (``hetero.cost.MeasuredCost``) that profiled runs feed.
+    """
+
+    def __init__(self, plan: Any, *, cost: Any = None) -> None:
+        from hetero.passes.memory import plan_memory
+
+        if plan.memory is None:
+            plan = plan_memory(plan)
+        self.plan = plan
+        self.graph: Graph = plan.graph
+        self.machine = plan.machine
+        self.cost = cost
+        self._run_lock = threading.Lock()
+        self._load()
+
+    # -- load time ---------------------------------------------------------------------------
+
+    def _device(self, name: str) -> Any:
+        return self.machine.device(name)
+
+    def _load(self) -> None:
+        from hetero.ops.registry import lookup
+
+        graph, plan = self.graph, self.plan
+        self._node_index = {n.name: i for i, n in enumerate(graph.nodes)}
+        spaces = {d.name: d.memory_space for d in self.machine.devices}
+        self._spaces = spaces
+        owner: dict[str, str] = {}  # node -> device whose queue runs it
+        for dev, queue in plan.queues.items():
+            for name in queue:
+                owner[name] = dev
+        self._owner = owner
+        outputs = list(dict.fromkeys(graph.outputs))
+        self._outputs = outputs
+        # where each value lives: a fixed buffer, or a per-run slot
+        self._arenas = self._allocate_arenas(plan.memory)
+        fixed: dict[Value, Any] = {}
+        dynamic: dict[Value, list[tuple[list, int]]] = {}
+        for node in graph.nodes:
+            if node.op == "input":
+                dynamic[Value(node.name, 0)] = []
+                continue
+            dev = self._device(node.device or owner.get(node.name, "cpu:0"))
+            if node.op == "constant":
+                fixed[Value(node.name, 0)] = dev.from_host(graph.constants[node.name])
+                continue
+            for i, spec in enumerate(node.outputs):
+                v = Value(node.name, i)
+                if v in self._output_set():
+                    dynamic[v] = []
+                else:
+                    fixed[v] = self._arena_view(v, spec, node)
+        self._fixed = fixed
+        self._dynamic = dynamic
+        self._output_space = {v: value_space(graph.node(v.node), spaces)
+                              for v in outputs if graph.node(v.node).op not in ("input",)}
+        # per-node cross-thread bookkeeping
+        thread_of = {}  # node -> (device, stream)
+        for name, dev in owner.items():
+            d = self._device(dev)
+            thread_of[name] = (dev, issue_stream(graph.node(name), d.kind))
+        self._thread_of = thread_of
+        consumers_elsewhere: set[str] = set()
+        needs_event: set[str] = set()
+        for node in graph.nodes:
+            if node.name not in owner:
+                continue
+            dev, stream = thread_of[node.name]
+            for v in node.inputs:
+                p = graph.node(v.node)
+                if p.op in ("input", "constant"):
+                    continue
+                pdev, pstream = thread_of[p.name]
+                if pdev != dev:
+                    consumers_elsewhere.add(p.name)
+                    if self._device(pdev).kind == "gpu":
+                        needs_event.add(p.name)
+                elif pstream != stream:
+                    needs_event.add(p.name)
+        self._flag_of = {n: threading.Event() for n in sorted(consumers_elsewhere,
+                                                              key=self._node_index.get)}
+        self._flags = list(self._flag_of.values())
+        self._event_slot = {n: i for i, n in enumerate(sorted(needs_event,
+                                                               key=self._node_index.get))}
+        # compile each queue
+        self._threads: list[_Thread] = []
+        for dev, queue in plan.queues.items():
+            device = self._device(dev)
+            th = _Thread(device, graph)
+            for name in queue:
+                node = graph.node(name)
+                if node.op == "constant":
+                    continue
+                op = None if node.op == "transfer" else lookup(node.op, node)
+                th.instrs.append(self._compile(node, device, op, dynamic))
+            if th.instrs:
+                self._threads.append(th)
+        # the first CPU worker runs on the calling thread
+        self._threads.sort(key=lambda t: (t.device.kind != "cpu", t.device.name))
+        self._host_compute = sum(1 for t in self._threads
+                                 if t.device.kind == "cpu" or t.device.backend == "sim")
+        self._order = self._sync_order()
+
+    def _output_set(self) -> set[Value]:
+        s = getattr(self, "_outset", None)
+        if s is None:
+            s = self._outset = set(self._outputs)
+        return s
+
+    def _allocate_arenas(self, memory: Any) -> dict[str, Any]:
+        arenas = {}
+        gpus = [d for d in self.machine.devices if d.kind == "gpu"]
+        for space, arena in memory.arenas.items():
+            nbytes = max(arena.arena_bytes, 1)
+            spec = TensorSpec((nbytes,), _UINT8)
+            if space == "host":
+                pinned = next((g for g in gpus if hasattr(g, "pinned_empty")), None)
+                # pinned host memory lets copies to and from a GPU run asynchronously
+                buf = pinned.pinned_empty(spec) if pinned is not None else np.empty(nbytes,
+                                                                                    _UINT8)
+            else:
+                dev = next(d for d in self.machine.devices if d.memory_space == space)
+                buf = dev.empty(spec)
+            arenas[space] = buf
+        return arenas
+
+    def _arena_view(self, v: Value, spec: TensorSpec, node: Node) -> Any:
+        loc = self.plan.memory.location(v)
+        space = value_space(node, self._spaces)
+        if loc is None or loc[0] != space:
+            dev = next(d for d in self.machine.devices if d.memory_space == space)
+            return dev.empty(spec)
+        _, off, nbytes = loc
+        arena = self._arenas[space]
+        return arena[off:off + nbytes].view(spec.dtype).reshape(spec.shape)
+
+    def _buffer_ref(self, v: Value, site: list, pos: int, dynamic: dict) -> Any:
+        if v in dynamic:
+            dynamic[v].append((site, pos))
+            return None
+        return self._fixed[v]
+
+    def _compile(self, node: Node, device: Any, op: Any, dynamic: dict) -> tuple:
+        """One instruction: the node's kernel bound to its buffers, waits and signal."""
+        ins: list[Any] = [None] * len(node.inputs)
+        for i, v in enumerate(node.inputs):
+            ins[i] = self._buffer_ref(v, ins, i, dynamic)
+        outs: list[Any] = [None] * len(node.outputs)
+        for i in range(len(node.outputs)):
+            outs[i] = self._buffer_ref(Value(node.name, i), outs, i, dynamic)
+        idx = self._node_index[node.name]
+        dev, stream = self._thread_of[node.name]
+        host_waits: list[tuple[threading.Event, int]] = []  # (done flag, event slot or -1)
+        stream_waits: list[int] = []
+        for p_name in dict.fromkeys(v.node for v in node.inputs):
+            p = self.graph.node(p_name)
+            if p.op in ("input", "constant"):
+                continue
+            pdev, pstream = self._thread_of[p_name]
+            pgpu = self._device(pdev).kind == "gpu"
+            if pdev != dev:
+                if device.kind == "gpu":
+                    host_waits.append((self._flag_of[p_name], -1))
+                    if pgpu:
+                        stream_waits.append(self._event_slot[p_name])
+                else:
+                    host_waits.append((self._flag_of[p_name],
+                                       self._event_slot[p_name] if pgpu else -1))
+            elif pstream != stream:
+                stream_waits.append(self._event_slot[p_name])
+        signal = self._flag_of.get(node.name)
+        record = self._event_slot.get(node.name, -1)
+        if device.kind != "gpu":
+            kernel = _host_kernel(node, op, device)
+            return (kernel, device.xp, ins, node.attrs, outs, tuple(host_waits), signal, idx)
+        streams = {"compute": device.compute_stream, "h2d": device.h2d_stream,
+                   "d2h": device.d2h_stream}
+        launch = _gpu_launch(node, op, device, self.machine)
+        return (launch, None, ins, node.attrs, outs, tuple(host_waits), signal, idx,
+                streams[stream], tuple(stream_waits), record)
+
+    def _sync_order(self) -> list[str]:
+        """One order of the queued nodes that respects data edges and every queue's order."""
+        graph = self.graph
+        pos = self._node_index
+        est = self.plan.estimates
+        succ: dict[str, set[str]] = {n: set() for n in self._owner}
+        indeg = dict.fromkeys(self._owner, 0)
+        for node in graph.nodes:
+            if node.name not in succ:
+                continue
+            for v in node.inputs:
+                if v.node in succ and node.name not in succ[v.node]:
+                    succ[v.node].add(node.name)
+                    indeg[node.name] += 1
+        for queue in self.plan.queues.values():
+            for a, b in zip(queue, queue[1:]):
+                if b not in succ[a]:
+                    succ[a].add(b)
+                    indeg[b] += 1
+
+        def key(n: str) -> tuple:
+            return (est[n][0] if n in est else 0.0, pos[n])
+
+        heap = [(key(n), n) for n, d in indeg.items() if d == 0]
+        heapq.heapify(heap)
+        order = []
+        while heap:
+            _, n = heapq.heappop(heap)
+            order.append(n)
+            for m in succ[n]:
+                indeg[m] -= 1
+                if indeg[m] == 0:
+                    heapq.heappush(heap, (key(m), m))
+        if len(order) != len(succ):
+            raise ExecutionError("the plan's queues contradict its data dependencies; it "
+                                 "would deadlock (check(plan) says where)")
+        return order
+
+    # -- run time ----------------------------------------------------------------------------
+
+    def run(self, inputs: Sequence[Any], *, profile: bool = False, sync: bool = False,
+            outputs: str = "host") -> Any:
+        """Run the plan once.
+
+        Args:
+            inputs: one array per graph input (NumPy arrays, or anything ``np.asarray`` takes).
+            profile: also return a ``Profile`` of this run.
+            sync: run node by node on the calling thread (debugging; see the module docstring).
+            outputs: "host" (NumPy arrays) or "device" (each output stays where it was computed:
+                an output computed on a GPU comes back as an array on that GPU).
+
+        Returns:
+            The list of outputs, or ``(outputs, profile)`` when ``profile`` is true.
+        """
+        from hetero.reference import check_inputs
+
+        if outputs not in ("host", "device"):
+            raise HeteroError(f"outputs must be 'host' or 'device', got {outputs!r}")
+        arrays = check_inputs(self.graph, inputs)
+        with self._run_lock:  # one run at a time: runs share the arenas
+            self._bind(arrays)
+            run = _Run(self._flags, len(self._event_slot), profile)
+            limit = self._blas_limit()
+            if limit is not None:
+                limit.__enter__()
+            try:
+                t0 = time.perf_counter()
+                if sync:
+                    self._run_sync(run)
+                else:
+                    self._run_concurrent(run)
+                t1 = time.perf_counter()
+            finally:
+                if limit is not None:
+                    limit.__exit__(None, None, None)
+            result = self._collect(arrays, outputs)
+            self._unbind()
+        if not profile:
+            return result
+        from hetero.profile import Profile
+
+        prof = Profile.from_run(self.plan, run.trace or [], t0, t1)
+        if self.cost is not None:
+            prof.feed(self.cost)
+        return result, prof
+
+    def _bind(self, arrays: list[np.ndarray]) -> None:
+        """Patch this run's inputs and fresh output buffers into the instruction lists."""
+        graph = self.graph
+        values: dict[Value, Any] = {}
+        for name, arr in zip(graph.inputs, arrays):
+            values[Value(name, 0)] = arr
+        for v in self._outputs:
+            if v in values or v not in self._dynamic:
+                continue
+            node = graph.node(v.node)
+            space = self._output_space[v]
+            if space == "host":
+                values[v] = np.empty(node.outputs[v.index].shape, node.outputs[v.index].dtype)
+            else:
+                dev = next(d for d in self.machine.devices if d.memory_space == space)
+                values[v] = dev.empty(node.outputs[v.index])
+        for v, sites in self._dynamic.items():
+            arr = values.get(v)
+            for site, pos in sites:
+                site[pos] = arr
+        self._bound = values
+        for f in self._flags:
+            f.clear()
+
+    def _unbind(self) -> None:
+        for sites in self._dynamic.values():
+            for site, pos in sites:
+                site[pos] = None
+        self._bound = {}
+
+    def _collect(self, arrays: list[np.ndarray], where: str) -> list[Any]:
+        graph = self.graph
+        result = []
+        for v in graph.outputs:
+            node = graph.node(v.node)
+            if node.op == "input":
+                result.append(np.array(self._bound[v], copy=True))
+                continue
+            if node.op == "constant":
+                result.append(np.array(graph.constants[node.name], copy=True))
+                continue
+            arr = self._bound[v]
+            if where == "device" and node.op == "transfer" and node.attrs["kind"] == "d2h":
+                src = node.inputs[0]
+                dev = self._device(node.attrs["src"])
+                buf = dev.empty(graph.spec(src))
+                dev.xp.copyto(buf, self._fixed.get(src, self._bound.get(src)))
+                arr = buf
+            elif graph.outputs.count(v) > 1 and any(a is arr for a in result):
+                arr = np.array(arr, copy=True)
+            result.append(arr)
+        return result
+
+    def _run_concurrent(self, run: _Run) -> None:
+        threads = self._threads
+        started: list[threading.Thread] = []
+        try:
+            main = threads[0] if threads and threads[0].device.kind == "cpu" else None
+            for th in threads:
+                if th is main:
+                    continue
+                target = _gpu_loop if th.device.kind == "gpu" else _cpu_loop
+                t = threading.Thread(target=target, args=(th, run), daemon=True,
+                                     name=f"hetero-{th.device.name}")
+                t.start()
+                started.append(t)
+            if main is not None:
+                _cpu_loop(main, run)
+            for t in started:
+                t.join()
+        except BaseException as exc:  # KeyboardInterrupt while waiting: cancel everything
+            run.fail(exc, None, "host")
+            for t in started:
+                t.join()
+        finally:
+            self._synchronize_streams()
+        _raise_failure(run)
+
+    def _blas_limit(self) -> Any:
+        # sync mode keeps the same limit, so that it computes what the concurrent run computes
+        if self._host_compute <= 1:
+            return None
+        return _blas_limit(blas_threads(self._host_compute))
+
+    def _synchronize_streams(self) -> None:
+        for th in self._threads:
+            if th.device.kind == "gpu":
+                d = th.device
+                for s in (d.compute_stream, d.h2d_stream, d.d2h_stream):
+                    s.synchronize()
+
+    def _run_sync(self, run: _Run) -> None:
+        by_name = {}
+        for th in self._threads:
+            for ins in th.instrs:
+                by_name[self.graph.nodes[ins[7]].name] = (th, ins)
+        try:
+            for name in self._order:
+                if name not in by_name:
+                    continue
+                th, ins = by_name[name]
+                if th.device.kind == "gpu":
+                    _gpu_step(th, ins, run, wait=False)
+                    ins[8].synchronize()
+                else:
+                    _cpu_step(th, ins, run)
+                if run.aborted:
+                    break
+        except BaseException as exc:
+            run.fail(exc, None, "host")
+        finally:
+            self._synchronize_streams()
+        _raise_failure(run)
+
+    def __repr__(self) -> str:
+        return f"Executor({self.graph.name!r}, {', '.join(map(repr, self._threads))})"
+
+
+def _raise_failure(run: _Run) -> None:
+    if run.error is None:
+        return
+    exc, node, device = run.error
+    if isinstance(exc, KeyboardInterrupt) or not isinstance(exc, Exception):
+        raise exc
+    if node is None:
+        raise ExecutionError(f"run failed on {device}: {type(exc).__name__}: {exc}") from exc
+    raise ExecutionError(f"{node.label} failed on {device}: {type(exc).__name__}: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels bound to devices
+
+
+def _host_kernel(node: Node, op: Any, device: Any) -> Any:
+    """The kernel ``f(xp, ins, attrs, outs)`` of a node on a CPU worker."""
+    if op is None:  # a copy inside the host space
+        return _host_copy
+    kernel = op.kernel_for(device.backend) or op.kernel_for("numpy")
+    if kernel is None:
+        raise ExecutionError(f"{node.label} has no kernel for {device.name} "
+                             f"({device.backend})")
+    return kernel
+
+
+def _host_copy(xp: Any, ins: list, attrs: Any, outs: list) -> None:
+    xp.copyto(outs[0], ins[0])
+
+
+def _gpu_launch(node: Node, op: Any, device: Any, machine: Any) -> Any:
+    """``launch(ins, attrs, outs, stream, report)``: enqueue the node on ``stream``."""
+    if op is None:
+        kind = node.attrs["kind"]
+        if kind == "h2d":
+            def launch(ins, attrs, outs, stream, report):
+                device.copy_from_host(outs[0], ins[0], stream)
+        elif kind == "d2h":
+            def launch(ins, attrs, outs, stream, report):
+                device.copy_to_host(outs[0], ins[0], stream)
+        else:
+            def launch(ins, attrs, outs, stream, report):
+                device.copy_peer(outs[0], ins[0], stream)
+        return launch
+    kernel = op.kernel_for(device.backend)
+    if kernel is None:
+        raise ExecutionError(f"{node.label} has no kernel for {device.name} "
+                             f"({device.backend})")
+    xp = device.xp
+    run_on_stream = getattr(device, "stream_kernel", None)
+    if run_on_stream is not None:  # the device's own way to run a kernel on a stream
+        def launch(ins, attrs, outs, stream, report):
+            run_on_stream(stream, op, ins, attrs, outs, report)
+        return launch
+
+    def body(ins, attrs, outs, report):
+        if report[0].aborted:
+            return
+        try:
+            kernel(xp, ins, attrs, outs)
+        except BaseException as exc:
+            report[0].fail(exc, node, device.name)
+
+    def launch(ins, attrs, outs, stream, report):
+        stream.launch(body, ins, attrs, outs, report)
+    return launch
+
+
+# ----------------------------------------------------------------------------------------------
+# Thread loops (the hot path)
+
+
+def _cpu_loop(th: _Thread, run: _Run) -> None:
+    """Run one CPU worker's queue; on the first error report it through ``run.fail``."""
+    instrs = th.instrs
+    events = run.events
+    trace = run.trace
+    clock = time.perf_counter
+    i = -1
+    try:
+        if trace is None:
+            for kernel, xp, ins, attrs, outs, waits, signal, i in instrs:  # noqa: B007
+                if waits:
+                    for flag, ev in waits:
+                        if not flag.is_set():
+                            flag.wait()
+                        if ev >= 0 and not run.aborted:
+                            events[ev].synchronize()
+                if run.aborted:
+                    return
+                kernel(xp, ins, attrs, outs)
+                if signal is not None:
+                    signal.set()
+        else:
+            name = th.device.name
+            for kernel, xp, ins, attrs, outs, waits, signal, i in instrs:
+                for flag, ev in waits:
+                    if not flag.is_set():
+                        flag.wait()
+                    if ev >= 0 and not run.aborted:
+                        events[ev].synchronize()
+                if run.aborted:
+                    return
+                t0 = clock()
+                kernel(xp, ins, attrs, outs)
+                trace.append((i, name, "worker", t0, clock()))
+                if signal is not None:
+                    signal.set()
+    except BaseException as exc:
+        node = None
+        if i >= 0:
+            node = _node_of(th, i)
+        run.fail(exc, node, th.device.name)
+
+
+def _node_of(th: _Thread, index: int) -> Node:
+    return th.graph.nodes[index]
+
+
+def _cpu_step(th: _Thread, instr: tuple, run: _Run) -> None:
+    kernel, xp, ins, attrs, outs, waits, signal, i = instr
+    t0 = time.perf_counter()
+    try:
+        kernel(xp, ins, attrs, outs)
+    except BaseException as exc:
+        run.fail(exc, _node_of(th, i), th.device.name)
+        return
+    if run.trace is not None:
+        run.trace.append((i, th.device.name, "worker", t0, time.perf_counter()))
+
+
+def _gpu_loop(th: _Thread, run: _Run) -> None:
+    """Enqueue one GPU's queue on its streams; on the first error report it."""
+    instr: tuple = ()
+    try:
+        for instr in th.instrs:
+            if run.aborted:
+                return
+            _gpu_step(th, instr, run, wait=True)
+    except BaseException as exc:
+        node = _node_of(th, instr[7]) if instr else None
+        run.fail(exc, node, th.device.name)
+
+
+def _gpu_step(th: _Thread, instr: tuple, run: _Run, wait: bool) -> None:
+    launch, _, ins, attrs, outs, waits, signal, i, stream, stream_waits, record = instr
+    events = run.events
+    if wait:
+        for flag, _ in waits:
+            if not flag.is_set():
+                flag.wait()
+        if run.aborted:
+            return
+        for ev in stream_waits:
+            stream.wait(events[ev])
+    trace = run.trace
+    if trace is not None:
+        name = th.device.name
+        stream_name = _stream_name(th.device, stream)
+        stamp = [0.0, 0.0]
+        stream.launch(_stamp, stamp, 0)
+        launch(ins, attrs, outs, stream, (run,))
+        stream.launch(_stamp, stamp, 1)
+        trace.append((i, name, stream_name, stamp, None))
+    else:
+        launch(ins, attrs, outs, stream, (run,))
+    if record >= 0:
+        events[record] = stream.record()
+    if signal is not None:
+        signal.set()
+
+
+def _stamp(cell: list[float], k: int) -> None:
+    cell[k] = time.perf_counter()
+
+
+def _stream_name(device: Any, stream: Any) -> str:
+    if stream is device.compute_stream:
+        return "compute"
+    if stream is device.h2d_stream:
+        return "h2d"
+    return "d2h"

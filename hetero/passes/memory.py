@@ -1,0 +1,370 @@
+"""Memory planning: one arena per memory space, an offset per value, reuse only when it is safe.
+
+``plan_memory(plan) -> Plan`` is pure: it returns ``dataclasses.replace(plan, memory=MemoryPlan)``.
+
+Which values get arena memory
+    Every output of a node that computes or copies (not ``input`` or ``constant`` nodes: inputs are
+    the caller's arrays, constants are uploaded once per memory space when the plan is loaded).
+    Graph outputs get no arena slot: the caller holds them after ``run`` returns, and the next run
+    would overwrite them, so the executor gives each output a buffer of its own per run. Empty
+    tensors take no memory. All CPU workers share the "host" arena; each GPU has its own.
+
+When two values may share memory (valid under concurrency, not only in one sequential order)
+    A node *happens-before* another when the second is reachable from the first in the
+    happens-before DAG: the graph's edges (a consumer starts after its producer completes, across
+    devices too, transfers included) plus the order of every sequential stream of execution: the
+    queue of a CPU worker, and the subsequence of a GPU queue that runs on one of its streams
+    (``compute``, ``h2d``, ``d2h``). Two nodes of one GPU queue on different streams are *not*
+    ordered by the queue: the host thread enqueues them in order but the streams run them
+    concurrently. Value ``v`` (produced by ``p``) and value ``w`` (produced by ``q``) may share
+    bytes only if every last use of ``v`` (its consumers, or ``p`` itself if nobody reads it)
+    happens-before ``q``, or the same holds with ``v`` and ``w`` swapped. A node that reads ``v``
+    and writes ``w`` never shares them (kernels need not support aliasing).
+
+Offsets
+    Greedy by size with best fit (the TFLite arena planner's strategy): values in decreasing size;
+    each goes into the smallest gap between the already-placed values it interferes with that is
+    large enough, or after the last of them. Sizes are rounded up to the space's alignment
+    (64 bytes on the host, 256 on a GPU); the three figures below use the rounded sizes.
+
+Figures reported per memory space
+    ``arena_bytes``: the arena's size. ``naive_bytes``: the sum of every value's size (no reuse).
+    ``lower_bound_bytes``: the largest total of values live at one point of an execution order
+    that respects happens-before; such values pairwise interfere, so no valid layout is smaller.
+    Always ``lower_bound_bytes <= arena_bytes <= naive_bytes``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from hetero.errors import GraphError
+from hetero.graph import Graph, Node, Value
+
+HOST_ALIGNMENT = 64
+GPU_ALIGNMENT = 256
+
+#: ops whose outputs never live in an arena
+UNPLANNED_OPS = frozenset({"input", "constant"})
+
+
+def align(nbytes: int, alignment: int) -> int:
+    """``nbytes`` rounded up to a multiple of ``alignment``."""
+    return -(-nbytes // alignment) * alignment
+
+
+def issue_stream(node: Node, device_kind: str) -> str:
+    """The sequential stream a node runs on: "worker" on a CPU; on a GPU "h2d" / "d2h" for copies
+    (a device-to-device copy runs on the receiving GPU's "h2d" stream) and "compute" otherwise."""
+    if device_kind != "gpu":
+        return "worker"
+    if node.op == "transfer":
+        return "d2h" if node.attrs.get("kind") == "d2h" else "h2d"
+    return "compute"
+
+
+@dataclass(frozen=True)
+class Arena:
+    """The layout of one memory space's arena.
+
+    Attributes:
+        space: memory space ("host", "gpu:0").
+        arena_bytes: size of the arena.
+        lower_bound_bytes: no valid layout of these values is smaller.
+        naive_bytes: sum of the values' sizes (one buffer each, no reuse).
+        offsets: value -> (offset, nbytes) inside the arena.
+        alignment: every offset is a multiple of it.
+    """
+
+    space: str
+    arena_bytes: int
+    lower_bound_bytes: int
+    naive_bytes: int
+    offsets: Mapping[Value, tuple[int, int]] = field(default_factory=dict)
+    alignment: int = HOST_ALIGNMENT
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "space": self.space, "arena_bytes": self.arena_bytes,
+            "lower_bound_bytes": self.lower_bound_bytes, "naive_bytes": self.naive_bytes,
+            "alignment": self.alignment,
+            "offsets": [[v.node, v.index, off, n] for v, (off, n) in self.offsets.items()],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Arena:
+        offsets = {Value(n, int(i)): (int(off), int(nb)) for n, i, off, nb in data["offsets"]}
+        return cls(data["space"], int(data["arena_bytes"]), int(data["lower_bound_bytes"]),
+                   int(data["naive_bytes"]), MappingProxyType(offsets), int(data["alignment"]))
+
+
+@dataclass(frozen=True)
+class MemoryPlan(Mapping[str, Arena]):
+    """One ``Arena`` per memory space; also indexable by device name (``memory["cpu:1"]`` is the
+    host arena)."""
+
+    arenas: Mapping[str, Arena]
+    spaces: Mapping[str, str] = field(default_factory=dict)  # device name -> memory space
+
+    def __getitem__(self, key: str) -> Arena:
+        if key in self.arenas:
+            return self.arenas[key]
+        return self.arenas[self.spaces[key]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.arenas)
+
+    def __len__(self) -> int:
+        return len(self.arenas)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MemoryPlan):
+            return NotImplemented
+        return dict(self.arenas) == dict(other.arenas) and dict(self.spaces) == dict(other.spaces)
+
+    def location(self, value: Value) -> tuple[str, int, int] | None:
+        """``(space, offset, nbytes)`` of a value that lives in an arena, else None."""
+        for space, arena in self.arenas.items():
+            hit = arena.offsets.get(value)
+            if hit is not None:
+                return space, hit[0], hit[1]
+        return None
+
+    def summary(self) -> str:
+        lines = [f"{'space':<8} {'arena':>12} {'lower bound':>12} {'naive':>12}"]
+        for s, a in self.arenas.items():
+            lines.append(f"{s:<8} {a.arena_bytes:>12,} {a.lower_bound_bytes:>12,} "
+                         f"{a.naive_bytes:>12,}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"arenas": [a.to_json() for a in self.arenas.values()],
+                "spaces": dict(self.spaces)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> MemoryPlan:
+        arenas = {a["space"]: Arena.from_json(a) for a in data["arenas"]}
+        return cls(MappingProxyType(arenas), MappingProxyType(dict(data.get("spaces", {}))))
+
+
+# ----------------------------------------------------------------------------------------------
+# The pass
+
+
+def plan_memory(plan: Any) -> Any:
+    """A copy of ``plan`` with ``memory`` set: one arena per memory space, an offset per value."""
+    kinds, spaces = {}, {}
+    for dev in plan.machine.devices:
+        kinds[dev.name] = dev.kind
+        spaces[dev.name] = dev.memory_space
+    order = _estimated_order(plan)
+    memory = layout(plan.graph, plan.queues, kinds, spaces, order)
+    return dataclasses.replace(plan, memory=memory)
+
+
+def _estimated_order(plan: Any) -> list[str] | None:
+    est = getattr(plan, "estimates", None) or {}
+    if not est:
+        return None
+    pos = {n.name: i for i, n in enumerate(plan.graph.nodes)}
+    return sorted(pos, key=lambda n: (est[n][0] if n in est else -1.0, pos[n]))
+
+
+def layout(graph: Graph, queues: Mapping[str, Iterable[str]], kinds: Mapping[str, str],
+           spaces: Mapping[str, str], preferred_order: list[str] | None = None) -> MemoryPlan:
+    """The memory plan of a partitioned graph run as ``queues`` (device -> node names in order).
+
+    Args:
+        kinds: device name -> "cpu" | "gpu".
+        spaces: device name -> memory space.
+        preferred_order: a node order used (with graph order) to find the lower bound.
+    """
+    hb = HappensBefore(graph, queues, kinds)
+    values_by_space: dict[str, list[Value]] = {}
+    outputs = set(graph.outputs)
+    for node in graph.nodes:
+        if node.op in UNPLANNED_OPS:
+            continue
+        space = value_space(node, spaces)
+        for i, spec in enumerate(node.outputs):
+            v = Value(node.name, i)
+            if v in outputs or spec.nbytes == 0:
+                continue
+            values_by_space.setdefault(space, []).append(v)
+    arenas = {}
+    for space in sorted(set(spaces.values())):
+        alignment = HOST_ALIGNMENT if space == "host" else GPU_ALIGNMENT
+        vals = values_by_space.get(space, [])
+        arenas[space] = _layout_space(graph, hb, space, vals, alignment, preferred_order)
+    return MemoryPlan(MappingProxyType(arenas), MappingProxyType(dict(spaces)))
+
+
+def value_space(node: Node, spaces: Mapping[str, str]) -> str:
+    """Memory space that holds a node's outputs (a transfer writes into its destination's)."""
+    if node.op == "transfer":
+        return spaces[node.attrs["dst"]]
+    if node.device is None:
+        return "host"
+    return spaces[node.device]
+
+
+class HappensBefore:
+    """Reachability in the happens-before DAG (graph edges + sequential stream order), as one
+    bitset of descendants per node."""
+
+    def __init__(self, graph: Graph, queues: Mapping[str, Iterable[str]],
+                 kinds: Mapping[str, str]) -> None:
+        names = [n.name for n in graph.nodes]
+        self.index = index = {n: i for i, n in enumerate(names)}
+        succ: list[set[int]] = [set() for _ in names]
+        for node in graph.nodes:
+            j = index[node.name]
+            for v in node.inputs:
+                succ[index[v.node]].add(j)
+        for dev, queue in queues.items():
+            last: dict[str, int] = {}
+            for name in queue:
+                if name not in index:
+                    raise GraphError(f"queue of {dev} names {name!r}, which is not in the graph")
+                stream = issue_stream(graph.node(name), kinds.get(dev, "cpu"))
+                j = index[name]
+                if stream in last:
+                    succ[last[stream]].add(j)
+                last[stream] = j
+        self.succ = succ
+        self.order = _toposort(names, succ)
+        desc = [0] * len(names)
+        for i in reversed(self.order):
+            bits = 0
+            for s in succ[i]:
+                bits |= (1 << s) | desc[s]
+            desc[i] = bits
+        self.desc = desc
+
+    def before(self, a: str, b: str) -> bool:
+        """Does node ``a`` complete before node ``b`` starts in every run?"""
+        return bool(self.desc[self.index[a]] >> self.index[b] & 1)
+
+
+def _toposort(names: list[str], succ: list[set[int]]) -> list[int]:
+    indeg = [0] * len(names)
+    for s in succ:
+        for j in s:
+            indeg[j] += 1
+    ready = [i for i, d in enumerate(indeg) if d == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in succ[i]:
+            indeg[j] -= 1
+            if indeg[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) != len(names):
+        stuck = [names[i] for i, d in enumerate(indeg) if d > 0][:5]
+        raise GraphError("the plan's queues contradict its data dependencies (a queue runs a "
+                         f"node before one it depends on, so the plan would deadlock): "
+                         f"{', '.join(stuck)}")
+    return order
+
+
+def _layout_space(graph: Graph, hb: HappensBefore, space: str, values: list[Value],
+                  alignment: int, preferred_order: list[str] | None) -> Arena:
+    idx = hb.index
+    readers: dict[Value, list[int]] = {v: [] for v in values}
+    for node in graph.nodes:
+        for v in node.inputs:
+            if v in readers:
+                readers[v].append(idx[node.name])
+    size = {v: align(graph.spec(v).nbytes, alignment) for v in values}
+    producer = {v: idx[v.node] for v in values}
+    # dead_after[v]: bitset of the nodes that start only after every use of v has completed
+    dead_after = {}
+    full = (1 << len(idx)) - 1
+    for v in values:
+        bits = full
+        for u in readers[v] or [producer[v]]:
+            bits &= hb.desc[u]
+        dead_after[v] = bits
+
+    def interfere(a: Value, b: Value) -> bool:
+        return not (dead_after[a] >> producer[b] & 1 or dead_after[b] >> producer[a] & 1)
+
+    offsets: dict[Value, tuple[int, int]] = {}
+    placed: list[tuple[Value, int]] = []
+    arena = 0
+    for v in sorted(values, key=lambda v: (-size[v], producer[v], v.index)):
+        busy = sorted((off, off + size[w]) for w, off in placed if interfere(v, w))
+        off = _best_fit(busy, size[v])
+        placed.append((v, off))
+        offsets[v] = (off, graph.spec(v).nbytes)
+        arena = max(arena, off + size[v])
+    orders = [[graph.nodes[i].name for i in hb.order]]
+    if preferred_order is not None:
+        orders.append(_consistent(preferred_order, hb))
+    lower = max(_peak_live(order, values, producer, readers, size, idx) for order in orders)
+    return Arena(space, arena, lower, sum(size.values()), MappingProxyType(offsets), alignment)
+
+
+def _best_fit(busy: list[tuple[int, int]], need: int) -> int:
+    """The start of the smallest free gap of at least ``need`` bytes among ``busy`` intervals
+    (sorted by start), or the end of the last one."""
+    best, best_gap, cursor = None, None, 0
+    for lo, hi in busy:
+        gap = lo - cursor
+        if gap >= need and (best_gap is None or gap < best_gap):
+            best, best_gap = cursor, gap
+        cursor = max(cursor, hi)
+    return cursor if best is None else best
+
+
+def _consistent(order: list[str], hb: HappensBefore) -> list[str]:
+    """``order`` turned into a happens-before-respecting order (Kahn's algorithm, preferring
+    nodes early in ``order``)."""
+    rank = {n: i for i, n in enumerate(order)}
+    names = list(hb.index)
+    preds = [0] * len(names)
+    succ: list[list[int]] = [[] for _ in names]
+    for i in range(len(names)):
+        for j in hb.succ[i]:
+            succ[i].append(j)
+            preds[j] += 1
+    heap = [(rank.get(names[i], len(rank)), i) for i in range(len(names)) if preds[i] == 0]
+    heapq.heapify(heap)
+    out = []
+    while heap:
+        _, i = heapq.heappop(heap)
+        out.append(names[i])
+        for j in succ[i]:
+            preds[j] -= 1
+            if preds[j] == 0:
+                heapq.heappush(heap, (rank.get(names[j], len(rank)), j))
+    return out
+
+
+def _peak_live(order: list[str], values: list[Value], producer: dict[Value, int],
+               readers: dict[Value, list[int]], size: dict[Value, int],
+               idx: Mapping[str, int]) -> int:
+    """Largest total size of values live at one position of ``order`` (a value is live from its
+    producer to its last reader, both included)."""
+    pos = {idx[n]: i for i, n in enumerate(order)}
+    delta = [0] * (len(order) + 1)
+    for v in values:
+        start = pos[producer[v]]
+        end = max([pos[u] for u in readers[v]], default=start)
+        delta[start] += size[v]
+        delta[end + 1] -= size[v]
+    peak = live = 0
+    for d in delta:
+        live += d
+        peak = max(peak, live)
+    return peak
