@@ -80,8 +80,9 @@ Example (two tasks, a fast and a slow device, a costly link):
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
-from bisect import insort
+from bisect import bisect_right, insort
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -403,12 +404,18 @@ def _list_schedule(dag, devices, cand, w, comm, rank, select) -> Schedule:
 
 def _earliest_start(booked: list, arrival: float, duration: float) -> float:
     """First time >= ``arrival`` at which ``duration`` fits between the ``booked`` intervals."""
+    # Intervals do not overlap, so their ends are sorted too: skip those over before arrival.
     candidate = arrival
-    for begin, end, _ in booked:
+    first = bisect_right(booked, arrival, key=_end)
+    for begin, end, _ in itertools.islice(booked, first, None):
         if candidate + duration <= begin:
             return candidate
         candidate = max(candidate, end)
     return candidate
+
+
+def _end(interval: tuple) -> float:
+    return interval[1]
 
 
 def _upward_rank(dag, w, cbar) -> dict:
