@@ -83,6 +83,7 @@ import heapq
 import itertools
 import math
 from bisect import bisect_right, insort
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -190,8 +191,8 @@ def validate(
             raise SchedulingError(
                 f"task {_name(dag, v)} starts at {s.start[v]} on {s.device[v]!r}, before its "
                 f"input from {_name(dag, u)} ({s.device[u]!r}) arrives at {need}")
-    placed = [t for ts in s.order.values() for t in ts]
-    if sorted(map(repr, placed)) != sorted(map(repr, tasks)) or any(
+    placed = Counter(t for ts in s.order.values() for t in ts)
+    if placed != Counter(tasks) or any(
         s.device[t] != d for d, ts in s.order.items() for t in ts
     ):
         raise SchedulingError("schedule.order does not list each task once under its device")
