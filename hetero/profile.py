@@ -1,0 +1,269 @@
+"""What really ran where and when: ``Profile`` of one run, and its Chrome trace / Perfetto export.
+
+``plan.run(*inputs, profile=True)`` returns ``(outputs, profile)``. A profile holds one ``Span``
+per node and transfer (device, stream, start and end in seconds from the start of the run).
+CPU nodes are timed by their worker thread around the kernel call; GPU nodes by two time stamps
+enqueued on the node's stream before and after it, so a span is when the stream ran it, not when
+the host enqueued it.
+
+``save("trace.json")`` writes the Chrome trace event format (open it in chrome://tracing or
+https://ui.perfetto.dev): one process per device, one thread (track) per CPU worker and per GPU
+stream, a complete event ("ph": "X") per span with the op, the source line and the placement
+reason in its args, and flow arrows ("ph": "s" / "f") from each value's producer into a transfer
+and from the transfer to its consumers. ``summary()`` gives per-device busy share, transfer
+bytes, the share of transfer time that overlapped compute, and the measured against the estimated
+makespan.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Profile", "Span"]
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One node's execution: ``start`` and ``end`` in seconds from the start of the run."""
+
+    node: str
+    op: str
+    device: str
+    stream: str
+    start: float
+    end: float
+    nbytes: int = 0  # bytes copied, for transfers
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    @property
+    def is_transfer(self) -> bool:
+        return self.op == "transfer"
+
+
+def _union(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[list[float]] = []
+    for lo, hi in sorted(intervals):
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return [(lo, hi) for lo, hi in merged]
+
+
+def _length(intervals: Iterable[tuple[float, float]]) -> float:
+    return sum(hi - lo for lo, hi in intervals)
+
+
+def _overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
+    """Total length of the intersection of two sorted, disjoint interval lists."""
+    i = j = 0
+    total = 0.0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if hi > lo:
+            total += hi - lo
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+class Profile:
+    """The spans of one run of a plan.
+
+    Attributes:
+        plan: the Plan that ran.
+        spans: one Span per node and transfer that ran, in start order.
+        wall: seconds from the start to the end of the run (host side, including joins).
+    """
+
+    def __init__(self, plan: Any, spans: list[Span], wall: float) -> None:
+        self.plan = plan
+        self.spans = sorted(spans, key=lambda s: (s.start, s.device, s.stream))
+        self.wall = wall
+
+    @classmethod
+    def from_run(cls, plan: Any, trace: list[tuple], t0: float, t1: float) -> Profile:
+        """Build a profile from the executor's raw records ``(node index, device, stream,
+        start, end)``; a GPU record carries a two-element list of stream time stamps as start
+        and None as end."""
+        graph = plan.graph
+        spans = []
+        for index, device, stream, start, end in trace:
+            if end is None:
+                start, end = start
+            node = graph.nodes[index]
+            nbytes = sum(s.nbytes for s in node.outputs) if node.op == "transfer" else 0
+            spans.append(Span(node.name, node.op, device, stream, start - t0,
+                              max(end, start) - t0, nbytes))
+        return cls(plan, spans, t1 - t0)
+
+    # -- figures -----------------------------------------------------------------------------
+
+    @property
+    def makespan(self) -> float:
+        """Measured seconds from the first span's start to the last span's end."""
+        if not self.spans:
+            return 0.0
+        return max(s.end for s in self.spans) - min(s.start for s in self.spans)
+
+    def summary(self) -> dict[str, Any]:
+        """Per-device busy share, transfer bytes, overlap of transfers with compute, makespans.
+
+        Returns a dict: ``devices`` (device -> ``busy`` share of the measured makespan,
+        ``busy_s``, ``nodes``), ``transfer_bytes``, ``transfer_s``, ``transfer_overlap`` (share of
+        transfer time during which some device computed), ``measured_makespan``,
+        ``estimated_makespan``, ``wall``.
+        """
+        span = self.makespan or 1e-12
+        devices: dict[str, dict[str, float]] = {}
+        compute_all: list[tuple[float, float]] = []
+        transfers: list[tuple[float, float]] = []
+        tbytes = 0
+        for dev in sorted({s.device for s in self.spans}):
+            busy = _union((s.start, s.end) for s in self.spans
+                          if s.device == dev and not s.is_transfer)
+            compute_all.extend(busy)
+            n = sum(1 for s in self.spans if s.device == dev)
+            devices[dev] = {"busy": _length(busy) / span, "busy_s": _length(busy), "nodes": n}
+        for s in self.spans:
+            if s.is_transfer:
+                transfers.append((s.start, s.end))
+                tbytes += s.nbytes
+        compute_u = _union(compute_all)
+        transfer_u = _union(transfers)
+        t_time = _length(transfer_u)
+        overlapped = _overlap(transfer_u, compute_u)
+        return {
+            "devices": devices,
+            "transfer_bytes": tbytes,
+            "transfer_s": t_time,
+            "transfer_overlap": overlapped / t_time if t_time > 0 else 0.0,
+            "measured_makespan": self.makespan,
+            "estimated_makespan": float(getattr(self.plan, "makespan", 0.0)),
+            "wall": self.wall,
+        }
+
+    def table(self) -> str:
+        """``summary()`` as text."""
+        s = self.summary()
+        lines = [f"{'device':<8} {'nodes':>6} {'busy':>7} {'busy ms':>9}"]
+        for dev, d in s["devices"].items():
+            lines.append(f"{dev:<8} {int(d['nodes']):>6} {d['busy']:>6.1%} "
+                         f"{d['busy_s'] * 1e3:>9.3f}")
+        lines.append(f"transfers: {s['transfer_bytes']:,} bytes in {s['transfer_s'] * 1e3:.3f} ms, "
+                     f"{s['transfer_overlap']:.0%} overlapped with compute")
+        lines.append(f"makespan: measured {s['measured_makespan'] * 1e3:.3f} ms, "
+                     f"estimated {s['estimated_makespan'] * 1e3:.3f} ms "
+                     f"(wall {s['wall'] * 1e3:.3f} ms)")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def feed(self, cost: Any) -> int:
+        """Record every measured compute time into a measured cost model (``cost.record``);
+        returns how many were recorded."""
+        graph = self.plan.graph
+        n = 0
+        for s in self.spans:
+            if s.is_transfer:
+                continue
+            node = graph.node(s.node)
+            ins = tuple(graph.spec(v) for v in node.inputs)
+            cost.record(node, s.device, s.duration, ins)
+            n += 1
+        return n
+
+    # -- Chrome trace ------------------------------------------------------------------------
+
+    def _reason(self, name: str) -> str:
+        node = self.plan.graph.node(name)
+        if node.op == "transfer":
+            a = node.attrs
+            return f"transfer inserted by partition: {a['src']} -> {a['dst']} ({a['kind']})"
+        reasons = getattr(getattr(self.plan, "placement", None), "reason", None) or {}
+        base = name.split("@", 1)[0]
+        r = reasons.get(name) or reasons.get(base)
+        return str(r) if r is not None else ""
+
+    def to_chrome(self) -> dict[str, Any]:
+        """The Chrome trace event format as a dict (``save`` writes it as JSON)."""
+        graph = self.plan.graph
+        est = getattr(self.plan, "estimates", {}) or {}
+        devices = sorted({s.device for s in self.spans},
+                         key=lambda d: (not d.startswith("cpu"), d))
+        pid = {d: i + 1 for i, d in enumerate(devices)}
+        stream_rank = {"worker": 0, "compute": 0, "h2d": 1, "d2h": 2}
+        events: list[dict[str, Any]] = []
+        for d in devices:
+            events.append({"ph": "M", "name": "process_name", "pid": pid[d], "tid": 0,
+                           "args": {"name": d}})
+            events.append({"ph": "M", "name": "process_sort_index", "pid": pid[d], "tid": 0,
+                           "args": {"sort_index": pid[d]}})
+            for st in sorted({s.stream for s in self.spans if s.device == d},
+                             key=lambda x: stream_rank.get(x, 9)):
+                tid = stream_rank.get(st, 9)
+                label = "worker" if st == "worker" else f"{st} stream"
+                events.append({"ph": "M", "name": "thread_name", "pid": pid[d], "tid": tid,
+                               "args": {"name": f"{d} {label}"}})
+        where: dict[str, Span] = {}
+        for s in self.spans:
+            where[s.node] = s
+            node = graph.node(s.node)
+            args: dict[str, Any] = {"op": s.op, "reason": self._reason(s.node)}
+            if node.where:
+                args["where"] = node.where
+            if s.node in est:
+                args["estimated_start_ms"] = est[s.node][0] * 1e3
+                args["estimated_end_ms"] = est[s.node][1] * 1e3
+            if s.is_transfer:
+                args["bytes"] = s.nbytes
+            events.append({"ph": "X", "name": s.node, "cat": "transfer" if s.is_transfer
+                           else "compute", "pid": pid[s.device],
+                           "tid": stream_rank.get(s.stream, 9), "ts": s.start * 1e6,
+                           "dur": max(s.duration * 1e6, 0.001), "args": args})
+        consumers = graph.consumers()
+        flow = 0
+        for s in self.spans:
+            if not s.is_transfer:
+                continue
+            src = graph.node(s.node).inputs[0].node
+            pairs = []
+            if src in where:
+                pairs.append((where[src], s))
+            pairs += [(s, where[c]) for c in consumers.get(s.node, []) if c in where]
+            for a, b in pairs:
+                flow += 1
+                common = {"name": "transfer", "cat": "flow", "id": flow}
+                events.append({**common, "ph": "s", "pid": pid[a.device],
+                               "tid": stream_rank.get(a.stream, 9),
+                               "ts": max(a.start, a.end - 1e-9) * 1e6})
+                events.append({**common, "ph": "f", "bp": "e", "pid": pid[b.device],
+                               "tid": stream_rank.get(b.stream, 9), "ts": b.start * 1e6})
+        return {"traceEvents": events, "displayTimeUnit": "ms",
+                "otherData": {"graph": graph.name, "summary": _jsonable(self.summary())}}
+
+    def save(self, path: str) -> None:
+        """Write the Chrome trace / Perfetto JSON to ``path``."""
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_chrome(), f)
+
+    def __repr__(self) -> str:
+        return (f"Profile({self.plan.graph.name!r}, {len(self.spans)} spans, "
+                f"{self.makespan * 1e3:.3f} ms)")
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, float) and x != x:
+        return None
+    return x
