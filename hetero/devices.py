@@ -217,6 +217,8 @@ class Device:
         self.peer_link = peer_link
         self.model = model
         self.info = dict(info or {})
+        #: (src_space, dst_space) -> Link of the machine that holds this device (set by Machine)
+        self.machine_links: Mapping[tuple[str, str], Link] | None = None
 
     # -- rates ------------------------------------------------------------------------------
 
@@ -381,6 +383,9 @@ class CpuDevice(Device):
         if kernel is None:
             raise DeviceError(f"{label}: op {op.name} has no kernel on {self.name} (numpy)")
         kernel(np, ins, attrs, outs)
+
+    def synchronize(self) -> None:
+        """Nothing to wait for: a CPU worker runs kernels synchronously."""
 
 
 def cpu_count() -> int:
@@ -720,6 +725,8 @@ class Machine:
                                       f"({', '.join(self.memory_spaces)})")
             self._links[(src, dst)] = link
         self.spec = spec or self._spec_string()
+        for d in self.devices:
+            d.machine_links = self._links
 
     def _default_links(self) -> dict[tuple[str, str], Link]:
         owner = {}
