@@ -1,0 +1,934 @@
+"""The CUDA backend: a ``CudaDevice`` per GPU, its streams and events, and GPU-only kernels.
+
+Design:
+
+- ``CudaDevice`` is a ``hetero.devices.Device`` (kind "gpu", backend "cupy", memory space
+  "gpu:N"). Buffers come from CuPy's memory pool; an allocation that would take the pool past the
+  device's ``capacity`` raises hetero's ``OutOfMemoryError`` naming the device (and the node, when
+  the caller passes its label), and so does CuPy's own out-of-memory error.
+- Each device owns three non-blocking CuPy streams: ``compute_stream`` for kernels and
+  ``h2d_stream`` / ``d2h_stream`` for copies, so copies overlap compute. Cross-stream order is
+  expressed only by ``Event`` objects (``stream.record()`` then ``other.wait(event)``).
+  ``Stream.launch(fn, *args)`` calls ``fn`` with the stream made current, so every CuPy call, cuBLAS
+  call, cuDNN graph and raw kernel that ``fn`` issues is enqueued on it; it returns without waiting.
+- Copies are ``cudaMemcpyAsync`` / ``cudaMemcpyPeerAsync`` on the stream given; they are truly
+  asynchronous when the host side comes from ``pinned_empty``.
+- Kernels: every op has the shared array-namespace kernel (run with ``xp = cupy``). When this
+  module loads, ``register_kernels()`` puts faster CUDA kernels into ``Op.kernels["cupy"]`` for the
+  ops that exist in the registry: ``gemm``/``matmul`` through cuBLAS (``cupy.cublas.gemm``),
+  ``conv2d`` and ``batch_norm`` through cuDNN's graph API (``nvidia-cudnn-frontend``, ``import
+  cudnn``), and the CUDA C kernels in ``hetero/kernels/*.cu`` (compiled at run time by NVRTC through
+  ``cupy.RawModule``) for what neither library has: the fused bias+activation epilogue (also exact
+  ``gelu`` and ``erf``), ONNX ``lrn``, and a one-pass-per-row ``softmax``/``log_softmax``. Each
+  override checks what it supports (dtype, layout, attributes) and otherwise calls the shared
+  kernel; a cuDNN graph that cuDNN refuses is remembered in ``CUDNN_FALLBACKS`` (with the reason,
+  warned once) and that shape runs on the shared im2col + cuBLAS kernel from then on.
+- Every ``.cu`` kernel has a NumPy float64 twin here (``ref_bias_act``, ``ref_lrn``,
+  ``ref_softmax``) so its logic is tested on the CPU; tests/gpu compares the two on a GPU.
+
+Nothing here imports CuPy at module import time: ``import hetero.backends.cupy`` works without it,
+and only constructing a device or running a kernel needs it.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import math
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from hetero.devices import Device
+from hetero.errors import DeviceError, OutOfMemoryError
+
+__all__ = [
+    "ACTIVATIONS",
+    "CUDNN_FALLBACKS",
+    "CudaDevice",
+    "Event",
+    "Stream",
+    "bias_act",
+    "cuda_device_count",
+    "kernel_source",
+    "kernel_sources",
+    "lrn",
+    "ref_bias_act",
+    "ref_lrn",
+    "ref_softmax",
+    "register_kernels",
+    "softmax",
+]
+
+#: Activation codes of kernels/bias_act.cu (keep in sync with the switch there).
+ACTIVATIONS = {
+    "none": 0, "identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4,
+    "gelu": 5, "gelu_tanh": 6, "erf": 7, "clip": 8,
+}
+
+#: cuDNN graphs that cuDNN refused: key -> reason. Those shapes run on the shared kernel.
+CUDNN_FALLBACKS: dict[tuple, str] = {}
+
+_BLOCK = 256
+_MAX_GRID = 1 << 16  # grid-stride loops: more blocks than this buys nothing
+_KERNEL_FILES = ("bias_act.cu", "lrn.cu", "softmax.cu")
+
+
+# ----------------------------------------------------------------------------------------------
+# Lazy imports
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise DeviceError("the CUDA backend needs CuPy: pip install 'hetero[gpu]' "
+                          "(or cupy-cuda12x for a CUDA 12 driver)") from exc
+    return cupy
+
+
+def _cudnn():
+    """The cuDNN frontend module, or None where it is not installed or cannot load libcudnn."""
+    try:
+        import cudnn
+    except Exception:  # ImportError, or OSError when libcudnn is missing
+        return None
+    return cudnn
+
+
+def cuda_device_count() -> int:
+    """Number of CUDA devices CuPy sees; 0 (never an error) without CuPy or a driver."""
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:
+        return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Streams and events
+
+
+class Event:
+    """A CUDA event: a point in one stream's work that other streams or the host can wait for."""
+
+    __slots__ = ("_event", "device_index")
+
+    def __init__(self, device_index: int, *, timing: bool = False) -> None:
+        cp = _cupy()
+        with cp.cuda.Device(device_index):
+            self._event = cp.cuda.Event(block=False, disable_timing=not timing)
+        self.device_index = device_index
+
+    def record(self, stream: Stream) -> Event:
+        """Mark the current end of ``stream``'s queue; returns self."""
+        self._event.record(stream.raw)
+        return self
+
+    def synchronize(self) -> None:
+        """Block the host until the work before the recorded point has finished."""
+        self._event.synchronize()
+
+    def query(self) -> bool:
+        """Has the work before the recorded point finished? (Never blocks.)"""
+        return bool(self._event.done)
+
+    def elapsed_ms(self, later: Event) -> float:
+        """Milliseconds between this event and ``later`` (both created with ``timing=True``)."""
+        return float(_cupy().cuda.get_elapsed_time(self._event, later._event))
+
+    @property
+    def raw(self):
+        return self._event
+
+
+class Stream:
+    """A non-blocking CUDA stream of one device.
+
+    ``launch(fn, *args)`` makes this stream (and its device) current and calls ``fn``, so all GPU
+    work ``fn`` issues is enqueued here; the host does not wait for it.
+    """
+
+    __slots__ = ("_stream", "device_index", "name")
+
+    def __init__(self, device_index: int, name: str = "") -> None:
+        cp = _cupy()
+        with cp.cuda.Device(device_index):
+            self._stream = cp.cuda.Stream(non_blocking=True)
+        self.device_index = device_index
+        self.name = name
+
+    @property
+    def raw(self):
+        """The ``cupy.cuda.Stream``."""
+        return self._stream
+
+    @property
+    def ptr(self) -> int:
+        return int(self._stream.ptr)
+
+    def launch(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Enqueue the GPU work of ``fn(*args)`` on this stream; returns what ``fn`` returns."""
+        cp = _cupy()
+        with cp.cuda.Device(self.device_index), self._stream:
+            return fn(*args)
+
+    def record(self, event: Event | None = None) -> Event:
+        """Record an event at the current end of this stream (a new one unless given)."""
+        event = event if event is not None else Event(self.device_index)
+        return event.record(self)
+
+    def wait(self, event: Event) -> None:
+        """Make this stream's later work wait for ``event`` (the host does not block)."""
+        self._stream.wait_event(event.raw)
+
+    def synchronize(self) -> None:
+        """Block the host until everything enqueued on this stream has finished."""
+        self._stream.synchronize()
+
+    def query(self) -> bool:
+        """Has everything enqueued on this stream finished? (Never blocks.)"""
+        return bool(self._stream.done)
+
+    def __repr__(self) -> str:
+        return f"Stream(gpu:{self.device_index} {self.name})"
+
+
+# ----------------------------------------------------------------------------------------------
+# The device
+
+
+def _rough_rates(props: dict, cc: tuple[int, int]) -> tuple[dict[str, float], float]:
+    """Roofline figures from the device properties: FP32 FLOP/s per op class, bytes/s.
+
+    CUDA 13 dropped the clock fields from cudaDeviceProp; where they are missing we assume
+    1.7 GHz and 2 TB/s, which is the right order for the data-centre GPUs this targets.
+    """
+    sms = int(props.get("multiProcessorCount", 1) or 1)
+    cores_per_sm = {6: 64, 7: 64, 8: 64 if cc[1] == 0 else 128}.get(cc[0], 128)
+    clock_hz = float(props.get("clockRate", 0) or 0) * 1e3 or 1.7e9
+    fp32 = 2.0 * sms * cores_per_sm * clock_hz
+    mem_clock = float(props.get("memoryClockRate", 0) or 0) * 1e3
+    bus_bits = float(props.get("memoryBusWidth", 0) or 0)
+    bandwidth = 2.0 * mem_clock * bus_bits / 8.0 if mem_clock and bus_bits else 2.0e12
+    # cuBLAS/cuDNN use TF32 tensor cores for float32 convolutions on Ampere and later.
+    dense = fp32 * (4.0 if cc[0] >= 8 else 1.0)
+    rates = {"elementwise": fp32, "matmul": dense, "conv": dense, "reduce": fp32,
+             "data": fp32, "norm": fp32}
+    return rates, bandwidth
+
+
+def _set(obj: Any, **values: Any) -> None:
+    # object.__setattr__ works for plain and frozen dataclass bases alike.
+    for key, value in values.items():
+        object.__setattr__(obj, key, value)
+
+
+class CudaDevice(Device):
+    """One CUDA GPU driven through CuPy.
+
+    Args:
+        index: CUDA device ordinal.
+        name: device name, default ``"gpu:<index>"``.
+        capacity: bytes this device may hold (default: the GPU's total memory). Allocations that
+            would take the memory pool past it raise ``OutOfMemoryError``.
+    """
+
+    def __init__(self, index: int, *, name: str | None = None,
+                 capacity: int | None = None) -> None:
+        cp = _cupy()
+        count = cuda_device_count()
+        if not 0 <= index < count:
+            raise DeviceError(f"CUDA device {index} does not exist "
+                              f"(this machine has {count} CUDA device(s))")
+        with cp.cuda.Device(index):
+            props = cp.cuda.runtime.getDeviceProperties(index)
+            _free, total = cp.cuda.runtime.memGetInfo()
+        cc = (int(props.get("major", 0)), int(props.get("minor", 0)))
+        rates, bandwidth = _rough_rates(props, cc)
+        gpu_name = props.get("name", b"")
+        gpu_name = gpu_name.decode() if isinstance(gpu_name, bytes) else str(gpu_name)
+        _set(self, name=name or f"gpu:{index}", kind="gpu", memory_space=f"gpu:{index}",
+             backend="cupy", capacity=int(capacity if capacity is not None else total),
+             specs={"model": gpu_name, "compute_capability": f"{cc[0]}.{cc[1]}",
+                    "multiprocessors": int(props.get("multiProcessorCount", 0)),
+                    "total_memory": int(total)},
+             peak_flops=rates, mem_bandwidth=bandwidth, launch_overhead=5e-6,
+             index=int(index), _streams=None, _lock=threading.Lock())
+        register_kernels()
+
+    @classmethod
+    def from_index(cls, index: int, *, name: str | None = None,
+                   capacity: int | None = None) -> CudaDevice:
+        """The device for CUDA ordinal ``index`` (what ``Machine.detect()`` calls)."""
+        return cls(index, name=name, capacity=capacity)
+
+    # -- streams ----------------------------------------------------------------------------
+
+    def _stream_set(self) -> tuple[Stream, Stream, Stream]:
+        with self._lock:
+            if self._streams is None:
+                _set(self, _streams=(Stream(self.index, "compute"), Stream(self.index, "h2d"),
+                                     Stream(self.index, "d2h")))
+            return self._streams
+
+    @property
+    def compute_stream(self) -> Stream:
+        return self._stream_set()[0]
+
+    @property
+    def h2d_stream(self) -> Stream:
+        return self._stream_set()[1]
+
+    @property
+    def d2h_stream(self) -> Stream:
+        return self._stream_set()[2]
+
+    def event(self, *, timing: bool = False) -> Event:
+        return Event(self.index, timing=timing)
+
+    def synchronize(self) -> None:
+        """Wait for every stream of this device."""
+        for stream in self._stream_set():
+            stream.synchronize()
+
+    # -- memory -----------------------------------------------------------------------------
+
+    @property
+    def xp(self):
+        return _cupy()
+
+    def memory_used(self) -> int:
+        """Bytes held by live arrays in this device's CuPy memory pool."""
+        cp = _cupy()
+        with cp.cuda.Device(self.index):
+            return int(cp.get_default_memory_pool().used_bytes())
+
+    def _check_capacity(self, nbytes: int, label: str | None) -> None:
+        used = self.memory_used()
+        if used + nbytes > self.capacity:
+            who = f"{label}: " if label else ""
+            raise OutOfMemoryError(
+                f"{who}allocating {nbytes} bytes on {self.name} would exceed its capacity: "
+                f"{used} of {self.capacity} bytes are in use")
+
+    def _oom(self, exc: Exception, nbytes: int, label: str | None) -> OutOfMemoryError:
+        who = f"{label}: " if label else ""
+        return OutOfMemoryError(f"{who}{self.name} ran out of memory allocating {nbytes} bytes "
+                                f"(capacity {self.capacity} bytes): {exc}")
+
+    def empty(self, spec, *, label: str | None = None):
+        """An uninitialised device array for ``spec`` (a ``TensorSpec``)."""
+        cp = _cupy()
+        nbytes = int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+        self._check_capacity(nbytes, label)
+        try:
+            # Allocate in the compute stream's pool arena: a freed buffer is then reused in
+            # compute-stream order. Arrays also used on other streams must stay referenced
+            # until those streams have passed an event recorded after the last use.
+            with cp.cuda.Device(self.index), self.compute_stream.raw:
+                return cp.empty(tuple(spec.shape), dtype=spec.dtype)
+        except cp.cuda.memory.OutOfMemoryError as exc:
+            raise self._oom(exc, nbytes, label) from None
+
+    def pinned_empty(self, spec) -> np.ndarray:
+        """A NumPy array in page-locked host memory: the source or target of async copies."""
+        import cupyx
+
+        return cupyx.empty_pinned(tuple(spec.shape), dtype=spec.dtype)
+
+    def from_host(self, array: Any):
+        """Copy a host array to this device (synchronous)."""
+        cp = _cupy()
+        host = np.ascontiguousarray(array)
+        self._check_capacity(host.nbytes, None)
+        try:
+            with cp.cuda.Device(self.index):
+                with self.compute_stream.raw:
+                    out = cp.empty(host.shape, dtype=host.dtype)
+                stream = self.h2d_stream
+                self.copy_from_host(out, host, stream)
+                stream.synchronize()
+                return out
+        except cp.cuda.memory.OutOfMemoryError as exc:
+            raise self._oom(exc, host.nbytes, None) from None
+
+    def to_host(self, array: Any) -> np.ndarray:
+        """Copy a device array to a new host array, after the compute stream has produced it."""
+        cp = _cupy()
+        if not isinstance(array, cp.ndarray):
+            return np.asarray(array)
+        self.compute_stream.synchronize()
+        out = np.empty(array.shape, dtype=array.dtype)
+        stream = self.d2h_stream
+        self.copy_to_host(out, array, stream)
+        stream.synchronize()
+        return out
+
+    def owns(self, array: Any) -> bool:
+        cp = _cupy()
+        return isinstance(array, cp.ndarray) and int(array.device.id) == self.index
+
+    # -- copies -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_pair(dst: Any, src: Any, what: str) -> None:
+        if tuple(dst.shape) != tuple(src.shape) or np.dtype(dst.dtype) != np.dtype(src.dtype):
+            raise DeviceError(f"{what}: destination {dst.dtype}{list(dst.shape)} does not match "
+                              f"source {src.dtype}{list(src.shape)}")
+        if not dst.flags.c_contiguous:
+            raise DeviceError(f"{what}: the destination must be C-contiguous")
+
+    def copy_from_host(self, dst: Any, src: np.ndarray, stream: Stream) -> None:
+        """Enqueue host -> device ``dst[...] = src`` on ``stream`` (async if ``src`` is pinned).
+
+        The caller keeps ``src`` alive and unmodified until the stream has passed the copy.
+        """
+        cp = _cupy()
+        src = np.ascontiguousarray(src)
+        self._check_pair(dst, src, "copy_from_host")
+        if src.nbytes:
+            with cp.cuda.Device(self.index):
+                cp.cuda.runtime.memcpyAsync(dst.data.ptr, src.ctypes.data, src.nbytes,
+                                            cp.cuda.runtime.memcpyHostToDevice, stream.ptr)
+
+    def copy_to_host(self, dst: np.ndarray, src: Any, stream: Stream) -> None:
+        """Enqueue device -> host ``dst[...] = src`` on ``stream`` (async if ``dst`` is pinned).
+
+        ``dst`` must be C-contiguous; the data is there once the stream (or an event recorded
+        after this call) has been synchronized.
+        """
+        cp = _cupy()
+        with cp.cuda.Device(self.index):
+            if not src.flags.c_contiguous:
+                with stream.raw:
+                    src = cp.ascontiguousarray(src)
+            self._check_pair(dst, src, "copy_to_host")
+            if src.nbytes:
+                cp.cuda.runtime.memcpyAsync(dst.ctypes.data, src.data.ptr, src.nbytes,
+                                            cp.cuda.runtime.memcpyDeviceToHost, stream.ptr)
+
+    def copy_peer(self, dst: Any, src: Any, stream: Stream) -> None:
+        """Enqueue a device -> device copy (``src`` and ``dst`` on any GPUs) on ``stream``."""
+        cp = _cupy()
+        src_dev = int(src.device.id)
+        with cp.cuda.Device(src_dev):
+            if not src.flags.c_contiguous:
+                with stream.raw:
+                    src = cp.ascontiguousarray(src)
+        self._check_pair(dst, src, "copy_peer")
+        if src.nbytes:
+            with cp.cuda.Device(self.index):
+                cp.cuda.runtime.memcpyPeerAsync(dst.data.ptr, int(dst.device.id), src.data.ptr,
+                                                src_dev, src.nbytes, stream.ptr)
+
+    # -- kernels ----------------------------------------------------------------------------
+
+    def launch_kernel(self, op, ins: Sequence[Any], attrs, outs: Sequence[Any]) -> None:
+        """Enqueue ``op``'s CUDA kernel on the compute stream without waiting for it."""
+        cp = _cupy()
+        kernel = op.kernel_for(self.backend)
+        if kernel is None:
+            raise DeviceError(f"op {op.name!r} has no kernel on {self.name} (backend cupy)")
+        try:
+            self.compute_stream.launch(kernel, cp, ins, attrs, outs)
+        except cp.cuda.memory.OutOfMemoryError as exc:
+            raise self._oom(exc, 0, op.name) from None
+
+    def run_kernel(self, op, ins: Sequence[Any], attrs, outs: Sequence[Any]) -> None:
+        """Run ``op``'s CUDA kernel and wait for it (what eager mode calls)."""
+        self.launch_kernel(op, ins, attrs, outs)
+        self.compute_stream.synchronize()
+
+    def __repr__(self) -> str:
+        model = self.specs.get("model", "")
+        return f"CudaDevice({self.name}, {model}, {self.capacity / 2**30:.1f} GiB)"
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA C kernels (kernels/*.cu through NVRTC)
+
+
+def kernel_sources() -> tuple[str, ...]:
+    """File names of the CUDA C kernels shipped in ``hetero/kernels``."""
+    return _KERNEL_FILES
+
+
+def kernel_source(filename: str) -> str:
+    """The text of ``hetero/kernels/<filename>`` (package data, so it works from a wheel)."""
+    return importlib.resources.files("hetero").joinpath("kernels").joinpath(filename).read_text()
+
+
+_MODULES: dict[tuple[int, str], Any] = {}
+_MODULES_LOCK = threading.Lock()
+
+
+def _function(filename: str, symbol: str):
+    """The compiled ``symbol`` of ``filename`` for the current device (compiled once per device)."""
+    cp = _cupy()
+    key = (int(cp.cuda.Device().id), filename)
+    with _MODULES_LOCK:
+        module = _MODULES.get(key)
+        if module is None:
+            module = cp.RawModule(code=kernel_source(filename), options=("--std=c++14",))
+            _MODULES[key] = module
+    return module.get_function(symbol)
+
+
+def _suffix(dtype: np.dtype) -> str | None:
+    return {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}.get(np.dtype(dtype))
+
+
+def _grid(n: int) -> tuple[int]:
+    return (max(1, min((n + _BLOCK - 1) // _BLOCK, _MAX_GRID)),)
+
+
+def bias_act(x, bias, out, activation: str = "none", alpha: float = 0.01,
+             beta: float = 0.0, channel_axis: int = 1) -> None:
+    """``out = act(x + bias[c])`` on the current stream (kernels/bias_act.cu).
+
+    Args:
+        x, out: C-contiguous float32/float64 CuPy arrays of one shape (may be the same array).
+        bias: 1-D array of ``x.shape[channel_axis]`` elements, or None for a plain activation.
+        activation: a key of ``ACTIVATIONS``; ``alpha`` is leaky_relu's slope or clip's minimum,
+            ``beta`` clip's maximum.
+    """
+    cp = _cupy()
+    suffix = _suffix(x.dtype)
+    if suffix is None or out.dtype != x.dtype:
+        raise DeviceError(f"bias_act supports float32 and float64, got {x.dtype}")
+    if activation not in ACTIVATIONS:
+        raise DeviceError(f"bias_act: unknown activation {activation!r} "
+                          f"(known: {', '.join(sorted(ACTIVATIONS))})")
+    n = int(x.size)
+    if n == 0:
+        return
+    scalar = np.float32 if suffix == "f32" else np.float64
+    if bias is not None:
+        channels = int(x.shape[channel_axis])
+        inner = int(np.prod(x.shape[channel_axis + 1:], dtype=np.int64))
+        bias = cp.ascontiguousarray(bias, dtype=x.dtype)
+        bias_ptr = bias
+    else:
+        channels, inner = 1, 1
+        bias_ptr = np.uint64(0)  # a null pointer
+    fn = _function("bias_act.cu", f"bias_act_{suffix}")
+    fn(_grid(n), (_BLOCK,), (x, bias_ptr, out, np.int64(n), np.int64(channels), np.int64(inner),
+                             np.int32(ACTIVATIONS[activation]), scalar(alpha), scalar(beta)))
+
+
+def lrn(x, out, size: int, alpha: float = 1e-4, beta: float = 0.75, bias: float = 1.0) -> None:
+    """ONNX LRN across channels of a C-contiguous NCHW array, on the current stream."""
+    suffix = _suffix(x.dtype)
+    if suffix is None:
+        raise DeviceError(f"lrn supports float32 and float64, got {x.dtype}")
+    n = int(x.size)
+    if n == 0:
+        return
+    scalar = np.float32 if suffix == "f32" else np.float64
+    channels = int(x.shape[1])
+    inner = int(np.prod(x.shape[2:], dtype=np.int64))
+    fn = _function("lrn.cu", f"lrn_{suffix}")
+    fn(_grid(n), (_BLOCK,), (x, out, np.int64(n), np.int64(channels), np.int64(inner),
+                             np.int32(size), scalar(alpha), scalar(beta), scalar(bias)))
+
+
+def softmax(x, out, *, log: bool = False) -> None:
+    """Softmax (or log-softmax) over the last axis of a C-contiguous array, on the current
+    stream."""
+    suffix = _suffix(x.dtype)
+    if suffix is None:
+        raise DeviceError(f"softmax supports float32 and float64, got {x.dtype}")
+    if x.size == 0:
+        return
+    cols = int(x.shape[-1]) if x.ndim else 1
+    rows = int(x.size) // cols
+    threads = 32
+    while threads < min(cols, 1024):
+        threads *= 2
+    fn = _function("softmax.cu", f"softmax_{suffix}")
+    fn((max(1, min(rows, _MAX_GRID)),), (threads,),
+       (x, out, np.int64(rows), np.int64(cols), np.int32(1 if log else 0)),
+       shared_mem=threads * x.dtype.itemsize)
+
+
+# ----------------------------------------------------------------------------------------------
+# NumPy float64 references of the CUDA C kernels
+
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def ref_bias_act(x: np.ndarray, bias: np.ndarray | None, activation: str = "none",
+                 alpha: float = 0.01, beta: float = 0.0, channel_axis: int = 1) -> np.ndarray:
+    """What kernels/bias_act.cu computes, in float64."""
+    v = np.asarray(x, dtype=np.float64)
+    if bias is not None:
+        shape = [1] * v.ndim
+        shape[channel_axis] = -1
+        v = v + np.asarray(bias, dtype=np.float64).reshape(shape)
+    code = ACTIVATIONS[activation]
+    if code == 1:
+        return np.maximum(v, 0.0)
+    if code == 2:
+        return np.where(v >= 0.0, v, alpha * v)
+    if code == 3:
+        return 1.0 / (1.0 + np.exp(-v))
+    if code == 4:
+        return np.tanh(v)
+    if code == 5:
+        return 0.5 * v * (1.0 + _erf(v / math.sqrt(2.0)))
+    if code == 6:
+        return 0.5 * v * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v**3)))
+    if code == 7:
+        return _erf(v)
+    if code == 8:
+        return np.minimum(np.maximum(v, alpha), beta)
+    return v
+
+
+def ref_lrn(x: np.ndarray, size: int, alpha: float = 1e-4, beta: float = 0.75,
+            bias: float = 1.0) -> np.ndarray:
+    """ONNX LRN (what kernels/lrn.cu computes), in float64."""
+    v = np.asarray(x, dtype=np.float64)
+    channels = v.shape[1]
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    sq = np.zeros_like(v)
+    for c in range(channels):
+        first, last = max(0, c - lo), min(channels - 1, c + hi)
+        sq[:, c] = np.sum(v[:, first:last + 1] ** 2, axis=1)
+    return v / (bias + alpha / size * sq) ** beta
+
+
+def ref_softmax(x: np.ndarray, *, log: bool = False) -> np.ndarray:
+    """Softmax or log-softmax over the last axis (what kernels/softmax.cu computes), float64."""
+    v = np.asarray(x, dtype=np.float64)
+    m = v.max(axis=-1, keepdims=True)
+    s = np.exp(v - m).sum(axis=-1, keepdims=True)
+    return v - m - np.log(s) if log else np.exp(v - m) / s
+
+
+# ----------------------------------------------------------------------------------------------
+# cuDNN graphs (nvidia-cudnn-frontend) on CuPy memory
+
+
+class _CudnnState:
+    """One cuDNN handle per device and the built graphs, keyed by shape and attributes."""
+
+    def __init__(self) -> None:
+        self.handles: dict[int, Any] = {}
+        self.graphs: dict[tuple, tuple] = {}
+        self.lock = threading.Lock()
+
+
+_CUDNN = _CudnnState()
+
+
+def _cudnn_dtype(cudnn, dtype: np.dtype):
+    return {np.dtype(np.float32): cudnn.data_type.FLOAT,
+            np.dtype(np.float16): cudnn.data_type.HALF,
+            np.dtype(np.float64): cudnn.data_type.DOUBLE}.get(np.dtype(dtype))
+
+
+def _elem_strides(a) -> list[int]:
+    return [int(s) // a.itemsize for s in a.strides]
+
+
+def _cudnn_handle(cudnn, device_id: int):
+    handle = _CUDNN.handles.get(device_id)
+    if handle is None:
+        handle = cudnn.create_handle()
+        _CUDNN.handles[device_id] = handle
+    return handle
+
+
+def _cudnn_graph(key: tuple, build: Callable[[Any, Any], tuple]):
+    """The built graph for ``key`` (built once by ``build(cudnn, handle)``), or None if cuDNN is
+    missing or refused it (the reason goes to ``CUDNN_FALLBACKS`` and one warning)."""
+    if key in CUDNN_FALLBACKS:
+        return None
+    cudnn = _cudnn()
+    if cudnn is None:
+        return None
+    with _CUDNN.lock:
+        built = _CUDNN.graphs.get(key)
+        if built is not None:
+            return built
+        cp = _cupy()
+        try:
+            handle = _cudnn_handle(cudnn, int(cp.cuda.Device().id))
+            graph, tensors = build(cudnn, handle)
+            graph.validate()
+            graph.build_operation_graph()
+            graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+            graph.check_support()
+            graph.build_plans()
+            workspace = cp.empty(int(graph.get_workspace_size()), dtype=np.uint8)
+        except Exception as exc:  # cuDNN reports unsupported graphs with its own exceptions
+            _cudnn_refused(key, exc)
+            return None
+        built = (graph, tensors, workspace, handle)
+        _CUDNN.graphs[key] = built
+        return built
+
+
+def _cudnn_refused(key: tuple, exc: Exception) -> None:
+    reason = f"{type(exc).__name__}: {exc}"
+    CUDNN_FALLBACKS[key] = reason
+    warnings.warn(f"cuDNN cannot run {key[0]} for {key[1:]}; using the shared CUDA kernel "
+                  f"instead ({reason})", RuntimeWarning, stacklevel=3)
+
+
+def _cudnn_execute(key: tuple, built: tuple, bindings: dict) -> bool:
+    """Run a built graph on the current stream; False (and a recorded fallback) if it fails."""
+    cp = _cupy()
+    cudnn = _cudnn()
+    graph, _tensors, workspace, handle = built
+    try:
+        cudnn.set_stream(handle=handle, stream=int(cp.cuda.get_current_stream().ptr))
+        graph.execute(bindings, workspace, handle=handle)
+    except Exception as exc:
+        with _CUDNN.lock:
+            _CUDNN.graphs.pop(key, None)
+        _cudnn_refused(key, exc)
+        return False
+    return True
+
+
+def _conv2d_cudnn(x, w, out, attrs) -> bool:
+    """Convolution through cuDNN into ``out``; False where cuDNN cannot do it."""
+    cp = _cupy()
+    pads = tuple(int(p) for p in attrs.get("pads", (0, 0, 0, 0)))
+    strides = tuple(int(s) for s in attrs.get("strides", (1, 1)))
+    dilations = tuple(int(d) for d in attrs.get("dilations", (1, 1)))
+    key = ("conv2d", int(cp.cuda.Device().id), tuple(x.shape), tuple(w.shape), x.dtype.str,
+           pads, strides, dilations)
+
+    def build(cudnn, handle):
+        dt = _cudnn_dtype(cudnn, x.dtype)
+        graph = cudnn.pygraph(io_data_type=dt, intermediate_data_type=cudnn.data_type.FLOAT,
+                              compute_data_type=cudnn.data_type.FLOAT, handle=handle)
+        tx = graph.tensor(name="X", dim=list(x.shape), stride=_elem_strides(x), data_type=dt)
+        tw = graph.tensor(name="W", dim=list(w.shape), stride=_elem_strides(w), data_type=dt)
+        ty = graph.conv_fprop(image=tx, weight=tw, pre_padding=[pads[0], pads[1]],
+                              post_padding=[pads[2], pads[3]], stride=list(strides),
+                              dilation=list(dilations), compute_data_type=cudnn.data_type.FLOAT)
+        ty.set_output(True)
+        ty.set_data_type(dt)
+        ty.set_dim(list(out.shape))
+        ty.set_stride(_elem_strides(out))
+        return graph, (tx, tw, ty)
+
+    built = _cudnn_graph(key, build)
+    if built is None:
+        return False
+    tx, tw, ty = built[1]
+    return _cudnn_execute(key, built, {tx: x, tw: w, ty: out})
+
+
+def _batch_norm_cudnn(x, scale, bias, mean, var, out, epsilon: float) -> bool:
+    cp = _cupy()
+    key = ("batch_norm", int(cp.cuda.Device().id), tuple(x.shape), x.dtype.str)
+    channels = int(x.shape[1])
+    pshape = [1, channels] + [1] * (x.ndim - 2)
+    pstride = [channels] + [1] * (x.ndim - 1)
+
+    def build(cudnn, handle):
+        dt = _cudnn_dtype(cudnn, x.dtype)
+        fl = cudnn.data_type.FLOAT
+        graph = cudnn.pygraph(io_data_type=dt, intermediate_data_type=fl, compute_data_type=fl,
+                              handle=handle)
+        tx = graph.tensor(name="X", dim=list(x.shape), stride=_elem_strides(x), data_type=dt)
+        params = [graph.tensor(name=n, dim=pshape, stride=pstride, data_type=fl)
+                  for n in ("mean", "inv_variance", "scale", "bias")]
+        ty = graph.batchnorm_inference(input=tx, mean=params[0], inv_variance=params[1],
+                                       scale=params[2], bias=params[3])
+        ty.set_output(True)
+        ty.set_data_type(dt)
+        ty.set_stride(_elem_strides(out))
+        return graph, (tx, *params, ty)
+
+    built = _cudnn_graph(key, build)
+    if built is None:
+        return False
+    tx, tmean, tinv, tscale, tbias, ty = built[1]
+    f32 = np.float32
+    inv = 1.0 / cp.sqrt(var.astype(f32) + f32(epsilon))
+    return _cudnn_execute(key, built, {
+        tx: x, tmean: cp.ascontiguousarray(mean, dtype=f32), tinv: inv,
+        tscale: cp.ascontiguousarray(scale, dtype=f32),
+        tbias: cp.ascontiguousarray(bias, dtype=f32), ty: out})
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernel overrides, registered into Op.kernels["cupy"]
+
+
+def _contiguous(*arrays) -> bool:
+    return all(a.flags.c_contiguous for a in arrays)
+
+
+def _float(*arrays) -> bool:
+    return all(_suffix(a.dtype) is not None for a in arrays) and len(
+        {a.dtype for a in arrays}) == 1
+
+
+def _gemm_override(shared):
+    def kernel(xp, ins, attrs, outs):
+        a, b = ins[0], ins[1]
+        c = ins[2] if len(ins) > 2 else None
+        out = outs[0]
+        if not (a.ndim == b.ndim == 2 and _float(a, b, out) and _contiguous(out)
+                and min(a.shape + b.shape) > 0):
+            return shared(xp, ins, attrs, outs)
+        import cupy.cublas
+
+        alpha = float(attrs.get("alpha", 1.0))
+        beta = float(attrs.get("beta", 1.0)) if c is not None else 0.0
+        if c is not None and beta != 0.0:
+            out[...] = c  # broadcast C into the output; cuBLAS then computes in place
+        else:
+            beta = 0.0  # cuBLAS does not read C when beta == 0, so out's contents do not matter
+        trans_a = "T" if int(attrs.get("trans_a", 0)) else "N"
+        trans_b = "T" if int(attrs.get("trans_b", 0)) else "N"
+        cupy.cublas.gemm(trans_a, trans_b, a, b, out=out, alpha=alpha, beta=beta)
+
+    return kernel
+
+
+def _matmul_override(shared):
+    def kernel(xp, ins, attrs, outs):
+        a, b = ins
+        out = outs[0]
+        if not (a.ndim == b.ndim == 2 and _float(a, b, out) and _contiguous(out)
+                and min(a.shape + b.shape) > 0):
+            # batched, vector and integer products: the shared kernel (cupy.matmul, which is
+            # cuBLAS's batched GEMM for floats)
+            return shared(xp, ins, attrs, outs)
+        import cupy.cublas
+
+        cupy.cublas.gemm("N", "N", a, b, out=out)
+
+    return kernel
+
+
+def _conv_activation(attrs) -> tuple[str, float] | None:
+    act = str(attrs.get("activation", "none") or "none")
+    if act not in ACTIVATIONS or act in ("erf", "clip"):
+        return None
+    alpha = attrs.get("alpha", None)
+    return act, 0.01 if alpha is None else float(alpha)
+
+
+def _conv2d_override(shared):
+    def kernel(xp, ins, attrs, outs):
+        x, w = ins[0], ins[1]
+        bias = ins[2] if len(ins) > 2 else None
+        out = outs[0]
+        act = _conv_activation(attrs)
+        usable = (act is not None and x.ndim == 4 and x.dtype in (np.float32, np.float64)
+                  and _float(x, w, out) and _contiguous(out))
+        if usable:
+            x, w = xp.ascontiguousarray(x), xp.ascontiguousarray(w)
+        if not usable or not _conv2d_cudnn(x, w, out, attrs):
+            return shared(xp, ins, attrs, outs)
+        if bias is not None or act[0] not in ("none", "identity"):
+            bias_act(out, bias, out, act[0], alpha=act[1])  # fused epilogue, in place
+
+    return kernel
+
+
+def _batch_norm_override(shared):
+    def kernel(xp, ins, attrs, outs):
+        x, scale, bias, mean, var = ins
+        out = outs[0]
+        usable = (x.ndim >= 2 and x.dtype in (np.float32, np.float16) and out.dtype == x.dtype
+                  and _contiguous(x, out))
+        if not usable or not _batch_norm_cudnn(x, scale, bias, mean, var, out,
+                                               float(attrs.get("epsilon", 1e-5))):
+            return shared(xp, ins, attrs, outs)
+
+    return kernel
+
+
+def _softmax_override(shared, log: bool):
+    def kernel(xp, ins, attrs, outs):
+        x, out = ins[0], outs[0]
+        axis = int(attrs.get("axis", -1))
+        last = x.ndim == 0 or axis % max(x.ndim, 1) == x.ndim - 1
+        if not (last and _float(x, out) and _contiguous(x, out)):
+            return shared(xp, ins, attrs, outs)
+        softmax(x, out, log=log)
+
+    return kernel
+
+
+def _lrn_override(shared):
+    def kernel(xp, ins, attrs, outs):
+        x, out = ins[0], outs[0]
+        if not (x.ndim >= 3 and _float(x, out) and _contiguous(x, out)):
+            return shared(xp, ins, attrs, outs)
+        lrn(x, out, int(attrs["size"]), float(attrs.get("alpha", 1e-4)),
+            float(attrs.get("beta", 0.75)), float(attrs.get("bias", 1.0)))
+
+    return kernel
+
+
+def _pointwise_override(shared, activation: Callable[[Any], str]):
+    def kernel(xp, ins, attrs, outs):
+        x, out = ins[0], outs[0]
+        if not (_float(x, out) and _contiguous(x, out)):
+            return shared(xp, ins, attrs, outs)
+        bias_act(x, None, out, activation(attrs))
+
+    return kernel
+
+
+def _gelu_name(attrs) -> str:
+    return "gelu_tanh" if str(attrs.get("approximate", "none")) == "tanh" else "gelu"
+
+
+_OVERRIDES: dict[str, Callable[[Any], Any]] = {
+    "gemm": _gemm_override,
+    "matmul": _matmul_override,
+    "conv2d": _conv2d_override,
+    "batch_norm": _batch_norm_override,
+    "softmax": lambda shared: _softmax_override(shared, log=False),
+    "log_softmax": lambda shared: _softmax_override(shared, log=True),
+    "lrn": _lrn_override,
+    "gelu": lambda shared: _pointwise_override(shared, _gelu_name),
+    "erf": lambda shared: _pointwise_override(shared, lambda attrs: "erf"),
+}
+
+_REGISTERED: set[str] = set()
+_REGISTER_LOCK = threading.Lock()
+
+
+def register_kernels() -> tuple[str, ...]:
+    """Install the CUDA overrides into ``Op.kernels["cupy"]`` for every op that exists.
+
+    Idempotent; ops registered later are picked up by a later call. Needs no GPU (the kernels only
+    touch CuPy when they run). Returns the names of the ops that now have a CUDA override.
+    """
+    from hetero.errors import UnknownOpError
+    from hetero.ops.registry import lookup
+
+    with _REGISTER_LOCK:
+        for name, make in _OVERRIDES.items():
+            if name in _REGISTERED:
+                continue
+            try:
+                op = lookup(name)
+            except UnknownOpError:
+                continue
+            if "cupy" not in op.backends:
+                continue
+            shared = op.kernel_for("cupy")
+            if shared is None:
+                continue
+            op.kernels["cupy"] = make(shared)
+            _REGISTERED.add(name)
+        return tuple(sorted(_REGISTERED))
