@@ -65,6 +65,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -194,7 +195,20 @@ class Device:
         peer_link: Link to another GPU of the machine (None: through the host).
         model: human-readable hardware name.
         info: extra facts for reports (SM count, compute capability, ...).
+
+    Attributes: the arguments, plus ``specs`` (model and info as one dict, for reports) and
+    ``machine_links`` (set by the Machine that holds the device).
     """
+
+    # Defaults for subclasses that set their attributes themselves instead of calling __init__
+    # (CudaDevice does): a PCIe Gen4 host link, no peer link, no extra facts.
+    host_link: Link = Link(32e9, 10e-6)
+    peer_link: Link | None = None
+    model: str = ""
+    info: Mapping[str, Any] = MappingProxyType({})
+    specs: Mapping[str, Any] = MappingProxyType({})
+    #: (src_space, dst_space) -> Link of the machine that holds this device (set by Machine).
+    machine_links: Mapping[tuple[str, str], Link] | None = None
 
     def __init__(self, name: str, *, kind: str, memory_space: str, backend: str, capacity: int,
                  peak_flops: Mapping[str, float] | float, mem_bandwidth: float,
@@ -217,17 +231,9 @@ class Device:
         self.peer_link = peer_link
         self.model = model
         self.info = dict(info or {})
-        #: (src_space, dst_space) -> Link of the machine that holds this device (set by Machine)
-        self.machine_links: Mapping[tuple[str, str], Link] | None = None
+        self.specs: dict[str, Any] = {"model": model, **self.info}
 
     # -- rates ------------------------------------------------------------------------------
-
-    @property
-    def specs(self) -> dict[str, Any]:
-        """The rates as a plain dict (for reports)."""
-        return {"capacity": self.capacity, "peak_flops": dict(self.peak_flops),
-                "mem_bandwidth": self.mem_bandwidth, "launch_overhead": self.launch_overhead,
-                "model": self.model, **self.info}
 
     def roofline(self, cost: Any, op_class: str = "elementwise") -> float:
         """Seconds for work of ``cost`` (``Cost(flops, bytes)``) of ``op_class`` on this device:
@@ -366,7 +372,7 @@ class CpuDevice(Device):
         return np.empty(spec.shape, spec.dtype)
 
     def from_host(self, array: np.ndarray) -> np.ndarray:
-        if space_of(array) not in ("host",) and not isinstance(array, list | tuple | int | float):
+        if isinstance(array, np.ndarray) and space_of(array) != "host":
             raise DeviceError(f"{self.name}.from_host got a buffer of memory space "
                               f"{space_of(array)!r}; copy it with machine.copy")
         return np.asarray(array)
@@ -452,15 +458,17 @@ class Card:
     sm_count: int
     match: tuple[str, ...]
 
-    def peak_flops(self, precision: str = "fp32") -> dict[str, float]:
-        """Peak FLOP/s per op class: matmul and conv at ``precision`` ("fp32", "tf32", "fp16");
-        the other classes at half the FP32 rate (one op per element, no fused multiply-add)."""
-        dense = {"fp32": self.fp32, "tf32": self.tf32, "fp16": self.fp16}.get(precision)
-        if dense is None:
-            raise DeviceError(f"precision is fp32, tf32 or fp16, got {precision!r}")
+    def peak_flops(self, matmul: str = "fp32", conv: str | None = None) -> dict[str, float]:
+        """Peak FLOP/s per op class: matmul at precision ``matmul`` ("fp32", "tf32", "fp16"),
+        conv at ``conv`` (default: as matmul); the other classes at half the FP32 rate (one op
+        per element, no fused multiply-add)."""
+        rates = {"fp32": self.fp32, "tf32": self.tf32, "fp16": self.fp16}
+        for p in (matmul, conv):
+            if p is not None and p not in rates:
+                raise DeviceError(f"precision is fp32, tf32 or fp16, got {p!r}")
         other = self.fp32 / 2
-        return {"elementwise": other, "matmul": dense, "conv": dense, "reduce": other,
-                "data": other, "norm": other}
+        return {"elementwise": other, "matmul": rates[matmul], "conv": rates[conv or matmul],
+                "reduce": other, "data": other, "norm": other}
 
 
 #: PCIe per direction: Gen3 x16 ~16 GB/s, Gen4 x16 ~32 GB/s, Gen5 x16 ~64 GB/s.
@@ -525,16 +533,21 @@ class GpuInfo:
         return card_for_model(self.model)
 
 
-def rates_for(info: GpuInfo, precision: str = "fp32") -> dict[str, Any]:
+def rates_for(info: GpuInfo) -> dict[str, Any]:
     """Keyword arguments for ``Device.__init__`` describing a real GPU: the published rates of its
     card, or, for a card not in ``CARDS``, an estimate from its SM count and clock (128 FP32 lanes
-    per SM, 2 FLOP per fused multiply-add) with PCIe Gen4 and 500 GB/s memory."""
+    per SM, 2 FLOP per fused multiply-add) with PCIe Gen4 and 500 GB/s memory.
+
+    Matmul is rated at FP32 (CuPy's cuBLAS calls compute in FP32 unless CUPY_TF32=1); conv at TF32
+    on compute capability 8.0 and later, where cuDNN uses TF32 tensor cores for float32 by default.
+    """
     c = info.card
     facts = {"index": info.index, "sm_count": info.sm_count,
              "compute_capability": f"{info.compute_capability[0]}.{info.compute_capability[1]}"}
     if c is not None:
         peer = Link(c.peer_link, NVLINK_LATENCY if c.peer == "nvlink" else PCIE_LATENCY)
-        return {"capacity": info.total_memory, "peak_flops": c.peak_flops(precision),
+        return {"capacity": info.total_memory, "peak_flops": c.peak_flops(
+                    "fp32", "tf32" if info.compute_capability >= (8, 0) else "fp32"),
                 "mem_bandwidth": c.mem_bandwidth, "launch_overhead": GPU_LAUNCH_OVERHEAD,
                 "host_link": Link(c.host_link, PCIE_LATENCY), "peer_link": peer,
                 "model": info.model, "info": {**facts, "card": c.key}}
@@ -605,11 +618,27 @@ def _cuda_devices(infos: Sequence[GpuInfo]) -> list[Device]:
     out: list[Device] = []
     for info in infos:
         try:
-            out.append(CudaDevice(info.index, name=f"gpu:{len(out)}", info=info))
+            dev = CudaDevice.from_index(info.index, name=f"gpu:{len(out)}")
+            _adopt_rates(dev, info)
+            out.append(dev)
         except Exception as exc:
             log.warning("skipping CUDA GPU %d (%s): %s: %s", info.index, info.model,
                         type(exc).__name__, exc)
     return out
+
+
+def _adopt_rates(dev: Device, info: GpuInfo) -> None:
+    """Give a CUDA device the links and facts of ``rates_for(info)``, and the published peak rates
+    where its card is in ``CARDS`` (the device's own figures are rough estimates from clocks)."""
+    rates = rates_for(info)
+    values: dict[str, Any] = {"host_link": rates["host_link"], "peer_link": rates["peer_link"],
+                              "model": info.model,
+                              "info": {**rates["info"], **dict(getattr(dev, "info", {}))}}
+    if info.card is not None:
+        values["peak_flops"] = rates["peak_flops"]
+        values["mem_bandwidth"] = rates["mem_bandwidth"]
+    for key, value in values.items():
+        object.__setattr__(dev, key, value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -937,7 +966,7 @@ class Machine:
                 idx = d.get("info", {}).get("index", index)
                 real = _cuda_devices([i for i in infos if i.index == idx])
                 if real:
-                    real[0].name = d["name"]
+                    object.__setattr__(real[0], "name", d["name"])
                     devices.append(real[0])
                     continue
                 log.warning("%s (%s) is not on this host; simulating it", d["name"],

@@ -1,3 +1,50 @@
-"""Explicit device moves (to_device)."""
+"""Explicit device moves: ``to_device(x, "gpu:0")``.
 
-__all__: list[str] = []
+Eager mode: a copy between memory spaces over the machine's link (``Machine.copy``), made on
+purpose, so ``config.transfer_guard`` does not apply to it. Within one memory space (two CPU
+workers) the tensor keeps its buffer and only changes device. Graph mode: an ``identity`` node
+pinned to the device (not soft), so the placer keeps it there and the partitioner inserts the
+transfer node in front of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hetero.errors import DeviceError
+from hetero.tracing import Tensor, _traces, apply, user_line
+
+__all__ = ["to_device"]
+
+
+def to_device(x: Any, device: str) -> Tensor:
+    """``x`` on ``device`` ("cpu:1", "gpu:0"): an explicit copy, never blocked by the transfer
+    guard. ``x`` may be a Tensor, a NumPy array or a Python scalar."""
+    from hetero.config import config
+    from hetero.devices import normalize_device
+
+    name = normalize_device(device)
+    if _traces():
+        return apply("identity", (x,), device=name, soft=False)
+    if isinstance(x, Tensor) and x.is_traced:
+        from hetero.errors import TraceError
+
+        raise TraceError(f"{user_line()}: a traced value escaped its @function and is used "
+                         "outside it (store results by returning them)")
+    machine = config.machine
+    try:
+        dst = machine.device(name)
+    except DeviceError as exc:
+        raise DeviceError(f"to_device (from {user_line()}): {exc}") from None
+    if isinstance(x, Tensor):
+        if x.device == dst.name:
+            return x
+        src = machine.device(x.device)
+        return Tensor(machine.copy(x._data, src, dst), dst.name, _spec=x.spec)
+    from hetero.tracing import tensor
+
+    if isinstance(x, np.ndarray):
+        return Tensor(dst.from_host(x), dst.name)
+    return tensor(x, device=dst.name)
