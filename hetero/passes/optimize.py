@@ -1,0 +1,366 @@
+"""Graph optimisation: ``optimize(graph) -> Graph``, a pure rewrite that keeps every value the
+graph returns.
+
+The pass is a fixed sequence of sweeps, each a pure ``Graph -> Graph`` function, repeated until
+nothing changes:
+
+1. ``fold_constants``: a node whose inputs are all constants runs once, now, through its NumPy
+   kernel, and becomes a constant (outputs above ``MAX_FOLD_BYTES`` are left alone).
+2. ``fold_batch_norm``: ``batch_norm(conv2d(x, w, b))`` with constant parameters becomes one
+   ``conv2d`` with scaled weights ``w * a`` and bias ``b * a + (beta - mean * a)``, where
+   ``a = scale / sqrt(var + eps)``.
+3. ``fuse_bias``: ``add(conv2d(x, w), c)`` with a per-channel constant ``c`` becomes the conv's
+   bias; ``add(gemm(a, b[, c]), d)`` and ``add(matmul(a, b), d)`` (2-D) with a constant ``d``
+   become one ``gemm`` with ``d`` in its ``c``.
+4. ``fuse_activation``: ``relu``, ``leaky_relu``, ``sigmoid``, ``tanh`` or ``clip`` of a conv2d
+   output becomes the conv's ``activation``.
+5. ``eliminate_dead``: nodes no graph output depends on are dropped (graph inputs stay).
+
+A producer is merged with its consumer only when the consumer is its sole reader and the producer's
+value is not itself a graph output, and only when both carry the same device annotation and no
+conflicting colocation group: the merged node keeps the producer's name and source line (``where``),
+the shared device annotation (hard if either was hard) and the colocation group of either. The
+consumer's value is renamed to the merged node's, so every later reader and graph output follows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from hetero.errors import HeteroError
+from hetero.graph import Graph, Node, TensorSpec, Value
+
+__all__ = ["optimize", "fold_constants", "fold_batch_norm", "fuse_bias", "fuse_activation",
+           "eliminate_dead", "MAX_FOLD_BYTES"]
+
+#: Constant folding leaves nodes whose outputs would take more bytes than this (a broadcast of a
+#: small constant to a huge one is cheaper to compute than to store).
+MAX_FOLD_BYTES = 64 << 20
+
+_STRUCTURAL = frozenset({"input", "constant", "transfer"})
+
+
+def optimize(graph: Graph, *, max_rounds: int = 8) -> Graph:
+    """Fold constants and batch-norms, fuse biases and activations, drop dead nodes.
+
+    Returns a new Graph computing the same outputs; ``graph`` is not changed.
+    """
+    sweeps = (fold_constants, fold_batch_norm, fuse_bias, fuse_activation)
+    current = eliminate_dead(graph)
+    for _ in range(max_rounds):
+        before = current
+        for sweep in sweeps:
+            current = sweep(current)
+        current = eliminate_dead(current)
+        if current.nodes == before.nodes:
+            break
+    return current
+
+
+# ----------------------------------------------------------------------------------------------
+# Building a rewritten graph
+
+
+class _Rewrite:
+    """The edits of one sweep: nodes replaced (with constants inserted before them), nodes
+    removed, and values renamed; ``build`` applies them all at once."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.replaced: dict[str, list[Node]] = {}
+        self.removed: set[str] = set()
+        self.alias: dict[Value, Value] = {}
+        self.constants: dict[str, np.ndarray] = {}
+        self.taken: set[str] = set()
+        self._names = {n.name for n in graph.nodes}
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 1
+        while name in self._names:
+            name, i = f"{base}_{i}", i + 1
+        self._names.add(name)
+        return name
+
+    def constant(self, like: Node, array: np.ndarray, base: str, *, exact: bool = False) -> Node:
+        """A new constant node holding ``array``, annotated like ``like`` (named ``base`` itself
+        with ``exact``, for a node that the constant replaces)."""
+        array = np.ascontiguousarray(array)
+        array.flags.writeable = False
+        name = base if exact else self.fresh(base)
+        node = Node(name, "constant", outputs=(TensorSpec.of(array),),
+                    device=like.device, soft=like.soft, colocate=like.colocate, where=like.where)
+        self.constants[node.name] = array
+        return node
+
+    def merge(self, producer: Node, consumer: Node, merged: Node, new_consts=()) -> None:
+        """``merged`` (named like ``producer``) replaces both; readers of ``consumer`` follow."""
+        self.replaced[producer.name] = [*new_consts, merged]
+        self.removed.add(consumer.name)
+        for i in range(len(consumer.outputs)):
+            self.alias[Value(consumer.name, i)] = Value(merged.name, i)
+        self.taken.update((producer.name, consumer.name))
+
+    def changed(self) -> bool:
+        return bool(self.replaced or self.removed)
+
+    def build(self) -> Graph:
+        if not self.changed():
+            return self.graph
+
+        def resolve(v: Value) -> Value:
+            while v in self.alias:
+                v = self.alias[v]
+            return v
+
+        nodes = []
+        for node in self.graph.nodes:
+            if node.name in self.removed:
+                continue
+            for new in self.replaced.get(node.name, [node]):
+                inputs = tuple(resolve(v) for v in new.inputs)
+                nodes.append(new if inputs == new.inputs else new.replace(inputs=inputs))
+        constants = {**self.graph.constants, **self.constants}
+        live = {n.name for n in nodes if n.op == "constant"}
+        constants = {k: v for k, v in constants.items() if k in live}
+        return self.graph.replace(nodes=tuple(nodes),
+                                  outputs=tuple(resolve(v) for v in self.graph.outputs),
+                                  constants=constants)
+
+
+def _mergeable(producer: Node, consumer: Node) -> bool:
+    """May these two become one node without changing any annotation's meaning?"""
+    if producer.device != consumer.device:
+        return False
+    return (producer.colocate is None or consumer.colocate is None
+            or producer.colocate == consumer.colocate)
+
+
+def _merged_annotations(producer: Node, consumer: Node) -> dict:
+    return {"soft": producer.soft and consumer.soft,
+            "colocate": producer.colocate or consumer.colocate}
+
+
+def _sole_reader(graph: Graph, readers: Mapping[str, list[str]], producer: Node) -> Node | None:
+    """The one node reading ``producer`` (which has one output and is no graph output)."""
+    if len(producer.outputs) != 1 or any(v.node == producer.name for v in graph.outputs):
+        return None
+    names = readers.get(producer.name, [])
+    if len(names) != 1:
+        return None
+    reader = graph.node(names[0])
+    if sum(v.node == producer.name for v in reader.inputs) != 1:
+        return None
+    return reader
+
+
+def _const(graph: Graph, value: Value) -> np.ndarray | None:
+    node = graph.node(value.node)
+    return graph.constants.get(node.name) if node.op == "constant" else None
+
+
+def _infers(node: Node, ins: tuple[TensorSpec, ...]) -> bool:
+    """Does ``node`` (a rewrite's product) infer exactly its recorded outputs from ``ins``?"""
+    from hetero.ops.registry import lookup
+
+    try:
+        return lookup(node.op).infer_specs(ins, node.attrs) == node.outputs
+    except HeteroError:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# Sweeps
+
+
+def fold_constants(graph: Graph) -> Graph:
+    """Run every node whose inputs are all constants and make its outputs constants."""
+    from hetero.ops.registry import lookup
+
+    rw = _Rewrite(graph)
+    known: dict[Value, np.ndarray] = {
+        Value(n.name): graph.constants[n.name] for n in graph.nodes if n.op == "constant"}
+    for node in graph.nodes:
+        if node.op in _STRUCTURAL or not node.inputs:
+            continue
+        if not all(v in known for v in node.inputs):
+            continue
+        if sum(s.nbytes for s in node.outputs) > MAX_FOLD_BYTES:
+            continue
+        kernel = lookup(node.op, node).kernel_for("numpy")
+        if kernel is None:
+            continue
+        outs = [np.empty(s.shape, s.dtype) for s in node.outputs]
+        try:
+            kernel(np, [known[v] for v in node.inputs], node.attrs, outs)
+        except Exception:  # noqa: BLE001  (left in the graph; it fails, with its label, at run time)
+            continue
+        new = []
+        for i, arr in enumerate(outs):
+            if len(outs) == 1:  # the constant takes the node's name: readers need no renaming
+                c = rw.constant(node, arr, node.name, exact=True)
+            else:
+                c = rw.constant(node, arr, f"{node.name}_{i}")
+                rw.alias[Value(node.name, i)] = c.value()
+            known[Value(node.name, i)] = rw.constants[c.name]
+            new.append(c)
+        rw.replaced[node.name] = new
+    return rw.build()
+
+
+def fold_batch_norm(graph: Graph) -> Graph:
+    """``batch_norm(conv2d(x, w[, b]))`` with constant w, b and parameters -> one conv2d."""
+    rw = _Rewrite(graph)
+    readers = graph.consumers()
+    for conv in graph.nodes:
+        if conv.op != "conv2d" or conv.name in rw.taken or conv.attrs["activation"] != "none":
+            continue
+        bn = _sole_reader(graph, readers, conv)
+        if bn is None or bn.op != "batch_norm" or bn.inputs[0] != conv.value():
+            continue
+        if not _mergeable(conv, bn):
+            continue
+        w = _const(graph, conv.inputs[1])
+        b = _const(graph, conv.inputs[2]) if len(conv.inputs) == 3 else None
+        params = [_const(graph, v) for v in bn.inputs[1:]]
+        if w is None or (len(conv.inputs) == 3 and b is None) or any(p is None for p in params):
+            continue
+        scale, beta, mean, var = (p.astype(np.float64) for p in params)
+        a = scale / np.sqrt(var + bn.attrs["epsilon"])
+        bias = beta - mean * a + (b.astype(np.float64) * a if b is not None else 0.0)
+        w_node = graph.node(conv.inputs[1].node)
+        new_w = rw.constant(w_node, (w * a.reshape(-1, 1, 1, 1)).astype(w.dtype),
+                            f"{conv.name}_w")
+        new_b = rw.constant(w_node, bias.astype(w.dtype), f"{conv.name}_b")
+        merged = conv.replace(inputs=(conv.inputs[0], new_w.value(), new_b.value()),
+                              **_merged_annotations(conv, bn))
+        rw.merge(conv, bn, merged, (new_w, new_b))
+    return rw.build()
+
+
+def _channel_vector(c: np.ndarray, out: TensorSpec) -> np.ndarray | None:
+    """``c`` as a per-channel ``(O,)`` vector if adding it to an NCHW ``out`` is a bias add."""
+    o = out.shape[1]
+    if c.ndim > out.ndim or c.dtype != out.dtype:
+        return None
+    full = (1,) * (out.ndim - c.ndim) + c.shape
+    if any(d != 1 for i, d in enumerate(full) if i != 1) or full[1] not in (1, o):
+        return None
+    return np.broadcast_to(c.reshape(-1), (o,))
+
+
+def fuse_bias(graph: Graph) -> Graph:
+    """A constant added to a conv2d, gemm or 2-D matmul output becomes that node's bias."""
+    rw = _Rewrite(graph)
+    readers = graph.consumers()
+    for node in graph.nodes:
+        if node.op not in ("conv2d", "gemm", "matmul") or node.name in rw.taken:
+            continue
+        add = _sole_reader(graph, readers, node)
+        if add is None or add.op != "add" or not _mergeable(node, add):
+            continue
+        other = add.inputs[1] if add.inputs[0] == node.value() else add.inputs[0]
+        c = _const(graph, other)
+        if c is None or add.outputs != node.outputs:
+            continue
+        const_node = graph.node(other.node)
+        if node.op == "conv2d":
+            merged = _conv_with_bias(graph, rw, node, c, const_node)
+        else:
+            merged = _gemm_with_bias(graph, rw, node, c, const_node)
+        if merged is not None:
+            new_node, new_consts = merged
+            new_node = new_node.replace(**_merged_annotations(node, add))
+            rw.merge(node, add, new_node, new_consts)
+    return rw.build()
+
+
+def _conv_with_bias(graph, rw, conv, c, const_node):
+    if conv.attrs["activation"] != "none":
+        return None
+    vec = _channel_vector(c, conv.outputs[0])
+    if vec is None:
+        return None
+    if len(conv.inputs) == 3:
+        old = _const(graph, conv.inputs[2])
+        if old is None:
+            return None
+        vec = old + vec
+    bias = rw.constant(const_node, vec.astype(conv.outputs[0].dtype), f"{conv.name}_b")
+    return conv.replace(inputs=(conv.inputs[0], conv.inputs[1], bias.value())), [bias]
+
+
+def _gemm_with_bias(graph, rw, node, d, const_node):
+    if node.op == "matmul":
+        if any(graph.spec(v).ndim != 2 for v in node.inputs):
+            return None
+        from hetero.ops.registry import lookup
+
+        attrs, c, beta = lookup("gemm").normalize_attrs({}), None, 1.0
+    else:
+        attrs, beta = node.attrs, float(node.attrs["beta"])
+        c = None
+        if len(node.inputs) == 3:
+            c = _const(graph, node.inputs[2])
+            if c is None or beta == 0:
+                return None
+    out = node.outputs[0]
+    if c is None:
+        new_c, attrs = d, attrs.set(beta=1.0)
+    else:
+        # beta * c_new = beta * c + d; dividing by beta = 1 is exact
+        new_c = c + d if beta == 1.0 else c + d / np.asarray(beta, d.dtype)
+    if new_c.dtype != out.dtype or new_c.ndim > 2:
+        return None
+    const = rw.constant(const_node, new_c, f"{node.name}_c")
+    gemm = node.replace(op="gemm", inputs=(node.inputs[0], node.inputs[1], const.value()),
+                        attrs=attrs)
+    ins = tuple(graph.spec(v) for v in node.inputs[:2]) + (TensorSpec.of(new_c),)
+    return (gemm, [const]) if _infers(gemm, ins) else None
+
+
+#: follower op -> (activation name, attrs -> activation_params)
+_ACTIVATIONS: dict[str, tuple[str, Callable]] = {
+    "relu": ("relu", lambda a: ()),
+    "leaky_relu": ("leaky_relu", lambda a: (float(a["alpha"]),)),
+    "sigmoid": ("sigmoid", lambda a: ()),
+    "tanh": ("tanh", lambda a: ()),
+    "clip": ("clip", lambda a: (a["min"], a["max"])),
+}
+
+
+def fuse_activation(graph: Graph) -> Graph:
+    """``relu(conv2d(...))`` (and leaky_relu, sigmoid, tanh, clip) -> conv2d with activation."""
+    rw = _Rewrite(graph)
+    readers = graph.consumers()
+    for conv in graph.nodes:
+        if conv.op != "conv2d" or conv.name in rw.taken or conv.attrs["activation"] != "none":
+            continue
+        act = _sole_reader(graph, readers, conv)
+        if act is None or act.op not in _ACTIVATIONS or not _mergeable(conv, act):
+            continue
+        if act.outputs != conv.outputs:
+            continue
+        name, params = _ACTIVATIONS[act.op]
+        p = params(act.attrs)
+        if any(v is not None and not math.isfinite(float(v)) for v in p):
+            continue
+        merged = conv.replace(attrs=conv.attrs.set(activation=name, activation_params=p),
+                              **_merged_annotations(conv, act))
+        rw.merge(conv, act, merged)
+    return rw.build()
+
+
+def eliminate_dead(graph: Graph) -> Graph:
+    """Drop every node that no graph output depends on (graph inputs always stay)."""
+    live = {v.node for v in graph.outputs} | set(graph.inputs)
+    for node in reversed(graph.nodes):
+        if node.name in live:
+            live.update(v.node for v in node.inputs)
+    if len(live) == len(graph.nodes):
+        return graph
+    nodes = tuple(n for n in graph.nodes if n.name in live)
+    constants = {k: v for k, v in graph.constants.items() if k in live}
+    return graph.replace(nodes=nodes, constants=constants)

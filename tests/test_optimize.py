@@ -1,0 +1,269 @@
+"""optimize(): the rewritten graph computes what the original computes, with fewer nodes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import hetero as ht
+from hetero import reference
+from hetero.graph import Graph, Node, TensorSpec, Value, check
+from hetero.ops.registry import lookup
+from hetero.passes.optimize import (
+    eliminate_dead,
+    fold_batch_norm,
+    fold_constants,
+    fuse_activation,
+    fuse_bias,
+    optimize,
+)
+
+RNG = np.random.default_rng(1)
+
+
+def rand(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+class GraphBuilder:
+    """Hand-built graphs, so each test states exactly which nodes and annotations it has."""
+
+    def __init__(self):
+        self.nodes, self.constants, self.inputs = [], {}, []
+
+    def input(self, name, shape):
+        node = Node(name, "input", outputs=(TensorSpec(shape, np.float32),))
+        self.nodes.append(node)
+        self.inputs.append(name)
+        return node.value()
+
+    def const(self, name, array, **ann):
+        array = np.asarray(array)
+        node = Node(name, "constant", outputs=(TensorSpec.of(array),), **ann)
+        self.nodes.append(node)
+        self.constants[name] = array
+        return node.value()
+
+    def op(self, name, op, inputs, *, where=None, **kw):
+        ann = {k: kw.pop(k) for k in ("device", "soft", "colocate") if k in kw}
+        entry = lookup(op)
+        attrs = entry.normalize_attrs(kw)
+        specs = tuple(self.spec(v) for v in inputs)
+        node = Node(name, op, tuple(inputs), attrs, entry.infer_specs(specs, attrs),
+                    where=where or f"model.py:{len(self.nodes)}", **ann)
+        self.nodes.append(node)
+        return node.value()
+
+    def spec(self, v):
+        return next(n for n in self.nodes if n.name == v.node).outputs[v.index]
+
+    def graph(self, *outputs):
+        return Graph(tuple(self.nodes), tuple(self.inputs), tuple(outputs), self.constants)
+
+
+def small_cnn(device=None):
+    """x -> conv -> bn -> relu -> max_pool -> conv -> add(bias) -> bn -> relu -> global_avg_pool
+    -> flatten -> matmul -> add -> out, plus an unused branch and a foldable constant chain."""
+    g = GraphBuilder()
+    ann = {"device": device} if device else {}
+    x = g.input("x", (2, 3, 12, 12))
+
+    def bn_params(prefix, c):
+        return [g.const(f"{prefix}_scale", rand(c)), g.const(f"{prefix}_bias", rand(c)),
+                g.const(f"{prefix}_mean", rand(c)),
+                g.const(f"{prefix}_var", np.abs(rand(c)) + 0.5)]
+
+    y = g.op("conv1", "conv2d", [x, g.const("w1", rand(8, 3, 3, 3)), g.const("b1", rand(8))],
+             pads=(1, 1, 1, 1), **ann)
+    y = g.op("bn1", "batch_norm", [y, *bn_params("bn1", 8)], epsilon=1e-3, **ann)
+    y = g.op("relu1", "relu", [y], **ann)
+    y = g.op("pool1", "max_pool2d", [y], kernel_shape=(2, 2), strides=(2, 2), **ann)
+    y = g.op("conv2", "conv2d", [y, g.const("w2", rand(16, 8, 3, 3))], strides=(2, 2),
+             pads=(1, 1, 1, 1), **ann)
+    y = g.op("bias2", "add", [y, g.const("b2", rand(1, 16, 1, 1))], **ann)
+    y = g.op("bn2", "batch_norm", [y, *bn_params("bn2", 16)], **ann)
+    y = g.op("relu2", "relu", [y], **ann)
+    g.op("unused", "tanh", [y], **ann)
+    y = g.op("gap", "global_avg_pool", [y], **ann)
+    y = g.op("flat", "flatten", [y], **ann)
+    # weights stored transposed, as ONNX exporters often do: transpose(w) folds to a constant
+    wt = g.op("wt", "transpose", [g.const("fc_w_t", rand(10, 16))], **ann)
+    y = g.op("fc", "matmul", [y, wt], **ann)
+    y = g.op("fc_bias", "add", [y, g.const("fc_b", rand(10))], **ann)
+    return g.graph(y), [rand(2, 3, 12, 12)]
+
+
+def test_small_cnn_same_results_fewer_nodes():
+    graph, inputs = small_cnn()
+    before = reference.run(graph, inputs)
+    opt = optimize(graph)
+    check(opt)
+    after = reference.run(opt, inputs)
+    np.testing.assert_allclose(after[0], before[0], rtol=1e-4, atol=1e-4)
+    ops = [n.op for n in opt.nodes if n.op not in ("input", "constant")]
+    assert ops == ["conv2d", "max_pool2d", "conv2d", "global_avg_pool", "flatten", "gemm"]
+    assert len([n for n in opt.nodes if n.op != "constant"]) < \
+        len([n for n in graph.nodes if n.op != "constant"])
+    conv1, conv2 = (n for n in opt.nodes if n.op == "conv2d")
+    assert conv1.attrs["activation"] == conv2.attrs["activation"] == "relu"
+    assert len(conv1.inputs) == len(conv2.inputs) == 3
+    assert conv1.where == graph.node("conv1").where  # the merged node keeps its source line
+    assert set(opt.constants) == {n.name for n in opt.nodes if n.op == "constant"}
+
+
+def test_optimize_is_pure():
+    graph, inputs = small_cnn()
+    snapshot = (graph.nodes, dict(graph.constants), graph.outputs)
+    optimize(graph)
+    assert (graph.nodes, dict(graph.constants), graph.outputs) == snapshot
+    check(graph)
+
+
+def test_traced_function_graph_mode_equal():
+    w, b = rand(4, 3, 3, 3), rand(4)
+    scale, shift, mean, var = rand(4), rand(4), rand(4), np.abs(rand(4)) + 0.5
+
+    @ht.function
+    def model(x):
+        y = ht.ops.conv2d(x, w, b, pads=(1, 1, 1, 1))
+        y = ht.ops.batch_norm(y, scale, shift, mean, var)
+        y = ht.ops.relu(y)
+        return ht.ops.avg_pool2d(y, (2, 2), (2, 2))
+
+    x = rand(1, 3, 8, 8)
+    graph = model.graph(x)
+    opt = optimize(graph)
+    check(opt)
+    assert [n.op for n in opt.nodes if n.op not in ("input", "constant")] == \
+        ["conv2d", "avg_pool2d"]
+    np.testing.assert_allclose(reference.run(opt, [x])[0], np.asarray(model(x)),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_device_annotations_kept_and_not_fused_across():
+    graph, inputs = small_cnn(device="gpu:0")
+    opt = optimize(graph)
+    check(opt)
+    assert all(n.device == "gpu:0" for n in opt.nodes if n.op not in ("input", "constant"))
+
+    g = GraphBuilder()
+    x = g.input("x", (1, 2, 5, 5))
+    y = g.op("conv", "conv2d", [x, g.const("w", rand(3, 2, 3, 3))], device="cpu:0")
+    y = g.op("relu", "relu", [y], device="gpu:0")
+    graph = g.graph(y)
+    assert [n.op for n in optimize(graph).nodes] == ["input", "constant", "conv2d", "relu"]
+
+
+def test_colocation_kept_and_conflicts_not_fused():
+    g = GraphBuilder()
+    x = g.input("x", (1, 2, 5, 5))
+    y = g.op("conv", "conv2d", [x, g.const("w", rand(3, 2, 3, 3))], colocate="a")
+    y = g.op("relu", "relu", [y])
+    opt = optimize(g.graph(y))
+    (conv,) = [n for n in opt.nodes if n.op == "conv2d"]
+    assert conv.colocate == "a" and conv.attrs["activation"] == "relu"
+
+    g = GraphBuilder()
+    x = g.input("x", (1, 2, 5, 5))
+    y = g.op("conv", "conv2d", [x, g.const("w", rand(3, 2, 3, 3))], colocate="a")
+    y = g.op("relu", "relu", [y], colocate="b")
+    assert [n.op for n in optimize(g.graph(y)).nodes][-1] == "relu"
+
+
+def test_no_fusion_when_conv_output_is_read_twice_or_returned():
+    g = GraphBuilder()
+    x = g.input("x", (1, 2, 5, 5))
+    c = g.op("conv", "conv2d", [x, g.const("w", rand(3, 2, 3, 3))])
+    r = g.op("relu", "relu", [c])
+    graph = g.graph(r, c)
+    opt = optimize(graph)
+    assert [n.op for n in opt.nodes] == [n.op for n in graph.nodes]
+    inputs = [rand(1, 2, 5, 5)]
+    for a, b in zip(reference.run(opt, inputs), reference.run(graph, inputs)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_batch_norm_not_folded_with_variable_weights():
+    g = GraphBuilder()
+    x = g.input("x", (1, 2, 5, 5))
+    w = g.input("w", (3, 2, 1, 1))
+    c = g.op("conv", "conv2d", [x, w])
+    y = g.op("bn", "batch_norm", [c] + [g.const(f"p{i}", np.ones(3, np.float32))
+                                        for i in range(4)])
+    assert fold_batch_norm(g.graph(y)).nodes == g.graph(y).nodes
+
+
+def test_fold_constants_and_dead_code():
+    g = GraphBuilder()
+    x = g.input("x", (3,))
+    a = g.op("a", "add", [g.const("c1", np.ones(3, np.float32)),
+                          g.const("c2", np.full(3, 2, np.float32))])
+    b = g.op("b", "mul", [a, a])
+    g.op("dead", "exp", [x])
+    y = g.op("y", "add", [x, b])
+    graph = g.graph(y)
+    folded = fold_constants(graph)
+    check(folded)
+    assert folded.node("b").op == "constant"
+    np.testing.assert_array_equal(folded.constants["b"], np.full(3, 9, np.float32))
+    clean = eliminate_dead(folded)
+    check(clean)
+    assert [n.name for n in clean.nodes] == ["x", "b", "y"]
+    np.testing.assert_array_equal(reference.run(clean, [np.ones(3, np.float32)])[0],
+                                  np.full(3, 10, np.float32))
+
+
+def test_fold_constants_multi_output_and_outputs_renamed():
+    g = GraphBuilder()
+    x = g.input("x", (2,))
+    parts = g.op("s", "split", [g.const("c", np.arange(4, dtype=np.float32))], axis=0,
+                 sizes=(2, 2))
+    y = g.op("y", "add", [x, Value(parts.node, 1)])
+    graph = g.graph(y, Value(parts.node, 0))
+    opt = optimize(graph)
+    check(opt)
+    assert all(n.op in ("input", "constant", "add") for n in opt.nodes)
+    inputs = [np.zeros(2, np.float32)]
+    for a, b in zip(reference.run(opt, inputs), reference.run(graph, inputs)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("act, kw", [("leaky_relu", {"alpha": 0.3}), ("sigmoid", {}),
+                                     ("tanh", {}), ("clip", {"min": -0.2, "max": 0.4}),
+                                     ("clip", {"max": 0.1})])
+def test_fuse_activation_variants(act, kw):
+    g = GraphBuilder()
+    x = g.input("x", (1, 2, 6, 6))
+    c = g.op("conv", "conv2d", [x, g.const("w", rand(4, 2, 3, 3))], pads=(1, 1, 1, 1))
+    y = g.op("act", act, [c], **kw)
+    graph = g.graph(y)
+    fused = fuse_activation(graph)
+    check(fused)
+    assert [n.op for n in fused.nodes] == ["input", "constant", "conv2d"]
+    inputs = [rand(1, 2, 6, 6)]
+    np.testing.assert_allclose(reference.run(fused, inputs)[0], reference.run(graph, inputs)[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_fuse_bias_into_gemm_with_c_and_beta():
+    g = GraphBuilder()
+    a = g.input("a", (4, 5))
+    y = g.op("g", "gemm", [a, g.const("b", rand(6, 5)), g.const("c", rand(6))], beta=0.5,
+             alpha=2.0, trans_b=1)
+    y = g.op("add", "add", [g.const("d", rand(4, 6)), y])
+    graph = g.graph(y)
+    fused = fuse_bias(graph)
+    check(fused)
+    assert [n.op for n in fused.nodes if n.op != "constant"] == ["input", "gemm"]
+    inputs = [rand(4, 5)]
+    np.testing.assert_allclose(reference.run(fused, inputs)[0], reference.run(graph, inputs)[0],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_non_channel_add_is_not_a_bias():
+    g = GraphBuilder()
+    x = g.input("x", (1, 2, 4, 4))
+    c = g.op("conv", "conv2d", [x, g.const("w", rand(3, 2, 1, 1))])
+    y = g.op("add", "add", [c, g.const("full", rand(1, 3, 4, 4))])
+    graph = g.graph(y)
+    assert fuse_bias(graph).nodes == graph.nodes
