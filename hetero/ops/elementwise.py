@@ -192,11 +192,12 @@ def _horner(xp, coeffs, t, out):
 
 
 def _erf_into(xp, x, out):
-    """``out = erf(x)`` (``out`` may not alias ``x``)."""
-    ax = xp.abs(x)
-    small = ax < _ERF_SPLIT
+    """``out = erf(x)`` (``out`` may not alias ``x``). Temporaries are allocated explicitly: a
+    ufunc on a 0-d array returns a scalar, which ``out=`` cannot take."""
+    ax = xp.abs(x, out=xp.empty_like(out))
+    small = xp.less(ax, _ERF_SPLIT, out=xp.empty(out.shape, dtype=bool))
     # large branch: 1 - exp(-x^2) * P(u(1/|x|)), with |x| clamped into the fitted range
-    t = xp.maximum(ax, _ERF_SPLIT)
+    t = xp.maximum(ax, _ERF_SPLIT, out=xp.empty_like(out))
     xp.reciprocal(t, out=t)
     t -= _ERFC_LO
     t *= 2 / (_ERFC_HI - _ERFC_LO)
@@ -210,7 +211,7 @@ def _erf_into(xp, x, out):
     xp.copysign(out, x, out=out)
     # small branch: x * Q(x^2), kept only where |x| < 1.5 (no data-dependent branch: on a GPU
     # asking whether any element is small would synchronise the stream)
-    xx = xp.square(x)
+    xx = xp.square(x, out=ax)
     _horner(xp, _ERF_TAYLOR, xx, t)
     t *= x
     xp.copyto(out, t, where=small)
@@ -239,7 +240,7 @@ def _gelu_kernel(xp, ins, attrs, outs):
         xp.tanh(out, out=out)
     else:
         # 0.5 * x * (1 + erf(x / sqrt(2)))
-        _erf_into(xp, x * (1 / math.sqrt(2)), out)
+        _erf_into(xp, xp.multiply(x, 1 / math.sqrt(2), out=xp.empty_like(out)), out)
     out += 1
     out *= x
     out *= 0.5

@@ -1,0 +1,228 @@
+"""Elementwise ops against NumPy float64, eager and traced."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from op_reference import SETTINGS, assert_matches, broadcast_pair, rand, run_modes, seeds, shapes
+
+import hetero as ht
+from hetero.ops.registry import REGISTRY
+
+ops = ht.ops
+
+BINARY = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+    "maximum": np.maximum, "minimum": np.minimum,
+}
+COMPARE = {
+    "equal": np.equal, "greater": np.greater, "less": np.less,
+    "greater_equal": np.greater_equal, "less_equal": np.less_equal,
+}
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _gelu_ref(x):
+    return 0.5 * x * (1 + _erf(x / math.sqrt(2)))
+
+
+def _gelu_tanh_ref(x):
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+# name -> (public call, reference, input low, input high)
+UNARY = {
+    "neg": (ops.neg, np.negative, -3, 3),
+    "abs": (ops.abs, np.abs, -3, 3),
+    "exp": (ops.exp, np.exp, -3, 3),
+    "log": (ops.log, np.log, 0.1, 5),
+    "sqrt": (ops.sqrt, np.sqrt, 0, 5),
+    "tanh": (ops.tanh, np.tanh, -4, 4),
+    "sigmoid": (ops.sigmoid, lambda x: 1 / (1 + np.exp(-x)), -10, 10),
+    "relu": (ops.relu, lambda x: np.maximum(x, 0), -3, 3),
+    "erf": (ops.erf, _erf, -5, 5),
+    "reciprocal": (ops.reciprocal, np.reciprocal, 0.5, 4),
+    "floor": (ops.floor, np.floor, -3, 3),
+    "ceil": (ops.ceil, np.ceil, -3, 3),
+    "leaky_relu": (lambda x: ops.leaky_relu(x, 0.2), lambda x: np.where(x >= 0, x, 0.2 * x), -3, 3),
+    "gelu": (ops.gelu, _gelu_ref, -5, 5),
+    "gelu_tanh": (lambda x: ops.gelu(x, "tanh"), _gelu_tanh_ref, -5, 5),
+    "clip": (lambda x: ops.clip(x, -1.0, 0.5), lambda x: np.clip(x, -1, 0.5), -3, 3),
+    "clip_min": (lambda x: ops.clip(x, min=0.0), lambda x: np.maximum(x, 0), -3, 3),
+    "clip_none": (ops.clip, lambda x: x, -3, 3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BINARY))
+@SETTINGS
+@given(shapes=broadcast_pair(), seed=seeds)
+def test_binary_broadcasting(name, shapes, seed):
+    a_shape, b_shape = shapes.input_shapes
+    a = rand(seed, a_shape)
+    b = rand(seed + 1, b_shape, low=0.5) if name == "div" else rand(seed + 1, b_shape)
+    fn = getattr(ops, name)
+    assert_matches(fn, BINARY[name], a, b)
+
+
+@pytest.mark.parametrize("name", sorted(COMPARE))
+@SETTINGS
+@given(shapes=broadcast_pair(), seed=seeds)
+def test_comparisons_give_bool(name, shapes, seed):
+    a_shape, b_shape = shapes.input_shapes
+    # small integers so that equality happens often
+    a = rand(seed, a_shape, np.int32, 0, 2)
+    b = rand(seed + 1, b_shape, np.int32, 0, 2)
+    (out,) = assert_matches(getattr(ops, name), COMPARE[name], a, b)
+    assert out.dtype == np.bool_
+
+
+@SETTINGS
+@given(shape=shapes(), seed=seeds)
+def test_pow(shape, seed):
+    a = rand(seed, shape, low=0.1, high=3)
+    b = rand(seed + 1, shape, low=-2, high=2)
+    assert_matches(ops.pow, np.power, a, b, rtol=1e-4)
+
+
+def test_integer_division_truncates_toward_zero():
+    a = np.array([7, -7, 7, -7, 6, -6, 0], np.int64)
+    b = np.array([2, 2, -2, -2, 3, 3, 5], np.int64)
+    assert_matches(ops.div, lambda x, y: np.trunc(x / y).astype(np.int64), a, b)
+
+
+@pytest.mark.parametrize("name", sorted(UNARY))
+@SETTINGS
+@given(shape=shapes(), seed=seeds, dtype=st.sampled_from([np.float32, np.float64]))
+def test_unary(name, shape, seed, dtype):
+    fn, ref, lo, hi = UNARY[name]
+    x = rand(seed, shape, dtype, lo, hi)
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    assert_matches(fn, ref, x, rtol=tol * 10, atol=tol)
+
+
+def test_erf_is_accurate_in_float64():
+    x = np.linspace(-7, 7, 20001)
+    got = ops.erf(x).numpy()
+    np.testing.assert_allclose(got, _erf(x), rtol=1e-14, atol=1e-15)
+    assert ops.erf(np.array([np.inf, -np.inf, 0.0])).numpy().tolist() == [1.0, -1.0, 0.0]
+
+
+def test_sigmoid_does_not_overflow():
+    x = np.array([-1000, -50, 0, 50, 1000], np.float32)
+    with np.errstate(all="raise"):
+        got = ops.sigmoid(x).numpy()
+    np.testing.assert_allclose(got, [0, 0, 0.5, 1, 1], atol=1e-7)
+
+
+def test_unary_on_integers():
+    x = np.array([-3, 0, 4], np.int32)
+    assert ops.neg(x).numpy().tolist() == [3, 0, -4]
+    assert ops.abs(x).numpy().tolist() == [3, 0, 4]
+    assert ops.relu(x).numpy().tolist() == [0, 0, 4]
+    assert ops.clip(x, -1, 2).numpy().tolist() == [-1, 0, 2]
+    assert ops.relu(x).numpy().dtype == np.int32
+
+
+@pytest.mark.parametrize("to", ["float32", "float64", "int32", "int64", "bool", "float16"])
+@SETTINGS
+@given(shape=shapes(), seed=seeds)
+def test_cast(to, shape, seed):
+    x = np.asarray(rand(seed, shape, np.float32, -3, 3).round(1))
+    (out,) = assert_matches(lambda t: ops.cast(t, to), lambda t: t.astype(to), x, exact=True)
+    assert out.dtype == np.dtype(to)
+
+
+@SETTINGS
+@given(shape=broadcast_pair(), seed=seeds)
+def test_where(shape, seed):
+    a_shape, b_shape = shape.input_shapes
+    cond = rand(seed, a_shape, np.bool_)
+    a = rand(seed + 1, a_shape)
+    b = rand(seed + 2, b_shape)
+    assert_matches(ops.where, np.where, cond, a, b, exact=True)
+
+
+def test_tensor_operators_and_python_scalars():
+    x = np.array([[1.0, -2.0], [3.0, 0.5]], np.float32)
+    t = ht.tensor(x)
+    np.testing.assert_allclose((t + 1).numpy(), x + 1)
+    np.testing.assert_allclose((2 - t).numpy(), 2 - x)
+    np.testing.assert_allclose((t * t / 2).numpy(), x * x / 2)
+    np.testing.assert_allclose((1 / t).numpy(), 1 / x)
+    np.testing.assert_allclose((t ** 2).numpy(), x**2)
+    np.testing.assert_allclose((2 ** t).numpy(), 2**x, rtol=1e-6)
+    np.testing.assert_allclose((-t).numpy(), -x)
+    np.testing.assert_allclose(abs(t).numpy(), np.abs(x))
+    assert (t > 0).numpy().tolist() == (x > 0).tolist()
+    assert (t <= 0.5).numpy().tolist() == (x <= 0.5).tolist()
+    assert (t >= 1).numpy().dtype == np.bool_
+    assert (t < 1).numpy().tolist() == (x < 1).tolist()
+    assert (t + 1).dtype == np.float32
+
+
+def test_traced_graph_of_a_small_function():
+    def f(x, y):
+        return ops.where(x > y, ops.relu(x) * 2.0, ops.tanh(y) - 1.0)
+
+    x = rand(1, (3, 4))
+    y = rand(2, (4,))
+    eager, traced = run_modes(f, x, y)
+    np.testing.assert_array_equal(eager[0], traced[0])
+    xx, yy = x.astype(np.float64), y.astype(np.float64)
+    np.testing.assert_allclose(eager[0], np.where(xx > yy, np.maximum(xx, 0) * 2, np.tanh(yy) - 1),
+                               rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors
+
+
+def test_shape_mismatch_names_the_op():
+    with pytest.raises(ht.ShapeError, match=r"add.*\(2, 3\), \(4,\) cannot be broadcast"):
+        ops.add(np.ones((2, 3), np.float32), np.ones(4, np.float32))
+
+
+def test_traced_shape_mismatch_names_the_user_line():
+    @ht.function
+    def f(a, b):
+        return a * b
+
+    with pytest.raises(ht.ShapeError, match=r"mul_\d+ \(mul, from test_ops_elementwise\.py:\d+\)"):
+        f.graph(np.ones((2, 3), np.float32), np.ones((4, 5), np.float32))
+
+
+def test_dtype_mismatch_is_a_shape_error():
+    with pytest.raises(ht.ShapeError, match="sub.*different dtypes.*float32.*float64"):
+        ops.sub(np.ones(3, np.float32), np.ones(3, np.float64))
+
+
+@pytest.mark.parametrize("call", [
+    lambda: ops.log(np.ones(3, np.int32)),
+    lambda: ops.sigmoid(np.ones(3, np.int64)),
+    lambda: ops.where(np.ones(3, np.float32), np.ones(3, np.float32), np.ones(3, np.float32)),
+    lambda: ops.gelu(np.ones(3, np.float32), "fast"),
+    lambda: ops.sub(np.ones(3, bool), np.ones(3, bool)),
+    lambda: ops.cast(np.ones(3, np.float32), "no-such-type"),
+])
+def test_bad_inputs_raise_shape_error(call):
+    with pytest.raises(ht.ShapeError):
+        call()
+
+
+def test_registry_entries():
+    for name in [*BINARY, *COMPARE, "pow", "neg", "abs", "exp", "log", "sqrt", "tanh", "sigmoid",
+                 "relu", "erf", "reciprocal", "floor", "ceil", "leaky_relu", "gelu", "clip",
+                 "where"]:
+        op = REGISTRY[name]
+        assert op.op_class == "elementwise", name
+        assert op.kernel is not None and op.has_kernel("numpy") and op.has_kernel("cupy")
+        assert name in ops.elementwise.__all__
+        assert getattr(ops, name).__doc__
+    assert REGISTRY["cast"].op_class == "data"
+    spec = ht.TensorSpec((10, 10), np.float32)
+    cost = REGISTRY["add"].cost_of((spec, spec), (spec,), REGISTRY["add"].normalize_attrs({}))
+    assert cost.flops == 100 and cost.bytes == 1200
