@@ -1,4 +1,6 @@
-"""Example models written in Python, for ``hetero place examples/model.py:mlp --input x=64x784:float32``.
+"""Example models written in Python, for the CLI:
+
+    hetero place examples/model.py:mlp --input x=64x784:float32
 
 Weights are made from a fixed seed, so the file runs anywhere without a download.
 """

@@ -25,7 +25,8 @@ class Config:
         self._transfer_guard = "allow"
         self.strict_placement = False
         self.checks = os.environ.get("HETERO_CHECKS", "") not in ("", "0")
-        self.log_device_placement = os.environ.get("HETERO_LOG_DEVICE_PLACEMENT", "") not in ("", "0")
+        env = os.environ.get("HETERO_LOG_DEVICE_PLACEMENT", "")
+        self.log_device_placement = env not in ("", "0")
         self._machine: Any = None
 
     @property

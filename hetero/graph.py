@@ -4,8 +4,9 @@ Everything here is immutable. A pass never edits a node or a graph; it builds ne
 ``replace``. Nodes refer to their inputs by ``Value(node_name, index)``, so a pass that rewrites one
 node does not have to rebuild its consumers.
 
-Graph inputs are nodes of op ``"input"``; constants are nodes of op ``"constant"`` whose array lives
-in ``Graph.constants`` under the node's name (arrays are not hashable, so they stay out of ``attrs``).
+Graph inputs are nodes of op ``"input"``; constants are nodes of op ``"constant"`` whose array
+lives in ``Graph.constants`` under the node's name (arrays are not hashable, so they stay out
+of ``attrs``).
 """
 
 from __future__ import annotations
@@ -287,7 +288,7 @@ class Graph:
                     g[v.node][n.name]["values"].append(v)
                 else:
                     g.add_edge(v.node, n.name, values=[v])
-        for u, v, data in g.edges(data=True):
+        for _, _, data in g.edges(data=True):
             data["nbytes"] = sum(self.spec(x).nbytes for x in data["values"])
         return g
 

@@ -26,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from hetero.errors import DeviceError, HeteroError, ShapeError, TraceError, TransferGuardError, node_label
+from hetero.errors import (
+    DeviceError,
+    HeteroError,
+    ShapeError,
+    TraceError,
+    TransferGuardError,
+    node_label,
+)
 from hetero.graph import Attrs, Graph, Node, TensorSpec, Value
 
 log = logging.getLogger("hetero.tracing")
@@ -689,7 +696,10 @@ def tensor_from_host(array: np.ndarray, device: str = "cpu:0") -> Tensor:
 
 
 def function(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
-    """Decorator: run ``fn`` in graph mode. ``@function`` or ``@function(machine=..., policy=...)``."""
+    """Decorator: run ``fn`` in graph mode.
+
+    Use as ``@function`` or ``@function(machine=..., policy=...)``.
+    """
     if fn is None:
         return lambda f: Function(f, **options)
     return Function(fn, **options)

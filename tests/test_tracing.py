@@ -138,8 +138,8 @@ def test_graph_mode_equals_eager_mode(case):
     args = make()
     eager = fn(*[ht.tensor(a) for a in args])
     graph = ht.function(fn)(*args)
-    for e, g in zip(np.atleast_1d(eager), np.atleast_1d(graph)) if isinstance(eager, tuple) \
-            else [(eager, graph)]:
+    pairs = zip(eager, graph) if isinstance(eager, tuple) else [(eager, graph)]
+    for e, g in pairs:
         assert isinstance(g, ht.Tensor)
         np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-5, atol=1e-6)
 
