@@ -383,7 +383,10 @@ class Executor:
             return (kernel, device.xp, ins, node.attrs, outs, tuple(host_waits), signal, idx)
         streams = {"compute": device.compute_stream, "h2d": device.h2d_stream,
                    "d2h": device.d2h_stream}
-        launch = _gpu_launch(node, op, device, self.machine)
+        if op is not None and any(a is None for a in ins + outs):
+            raise ExecutionError(f"{node.label} on {dev} reads or writes a graph input or "
+                                 "output directly; the partition must copy it through the host")
+        launch = _gpu_launch(node, op, device, ins, outs)
         return (launch, None, ins, node.attrs, outs, tuple(host_waits), signal, idx,
                 streams[stream], tuple(stream_waits), record)
 
@@ -453,12 +456,14 @@ class Executor:
             if limit is not None:
                 limit.__enter__()
             try:
+                bases = self._time_bases() if profile else {}
                 t0 = time.perf_counter()
                 if sync:
                     self._run_sync(run)
                 else:
                     self._run_concurrent(run)
                 t1 = time.perf_counter()
+                _resolve_times(run, bases)
             finally:
                 if limit is not None:
                     limit.__exit__(None, None, None)
@@ -548,8 +553,19 @@ class Executor:
             for t in started:
                 t.join()
         finally:
-            self._synchronize_streams()
+            self._synchronize_streams(run)
         _raise_failure(run)
+
+    def _time_bases(self) -> dict[str, tuple[Any, float]]:
+        """Per CUDA GPU: an event recorded on its idle compute stream now, and the host time."""
+        bases = {}
+        for th in self._threads:
+            d = th.device
+            if d.kind == "gpu" and hasattr(d, "event"):
+                ev = d.compute_stream.record(d.event(timing=True))
+                ev.synchronize()
+                bases[d.name] = (ev, time.perf_counter())
+        return bases
 
     def _blas_limit(self) -> Any:
         # sync mode keeps the same limit, so that it computes what the concurrent run computes
@@ -557,12 +573,16 @@ class Executor:
             return None
         return _blas_limit(blas_threads(self._host_compute))
 
-    def _synchronize_streams(self) -> None:
+    def _synchronize_streams(self, run: _Run) -> None:
+        """Wait for every stream this plan uses; a stream's own error becomes the run's."""
         for th in self._threads:
             if th.device.kind == "gpu":
                 d = th.device
                 for s in (d.compute_stream, d.h2d_stream, d.d2h_stream):
-                    s.synchronize()
+                    try:
+                        s.synchronize()
+                    except BaseException as exc:
+                        run.fail(exc, None, d.name)
 
     def _run_sync(self, run: _Run) -> None:
         by_name = {}
@@ -584,7 +604,7 @@ class Executor:
         except BaseException as exc:
             run.fail(exc, None, "host")
         finally:
-            self._synchronize_streams()
+            self._synchronize_streams(run)
         _raise_failure(run)
 
     def __repr__(self) -> str:
@@ -621,8 +641,12 @@ def _host_copy(xp: Any, ins: list, attrs: Any, outs: list) -> None:
     xp.copyto(outs[0], ins[0])
 
 
-def _gpu_launch(node: Node, op: Any, device: Any, machine: Any) -> Any:
-    """``launch(ins, attrs, outs, stream, report)``: enqueue the node on ``stream``."""
+def _gpu_launch(node: Node, op: Any, device: Any, ins: list, outs: list) -> Any:
+    """``launch(ins, attrs, outs, stream, report)``: enqueue the node on ``stream``.
+
+    A compute node never reads or writes a per-run slot (graph inputs and outputs live on the
+    host), so its buffers are bound here once; a simulated GPU also gets the node's simulated
+    duration, computed once."""
     if op is None:
         kind = node.attrs["kind"]
         if kind == "h2d":
@@ -639,12 +663,11 @@ def _gpu_launch(node: Node, op: Any, device: Any, machine: Any) -> Any:
     if kernel is None:
         raise ExecutionError(f"{node.label} has no kernel for {device.name} "
                              f"({device.backend})")
+    label = node.label
+    device.check_owned(ins, "input", label)
+    device.check_owned(outs, "output", label)
     xp = device.xp
-    run_on_stream = getattr(device, "stream_kernel", None)
-    if run_on_stream is not None:  # the device's own way to run a kernel on a stream
-        def launch(ins, attrs, outs, stream, report):
-            run_on_stream(stream, op, ins, attrs, outs, report)
-        return launch
+    name = device.name
 
     def body(ins, attrs, outs, report):
         if report[0].aborted:
@@ -652,7 +675,19 @@ def _gpu_launch(node: Node, op: Any, device: Any, machine: Any) -> Any:
         try:
             kernel(xp, ins, attrs, outs)
         except BaseException as exc:
-            report[0].fail(exc, node, device.name)
+            report[0].fail(exc, node, name)
+
+    timed = getattr(device.compute_stream, "launch_timed", None)
+    if device.backend == "sim" and timed is not None:
+        from hetero.backends.sim import raw
+
+        duration = device.kernel_time(op, [TensorSpec.of(a) for a in ins],
+                                      [TensorSpec.of(a) for a in outs], node.attrs)
+        raw_ins, raw_outs = [raw(a) for a in ins], [raw(a) for a in outs]
+
+        def launch(ins, attrs, outs, stream, report):
+            stream.launch_timed(duration, label, body, raw_ins, attrs, raw_outs, report)
+        return launch
 
     def launch(ins, attrs, outs, stream, report):
         stream.launch(body, ins, attrs, outs, report)
@@ -748,13 +783,11 @@ def _gpu_step(th: _Thread, instr: tuple, run: _Run, wait: bool) -> None:
             stream.wait(events[ev])
     trace = run.trace
     if trace is not None:
-        name = th.device.name
-        stream_name = _stream_name(th.device, stream)
-        stamp = [0.0, 0.0]
-        stream.launch(_stamp, stamp, 0)
+        device = th.device
+        e0 = _timing_event(device, stream)
         launch(ins, attrs, outs, stream, (run,))
-        stream.launch(_stamp, stamp, 1)
-        trace.append((i, name, stream_name, stamp, None))
+        e1 = _timing_event(device, stream)
+        trace.append((i, device.name, _stream_name(device, stream), (e0, e1), None))
     else:
         launch(ins, attrs, outs, stream, (run,))
     if record >= 0:
@@ -763,8 +796,36 @@ def _gpu_step(th: _Thread, instr: tuple, run: _Run, wait: bool) -> None:
         signal.set()
 
 
-def _stamp(cell: list[float], k: int) -> None:
-    cell[k] = time.perf_counter()
+def _timing_event(device: Any, stream: Any) -> Any:
+    """An event recorded on ``stream`` that can tell when the stream passed it."""
+    make = getattr(device, "event", None)
+    if make is not None:  # CUDA: events time only when created for it
+        return stream.record(make(timing=True))
+    return stream.record()  # simulated: every event notes the time it passed
+
+
+def _resolve_times(run: _Run, bases: dict[str, tuple[Any, float]]) -> None:
+    """Turn the GPU records' event pairs into host times (after the streams are synchronised).
+
+    A simulated event knows the ``time.perf_counter()`` at which it passed; a CUDA event only
+    knows its distance from another event, so each GPU's times are measured from an event
+    recorded on an idle stream at the start of the run, at a known host time."""
+    trace = run.trace
+    if not trace:
+        return
+    for k, (i, dev, stream, start, end) in enumerate(trace):
+        if end is not None:
+            continue
+        e0, e1 = start
+        t = getattr(e0, "time", None)
+        if t is not None:
+            trace[k] = (i, dev, stream, e0.time, e1.time)
+        elif dev in bases:
+            base, host = bases[dev]
+            trace[k] = (i, dev, stream, host + base.elapsed_ms(e0) / 1e3,
+                        host + base.elapsed_ms(e1) / 1e3)
+        else:
+            trace[k] = (i, dev, stream, 0.0, 0.0)
 
 
 def _stream_name(device: Any, stream: Any) -> str:
