@@ -42,7 +42,9 @@ from typing import Any
 import numpy as np
 
 from hetero.devices import Device
-from hetero.errors import DeviceError, OutOfMemoryError
+from hetero.devices import Event as _EventBase
+from hetero.devices import Stream as _StreamBase
+from hetero.errors import DeviceError, ExecutionError, OutOfMemoryError
 
 __all__ = [
     "ACTIVATIONS",
@@ -112,7 +114,13 @@ def cuda_device_count() -> int:
 # Streams and events
 
 
-class Event:
+def _cuda_failure(what: str, exc: BaseException) -> ExecutionError:
+    err = ExecutionError(f"{what} failed: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+class Event(_EventBase):
     """A CUDA event: a point in one stream's work that other streams or the host can wait for."""
 
     __slots__ = ("_event", "device_index")
@@ -129,8 +137,12 @@ class Event:
         return self
 
     def synchronize(self) -> None:
-        """Block the host until the work before the recorded point has finished."""
-        self._event.synchronize()
+        """Block the host until the work before the recorded point has finished; a CUDA error
+        from that work becomes an ExecutionError."""
+        try:
+            self._event.synchronize()
+        except _cupy().cuda.runtime.CUDARuntimeError as exc:
+            raise _cuda_failure(f"work before an event on gpu:{self.device_index}", exc) from None
 
     def query(self) -> bool:
         """Has the work before the recorded point finished? (Never blocks.)"""
@@ -145,7 +157,7 @@ class Event:
         return self._event
 
 
-class Stream:
+class Stream(_StreamBase):
     """A non-blocking CUDA stream of one device.
 
     ``launch(fn, *args)`` makes this stream (and its device) current and calls ``fn``, so all GPU
@@ -186,8 +198,13 @@ class Stream:
         self._stream.wait_event(event.raw)
 
     def synchronize(self) -> None:
-        """Block the host until everything enqueued on this stream has finished."""
-        self._stream.synchronize()
+        """Block the host until everything enqueued on this stream has finished; a CUDA error
+        from that work becomes an ExecutionError."""
+        try:
+            self._stream.synchronize()
+        except _cupy().cuda.runtime.CUDARuntimeError as exc:
+            raise _cuda_failure(f"work on gpu:{self.device_index} ({self.name} stream)",
+                                exc) from None
 
     def query(self) -> bool:
         """Has everything enqueued on this stream finished? (Never blocks.)"""
@@ -251,11 +268,13 @@ class CudaDevice(Device):
         rates, bandwidth = _rough_rates(props, cc)
         gpu_name = props.get("name", b"")
         gpu_name = gpu_name.decode() if isinstance(gpu_name, bytes) else str(gpu_name)
+        info = {"index": int(index), "compute_capability": f"{cc[0]}.{cc[1]}",
+                "sm_count": int(props.get("multiProcessorCount", 0)), "total_memory": int(total)}
+        # The memory space is named by the CUDA ordinal, as hetero.devices.space_of names CuPy
+        # arrays; Machine.detect() names devices so that the two agree.
         _set(self, name=name or f"gpu:{index}", kind="gpu", memory_space=f"gpu:{index}",
              backend="cupy", capacity=int(capacity if capacity is not None else total),
-             specs={"model": gpu_name, "compute_capability": f"{cc[0]}.{cc[1]}",
-                    "multiprocessors": int(props.get("multiProcessorCount", 0)),
-                    "total_memory": int(total)},
+             model=gpu_name, info=info, specs={"model": gpu_name, **info},
              peak_flops=rates, mem_bandwidth=bandwidth, launch_overhead=5e-6,
              index=int(index), _streams=None, _lock=threading.Lock())
         register_kernels()
@@ -300,6 +319,11 @@ class CudaDevice(Device):
     @property
     def xp(self):
         return _cupy()
+
+    @property
+    def allocated(self) -> int:
+        """Bytes in use in this device's memory space (CuPy's memory pool)."""
+        return self.memory_used()
 
     def memory_used(self) -> int:
         """Bytes held by live arrays in this device's CuPy memory pool."""
@@ -427,14 +451,18 @@ class CudaDevice(Device):
 
     # -- kernels ----------------------------------------------------------------------------
 
-    def launch_kernel(self, op, ins: Sequence[Any], attrs, outs: Sequence[Any]) -> None:
-        """Enqueue ``op``'s CUDA kernel on the compute stream without waiting for it."""
+    def launch_kernel(self, op, ins: Sequence[Any], attrs, outs: Sequence[Any],
+                      stream: Stream | None = None) -> None:
+        """Enqueue ``op``'s CUDA kernel on ``stream`` (default: the compute stream) and return
+        without waiting for it."""
         cp = _cupy()
         kernel = op.kernel_for(self.backend)
         if kernel is None:
             raise DeviceError(f"op {op.name!r} has no kernel on {self.name} (backend cupy)")
+        self.check_owned(ins, "input", op.name)
+        self.check_owned(outs, "output", op.name)
         try:
-            self.compute_stream.launch(kernel, cp, ins, attrs, outs)
+            (stream or self.compute_stream).launch(kernel, cp, ins, attrs, outs)
         except cp.cuda.memory.OutOfMemoryError as exc:
             raise self._oom(exc, 0, op.name) from None
 
@@ -444,8 +472,7 @@ class CudaDevice(Device):
         self.compute_stream.synchronize()
 
     def __repr__(self) -> str:
-        model = self.specs.get("model", "")
-        return f"CudaDevice({self.name}, {model}, {self.capacity / 2**30:.1f} GiB)"
+        return f"CudaDevice({self.name}, {self.model}, {self.capacity / 2**30:.1f} GiB)"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -815,12 +842,22 @@ def _matmul_override(shared):
     return kernel
 
 
-def _conv_activation(attrs) -> tuple[str, float] | None:
+def _conv_activation(attrs) -> tuple[str, float, float] | None:
+    """conv2d's fused activation as (bias_act name, alpha, beta); None if bias_act lacks it.
+
+    ``activation_params`` is (alpha,) for leaky_relu and (min, max) for clip (None: unbounded).
+    """
     act = str(attrs.get("activation", "none") or "none")
-    if act not in ACTIVATIONS or act in ("erf", "clip"):
+    params = tuple(attrs.get("activation_params", ()) or ())
+    if act not in ACTIVATIONS or act == "erf":
         return None
-    alpha = attrs.get("alpha", None)
-    return act, 0.01 if alpha is None else float(alpha)
+    if act == "leaky_relu":
+        return act, float(params[0]) if params else 0.01, 0.0
+    if act == "clip":
+        lo = params[0] if len(params) > 0 and params[0] is not None else -math.inf
+        hi = params[1] if len(params) > 1 and params[1] is not None else math.inf
+        return act, float(lo), float(hi)
+    return act, 0.0, 0.0
 
 
 def _conv2d_override(shared):
@@ -836,7 +873,7 @@ def _conv2d_override(shared):
         if not usable or not _conv2d_cudnn(x, w, out, attrs):
             return shared(xp, ins, attrs, outs)
         if bias is not None or act[0] not in ("none", "identity"):
-            bias_act(out, bias, out, act[0], alpha=act[1])  # fused epilogue, in place
+            bias_act(out, bias, out, act[0], alpha=act[1], beta=act[2])  # fused, in place
 
     return kernel
 
