@@ -1,0 +1,92 @@
+"""compile: a function or graph and a machine in, an immutable Plan out.
+
+Pipeline (each stage a pure function): trace (when given a function) -> optimize (when
+``hetero.passes.optimize`` provides ``optimize(graph)``) -> place -> partition -> schedule ->
+plan_memory (when ``hetero.passes.memory`` provides it). With ``config.checks`` (or
+``HETERO_CHECKS=1``) the verifier runs after every stage.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Sequence
+from typing import Any
+
+from hetero.config import config
+from hetero.cost import RooflineCost
+from hetero.errors import HeteroError
+from hetero.graph import Graph, check
+from hetero.plan import Plan
+
+
+def _optional(module: str, attr: str) -> Any:
+    """``module.attr`` if that module exists, else None (later stages plug in here)."""
+    try:
+        if importlib.util.find_spec(module) is None:
+            return None
+    except ModuleNotFoundError:
+        return None
+    return getattr(importlib.import_module(module), attr, None)
+
+
+def as_graph(fn_or_graph: Any, example_inputs: Sequence[Any] | None = None) -> Graph:
+    """The Graph of a Graph, an ``@function``, or a plain function traced on ``example_inputs``."""
+    if isinstance(fn_or_graph, Graph):
+        return fn_or_graph
+    from hetero.tracing import Function
+
+    if not callable(fn_or_graph):
+        raise HeteroError(f"compile takes a Graph or a function, got {type(fn_or_graph).__name__}")
+    if example_inputs is None:
+        raise HeteroError("compile of a function needs example_inputs=(...) to trace it "
+                          "(arrays or ht.Tensors of the shapes and dtypes it will be called with)")
+    fn = fn_or_graph if isinstance(fn_or_graph, Function) else Function(fn_or_graph)
+    return fn.graph(*example_inputs)
+
+
+def compile(fn_or_graph: Any, machine: Any = None, policy: str = "heft", cost: Any = None,
+            example_inputs: Sequence[Any] | None = None, *, optimize: bool = True) -> Plan:
+    """Compile ``fn_or_graph`` for ``machine`` into a Plan: place, partition, schedule, memory.
+
+    Args:
+        fn_or_graph: a Graph, an ``@ht.function``, or a plain function (then ``example_inputs``
+            are required to trace it).
+        machine: a Machine or spec string ("cpu:2,sim:1"); default ``config.machine``.
+        policy: placement policy: "heft" (default), "peft", "cpu", "gpu", "annotated".
+        cost: cost model; default ``RooflineCost(machine)``.
+        example_inputs: arrays (or Tensors) to trace a function with.
+        optimize: run the graph optimizer first when it exists.
+
+    Returns:
+        The Plan; ``plan.run(*inputs)`` runs it.
+    """
+    from hetero.passes.partition import partition
+    from hetero.passes.place import lower_bound, place, resolve_machine
+    from hetero.passes.schedule import schedule
+
+    graph = as_graph(fn_or_graph, example_inputs)
+    machine = resolve_machine(machine)
+    cost = cost if cost is not None else RooflineCost(machine)
+    checks = config.checks
+    if checks:
+        check(graph)
+    optimizer = _optional("hetero.passes.optimize", "optimize") if optimize else None
+    if optimizer is not None:
+        graph = optimizer(graph)
+        if checks:
+            check(graph)
+    placement = place(graph, machine, cost, policy=policy)
+    parted = partition(graph, placement, machine)
+    if checks:
+        check(parted, machine=machine)
+    sched = schedule(parted, machine, cost)
+    plan = Plan(graph=parted, machine=machine, placement=placement, queues=sched.queues,
+                estimates=sched.estimates, makespan=sched.makespan,
+                lower_bound=lower_bound(graph, machine, cost), policy=policy)
+    plan_memory = _optional("hetero.passes.memory", "plan_memory")
+    if plan_memory is not None:
+        plan = plan_memory(plan)
+    if checks:
+        check(plan)
+    return plan

@@ -1,0 +1,658 @@
+"""Placement: choose a device for every node of a graph, and say why.
+
+``place(graph, machine, cost=None, policy="heft") -> Placement``.
+
+Design
+------
+The graph becomes a task DAG for the list-scheduling core (``hetero.scheduling``):
+
+- one task per computing node; graph inputs are tasks fixed on "cpu:0" (the host) that take no
+  time; constants are not tasks: a plan uploads them once to every memory space that uses them,
+  so they cost nothing per run and simply follow their first consumer;
+- a colocation group is contracted into one task (its cost on a device is the sum of its
+  members'), unless contracting would create a cycle; then the group goes to the device where
+  its members' total cost is least;
+- a virtual sink on "cpu:0" reads every graph output, so bringing results back to the host is
+  part of the makespan;
+- ``compute(task, device)`` comes from the cost model, ``comm(u, v, p, q)`` is
+  ``cost.transfer(bytes of the edge, p, q)``; ``allowed(task)`` encodes the rules below.
+
+Rules (``allowed`` per node, then a Reason per node):
+
+- hard annotation (``node.device`` with ``soft=False``): that device only. A device that is not in
+  the machine, or that has no kernel for the op, is a PlacementError naming node, op and line;
+- soft annotation: a hint; the cost model decides among the devices with a kernel
+  ("soft-kept" / "soft-overridden"). An annotated device without a kernel (or not in the
+  machine) falls back, unless ``config.strict_placement`` makes that a PlacementError;
+- a device whose backend has no kernel for the op is never allowed
+  (``registry.has_kernel(op, device.backend)``);
+- policies: "heft" and "peft" schedule over all allowed devices and keep the best of their own
+  schedule and the "cpu" and "gpu" schedules (all built by the same list scheduler under the same
+  cost model, so a HEFT-class placement is never estimated slower than a fixed one); "cpu" allows
+  CPU workers only, "gpu" GPUs only (CPU workers for ops without a GPU kernel), "annotated"
+  keeps the annotations and puts the rest on "cpu:0" (the default device);
+- GPU memory capacity: after scheduling, the planned peak of each GPU is estimated from the
+  schedule (a value is live from its producer's start to its last reader's finish in that memory
+  space; constants for the whole run). While a peak exceeds the device's capacity, the largest
+  movable nodes there are barred from it (Reason "capacity") and the graph is scheduled again;
+  when nothing is left to move, a PlacementError names the device, its peak and capacity.
+
+``HETERO_LOG_DEVICE_PLACEMENT=1`` (``config.log_device_placement``) logs node, device and reason
+on the ``hetero.place`` logger as placement happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from hetero import scheduling
+from hetero.config import config
+from hetero.cost import RooflineCost, input_specs
+from hetero.errors import PlacementError
+from hetero.graph import Graph, Node
+from hetero.ops import registry
+from hetero.plan import Placement, Reason
+
+log = logging.getLogger("hetero.place")
+
+POLICIES = ("heft", "peft", "cpu", "gpu", "annotated")
+HOST_DEVICE = "cpu:0"
+SINK = "__outputs__"
+
+
+def resolve_machine(machine: Any) -> Any:
+    """A Machine from ``None`` (``config.machine``), a spec string, or a Machine."""
+    if machine is None:
+        return config.machine
+    if isinstance(machine, str):
+        from hetero.devices import Machine
+
+        return Machine.parse(machine)
+    return machine
+
+
+# ----------------------------------------------------------------------------------------------
+# Rules: which devices each node may use, and the reason that follows from the rules alone
+
+
+@dataclass
+class _Rules:
+    """Per node: allowed device names (machine order), and a reason fixed by the rules."""
+
+    allowed: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    fixed: dict[str, Reason] = field(default_factory=dict)
+    kernel_devices: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    soft_wish: dict[str, str] = field(default_factory=dict)
+
+
+def _annotation_rules(graph: Graph, machine: Any, policy: str, strict: bool) -> _Rules:
+    names = [d.name for d in machine.devices]
+    by_name = {d.name: d for d in machine.devices}
+    cpus = [d.name for d in machine.devices if d.kind == "cpu"]
+    gpus = [d.name for d in machine.devices if d.kind != "cpu"]
+    if HOST_DEVICE not in by_name:
+        raise PlacementError(f"the machine has no {HOST_DEVICE} for graph inputs and outputs "
+                             f"(devices: {', '.join(names)})")
+    rules = _Rules()
+    for node in graph.nodes:
+        if node.op == "constant":
+            continue
+        if node.op == "input":
+            rules.allowed[node.name] = (HOST_DEVICE,)
+            rules.fixed[node.name] = Reason("input", "graph inputs arrive on the host")
+            continue
+        ok = tuple(n for n in names if registry.has_kernel(node.op, by_name[n].backend))
+        rules.kernel_devices[node.name] = ok
+        if not ok:
+            raise PlacementError(f"{node.label}: op {node.op} has a kernel on no device of this "
+                                 f"machine ({', '.join(names)})")
+        if node.device is not None and not node.soft:
+            rules.allowed[node.name] = (_check_pin(node, by_name, names),)
+            rules.fixed[node.name] = Reason("pinned", f"hard annotation {node.device}")
+            continue
+        if node.device is not None:  # soft annotation
+            trouble = None
+            if node.device not in by_name:
+                trouble = f"{node.device} is not in this machine ({', '.join(names)})"
+            elif node.device not in ok:
+                trouble = (f"op {node.op} has no kernel on {node.device} "
+                           f"({by_name[node.device].backend})")
+            if trouble is not None:
+                if strict:
+                    raise PlacementError(f"{node.label}: soft annotation {node.device} cannot be "
+                                         f"kept: {trouble}, and config.strict_placement forbids "
+                                         "falling back")
+                rules.fixed[node.name] = Reason("soft-overridden", f"annotated {node.device}, "
+                                                f"but {trouble}")
+            else:
+                rules.soft_wish[node.name] = node.device
+        rules.allowed[node.name] = _policy_allowed(node, policy, ok, cpus, gpus, rules)
+        if len(ok) == 1 and node.name not in rules.fixed:
+            rules.fixed[node.name] = Reason("no-kernel-elsewhere",
+                                            f"op {node.op} has a kernel only on {ok[0]}")
+    return rules
+
+
+def _check_pin(node: Node, by_name: Mapping[str, Any], names: Sequence[str]) -> str:
+    dev = node.device
+    if dev not in by_name:
+        raise PlacementError(f"{node.label}: pinned to {dev}, which is not in this machine "
+                             f"({', '.join(names)})")
+    backend = by_name[dev].backend
+    if not registry.has_kernel(node.op, backend):
+        have = [n for n in names if registry.has_kernel(node.op, by_name[n].backend)]
+        raise PlacementError(f"{node.label}: pinned to {dev}, but op {node.op} has no kernel on "
+                             f"{backend} (it has one on: {', '.join(have) or 'no device'})")
+    return dev  # type: ignore[return-value]
+
+
+def _policy_allowed(node: Node, policy: str, ok: tuple[str, ...], cpus: Sequence[str],
+                    gpus: Sequence[str], rules: _Rules) -> tuple[str, ...]:
+    if policy in ("heft", "peft"):
+        return ok
+    if policy == "annotated":
+        wish = rules.soft_wish.get(node.name)
+        if wish is not None:
+            return (wish,)
+        return (HOST_DEVICE,) if HOST_DEVICE in ok else ok[:1]
+    preferred = cpus if policy == "cpu" else gpus
+    narrowed = tuple(d for d in ok if d in preferred)
+    if narrowed:
+        return narrowed
+    if node.name not in rules.fixed:
+        rules.fixed[node.name] = Reason("no-kernel-elsewhere", f"policy {policy}: op {node.op} "
+                                        f"has no kernel there; runs on {ok[0]}")
+    return ok
+
+
+# ----------------------------------------------------------------------------------------------
+# The task DAG
+
+
+@dataclass
+class _Tasks:
+    """The scheduling view of a graph: tasks, their members, and cached costs."""
+
+    dag: nx.DiGraph
+    members: dict[str, tuple[str, ...]]       # task -> node names (a group has several)
+    task_of: dict[str, str]                   # node name -> task
+    group_device: dict[str, str]              # group pinned by cycle fallback -> device
+
+
+def _build_tasks(graph: Graph, rules: _Rules, cost_of: Any, devices: Sequence[str]) -> _Tasks:
+    groups: dict[str, list[str]] = {}
+    for node in graph.nodes:
+        if node.colocate and node.op not in ("constant", "input"):
+            groups.setdefault(node.colocate, []).append(node.name)
+    task_of = {n.name: n.name for n in graph.nodes if n.op != "constant"}
+    members: dict[str, tuple[str, ...]] = {}
+    group_device: dict[str, str] = {}
+    for group, names in groups.items():
+        common = [d for d in devices if all(d in rules.allowed[n] for n in names)]
+        if not common:
+            detail = "; ".join(f"{graph.node(n).label} may use {', '.join(rules.allowed[n])}"
+                               for n in names)
+            raise PlacementError(f"colocation group {group!r} has no device all its nodes may "
+                                 f"use: {detail}")
+        for n in names:
+            rules.allowed[n] = tuple(common)
+        if len(names) > 1 and _contraction_is_acyclic(graph, set(names)):
+            task = f"group:{group}"
+            for n in names:
+                task_of[n] = task
+        elif len(names) > 1:
+            best = min(common, key=lambda d: sum(cost_of(n, d) for n in names))
+            group_device[group] = best
+            for n in names:
+                rules.allowed[n] = (best,)
+    dag = nx.DiGraph()
+    for node in graph.nodes:
+        if node.op == "constant":
+            continue
+        task = task_of[node.name]
+        if task not in dag:
+            dag.add_node(task, node=node)
+        members[task] = members.get(task, ()) + (node.name,)
+    for node in graph.nodes:
+        if node.op == "constant":
+            continue
+        for v in dict.fromkeys(node.inputs):
+            src = task_of.get(v.node)
+            dst = task_of[node.name]
+            if src is None or src == dst:
+                continue
+            nbytes = graph.spec(v).nbytes
+            if dag.has_edge(src, dst):
+                dag[src][dst]["nbytes"] += nbytes
+            else:
+                dag.add_edge(src, dst, nbytes=nbytes)
+    dag.add_node(SINK)
+    members[SINK] = ()
+    for v in dict.fromkeys(graph.outputs):
+        src = task_of.get(v.node)
+        if src is None:
+            continue
+        nbytes = graph.spec(v).nbytes
+        if dag.has_edge(src, SINK):
+            dag[src][SINK]["nbytes"] += nbytes
+        else:
+            dag.add_edge(src, SINK, nbytes=nbytes)
+    return _Tasks(dag, members, task_of, group_device)
+
+
+def _contraction_is_acyclic(graph: Graph, group: set[str]) -> bool:
+    """Would merging ``group`` into one vertex leave the graph acyclic? (No path leaves the group
+    and re-enters it.)"""
+    g = graph.to_networkx()
+    outside_succ = {s for n in group for s in g.successors(n) if s not in group}
+    if not outside_succ:
+        return True
+    reach: set[str] = set()
+    for s in outside_succ:
+        reach |= nx.descendants(g, s) | {s}
+    return not (reach & group)
+
+
+# ----------------------------------------------------------------------------------------------
+# Scheduling under a set of rules
+
+
+@dataclass
+class _Outcome:
+    schedule: scheduling.Schedule
+    label: str
+
+
+def _run_scheduler(tasks: _Tasks, devices: Sequence[str], algorithm: str, allowed_of: Any,
+                   task_cost: Any, comm: Any) -> scheduling.Schedule:
+    fn = scheduling.peft if algorithm == "peft" else scheduling.heft
+    return fn(tasks.dag, list(devices), task_cost, comm, allowed=allowed_of)
+
+
+def _restricted(rules: _Rules, tasks: _Tasks, devices: Sequence[str],
+                keep: Iterable[str] | None) -> Any:
+    """``allowed(task)`` for the scheduler; ``keep`` narrows unpinned tasks to those devices."""
+    keep_set = set(keep) if keep is not None else None
+
+    def allowed(task: str) -> tuple[str, ...]:
+        if task == SINK:
+            return (HOST_DEVICE,)
+        common = [d for d in devices if all(d in rules.allowed[n] for n in tasks.members[task])]
+        if keep_set is not None:
+            pinned = any(rules.fixed.get(n, Reason("default")).kind in
+                         ("pinned", "input", "no-kernel-elsewhere") for n in tasks.members[task])
+            narrowed = [d for d in common if d in keep_set]
+            if narrowed and not pinned:
+                return tuple(narrowed)
+        return tuple(common)
+
+    return allowed
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory estimate
+
+
+def planned_peaks(graph: Graph, device: Mapping[str, str], start: Mapping[str, float],
+                  finish: Mapping[str, float], machine: Any) -> dict[str, tuple[float, str]]:
+    """Estimated peak bytes per GPU memory space under a schedule, and the node that produces the
+    largest value live at that peak. Values live from their producer's start to the last finish
+    of a reader in that space; constants for the whole run."""
+    from hetero.passes.partition import memory_space
+
+    def space(dev: str) -> str:
+        return memory_space(dev, machine)
+
+    events: dict[str, list[tuple[float, int, float, str]]] = {}
+    makespan = max(finish.values(), default=0.0)
+    consumers = graph.consumers()
+    outputs = {v.node for v in graph.outputs}
+    for node in graph.nodes:
+        nbytes = float(sum(s.nbytes for s in node.outputs))
+        if nbytes == 0:
+            continue
+        readers = [graph.node(c) for c in consumers[node.name]]
+        if node.op == "constant":
+            for s in {space(device[r.name]) for r in readers}:
+                events.setdefault(s, []).append((0.0, 1, nbytes, node.name))
+            continue
+        home = space(device[node.name])
+        by_space: dict[str, list[Node]] = {}
+        for r in readers:
+            by_space.setdefault(space(device[r.name]), []).append(r)
+        end = max((finish[r.name] for r in by_space.get(home, [])), default=finish[node.name])
+        end = max([end] + [start[r.name] for s, rs in by_space.items() if s != home for r in rs])
+        if node.name in outputs:
+            end = makespan
+        events.setdefault(home, []).append((start[node.name], 1, nbytes, node.name))
+        events[home].append((end, 0, -nbytes, node.name))
+        for s, rs in by_space.items():
+            if s == home:
+                continue
+            events.setdefault(s, []).append((finish[node.name], 1, nbytes, node.name))
+            events[s].append((max(finish[r.name] for r in rs), 0, -nbytes, node.name))
+    peaks: dict[str, tuple[float, str]] = {}
+    for s, evs in events.items():
+        if s == "host":
+            continue
+        evs.sort(key=lambda e: (e[0], e[1]))  # frees before allocations at the same instant
+        live, best, who = 0.0, 0.0, ""
+        largest: dict[str, float] = {}
+        for _, _, delta, name in evs:
+            live += delta
+            if delta > 0:
+                largest[name] = delta
+            else:
+                largest.pop(name, None)
+            if live > best:
+                best = live
+                who = max(largest, key=largest.__getitem__) if largest else name
+        peaks[s] = (best, who)
+    return peaks
+
+
+# ----------------------------------------------------------------------------------------------
+# place
+
+
+def place(graph: Graph, machine: Any = None, cost: Any = None, policy: str = "heft") -> Placement:
+    """Choose a device for every node of ``graph`` on ``machine`` (see the module docstring).
+
+    Args:
+        graph: the graph to place.
+        machine: a Machine or spec string ("cpu:2,sim:1"); default ``config.machine``.
+        cost: a cost model; default ``RooflineCost(machine)``.
+        policy: "heft" (default), "peft", "cpu", "gpu" or "annotated".
+
+    Returns:
+        A Placement: device, Reason, estimated start and finish for every node, and the makespan.
+
+    Raises:
+        PlacementError: a hard annotation that cannot be obeyed, an op with no kernel anywhere, a
+            soft fallback under ``config.strict_placement``, or a graph that does not fit in
+            device memory.
+    """
+    machine = resolve_machine(machine)
+    if policy not in POLICIES:
+        raise PlacementError(f"unknown placement policy {policy!r} (known: {', '.join(POLICIES)})")
+    cost = cost if cost is not None else RooflineCost(machine)
+    ctx = _Context(graph, machine, cost)
+    rules = _annotation_rules(graph, machine, policy, config.strict_placement)
+    tasks = _build_tasks(graph, rules, ctx.node_cost, ctx.devices)
+    capacity_moves: dict[str, str] = {}
+    while True:
+        outcome = _best_schedule(ctx, rules, tasks, policy)
+        device, start, finish = _expand(ctx, tasks, outcome.schedule)
+        over = _over_capacity(ctx, device, start, finish)
+        if over is None:
+            break
+        moved = _relieve(ctx, rules, tasks, device, over)
+        capacity_moves.update(moved)
+    reasons = _reasons(ctx, rules, tasks, device, policy, outcome, capacity_moves)
+    placement = Placement(device=device, reason=reasons, start=start, finish=finish,
+                          makespan=outcome.schedule.makespan, policy=policy)
+    if config.log_device_placement:
+        _log(graph, placement)
+    return placement
+
+
+class _Context:
+    """The graph, machine and cost model of one ``place`` call, with memoised costs."""
+
+    def __init__(self, graph: Graph, machine: Any, cost: Any) -> None:
+        self.graph = graph
+        self.machine = machine
+        self.cost = cost
+        self.devices = [d.name for d in machine.devices]
+        self.cpus = [d.name for d in machine.devices if d.kind == "cpu"]
+        self.gpus = [d.name for d in machine.devices if d.kind != "cpu"]
+        self._node: dict[tuple[str, str], float] = {}
+        self._comm: dict[tuple[float, str, str], float] = {}
+
+    def node_cost(self, name: str, dev: str) -> float:
+        key = (name, dev)
+        if key not in self._node:
+            node = self.graph.node(name)
+            if node.op == "input":
+                self._node[key] = 0.0
+            else:
+                self._node[key] = float(self.cost.compute(node, dev, input_specs(self.graph, node)))
+        return self._node[key]
+
+    def comm_bytes(self, nbytes: float, p: str, q: str) -> float:
+        if p == q:
+            return 0.0
+        key = (nbytes, p, q)
+        if key not in self._comm:
+            self._comm[key] = float(self.cost.transfer(nbytes, p, q))
+        return self._comm[key]
+
+
+def _best_schedule(ctx: _Context, rules: _Rules, tasks: _Tasks, policy: str) -> _Outcome:
+    def task_cost(task: str, dev: str) -> float:
+        return sum(ctx.node_cost(n, dev) for n in tasks.members[task])
+
+    def comm(u: str, v: str, p: str, q: str) -> float:
+        return ctx.comm_bytes(tasks.dag[u][v]["nbytes"], p, q)
+
+    devs = ctx.devices
+    if policy in ("heft", "peft"):
+        candidates = [(policy, None), ("cpu", ctx.cpus), ("gpu", ctx.gpus or None)]
+    elif policy == "cpu":
+        candidates = [("cpu", ctx.cpus)]
+    elif policy == "gpu":
+        candidates = [("gpu", ctx.gpus or None)]
+    else:
+        candidates = [("annotated", None)]
+    best: _Outcome | None = None
+    for label, keep in candidates:
+        algorithm = policy if policy in ("heft", "peft") else "heft"
+        allowed = _restricted(rules, tasks, devs, keep)
+        sched = _run_scheduler(tasks, devs, algorithm, allowed, task_cost, comm)
+        if best is None or sched.makespan < best.schedule.makespan * (1 - 1e-12):
+            best = _Outcome(sched, label)
+    assert best is not None
+    return best
+
+
+def _expand(ctx: _Context, tasks: _Tasks, sched: scheduling.Schedule
+            ) -> tuple[dict[str, str], dict[str, float], dict[str, float]]:
+    """Per node device, start and finish from a task schedule (group members run back to back;
+    constants follow their first consumer)."""
+    device: dict[str, str] = {}
+    start: dict[str, float] = {}
+    finish: dict[str, float] = {}
+    for task, members in tasks.members.items():
+        if task == SINK:
+            continue
+        dev = sched.device[task]
+        t = sched.start[task]
+        for n in members:
+            d = ctx.node_cost(n, dev)
+            device[n], start[n], finish[n] = dev, t, t + d
+            t += d
+        if members:
+            finish[members[-1]] = sched.finish[task]
+    consumers = ctx.graph.consumers()
+    for node in ctx.graph.nodes:
+        if node.op != "constant":
+            continue
+        readers = consumers[node.name]
+        device[node.name] = device[readers[0]] if readers else HOST_DEVICE
+        start[node.name] = finish[node.name] = 0.0
+    ordered = {n.name: device[n.name] for n in ctx.graph.nodes}
+    return ordered, start, finish
+
+
+def _over_capacity(ctx: _Context, device: Mapping[str, str], start: Mapping[str, float],
+                   finish: Mapping[str, float]) -> tuple[str, float, float, str] | None:
+    """(device, peak, capacity, culprit) for the first GPU whose planned peak exceeds its
+    capacity, or None."""
+    peaks = planned_peaks(ctx.graph, device, start, finish, ctx.machine)
+    for dev in ctx.machine.devices:
+        if dev.kind == "cpu" or not getattr(dev, "capacity", 0):
+            continue
+        peak, who = peaks.get(dev.memory_space, (0.0, ""))
+        if peak > dev.capacity:
+            return dev.name, peak, float(dev.capacity), who
+    return None
+
+
+def _relieve(ctx: _Context, rules: _Rules, tasks: _Tasks, device: Mapping[str, str],
+             over: tuple[str, float, float, str]) -> dict[str, str]:
+    """Bar the largest movable nodes from the over-full device; returns node -> device."""
+    dev, peak, capacity, who = over
+    graph = ctx.graph
+    movable = []
+    for task, members in tasks.members.items():
+        if task == SINK or not members or device[members[0]] != dev:
+            continue
+        fixed = [rules.fixed.get(n) for n in members]
+        if any(r is not None and r.kind in ("pinned", "input") for r in fixed):
+            continue
+        if any(len([d for d in rules.allowed[n] if d != dev]) == 0 for n in members):
+            continue
+        nbytes = sum(s.nbytes for n in members for s in graph.node(n).outputs)
+        nbytes += sum(graph.spec(v).nbytes for n in members for v in graph.node(n).inputs)
+        movable.append((nbytes, task))
+    if not movable:
+        node = graph.node(who) if who in graph else None
+        culprit = f"; the largest value live at the peak is from {node.label}" if node else ""
+        raise PlacementError(f"the graph does not fit in the memory of {dev}: planned peak "
+                             f"{peak / 2**20:.1f} MiB, capacity {capacity / 2**20:.1f} MiB, and "
+                             f"no node placed there may move (pinned or without another "
+                             f"kernel){culprit}")
+    movable.sort(key=lambda x: -x[0])
+    excess = peak - capacity
+    moved: dict[str, str] = {}
+    freed = 0.0
+    for nbytes, task in movable:
+        for n in tasks.members[task]:
+            rules.allowed[n] = tuple(d for d in rules.allowed[n] if d != dev)
+            moved[n] = dev
+        freed += nbytes
+        if freed >= excess:
+            break
+    return moved
+
+
+def _reasons(ctx: _Context, rules: _Rules, tasks: _Tasks, device: Mapping[str, str],
+             policy: str, outcome: _Outcome, capacity_moves: Mapping[str, str]
+             ) -> dict[str, Reason]:
+    graph = ctx.graph
+    consumers = graph.consumers()
+    reasons: dict[str, Reason] = {}
+    for node in graph.nodes:
+        name, dev = node.name, device[node.name]
+        if node.op == "constant":
+            readers = consumers[name]
+            reasons[name] = Reason("default", f"constant follows its consumer {readers[0]}"
+                                   if readers else "constant kept on the host")
+            continue
+        fixed = rules.fixed.get(name)
+        if fixed is not None and fixed.kind in ("input", "pinned", "no-kernel-elsewhere"):
+            reasons[name] = fixed
+        elif name in capacity_moves:
+            reasons[name] = Reason("capacity", f"moved off {capacity_moves[name]}: its planned "
+                                   "memory peak exceeded the capacity")
+        elif node.colocate and len(tasks.members.get(tasks.task_of.get(name, name), ())) > 1:
+            reasons[name] = Reason("colocated", f"group {node.colocate!r} runs on {dev}")
+        elif node.colocate and node.colocate in tasks.group_device:
+            reasons[name] = Reason("colocated", f"group {node.colocate!r} runs on {dev} (least "
+                                   "total cost for the group)")
+        elif fixed is not None:
+            reasons[name] = fixed
+        elif name in rules.soft_wish:
+            wish = rules.soft_wish[name]
+            if wish == dev:
+                reasons[name] = Reason("soft-kept", f"annotated {wish}; "
+                                       + _cost_detail(ctx, name, dev, rules))
+            else:
+                reasons[name] = Reason("soft-overridden", f"annotated {wish}, but "
+                                       + _cost_detail(ctx, name, dev, rules))
+        elif policy == "annotated":
+            reasons[name] = Reason("default", f"no annotation: default device {dev}")
+        elif policy in ("cpu", "gpu"):
+            reasons[name] = Reason("policy", f"policy {policy}")
+        else:
+            why = _cost_detail(ctx, name, dev, rules)
+            if outcome.label != policy:
+                why += f" ({outcome.label}-only schedule estimated faster than {policy})"
+            reasons[name] = Reason("cost", why)
+    return reasons
+
+
+def _cost_detail(ctx: _Context, name: str, dev: str, rules: _Rules) -> str:
+    here = ctx.node_cost(name, dev)
+    others = [(ctx.node_cost(name, d), d) for d in rules.kernel_devices.get(name, ()) if d != dev]
+    text = f"{_ms(here)} on {dev}"
+    if others:
+        t, d = min(others)
+        text += f", {_ms(t)} on {d}"
+    return text
+
+
+def _ms(seconds: float) -> str:
+    if math.isinf(seconds):
+        return "inf"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds * 1e6:.3g} us"
+
+
+def _log(graph: Graph, placement: Placement) -> None:
+    if not log.hasHandlers() or log.getEffectiveLevel() > logging.INFO:
+        if not any(isinstance(h, logging.StreamHandler) for h in log.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+            log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    for node in graph.nodes:
+        log.info("%s -> %s (%s)", node.label, placement.device[node.name],
+                 placement.reason[node.name])
+
+
+# ----------------------------------------------------------------------------------------------
+# Comparing policies
+
+
+def compare_policies(graph: Graph, machine: Any = None, cost: Any = None,
+                     policies: Sequence[str] = POLICIES) -> dict[str, float]:
+    """Estimated makespan of each policy under one cost model and list scheduler, plus
+    ``"lower_bound"``. A policy that cannot place the graph maps to ``math.inf``."""
+    machine = resolve_machine(machine)
+    cost = cost if cost is not None else RooflineCost(machine)
+    result: dict[str, float] = {}
+    for p in policies:
+        try:
+            result[p] = place(graph, machine, cost, policy=p).makespan
+        except PlacementError:
+            result[p] = math.inf
+    result["lower_bound"] = lower_bound(graph, machine, cost)
+    return result
+
+
+def lower_bound(graph: Graph, machine: Any = None, cost: Any = None) -> float:
+    """A makespan no placement of ``graph`` can beat under ``cost`` (critical path on the fastest
+    devices, or total work spread over every device; communication ignored)."""
+    machine = resolve_machine(machine)
+    cost = cost if cost is not None else RooflineCost(machine)
+    ctx = _Context(graph, machine, cost)
+    rules = _annotation_rules(graph, machine, "heft", strict=False)
+    dag = nx.DiGraph()
+    for node in graph.nodes:
+        if node.op != "constant":
+            dag.add_node(node.name, node=node)
+    for node in graph.nodes:
+        for v in node.inputs:
+            if v.node in dag and node.name in dag:
+                dag.add_edge(v.node, node.name)
+    return scheduling.lower_bound(dag, ctx.devices, ctx.node_cost,
+                                  allowed=lambda t: rules.allowed[t])
