@@ -581,7 +581,7 @@ class Function:
     #: more traces than this of one function warn (as tf.function does)
     max_traces = 5
 
-    def __init__(self, fn: Callable[..., Any], *, machine: Any = None, policy: str = "heft",
+    def __init__(self, fn: Callable[..., Any], *, machine: Any = None, policy: str | None = None,
                  name: str | None = None) -> None:
         functools.update_wrapper(self, fn)
         self.fn = fn
@@ -682,9 +682,18 @@ class Function:
         return entry.rebuild([tensor_from_host(o) for o in outs])
 
     def _make_runner(self, graph: Graph) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
-        """How a traced graph runs. Compiled through the placement pipeline when it exists."""
+        """How a traced graph runs: with ``machine=`` or ``policy=`` given, compiled into a Plan
+        (place, partition, schedule, memory) and run by the executor; else by the reference."""
+        import importlib.util
+
         from hetero import reference
 
+        staged = all(importlib.util.find_spec(m) for m in ("hetero.compiler", "hetero.executor"))
+        if staged and (self.machine is not None or self.policy is not None):
+            from hetero.compiler import compile
+
+            plan = compile(graph, machine=self.machine, policy=self.policy or "heft")
+            return lambda arrays: list(plan.run(*arrays))
         return lambda arrays: reference.run(graph, arrays)
 
 
