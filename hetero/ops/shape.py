@@ -334,6 +334,8 @@ def _pad_kernel(xp, ins, attrs, outs):
     if mode == "constant":
         out.fill(attrs["value"])
         out[dst] = x[src]
+    elif x.ndim == 0:
+        out[...] = x
     else:
         out[...] = xp.pad(x[src], widths, mode=mode)
 
