@@ -1,0 +1,157 @@
+"""Time hetero's conv2d kernel against onnxruntime's Conv on the 53 convolutions of ResNet-50.
+
+Batch 1, 224x224, torchvision's ResNet-50 (v1.5: the stride of a down-sampling block sits on its
+3x3 conv). Every conv has a bias, as after batch-norm folding. Both sides run on the same inputs in
+the same process with the same number of threads (``--threads``, default: every core); each shape
+is timed ``--repeat`` times and the median is kept. Identical shapes are timed once and counted as
+many times as the network has them.
+
+    python scripts/bench_conv.py [--threads 2] [--repeat 7] [--activation relu] [--no-coretype]
+
+OpenBLAS (as NumPy's wheels ship it) does not recognise every AVX-512 CPU: on AMD Zen 5 it falls
+back to its AVX2 "Haswell" kernels, half the speed that onnxruntime gets from the same core.
+Unless
+``OPENBLAS_CORETYPE`` is already set or ``--no-coretype`` is given, this script sets it to
+``SkylakeX`` (the AVX-512 kernels) when the CPU has AVX-512F, before NumPy loads OpenBLAS. The
+header line says which kernels ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+
+
+def _has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx512f " in f.read()
+    except OSError:
+        return False
+
+
+# must happen before NumPy is imported: OpenBLAS reads it once, when it loads
+if "OPENBLAS_CORETYPE" not in os.environ and "--no-coretype" not in sys.argv and _has_avx512():
+    os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def resnet50_convs() -> list[tuple[int, int, int, int, int, int]]:
+    """The 53 convs as ``(C, H, O, K, stride, pad)`` (square inputs and kernels)."""
+    convs = [(3, 224, 64, 7, 2, 3)]
+    size, cin = 56, 64
+    for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        for i in range(blocks):
+            s = stride if i == 0 else 1
+            convs.append((cin, size, width, 1, 1, 0))
+            convs.append((width, size, width, 3, s, 1))
+            out_size = size // s
+            convs.append((width, out_size, 4 * width, 1, 1, 0))
+            if i == 0:
+                convs.append((cin, size, 4 * width, 1, s, 0))
+            cin, size = 4 * width, out_size
+    assert len(convs) == 53
+    return convs
+
+
+def median_ms(fns, repeat: int) -> list[float]:
+    """Median wall time of each function, the runs interleaved so that a burst of load from
+    elsewhere on the machine hits every side alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    for fn in fns:
+        fn()  # warm up (first-call allocations, onnxruntime's weight prepacking)
+    for _ in range(repeat):
+        for fn, ts in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+    return [statistics.median(ts) * 1e3 for ts in times]
+
+
+def ort_conv(x, w, b, stride, pad, threads):
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], strides=[stride, stride],
+                            pads=[pad] * 4)
+    graph = helper.make_graph(
+        [node], "conv", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    # idle onnxruntime threads would otherwise spin on the cores while hetero is being timed
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(model.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+    return lambda: sess.run(None, {"x": x})[0]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--activation", default="none")
+    parser.add_argument("--no-coretype", action="store_true",
+                        help="leave OpenBLAS's own choice of kernels alone")
+    args = parser.parse_args(argv)
+
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from hetero.graph import TensorSpec
+    from hetero.ops.registry import lookup
+
+    op = lookup("conv2d")
+    rng = np.random.default_rng(0)
+    counts = Counter(resnet50_convs())
+    blas = next((f"{i['internal_api']} {i.get('version')} ({i.get('architecture')} kernels)"
+                 for i in threadpool_info() if i["user_api"] == "blas"), "unknown BLAS")
+    print(f"ResNet-50 convs, batch 1, {args.threads} threads, median of {args.repeat}, {blas}")
+    print(f"{'C':>5} {'HxW':>7} {'O':>5} {'k':>2} {'s':>2} {'n':>3} {'GFLOP':>7} "
+          f"{'hetero ms':>10} {'ort ms':>8} {'ratio':>6} {'GFLOP/s':>8}")
+    tot_h = tot_o = tot_f = 0.0
+    with threadpool_limits(limits=args.threads):
+        for (c, h, o, k, s, p), n in counts.items():
+            x = rng.standard_normal((1, c, h, h), dtype=np.float32)
+            w = (rng.standard_normal((o, c, k, k), dtype=np.float32) * 0.05).astype(np.float32)
+            b = rng.standard_normal(o, dtype=np.float32)
+            attrs = op.normalize_attrs({"strides": (s, s), "pads": (p,) * 4,
+                                        "activation": args.activation})
+            spec = op.infer_specs((TensorSpec.of(x), TensorSpec.of(w), TensorSpec.of(b)),
+                                  attrs)[0]
+            out = np.empty(spec.shape, spec.dtype)
+            kernel = op.kernel_for("numpy")
+            flops = op.cost_of((TensorSpec.of(x), TensorSpec.of(w)), (spec,), attrs).flops
+
+            def ours(x=x, w=w, b=b, attrs=attrs, out=out, kernel=kernel):
+                kernel(np, [x, w, b], attrs, [out])
+                return out
+
+            theirs = ort_conv(x, w, b, s, p, args.threads)
+            if args.activation == "none":
+                ref = theirs()
+                got = ours()
+                err = float(np.abs(got - ref).max() / max(1.0, np.abs(ref).max()))
+                assert err < 1e-3, f"mismatch {err} on {(c, h, o, k, s, p)}"
+            th, to = median_ms([ours, theirs], args.repeat)
+            tot_h, tot_o, tot_f = tot_h + n * th, tot_o + n * to, tot_f + n * flops
+            print(f"{c:5d} {h:4d}x{h:<3d}{o:5d} {k:2d} {s:2d} {n:3d} {flops / 1e9:7.3f} "
+                  f"{th:10.2f} {to:8.2f} {th / to:6.2f} {flops / th / 1e6:8.1f}")
+    print(f"total (53 convs, {tot_f / 1e9:.2f} GFLOP): hetero {tot_h:.1f} ms "
+          f"({tot_f / tot_h / 1e6:.0f} GFLOP/s), onnxruntime {tot_o:.1f} ms "
+          f"({tot_f / tot_o / 1e6:.0f} GFLOP/s), ratio {tot_h / tot_o:.2f}")
+
+
+if __name__ == "__main__":
+    main()
