@@ -1,0 +1,306 @@
+"""Every registry op on a CUDA GPU against the NumPy float64 reference.
+
+``CASES`` holds one or more example calls per op. The reference is the op's shared kernel run by
+NumPy on float64 copies of the inputs; the GPU result is the op's ``cupy`` kernel (the cuBLAS /
+cuDNN / NVRTC override where one exists) run through ``CudaDevice.run_kernel`` on the float32
+inputs. Ops with an override are also run through the shared kernel on CuPy, so both GPU paths
+are covered. Two tests here need no GPU: every op of the registry has a case, and every case runs
+on NumPy (so the table itself stays valid on CI machines without CUDA).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hetero.graph import TensorSpec
+from hetero.ops.registry import REGISTRY, STRUCTURAL_OPS, lookup
+
+RNG = np.random.default_rng(2024)
+
+
+def N(*shape: int) -> np.ndarray:
+    """Standard-normal float32."""
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def P(*shape: int) -> np.ndarray:
+    """Positive float32 in [0.5, 2)."""
+    return (RNG.random(shape) * 1.5 + 0.5).astype(np.float32)
+
+
+def B(*shape: int) -> np.ndarray:
+    return RNG.random(shape) < 0.5
+
+
+def I(*shape: int, high: int = 4) -> np.ndarray:  # noqa: E743
+    return RNG.integers(0, high, shape).astype(np.int64)
+
+
+POOL = {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)}
+
+#: (op, inputs, attrs): at least one per registry op; several where the GPU has special paths.
+CASES: list[tuple[str, list[np.ndarray], dict]] = [
+    ("abs", [N(3, 4)], {}),
+    ("add", [N(2, 3, 4), N(3, 1)], {}),
+    ("add_n", [N(3, 4), N(3, 4), N(3, 4)], {}),
+    ("avg_pool2d", [N(2, 3, 7, 7)], POOL),
+    ("avg_pool2d", [N(2, 3, 8, 8)], {**POOL, "ceil_mode": 1, "count_include_pad": 1}),
+    ("batch_norm", [N(2, 3, 4, 5), N(3), N(3), N(3), P(3)], {"epsilon": 1e-3}),
+    ("batch_norm", [N(4, 6), N(6), N(6), N(6), P(6)], {}),
+    ("cast", [N(3, 4)], {"to": "float64"}),
+    ("cast", [N(3, 4) * 3], {"to": "int32"}),
+    ("ceil", [N(3, 4)], {}),
+    ("clip", [N(3, 4)], {"min": -0.5, "max": 0.5}),
+    ("concat", [N(2, 3), N(2, 5)], {"axis": 1}),
+    ("conv2d", [N(2, 3, 9, 9), N(4, 3, 3, 3), N(4)], {"pads": (1, 1, 1, 1), "activation": "relu"}),
+    ("conv2d", [N(1, 4, 8, 8), N(6, 2, 3, 3)],
+     {"groups": 2, "strides": (2, 2), "dilations": (2, 2), "pads": (0, 1, 2, 1)}),
+    ("conv2d", [N(2, 8, 5, 5), N(16, 8, 1, 1), N(16)],
+     {"activation": "leaky_relu", "activation_params": (0.2,)}),
+    ("conv2d", [N(1, 3, 6, 6), N(2, 3, 3, 3), N(2)],
+     {"activation": "clip", "activation_params": (-0.5, 0.5)}),
+    ("conv2d", [N(1, 3, 6, 6), N(2, 3, 3, 3)], {"activation": "sigmoid"}),
+    ("div", [N(3, 4), P(3, 4)], {}),
+    ("dropout", [N(3, 4)], {}),
+    ("elu", [N(3, 4)], {}),
+    ("equal", [I(3, 4), I(3, 4)], {}),
+    ("erf", [N(5, 7)], {}),
+    ("exp", [N(3, 4)], {}),
+    ("expand", [N(3, 1)], {"shape": (2, 3, 4)}),
+    ("flatten", [N(2, 3, 4)], {"axis": 1}),
+    ("floor", [N(3, 4)], {}),
+    ("gather", [N(5, 3), np.array([0, 4, 2, 2])], {"axis": 0}),
+    ("gelu", [N(5, 7)], {"approximate": "none"}),
+    ("gelu", [N(5, 7)], {"approximate": "tanh"}),
+    ("gemm", [N(3, 4), N(4, 5), N(5)], {"alpha": 0.5, "beta": 2.0}),
+    ("gemm", [N(4, 3), N(5, 4)], {"trans_a": 1, "trans_b": 1}),
+    ("gemm", [N(3, 4), N(4, 5), N(3, 5)], {"beta": 0.0}),
+    ("global_avg_pool", [N(2, 3, 5, 6)], {}),
+    ("global_max_pool", [N(2, 3, 5, 6)], {}),
+    ("greater", [N(3, 4), N(3, 4)], {}),
+    ("greater_equal", [I(3, 4), I(3, 4)], {}),
+    ("hard_sigmoid", [N(3, 4) * 4], {}),
+    ("identity", [N(3, 4)], {}),
+    ("instance_norm", [N(2, 3, 4, 5), N(3), N(3)], {}),
+    ("leaky_relu", [N(3, 4)], {"alpha": 0.1}),
+    ("less", [N(3, 4), N(3, 4)], {}),
+    ("less_equal", [I(3, 4), I(3, 4)], {}),
+    ("log", [P(3, 4)], {}),
+    ("log_softmax", [N(4, 33) * 5], {}),
+    ("log_softmax", [N(4, 5, 6)], {"axis": 1}),
+    ("lrn", [N(2, 7, 4, 4)], {"size": 3, "alpha": 0.01}),
+    ("lrn", [N(2, 7, 4, 4)], {"size": 4, "alpha": 0.01, "bias": 2.0}),
+    ("matmul", [N(3, 4), N(4, 5)], {}),
+    ("matmul", [N(2, 3, 4), N(4, 5)], {}),
+    ("matmul", [N(64, 128), N(128, 96)], {}),
+    ("max", [N(3, 4, 5)], {"axes": (1,), "keepdims": 1}),
+    ("max_pool2d", [N(2, 3, 7, 7)], POOL),
+    ("max_pool2d", [N(1, 2, 8, 8)], {"kernel_shape": (2, 2), "strides": (2, 2), "ceil_mode": 1}),
+    ("maximum", [N(3, 4), N(4)], {}),
+    ("mean", [N(3, 4, 5)], {"axes": (0, 2)}),
+    ("min", [N(3, 4, 5)], {}),
+    ("minimum", [N(3, 4), N(3, 1)], {}),
+    ("mul", [N(3, 4), N(3, 4)], {}),
+    ("neg", [N(3, 4)], {}),
+    ("pad", [N(2, 3)], {"pads": (1, 0, 0, 2), "mode": "reflect"}),
+    ("pad", [N(2, 3)], {"pads": (1, 1, 1, 1), "value": 2.5}),
+    ("pow", [P(3, 4), N(3, 4)], {}),
+    ("prelu", [N(2, 3, 4), P(3, 1)], {}),
+    ("reciprocal", [P(3, 4)], {}),
+    ("relu", [N(3, 4)], {}),
+    ("reshape", [N(2, 3, 4)], {"shape": (4, -1)}),
+    ("selu", [N(3, 4)], {}),
+    ("sigmoid", [N(3, 4) * 5], {}),
+    ("sign", [N(3, 4)], {}),
+    ("slice", [N(5, 6)], {"starts": (1, 0), "ends": (5, 6), "axes": (0, 1), "steps": (2, 1)}),
+    ("softmax", [N(4, 33) * 5], {}),
+    ("softmax", [N(3, 2000)], {}),
+    ("softmax", [N(4, 5, 6)], {"axis": 1}),
+    ("softplus", [N(3, 4)], {}),
+    ("softsign", [N(3, 4)], {}),
+    ("split", [N(6, 4)], {"axis": 0, "sizes": (2, 4)}),
+    ("sqrt", [P(3, 4)], {}),
+    ("squeeze", [N(3, 1, 4)], {"axes": (1,)}),
+    ("sub", [N(3, 4), N(1, 4)], {}),
+    ("sum", [N(3, 4, 5)], {}),
+    ("tanh", [N(3, 4)], {}),
+    ("tile", [N(2, 3)], {"repeats": (2, 1)}),
+    ("transpose", [N(2, 3, 4)], {"perm": (2, 0, 1)}),
+    ("unsqueeze", [N(3, 4)], {"axes": (0,)}),
+    ("where", [B(3, 4), N(3, 4), N(3, 4)], {}),
+]
+
+#: Ops whose float32 GPU result may use TF32 tensor cores (cuDNN convolutions on Ampere+).
+TF32_OPS = frozenset({"conv2d"})
+
+
+def _ids() -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name, _, _ in CASES:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(f"{name}-{seen[name]}")
+    return out
+
+
+def _prepare(name: str, ins: list[np.ndarray], attrs: dict):
+    op = lookup(name)
+    attrs = op.normalize_attrs(attrs)
+    specs = op.infer_specs(tuple(TensorSpec.of(a) for a in ins), attrs)
+    return op, attrs, specs
+
+
+def _reference(name: str, ins: list[np.ndarray], attrs: dict) -> list[np.ndarray]:
+    """The shared kernel on NumPy, float inputs promoted to float64."""
+    wide = [a.astype(np.float64) if a.dtype.kind == "f" else a for a in ins]
+    op, attrs, specs = _prepare(name, wide, attrs)
+    outs = [np.empty(s.shape, s.dtype) for s in specs]
+    op.kernel(np, wide, attrs, outs)
+    return outs
+
+
+def _compare(name: str, got: np.ndarray, want: np.ndarray, dtype: np.dtype) -> None:
+    if np.dtype(dtype).kind != "f":
+        np.testing.assert_array_equal(got, want.astype(dtype), err_msg=name)
+        return
+    scale = float(np.max(np.abs(want))) if want.size else 1.0
+    if name in TF32_OPS:
+        rtol, atol = 5e-3, 5e-3 * max(scale, 1.0)
+    else:
+        rtol, atol = 2e-5, 2e-6 * max(scale, 1.0)
+    np.testing.assert_allclose(got.astype(np.float64), want, rtol=rtol, atol=atol, err_msg=name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks of the table (no GPU needed)
+
+
+def test_every_registry_op_has_a_case():
+    import hetero.ops  # noqa: F401  (registers every op family)
+
+    covered = {name for name, _, _ in CASES}
+    missing = sorted(n for n, op in REGISTRY.items()
+                     if n not in STRUCTURAL_OPS and "cupy" in op.backends and n not in covered)
+    assert not missing, f"ops without a GPU test case (add them to CASES): {missing}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids())
+def test_case_runs_on_numpy(case):
+    """The float32 NumPy run of each case agrees with its float64 reference."""
+    name, ins, attrs = case
+    op, nattrs, specs = _prepare(name, ins, attrs)
+    outs = [np.empty(s.shape, s.dtype) for s in specs]
+    op.kernel(np, ins, nattrs, outs)
+    for got, want, spec in zip(outs, _reference(name, ins, attrs), specs):
+        if name in ("cast",) and spec.dtype.kind == "i":
+            continue  # float32 vs float64 rounding can differ at .5 after *3; GPU checks exact
+        tol = 1e-3 if name in TF32_OPS or spec.dtype.kind != "f" else None
+        if tol:
+            np.testing.assert_allclose(got.astype(np.float64), want, rtol=tol, atol=tol,
+                                       err_msg=name)
+        else:
+            _compare(name, got, want, spec.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# On the GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES, ids=_ids())
+def test_op_on_gpu_matches_float64_reference(case, gpu):
+    name, ins, attrs = case
+    op, nattrs, specs = _prepare(name, ins, attrs)
+    dins = [gpu.from_host(a) for a in ins]
+    douts = [gpu.empty(s) for s in specs]
+    gpu.run_kernel(op, dins, nattrs, douts)
+    want = _reference(name, ins, attrs)
+    for d, w, spec in zip(douts, want, specs):
+        if name == "cast" and spec.dtype.kind == "i":
+            np.testing.assert_array_equal(gpu.to_host(d), ins[0].astype(spec.dtype))
+            continue
+        _compare(name, gpu.to_host(d), w, spec.dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in
+                                  {"gemm", "matmul", "conv2d", "batch_norm", "softmax",
+                                   "log_softmax", "lrn", "gelu", "erf"}],
+                         ids=lambda c: c[0])
+def test_shared_kernel_on_cupy_matches_too(case, gpu, cp):
+    """Where the GPU has an override, the shared kernel also runs on CuPy (it is the fallback)."""
+    name, ins, attrs = case
+    op, nattrs, specs = _prepare(name, ins, attrs)
+    dins = [gpu.from_host(a) for a in ins]
+    douts = [gpu.empty(s) for s in specs]
+    gpu.compute_stream.launch(op.kernel, cp, dins, nattrs, douts)
+    gpu.compute_stream.synchronize()
+    for d, w, spec in zip(douts, _reference(name, ins, attrs), specs):
+        _compare(name, gpu.to_host(d), w, spec.dtype)
+
+
+@pytest.mark.gpu
+def test_overrides_are_installed(gpu):
+    for name in ("gemm", "matmul", "conv2d", "softmax", "lrn", "gelu"):
+        assert "cupy" in lookup(name).kernels, name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("activation", ["none", "relu", "leaky_relu", "sigmoid", "tanh", "gelu",
+                                        "gelu_tanh", "erf", "clip"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bias_act_kernel_matches_its_twin(activation, dtype, gpu, cp):
+    from hetero.backends import cupy as backend
+
+    x = (RNG.standard_normal((2, 5, 7, 3)) * 3).astype(dtype)
+    b = RNG.standard_normal(5).astype(dtype)
+    for bias in (b, None):
+        dx = gpu.from_host(x)
+        out = gpu.empty(TensorSpec.of(x))
+        dbias = gpu.from_host(bias) if bias is not None else None
+        gpu.compute_stream.launch(backend.bias_act, dx, dbias, out, activation, 0.2, 0.7)
+        want = backend.ref_bias_act(x, bias, activation, 0.2, 0.7)
+        tol = 2e-6 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(gpu.to_host(out), want, rtol=tol * 10, atol=tol)
+    # in place (the convolution epilogue writes over its input)
+    dx = gpu.from_host(x)
+    gpu.compute_stream.launch(backend.bias_act, dx, gpu.from_host(b), dx, activation, 0.2, 0.7)
+    np.testing.assert_allclose(gpu.to_host(dx), backend.ref_bias_act(x, b, activation, 0.2, 0.7),
+                               rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cols", [1, 7, 32, 1000, 5000])
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax_kernel_rows(cols, log, gpu):
+    from hetero.backends import cupy as backend
+
+    x = (RNG.standard_normal((9, cols)) * 8).astype(np.float32)
+    dx = gpu.from_host(x)
+    out = gpu.empty(TensorSpec.of(x))
+    gpu.compute_stream.launch(backend.softmax, dx, out, log=log)
+    np.testing.assert_allclose(gpu.to_host(out), backend.ref_softmax(x, log=log), rtol=2e-5,
+                               atol=2e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 9])
+def test_lrn_kernel(size, gpu):
+    from hetero.backends import cupy as backend
+
+    x = RNG.standard_normal((2, 8, 5, 3)).astype(np.float64)
+    dx = gpu.from_host(x)
+    out = gpu.empty(TensorSpec.of(x))
+    gpu.compute_stream.launch(backend.lrn, dx, out, size, 0.05, 0.6, 1.5)
+    np.testing.assert_allclose(gpu.to_host(out), backend.ref_lrn(x, size, 0.05, 0.6, 1.5),
+                               rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.gpu
+def test_cudnn_paths_report_fallbacks(gpu):
+    """cuDNN is used where installed; any graph it refused is recorded with a reason."""
+    from hetero.backends import cupy as backend
+
+    for key, reason in backend.CUDNN_FALLBACKS.items():
+        assert key[0] in ("conv2d", "batch_norm") and reason
