@@ -6,14 +6,13 @@ the same process with the same number of threads (``--threads``, default: every 
 is timed ``--repeat`` times and the median is kept. Identical shapes are timed once and counted as
 many times as the network has them.
 
-    python scripts/bench_conv.py [--threads 2] [--repeat 7] [--activation relu] [--no-coretype]
+    python scripts/bench_conv.py [--threads 2] [--repeat 7] [--activation relu]
+                                 [--coretype SkylakeX]
 
-OpenBLAS (as NumPy's wheels ship it) does not recognise every AVX-512 CPU: on AMD Zen 5 it falls
-back to its AVX2 "Haswell" kernels, half the speed that onnxruntime gets from the same core.
-Unless
-``OPENBLAS_CORETYPE`` is already set or ``--no-coretype`` is given, this script sets it to
-``SkylakeX`` (the AVX-512 kernels) when the CPU has AVX-512F, before NumPy loads OpenBLAS. The
-header line says which kernels ran.
+OpenBLAS picks its kernels per CPU, or as ``OPENBLAS_CORETYPE`` says (this machine's environment
+pins ``Haswell``, the AVX2 kernels). On an AVX-512 CPU, ``--coretype SkylakeX`` selects the AVX-512
+kernels, which onnxruntime's MLAS uses as a matter of course; it must be set before NumPy loads
+OpenBLAS, so the script sets it first thing. The header line says which kernels ran.
 """
 
 from __future__ import annotations
@@ -25,18 +24,9 @@ import sys
 import time
 from collections import Counter
 
-
-def _has_avx512() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return " avx512f " in f.read()
-    except OSError:
-        return False
-
-
 # must happen before NumPy is imported: OpenBLAS reads it once, when it loads
-if "OPENBLAS_CORETYPE" not in os.environ and "--no-coretype" not in sys.argv and _has_avx512():
-    os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+if "--coretype" in sys.argv[:-1]:
+    os.environ["OPENBLAS_CORETYPE"] = sys.argv[sys.argv.index("--coretype") + 1]
 
 import numpy as np  # noqa: E402
 
@@ -103,8 +93,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--activation", default="none")
-    parser.add_argument("--no-coretype", action="store_true",
-                        help="leave OpenBLAS's own choice of kernels alone")
+    parser.add_argument("--coretype", help="OpenBLAS kernels to use (OPENBLAS_CORETYPE)")
     args = parser.parse_args(argv)
 
     from threadpoolctl import threadpool_info, threadpool_limits
