@@ -556,6 +556,11 @@ class Executor:
             self._synchronize_streams(run)
         _raise_failure(run)
 
+    @property
+    def blas_threads(self) -> int:
+        """BLAS threads per worker during a run of this plan (every core with one worker)."""
+        return blas_threads(self._host_compute)
+
     def _time_bases(self) -> dict[str, tuple[Any, float]]:
         """Per CUDA GPU: an event recorded on its idle compute stream now, and the host time."""
         bases = {}

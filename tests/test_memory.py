@@ -68,14 +68,18 @@ def random_placement(seed: int, devices=("cpu:0", "cpu:1", "gpu:0")):
 def happens_before_closure(plan: Plan) -> nx.DiGraph:
     """Independent reachability: graph edges plus the order of each sequential stream."""
     g = nx.DiGraph()
+    ready = {n.name for n in plan.graph.nodes if n.op in ("input", "constant")}
     for n in plan.graph.nodes:
         g.add_node(n.name)
         for v in n.inputs:
-            g.add_edge(v.node, n.name)
+            if v.node not in ready:  # nothing waits for inputs and constants
+                g.add_edge(v.node, n.name)
     for dev, queue in plan.queues.items():
         kind = plan.machine.device(dev).kind
         last = {}
         for name in queue:
+            if name in ready:
+                continue
             s = issue_stream(plan.graph.node(name), kind)
             if s in last:
                 g.add_edge(last[s], name)

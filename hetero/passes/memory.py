@@ -14,12 +14,13 @@ When two values may share memory (valid under concurrency, not only in one seque
     happens-before DAG: the graph's edges (a consumer starts after its producer completes, across
     devices too, transfers included) plus the order of every sequential stream of execution: the
     queue of a CPU worker, and the subsequence of a GPU queue that runs on one of its streams
-    (``compute``, ``h2d``, ``d2h``). Two nodes of one GPU queue on different streams are *not*
-    ordered by the queue: the host thread enqueues them in order but the streams run them
-    concurrently. Value ``v`` (produced by ``p``) and value ``w`` (produced by ``q``) may share
-    bytes only if every last use of ``v`` (its consumers, or ``p`` itself if nobody reads it)
-    happens-before ``q``, or the same holds with ``v`` and ``w`` swapped. A node that reads ``v``
-    and writes ``w`` never shares them (kernels need not support aliasing).
+    (``compute``, ``h2d``, ``d2h``). Input and constant nodes are not part of it: they exist
+    before the run starts, and nothing waits for them. Two nodes of one GPU queue on different
+    streams are *not* ordered by the queue: the host thread enqueues them in order but the
+    streams run them concurrently. Value ``v`` (produced by ``p``) and value ``w`` (produced
+    by ``q``) may share bytes only if every last use of ``v`` (its consumers, or ``p`` itself if
+    nobody reads it) happens-before ``q``, or the same holds with ``v`` and ``w`` swapped. A node
+    that reads ``v`` and writes ``w`` never shares them (kernels need not support aliasing).
 
 Offsets
     Greedy by size with best fit (the TFLite arena planner's strategy): values in decreasing size;
@@ -225,15 +226,21 @@ class HappensBefore:
         names = [n.name for n in graph.nodes]
         self.index = index = {n: i for i, n in enumerate(names)}
         succ: list[set[int]] = [set() for _ in names]
+        # inputs and constants exist before the run starts: they order nothing (the executor
+        # does not wait for them), so they are no part of the happens-before relation
+        fixed = {n.name for n in graph.nodes if n.op in UNPLANNED_OPS}
         for node in graph.nodes:
             j = index[node.name]
             for v in node.inputs:
-                succ[index[v.node]].add(j)
+                if v.node not in fixed:
+                    succ[index[v.node]].add(j)
         for dev, queue in queues.items():
             last: dict[str, int] = {}
             for name in queue:
                 if name not in index:
                     raise GraphError(f"queue of {dev} names {name!r}, which is not in the graph")
+                if name in fixed:
+                    continue
                 stream = issue_stream(graph.node(name), kinds.get(dev, "cpu"))
                 j = index[name]
                 if stream in last:

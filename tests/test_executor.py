@@ -1,0 +1,326 @@
+"""The concurrent executor against the sequential reference; failures, cancellation, threads."""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from threadpoolctl import threadpool_limits
+
+from hetero import reference
+from hetero.devices import Machine
+from hetero.errors import ExecutionError, ShapeError
+from hetero.executor import Executor, blas_threads, default_cpu_workers
+from hetero.graph import Graph
+from hetero.ops import registry
+from tests.graphs import Builder, cnn, inputs_for, mlp, parallel_branches, tiny_ops
+from tests.test_memory import make_plan, random_placement
+
+MACHINE = Machine.parse("cpu:2,sim:1")
+RUN_TIMEOUT_S = 30.0
+SENTINEL = 7777.0
+_OWN_THREAD = re.compile(r"^hetero-(cpu|gpu):\d+$")  # the executor's threads (not sim streams)
+
+
+def random_dag(seed: int, n: int = 8, steps: int = 14) -> Graph:
+    """A random DAG of registry ops on n x n float32 matrices; every sink is an output."""
+    rnd = random.Random(seed)
+    b = Builder(f"random_dag_{seed}")
+    rng = np.random.default_rng(seed)
+    pool = [b.input((n, n), name=f"x{i}") for i in range(rnd.randint(1, 3))]
+    pool.append(b.const((rng.standard_normal((n, n)) * 0.5).astype(np.float32), name="w"))
+    scale = b.const(np.full((n, n), 1.0 / n, np.float32), name="scale")
+    for _ in range(steps):
+        a, c = rnd.choice(pool[-4:]), rnd.choice(pool)
+        kind = rnd.random()
+        if kind < 0.35:
+            y = b.op(rnd.choice(("add", "sub", "mul", "maximum", "minimum")), a, c)
+        elif kind < 0.6:
+            y = b.op(rnd.choice(("relu", "tanh", "neg", "abs", "sigmoid")), a)
+        elif kind < 0.8:
+            y = b.op("mul", b.op("matmul", a, c), scale)
+        elif kind < 0.9:
+            y = b.op("softmax", a, axis=-1)
+        else:
+            y = b.op("transpose", a, perm=(1, 0))
+        pool.append(y)
+    consumed = {v.node for node in b.nodes for v in node.inputs}
+    op_of = {node.name: node.op for node in b.nodes}
+    sinks = [v for v in pool
+             if v.node not in consumed and op_of[v.node] not in ("input", "constant")]
+    return b.build(*(sinks or [pool[-1]]))
+
+
+def reference_outputs(graph: Graph, xs, ex: Executor | None = None):
+    """The reference run with the BLAS threads the executor uses (BLAS results depend on how
+    many threads split a product)."""
+    with threadpool_limits(ex.blas_threads if ex is not None else 1, "blas"):
+        return reference.run(graph, xs)
+
+
+def bounded(fn, timeout: float = RUN_TIMEOUT_S):
+    """Run ``fn()`` on a helper thread and fail (instead of hanging) if it does not finish."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # re-raised in the test's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"run did not finish in {timeout} s (deadlock?)"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def own_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if _OWN_THREAD.match(t.name)]
+
+
+def assert_same(outs, ref):
+    assert len(outs) == len(ref)
+    for a, r in zip(outs, ref):
+        assert isinstance(a, np.ndarray)
+        assert a.dtype == r.dtype and a.shape == r.shape
+        np.testing.assert_array_equal(a, r)
+
+
+# ----------------------------------------------------------------------------------------------
+# Concurrent == sequential
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 100_000), place_seed=st.integers(0, 100_000),
+       order_seed=st.integers(0, 100_000))
+def test_random_dags_random_placements_equal_the_reference(seed, place_seed, order_seed):
+    g = random_dag(seed)
+    plan = make_plan(g, MACHINE, random_placement(place_seed), seed=order_seed)
+    ex = Executor(plan)
+    for k in range(3):
+        xs = inputs_for(g, seed=k)
+        assert_same(bounded(lambda xs=xs: ex.run(xs)), reference_outputs(g, xs, ex))
+    assert_same(bounded(lambda: ex.run(xs, sync=True)), reference_outputs(g, xs, ex))
+    assert not own_threads()
+
+
+@pytest.mark.parametrize("build", [mlp, cnn, tiny_ops, lambda: parallel_branches(64)],
+                         ids=["mlp", "cnn", "tiny_ops", "parallel_branches"])
+@pytest.mark.parametrize("devices", [("cpu:0",), ("cpu:0", "cpu:1"), ("cpu:0", "cpu:1", "gpu:0"),
+                                     ("gpu:0",)], ids=["cpu1", "cpu2", "mixed", "gpu"])
+def test_model_graphs_equal_the_reference(build, devices):
+    g = build()
+    plan = make_plan(g, MACHINE, random_placement(3, devices))
+    ex = Executor(plan)
+    xs = inputs_for(g)
+    ref = reference_outputs(g, xs, ex)
+    assert_same(bounded(lambda: ex.run(xs)), ref)
+    assert_same(bounded(lambda: ex.run(xs, sync=True)), ref)
+
+
+def test_compiled_plan_runs_through_plan_run():
+    import hetero as ht
+
+    g = mlp(batch=8, sizes=(16, 32, 8))
+    plan = ht.compile(g, machine=MACHINE)
+    xs = inputs_for(g)
+    outs = plan.run(*xs)
+    ref = reference_outputs(g, xs, plan._executor)
+    assert_same(outs, ref)
+    outs, prof = plan.run(*xs, profile=True)
+    assert_same(outs, ref)
+    assert prof.spans
+
+
+def test_outputs_are_not_overwritten_by_the_next_run():
+    g = tiny_ops(6, size=16)
+    ex = Executor(make_plan(g, MACHINE, random_placement(0)))
+    xs1, xs2 = inputs_for(g, 1), inputs_for(g, 2)
+    first = ex.run(xs1)
+    kept = [a.copy() for a in first]
+    ex.run(xs2)
+    assert_same(first, kept)
+
+
+def test_outputs_can_stay_on_the_device():
+    b = Builder("on_gpu")
+    x = b.input((8, 8))
+    w = b.const(np.eye(8, dtype=np.float32) * 2)
+    g = b.build(b.op("relu", b.op("matmul", x, w)))
+    plan = make_plan(g, MACHINE, lambda n: "gpu:0")
+    ex = Executor(plan)
+    xs = inputs_for(g)
+    (out,) = ex.run(xs, outputs="device")
+    gpu = MACHINE.device("gpu:0")
+    assert gpu.owns(out)
+    np.testing.assert_array_equal(gpu.to_host(out), reference_outputs(g, xs)[0])
+    (host,) = ex.run(xs)
+    assert isinstance(host, np.ndarray) and not gpu.owns(host)
+
+
+def test_graph_input_returned_as_output_is_a_copy():
+    b = Builder("passthrough")
+    x = b.input((4,))
+    g = b.build(x, b.op("neg", x))
+    ex = Executor(make_plan(g, MACHINE, lambda n: "cpu:0"))
+    xs = inputs_for(g)
+    out = ex.run(xs)
+    assert out[0] is not xs[0]
+    np.testing.assert_array_equal(out[0], xs[0])
+    np.testing.assert_array_equal(out[1], -xs[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Failures
+
+
+def with_victim(seed: int) -> tuple[Graph, str]:
+    """A random DAG with one ``add`` (the victim) reading a constant marked with SENTINEL."""
+    rnd = random.Random(seed)
+    g = random_dag(seed)
+    b = Builder(f"victim_{seed}")
+    # rebuild g's nodes into the builder, then hang the victim off a random computed value
+    b.nodes = list(g.nodes)
+    b.inputs = list(g.inputs)
+    b.constants = dict(g.constants)
+    flag = np.zeros((8, 8), np.float32)
+    flag.flat[0] = SENTINEL
+    computed = [n for n in g.nodes if n.op not in ("input", "constant")]
+    target = rnd.choice(computed)
+    marker = b.const(flag, name="flag")
+    victim = b.op("add", target.value(), marker, node_name="victim")
+    after = b.op("relu", victim, node_name="after_victim")
+    return b.build(*g.outputs, after), "victim"
+
+
+def patch_add(monkeypatch, exc_type=RuntimeError, times: int = 1) -> dict:
+    """Make the ``add`` kernel raise ``exc_type`` on its first ``times`` calls that read the
+    SENTINEL constant."""
+    op = registry.lookup("add")
+    original = op.kernel
+    state = {"left": times, "calls": 0}
+
+    def kernel(xp, ins, attrs, outs):
+        state["calls"] += 1
+        if ins[1].flat[0] == SENTINEL and state["left"] > 0:
+            state["left"] -= 1
+            raise exc_type("injected failure")
+        original(xp, ins, attrs, outs)
+
+    monkeypatch.setattr(op, "kernel", kernel)
+    return state
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 100_000), place_seed=st.integers(0, 100_000))
+def test_a_failing_kernel_stops_the_run_and_the_plan_runs_again(monkeypatch, seed, place_seed):
+    g, victim = with_victim(seed)
+    xs = inputs_for(g)
+    plan = make_plan(g, MACHINE, random_placement(place_seed))
+    ref = reference_outputs(g, xs, Executor(plan))
+    with monkeypatch.context() as m:
+        patch_add(m)
+        ex = Executor(plan)
+        with pytest.raises(ExecutionError) as info:
+            bounded(lambda: ex.run(xs))
+        device = plan.graph.node(victim).device
+        msg = str(info.value)
+        assert f"{victim} (add" in msg and f"failed on {device}" in msg
+        assert "injected failure" in msg
+        assert not own_threads()
+        # the failure was transient: the same executor runs the plan again, correctly
+        assert_same(bounded(lambda: ex.run(xs)), ref)
+    assert not own_threads()
+
+
+def test_a_failing_kernel_in_sync_mode_names_the_node(monkeypatch):
+    g, victim = with_victim(5)
+    plan = make_plan(g, MACHINE, random_placement(5))
+    patch_add(monkeypatch)
+    ex = Executor(plan)
+    with pytest.raises(ExecutionError, match=f"{victim} \\(add"):
+        ex.run(inputs_for(g), sync=True)
+
+
+@pytest.mark.parametrize("device", ["cpu:0", "cpu:1", "gpu:0"])
+def test_keyboard_interrupt_cancels_cleanly(monkeypatch, device):
+    g, victim = with_victim(11)
+    placement = random_placement(11)
+    plan = make_plan(g, MACHINE, lambda n: device if n.name == victim else placement(n))
+    xs = inputs_for(g)
+    ref = reference_outputs(g, xs, Executor(plan))
+    patch_add(monkeypatch, KeyboardInterrupt)
+    ex = Executor(plan)
+    with pytest.raises(KeyboardInterrupt):
+        bounded(lambda: ex.run(xs))
+    assert not own_threads()
+    assert_same(bounded(lambda: ex.run(xs)), ref)
+
+
+def test_wrong_inputs_fail_before_anything_runs(monkeypatch):
+    g, _ = with_victim(2)
+    ex = Executor(make_plan(g, MACHINE, random_placement(2)))
+    state = patch_add(monkeypatch, times=0)
+    xs = inputs_for(g)
+    bad_shape = [np.zeros((3, 3), np.float32)] + xs[1:]
+    with pytest.raises(ShapeError, match="must be f32\\[8,8\\]"):
+        ex.run(bad_shape)
+    bad_dtype = [xs[0].astype(np.float64)] + xs[1:]
+    with pytest.raises(ShapeError):
+        ex.run(bad_dtype)
+    with pytest.raises(ShapeError, match="takes"):
+        ex.run(xs[:0])
+    assert state["calls"] == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Workers and BLAS threads
+
+
+def test_default_cpu_workers_follows_the_graphs_parallelism():
+    assert default_cpu_workers(tiny_ops(32), cores=8) == 1
+    assert default_cpu_workers(mlp(), cores=8) == 1
+    assert default_cpu_workers(parallel_branches(256), cores=8) == 2
+    assert default_cpu_workers(parallel_branches(256), cores=1) == 1
+    b = Builder("wide")
+    x = b.input((128, 128))
+    branches = [b.op("matmul", x, b.const(np.eye(128, dtype=np.float32))) for _ in range(6)]
+    g = b.build(b.op("add_n", *branches))
+    assert default_cpu_workers(g, cores=4) == 4
+    assert 5 <= default_cpu_workers(g, cores=16) <= 6  # the add_n at the end is serial work
+
+
+def test_blas_threads_never_oversubscribe():
+    for cores in (1, 2, 8, 16):
+        for workers in range(1, 10):
+            t = blas_threads(workers, cores)
+            assert t >= 1
+            assert workers * t <= max(cores, workers)
+
+
+def test_blas_is_limited_while_several_workers_run(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    seen = []
+    op = registry.lookup("relu")
+    original = op.kernel
+
+    def kernel(xp, ins, attrs, outs):
+        seen.append(max((i["num_threads"] for i in threadpool_info()
+                         if i["user_api"] == "blas"), default=1))
+        original(xp, ins, attrs, outs)
+
+    monkeypatch.setattr(op, "kernel", kernel)
+    g = mlp(batch=4, sizes=(8, 8, 8, 4))
+    machine = Machine.parse("cpu:2")
+    Executor(make_plan(g, machine, random_placement(1, ("cpu:0", "cpu:1")))).run(inputs_for(g))
+    assert seen and max(seen) <= blas_threads(2)
