@@ -933,7 +933,9 @@ class Machine:
             elif kind == "gpu":
                 if gpus is not None:
                     raise DeviceError(f"'gpu' appears twice in machine spec {spec!r}")
-                gpus = len(detect_gpus()) if n is None else n
+                if n is None:  # every GPU found, and at least one
+                    n = max(1, len(detect_gpus()))
+                gpus = n
             else:
                 sims += [SimSpec(card=card_key)] * (1 if n is None else n)
         return cls.from_spec(cpus=cpus, gpus=gpus or 0, sims=sims, spec=spec.strip())

@@ -10,6 +10,8 @@ import types
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import hetero as ht
 from hetero import devices as dv
@@ -80,6 +82,9 @@ def test_parse_bad_item_lists_grammar_and_cards():
 
 
 def test_real_gpu_request_without_gpu_fails(monkeypatch):
+    monkeypatch.setattr(dv, "detect_gpus", lambda: [])
+    with pytest.raises(DeviceError, match="asks for 1 real GPU"):
+        Machine.parse("cpu:2,gpu")
     monkeypatch.setattr(dv, "detect_gpus", lambda: [])
     with pytest.raises(DeviceError, match="asks for 1 real GPU.*found 0"):
         Machine.parse("cpu:2,gpu:1")
@@ -316,3 +321,19 @@ def test_machine_json_round_trip():
 def test_describe_names_every_device():
     text = Machine.parse("cpu:1,sim:1@l4").describe()
     assert "cpu:0" in text and "gpu:0" in text and "NVIDIA L4" in text and "GB/s" in text
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4), st.lists(st.sampled_from([None, *CARDS]), max_size=4))
+def test_spec_strings_round_trip(cpus, cards):
+    spec = ",".join([f"cpu:{cpus}"] + [f"sim:1@{c}" if c else "sim:1" for c in cards])
+    m = Machine.parse(spec)
+    assert [d.name for d in m.devices] == ([f"cpu:{i}" for i in range(cpus)] +
+                                           [f"gpu:{i}" for i in range(len(cards))])
+    again = Machine.parse(m._spec_string())
+    assert [(d.name, d.peak_flops, d.capacity) for d in again.devices] == \
+           [(d.name, d.peak_flops, d.capacity) for d in m.devices]
+    for s in m.memory_spaces:
+        for t in m.memory_spaces:
+            assert m.link(s, t) == m.link(t, s)
+            assert again.link(s, t) == m.link(s, t)
