@@ -111,6 +111,22 @@ def test_erf_is_accurate_in_float64():
     assert ops.erf(np.array([np.inf, -np.inf, 0.0])).numpy().tolist() == [1.0, -1.0, 0.0]
 
 
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-15), (np.float32, 3e-7)])
+def test_erf_polynomial_fallback(dtype, tol):
+    """The polynomials that run where SciPy / cupyx are missing, at both precisions."""
+    from hetero.ops.elementwise import _erf_into
+
+    x = np.concatenate([np.linspace(-9, 9, 30001), [0.0, 1.5, -1.5, 1e-30, np.inf, -np.inf]])
+    x = x.astype(dtype)
+    out = np.empty_like(x)
+    _erf_into(np, x, out)
+    want = _erf(x.astype(np.float64))
+    np.testing.assert_allclose(out, want, rtol=tol, atol=tol)
+    out0 = np.empty((), dtype)
+    _erf_into(np, np.asarray(0.5, dtype), out0)
+    assert abs(out0 - math.erf(0.5)) < tol
+
+
 def test_sigmoid_does_not_overflow():
     x = np.array([-1000, -50, 0, 50, 1000], np.float32)
     with np.errstate(all="raise"):
