@@ -256,3 +256,17 @@ FAMILIES = {
     "matmul_chain": matmul_chain,
     "tiny_ops": tiny_ops,
 }
+
+
+def cpu_only_op() -> str:
+    """Register (once) and return the name of a test op that has a kernel on "numpy" only, for
+    placement tests of ops a GPU cannot run."""
+    name = "test_cpu_only_square"
+    if name not in registry.REGISTRY:
+        def kernel(xp, ins, attrs, outs):
+            xp.multiply(ins[0], ins[0], out=outs[0])
+
+        registry.register(registry.Op(name, lambda ins, attrs: (ins[0],), kernel,
+                                      backends=frozenset({"numpy"}),
+                                      doc="x * x, NumPy only (tests)"))
+    return name

@@ -134,9 +134,10 @@ def _annotation_rules(graph: Graph, machine: Any, policy: str, strict: bool) -> 
             else:
                 rules.soft_wish[node.name] = node.device
         rules.allowed[node.name] = _policy_allowed(node, policy, ok, cpus, gpus, rules)
-        if len(ok) == 1 and node.name not in rules.fixed:
+        if len(ok) < len(names) and node.name not in rules.fixed:
+            missing = [n for n in names if n not in ok]
             rules.fixed[node.name] = Reason("no-kernel-elsewhere",
-                                            f"op {node.op} has a kernel only on {ok[0]}")
+                                            f"op {node.op} has no kernel on {', '.join(missing)}")
     return rules
 
 
@@ -523,12 +524,17 @@ def _relieve(ctx: _Context, rules: _Rules, tasks: _Tasks, device: Mapping[str, s
         nbytes += sum(graph.spec(v).nbytes for n in members for v in graph.node(n).inputs)
         movable.append((nbytes, task))
     if not movable:
-        node = graph.node(who) if who in graph else None
-        culprit = f"; the largest value live at the peak is from {node.label}" if node else ""
+        stuck = sorted((n for n in graph.nodes if device.get(n.name) == dev
+                        and n.op not in ("constant", "input")),
+                       key=lambda n: -sum(s.nbytes for s in n.outputs))
+        names = ", ".join(n.label for n in stuck[:3]) + (" ..." if len(stuck) > 3 else "")
+        peak_node = graph.node(who) if who in graph else None
+        largest = f"; the largest value live at the peak comes from {peak_node.label}" \
+            if peak_node is not None else ""
         raise PlacementError(f"the graph does not fit in the memory of {dev}: planned peak "
                              f"{peak / 2**20:.1f} MiB, capacity {capacity / 2**20:.1f} MiB, and "
-                             f"no node placed there may move (pinned or without another "
-                             f"kernel){culprit}")
+                             f"none of the nodes there may move (pinned or without a kernel "
+                             f"elsewhere): {names}{largest}")
     movable.sort(key=lambda x: -x[0])
     excess = peak - capacity
     moved: dict[str, str] = {}
