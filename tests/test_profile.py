@@ -1,0 +1,184 @@
+"""Profiles: spans of every node and transfer, Chrome trace JSON, summary, cost feedback."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+
+from hetero.devices import Machine
+from hetero.executor import Executor
+from hetero.profile import Profile, Span
+from tests.graphs import inputs_for, mlp, parallel_branches
+from tests.test_memory import make_plan
+
+MACHINE = Machine.parse("cpu:2,sim:1")
+
+# The subset of the Chrome trace event format this profile writes.
+TRACE_SCHEMA = {
+    "type": "object",
+    "required": ["traceEvents"],
+    "properties": {
+        "traceEvents": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["ph", "pid", "tid"],
+                "properties": {
+                    "ph": {"enum": ["X", "M", "s", "f"]},
+                    "pid": {"type": "integer"},
+                    "tid": {"type": "integer"},
+                    "ts": {"type": "number", "minimum": 0},
+                    "dur": {"type": "number", "minimum": 0},
+                    "name": {"type": "string"},
+                    "args": {"type": "object"},
+                    "id": {"type": "integer"},
+                },
+                "allOf": [
+                    {"if": {"properties": {"ph": {"const": "X"}}},
+                     "then": {"required": ["ts", "dur", "name", "args"]}},
+                    {"if": {"properties": {"ph": {"enum": ["s", "f"]}}},
+                     "then": {"required": ["ts", "id", "name"]}},
+                ],
+            },
+        },
+        "displayTimeUnit": {"enum": ["ms", "ns"]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def mixed_run():
+    g = parallel_branches(64)
+    plan = make_plan(g, MACHINE, lambda n: "gpu:0" if n.op == "matmul" and n.name < "matmul_3"
+                     else ("cpu:1" if n.op == "matmul" else "cpu:0"))
+    ex = Executor(plan)
+    xs = inputs_for(g)
+    outs, prof = ex.run(xs, profile=True)
+    return ex, outs, prof
+
+
+def test_profile_has_a_span_per_queued_node(mixed_run):
+    ex, _, prof = mixed_run
+    graph = ex.plan.graph
+    expected = {n for q in ex.plan.queues.values() for n in q
+                if graph.node(n).op != "constant"}
+    assert {s.node for s in prof.spans} == expected
+    for s in prof.spans:
+        assert 0 <= s.start <= s.end <= prof.wall + 1e-3
+        node = graph.node(s.node)
+        assert s.device == node.device
+        if node.op == "transfer":
+            assert s.stream == ("d2h" if node.attrs["kind"] == "d2h" else "h2d")
+            assert s.nbytes == node.outputs[0].nbytes
+        else:
+            assert s.stream == ("compute" if s.device.startswith("gpu") else "worker")
+
+
+def test_spans_respect_dependencies(mixed_run):
+    ex, _, prof = mixed_run
+    by_node = {s.node: s for s in prof.spans}
+    for node in ex.plan.graph.nodes:
+        for v in node.inputs:
+            if node.name in by_node and v.node in by_node:
+                assert by_node[v.node].end <= by_node[node.name].start + 1e-6, (v.node, node.name)
+
+
+def test_profiled_outputs_equal_unprofiled(mixed_run):
+    ex, outs, _ = mixed_run
+    g = ex.graph
+    plain = ex.run(inputs_for(g))
+    for a, b in zip(outs, plain):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_chrome_trace_is_valid_and_complete(mixed_run, tmp_path):
+    ex, _, prof = mixed_run
+    path = tmp_path / "trace.json"
+    prof.save(str(path))
+    data = json.loads(path.read_text())
+    jsonschema.validate(data, TRACE_SCHEMA)
+    events = data["traceEvents"]
+    complete = [e for e in events if e["ph"] == "X"]
+    assert {e["name"] for e in complete} == {s.node for s in prof.spans}
+    # one named track per CPU worker and per GPU stream that ran something
+    tracks = {e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+    used = {(s.device, s.stream) for s in prof.spans}
+    for dev, stream in used:
+        label = "worker" if stream == "worker" else f"{stream} stream"
+        assert f"{dev} {label}" in tracks
+    # flow arrows come in start/finish pairs, one pair per hop through a transfer
+    starts = {e["id"] for e in events if e["ph"] == "s"}
+    finishes = {e["id"] for e in events if e["ph"] == "f"}
+    assert starts == finishes and starts
+    # placement reasons are in the args
+    for e in complete:
+        assert e["args"]["reason"]
+        if e["cat"] == "transfer":
+            assert e["args"]["bytes"] > 0 and "transfer" in e["args"]["reason"]
+        else:
+            assert e["args"]["reason"].startswith("policy")
+
+
+def test_summary_figures(mixed_run):
+    ex, _, prof = mixed_run
+    s = prof.summary()
+    assert set(s["devices"]) == {sp.device for sp in prof.spans}
+    for d in s["devices"].values():
+        assert 0.0 <= d["busy"] <= 1.0 + 1e-9
+    assert s["transfer_bytes"] == sum(n.outputs[0].nbytes for n in ex.plan.transfers())
+    assert 0.0 <= s["transfer_overlap"] <= 1.0
+    assert 0 < s["measured_makespan"] <= s["wall"] + 1e-3
+    assert s["estimated_makespan"] == ex.plan.makespan
+    text = prof.table()
+    assert "gpu:0" in text and "overlapped" in text
+
+
+def test_summary_on_hand_made_spans():
+    """cpu:0 computes 0-4 ms, a transfer runs 2-6 ms: half of it overlaps compute."""
+    plan = make_plan(mlp(batch=2, sizes=(4, 4, 2)), MACHINE, lambda n: "cpu:0")
+    spans = [Span("a", "matmul", "cpu:0", "worker", 0.0, 0.004),
+             Span("t", "transfer", "gpu:0", "h2d", 0.002, 0.006, nbytes=1000)]
+    s = Profile(plan, spans, wall=0.008).summary()
+    assert s["devices"]["cpu:0"]["busy"] == pytest.approx(4 / 6)
+    assert s["transfer_overlap"] == pytest.approx(0.5)
+    assert s["transfer_bytes"] == 1000
+    assert s["measured_makespan"] == pytest.approx(0.006)
+
+
+def test_measured_times_feed_the_cost_model(tmp_path):
+    from hetero.cost import MeasuredCost
+
+    g = mlp(batch=4, sizes=(8, 16, 4))
+    plan = make_plan(g, MACHINE, lambda n: "gpu:0" if n.op == "matmul" else "cpu:0")
+    cost = MeasuredCost(MACHINE, path=str(tmp_path / "costs.json"))
+    ex = Executor(plan, cost=cost)
+    _, prof = ex.run(inputs_for(g), profile=True)
+    assert cost.history
+    node = next(n for n in plan.graph.nodes if n.op == "matmul")
+    measured = cost.compute(node, "gpu:0", tuple(plan.graph.spec(v) for v in node.inputs))
+    span = next(s for s in prof.spans if s.node == node.name)
+    assert measured == pytest.approx(span.duration)
+    assert prof.feed(cost) == sum(1 for s in prof.spans if not s.is_transfer)
+
+
+def test_plan_run_profile_returns_a_profile():
+    g = mlp(batch=4, sizes=(8, 8, 4))
+    plan = make_plan(g, MACHINE, lambda n: "cpu:0")
+    outs, prof = plan.run(*inputs_for(g), profile=True)
+    assert isinstance(prof, Profile) and len(outs) == 1
+    assert "Profile" in repr(prof)
+
+
+def test_sync_mode_profiles_too():
+    g = mlp(batch=4, sizes=(8, 8, 4))
+    plan = make_plan(g, MACHINE, lambda n: "gpu:0" if n.op == "relu" else "cpu:1")
+    ex = Executor(plan)
+    _, prof = ex.run(inputs_for(g), profile=True, sync=True)
+    assert {s.node for s in prof.spans} == {n for q in plan.queues.values() for n in q
+                                            if plan.graph.node(n).op != "constant"}
+    ordered = sorted(prof.spans, key=lambda s: s.start)
+    for a, b in zip(ordered, ordered[1:]):
+        assert a.end <= b.start + 1e-6  # one at a time
