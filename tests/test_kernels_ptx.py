@@ -55,6 +55,54 @@ def test_compiles_to_ptx(source: Path, arch: str, tmp_path: Path):
 
 
 # ----------------------------------------------------------------------------------------------
+# NVRTC: the run-time compiler CuPy uses (no headers, its own builtins) accepts every kernel
+
+
+def _find_nvrtc() -> str | None:
+    import ctypes.util
+    import glob
+    import site
+
+    name = ctypes.util.find_library("nvrtc")
+    if name:
+        return name
+    roots = [*site.getsitepackages(), site.getusersitepackages(), "/usr/local/cuda/lib64"]
+    for root in roots:
+        for pattern in ("nvidia/cu1*/lib/libnvrtc.so*", "nvidia/cuda_nvrtc/lib/libnvrtc.so*",
+                        "libnvrtc.so*"):
+            hits = sorted(p for p in glob.glob(f"{root}/{pattern}") if "builtins" not in p)
+            if hits:
+                return hits[0]
+    return None
+
+
+@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
+def test_compiles_with_nvrtc(source: Path, arch: str):
+    import ctypes
+
+    path = _find_nvrtc()
+    if path is None:
+        pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc to check NVRTC builds)")
+    lib = ctypes.CDLL(path)
+    prog = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), source.read_bytes(), source.name.encode(),
+                                  0, None, None) == 0
+    try:
+        opts = [b"--std=c++14", f"--gpu-architecture={arch}".encode()]
+        rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+        size = ctypes.c_size_t()
+        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetProgramLog(prog, log)
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    text = log.value.decode(errors="replace").strip()
+    assert rc == 0, f"NVRTC failed for {source.name} ({arch}):\n{text}"
+    assert "warning" not in text.lower(), f"NVRTC warned for {source.name} ({arch}):\n{text}"
+
+
+# ----------------------------------------------------------------------------------------------
 # Packaging and NVRTC compatibility (static)
 
 
