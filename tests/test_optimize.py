@@ -267,3 +267,27 @@ def test_non_channel_add_is_not_a_bias():
     y = g.op("add", "add", [c, g.const("full", rand(1, 3, 4, 4))])
     graph = g.graph(y)
     assert fuse_bias(graph).nodes == graph.nodes
+
+
+def test_onnx_example_cnn_optimized_matches_onnxruntime():
+    """The example CNN (conv-bn-relu-pool x3, gemm) through import, optimize and the reference
+    executor gives what onnxruntime gives."""
+    import os
+
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from hetero import onnx as hetero_onnx
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "cnn.onnx")
+    if not os.path.exists(path):
+        pytest.skip("examples/cnn.onnx is not built")
+    graph = hetero_onnx.load(path)
+    opt = optimize(graph)
+    check(opt)
+    assert not any(n.op in ("batch_norm", "relu") for n in opt.nodes)
+    assert len(opt.nodes) < len(graph.nodes)
+    inputs = [RNG.standard_normal(s.shape).astype(s.dtype) for s in graph.input_specs]
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    feeds = {i.name: x for i, x in zip(sess.get_inputs(), inputs)}
+    for got, want in zip(reference.run(opt, inputs), sess.run(None, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

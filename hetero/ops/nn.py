@@ -320,11 +320,14 @@ def _pool_infer(opname):
         x = ins[0]
         _require_nchw(x, opname)
         kernel, strides, pads, dilations, ceil_mode = _pool_geometry(attrs, opname)
-        reach = (dilations[0] * (kernel[0] - 1), dilations[1] * (kernel[1] - 1))
-        if max(pads[0], pads[2]) > reach[0] or max(pads[1], pads[3]) > reach[1]:
-            raise ShapeError(f"{opname}: pads {pads} must be smaller than the window "
-                             f"{kernel} (dilations {dilations}): a window would see padding only")
         oh, ow = _spatial_out(x, kernel, strides, pads, dilations, ceil_mode, opname)
+        h, w = x.shape[2:]
+        for size, out, axis in ((h, oh, 0), (w, ow, 1)):
+            counts = _window_counts(out, kernel[axis], strides[axis], dilations[axis],
+                                    pads[axis], pads[axis] + size)
+            if counts.min() == 0:
+                raise ShapeError(f"{opname}: with pads {pads}, kernel {kernel} and dilations "
+                                 f"{dilations} a window would see padding only")
         return (TensorSpec((x.shape[0], x.shape[1], oh, ow), x.dtype),)
     return infer
 
@@ -349,7 +352,7 @@ def _max_pool_kernel(xp, ins, attrs, outs):
                 xp.maximum(out, view[:, :, i, j], out=out)
 
 
-def _window_counts(size, out_size, k, s, d, lo, hi):
+def _window_counts(out_size, k, s, d, lo, hi):
     """Per output position, how many taps of its window fall in ``[lo, hi)`` (input coords)."""
     starts = np.arange(out_size)[:, None] * s + np.arange(k)[None, :] * d
     return ((starts >= lo) & (starts < hi)).sum(axis=1)
@@ -370,11 +373,11 @@ def _avg_pool_kernel(xp, ins, attrs, outs):
                 xp.add(out, view[:, :, i, j], out=out)
     # buffer coordinates: the input occupies [top, top + h); explicit pads end at top + h + bottom
     if attrs["count_include_pad"]:
-        ch = _window_counts(h, oh, kernel[0], strides[0], dilations[0], 0, pads[0] + h + pads[2])
-        cw = _window_counts(w, ow, kernel[1], strides[1], dilations[1], 0, pads[1] + w + pads[3])
+        ch = _window_counts(oh, kernel[0], strides[0], dilations[0], 0, pads[0] + h + pads[2])
+        cw = _window_counts(ow, kernel[1], strides[1], dilations[1], 0, pads[1] + w + pads[3])
     else:
-        ch = _window_counts(h, oh, kernel[0], strides[0], dilations[0], pads[0], pads[0] + h)
-        cw = _window_counts(w, ow, kernel[1], strides[1], dilations[1], pads[1], pads[1] + w)
+        ch = _window_counts(oh, kernel[0], strides[0], dilations[0], pads[0], pads[0] + h)
+        cw = _window_counts(ow, kernel[1], strides[1], dilations[1], pads[1], pads[1] + w)
     inv = 1.0 / np.maximum(ch[:, None] * cw[None, :], 1)
     out *= xp.asarray(inv.astype(out.dtype))
 
