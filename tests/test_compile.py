@@ -1,0 +1,135 @@
+"""compile: place -> partition -> schedule -> memory into a Plan that checks, runs, and
+round-trips through JSON; @function(machine=...) runs through it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import hetero as ht
+from hetero import reference
+from hetero.compiler import compile
+from hetero.errors import GraphError, HeteroError
+from hetero.passes.place import compare_policies
+from hetero.passes.schedule import lane_of, schedule
+from hetero.plan import Plan, Reason
+from tests import graphs as G
+
+
+@pytest.fixture(scope="module")
+def machine():
+    return ht.Machine.parse("cpu:2,sim:1")
+
+
+@pytest.mark.parametrize("family", ["mlp", "cnn", "tiled_cholesky", "parallel_branches"])
+@pytest.mark.parametrize("policy", ["heft", "peft", "cpu", "gpu", "annotated"])
+def test_plan_is_valid_and_runs_like_the_reference(family, policy, machine):
+    g = {"mlp": G.mlp, "cnn": G.cnn, "tiled_cholesky": lambda: G.tiled_cholesky(3, 32),
+         "parallel_branches": lambda: G.parallel_branches(n=64)}[family]()
+    plan = compile(g, machine, policy=policy)
+    ht.check(plan)
+    queued = [n for q in plan.queues.values() for n in q]
+    assert sorted(queued) == sorted(n.name for n in plan.graph.nodes if n.op != "input")
+    assert plan.makespan >= plan.lower_bound * (1 - 1e-9) > 0
+    assert plan.policy == policy
+    x = G.inputs_for(g)
+    want = reference.run(g, x)
+    got = plan.run(*x)
+    for a, b in zip(want, got):
+        np.testing.assert_allclose(np.asarray(b), a, rtol=1e-5, atol=1e-5)
+
+
+def test_queue_order_follows_estimates(machine):
+    plan = compile(G.tiled_cholesky(3, 32), machine)
+    for dev, queue in plan.queues.items():
+        starts = [plan.estimates[n][0] for n in queue]
+        assert starts == sorted(starts), dev
+    for node in plan.graph.nodes:
+        for v in node.inputs:
+            assert plan.estimates[node.name][0] >= plan.estimates[v.node][1] - 1e-15
+
+
+def test_copies_run_on_their_own_lanes(machine):
+    g = G.matmul_chain(n=256, depth=2)
+    plan = compile(g, machine, policy="gpu")
+    lanes = {n.name: lane_of(n) for n in plan.graph.nodes}
+    kinds = {n.attrs["kind"]: lanes[n.name] for n in plan.transfers()}
+    assert kinds == {"h2d": "gpu:0/h2d", "d2h": "gpu:0/d2h"}
+    assert all(plan.graph.node(n).device == "gpu:0" for n in plan.queues["gpu:0"])
+    again = schedule(plan.graph, machine)
+    assert again.makespan == pytest.approx(plan.makespan)
+
+
+def test_plan_json_round_trip(machine):
+    g = G.cnn()
+    plan = compile(g, machine)
+    text = json.dumps(plan.to_json())
+    back = Plan.from_json(json.loads(text), machine=machine)
+    assert back.graph.nodes == plan.graph.nodes
+    assert dict(back.queues) == dict(plan.queues)
+    assert dict(back.estimates) == pytest.approx(dict(plan.estimates))
+    assert back.makespan == plan.makespan and back.policy == plan.policy
+    assert dict(back.placement.reason) == dict(plan.placement.reason)
+    for name, arr in plan.graph.constants.items():
+        np.testing.assert_array_equal(back.graph.constants[name], arr)
+    ht.check(back)
+    x = G.inputs_for(g)
+    np.testing.assert_allclose(back.run(*x)[0], plan.run(*x)[0], rtol=1e-6)
+
+
+def test_plan_json_without_machine_rebuilds_it(machine):
+    plan = compile(G.mlp(batch=2, sizes=(4, 8, 2)), machine)
+    back = Plan.from_json(json.loads(json.dumps(plan.to_json())))
+    assert [d.name for d in back.machine.devices] == [d.name for d in machine.devices]
+    ht.check(back)
+
+
+def test_check_plan_catches_broken_queues(machine):
+    plan = compile(G.tiled_cholesky(3, 32), machine)
+    dev, queue = next((d, q) for d, q in plan.queues.items() if len(q) > 2)
+    missing = plan.replace(queues={**plan.queues, dev: queue[1:]})
+    with pytest.raises(GraphError, match="is in no queue"):
+        ht.check(missing)
+    other = next(d for d in plan.queues if d != dev)
+    moved = plan.replace(queues={**plan.queues, dev: queue[1:],
+                                 other: plan.queues[other] + queue[:1]})
+    with pytest.raises(GraphError, match=f"is placed on {dev} but queued on {other}"):
+        ht.check(moved)
+    compute = [n for n in queue if plan.graph.node(n).inputs]
+    consumer = compute[-1]
+    producer = next(v.node for v in plan.graph.node(consumer).inputs
+                    if v.node in queue)
+    swapped = list(queue)
+    i, j = swapped.index(producer), swapped.index(consumer)
+    swapped[i], swapped[j] = swapped[j], swapped[i]
+    with pytest.raises(GraphError, match="deadlock"):
+        ht.check(plan.replace(queues={**plan.queues, dev: tuple(swapped)}))
+
+
+def test_compile_a_function_and_function_decorator(machine):
+    def f(x, w):
+        return ht.ops.relu(x @ w) + 1.0
+
+    x = np.random.default_rng(0).standard_normal((32, 32)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((32, 32)).astype(np.float32)
+    with pytest.raises(HeteroError, match="example_inputs"):
+        compile(f, machine)
+    plan = compile(f, machine, example_inputs=(x, w))
+    want = np.maximum(x @ w, 0) + 1
+    np.testing.assert_allclose(plan.run(x, w)[0], want, rtol=1e-5)
+    g = ht.function(f, machine=machine, policy="gpu")
+    np.testing.assert_allclose(g(x, w).numpy(), want, rtol=1e-5)
+
+
+def test_compare_policies_for_the_report(machine):
+    res = compare_policies(G.mlp(), machine)
+    assert set(res) == {"heft", "peft", "cpu", "gpu", "annotated", "lower_bound"}
+    assert all(v >= res["lower_bound"] * (1 - 1e-9) for v in res.values())
+
+
+def test_reason_kinds_are_checked():
+    with pytest.raises(HeteroError, match="unknown placement reason"):
+        Reason("because")
+    assert str(Reason("cost", "1 ms")) == "cost: 1 ms"

@@ -1,0 +1,184 @@
+"""Cost models: roofline from the machine's specs, the measured history cache, user tables."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+import hetero as ht
+from hetero.cost import (
+    CPU_SYNC,
+    CostModel,
+    MeasuredCost,
+    RooflineCost,
+    TableCost,
+    cache_dir,
+    calibrate,
+    history_key,
+    input_specs,
+)
+from hetero.errors import HeteroError
+from hetero.graph import Node, TensorSpec, Value
+from hetero.ops import registry
+from tests import graphs as G
+
+
+@pytest.fixture(scope="module")
+def machine():
+    return ht.Machine.parse("cpu:2,sim:1")
+
+
+def matmul_node(n: int) -> tuple[Node, tuple[TensorSpec, ...]]:
+    spec = TensorSpec((n, n), np.float32)
+    node = Node("mm", "matmul", (Value("a"), Value("b")), outputs=(spec,))
+    return node, (spec, spec)
+
+
+def test_roofline_matches_the_formula(machine):
+    cost = RooflineCost(machine)
+    node, ins = matmul_node(512)
+    work = registry.lookup("matmul").cost_of(ins, node.outputs, node.attrs)
+    for dev in machine.devices:
+        want = dev.launch_overhead + max(work.flops / dev.peak_flops["matmul"],
+                                         work.bytes / dev.mem_bandwidth)
+        assert cost.compute(node, dev.name, ins) == pytest.approx(want)
+        assert cost.compute(node, dev, ins) == pytest.approx(want)
+    assert cost.compute(node, "gpu:0", ins) < cost.compute(node, "cpu:0", ins)
+    assert isinstance(cost, CostModel)
+
+
+def test_roofline_bandwidth_bound_for_elementwise(machine):
+    cost = RooflineCost(machine)
+    spec = TensorSpec((1 << 20,), np.float32)
+    node = Node("a", "add", (Value("x"), Value("y")), outputs=(spec,))
+    dev = machine.device("cpu:0")
+    t = cost.compute(node, dev, (spec, spec))
+    assert t == pytest.approx(dev.launch_overhead + 3 * spec.nbytes / dev.mem_bandwidth)
+
+
+def test_transfers(machine):
+    cost = RooflineCost(machine)
+    nbytes = 1 << 20
+    assert cost.transfer(nbytes, "cpu:0", "cpu:0") == 0.0
+    assert cost.transfer(nbytes, "cpu:0", "cpu:1") == CPU_SYNC
+    link = machine.link("host", "gpu:0")
+    assert cost.transfer(nbytes, "cpu:1", "gpu:0") == pytest.approx(
+        link.latency + nbytes / link.bandwidth)
+    assert cost.transfer(nbytes, "gpu:0", "gpu:0") == 0.0
+
+
+def test_no_kernel_is_infinite(machine):
+    op = G.cpu_only_op()
+    spec = TensorSpec((8,), np.float32)
+    node = Node("sq", op, (Value("x"),), outputs=(spec,))
+    cost = RooflineCost(machine)
+    assert math.isinf(cost.compute(node, "gpu:0", (spec,)))
+    assert math.isfinite(cost.compute(node, "cpu:0", (spec,)))
+
+
+def test_table_cost_lookup_order_and_fallback(machine):
+    node, ins = matmul_node(64)
+    table = TableCost({("mm", "gpu:0"): 1.0, ("matmul", "cpu:0"): 2.0, ("matmul", "cpu"): 3.0},
+                      machine=machine, transfers={("cpu", "gpu"): (1e-3, 1e9)})
+    assert table.compute(node, "gpu:0", ins) == 1.0
+    assert table.compute(node, "cpu:0", ins) == 2.0
+    assert table.compute(node, "cpu:1", ins) == 3.0
+    assert table.transfer(1e6, "cpu:0", "gpu:0") == pytest.approx(2e-3)
+    assert table.transfer(10, "cpu:0", "cpu:1") == 0.0
+    relu = Node("r", "relu", (Value("x"),), outputs=(ins[0],))
+    with pytest.raises(HeteroError, match=r"r \(relu\): TableCost has no time for relu"):
+        table.compute(relu, "cpu:0", ins[:1])
+    backed = TableCost({"matmul": lambda n, d: 5.0}, fallback=RooflineCost(machine))
+    assert backed.compute(node, "cpu:1", ins) == 5.0
+    assert backed.compute(relu, "cpu:0", ins[:1]) == RooflineCost(machine).compute(
+        relu, "cpu:0", ins[:1])
+
+
+def test_table_cost_drives_placement(machine):
+    """A table that makes the GPU slow keeps everything on the CPU."""
+    g = G.matmul_chain(n=64, depth=3)
+    slow_gpu = TableCost({("matmul", "gpu"): 1.0, ("matmul", "cpu"): 1e-3},
+                         fallback=RooflineCost(machine))
+    p = ht.place(g, machine, slow_gpu)
+    assert all(p.device[n.name].startswith("cpu") for n in g.nodes if n.op == "matmul")
+
+
+def test_cache_dir_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("HETERO_CACHE_DIR", str(tmp_path / "explicit"))
+    assert cache_dir() == str(tmp_path / "explicit")
+    monkeypatch.delenv("HETERO_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == str(tmp_path / "xdg" / "hetero")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == str(tmp_path / "home" / ".cache" / "hetero")
+
+
+def test_calibrate_measures_caches_and_reloads(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("HETERO_CACHE_DIR", str(tmp_path))
+    m = ht.Machine.parse("cpu:1,sim:1")
+    g = G.mlp(batch=4, sizes=(8, 16, 4))
+    cost = calibrate(g, m, progress=False)
+    path = tmp_path / "costs.json"
+    assert path.exists()
+    data = json.loads(path.read_text())
+    computing = [n for n in g.nodes if n.op not in ("input", "constant")]
+    distinct = {history_key(n, input_specs(g, n), d) for n in computing for d in m.devices}
+    assert set(data["entries"]) == distinct
+    node = computing[0]
+    ins = input_specs(g, node)
+    measured = cost.compute(node, "cpu:0", ins)
+    assert measured == data["entries"][history_key(node, ins, m.device("cpu:0"))]["mean"] > 0
+    # a second model reads the cache; nothing is measured again
+    again = MeasuredCost(m)
+    assert again.compute(node, "cpu:0", ins) == measured
+    before = os.path.getmtime(path)
+    calibrate(g, m, again, progress=False)
+    assert os.path.getmtime(path) == before
+    # unmeasured shapes fall back to the roofline
+    other = G.mlp(batch=2, sizes=(8, 16, 4))
+    n2 = next(n for n in other.nodes if n.op == "matmul")
+    assert again.compute(n2, "cpu:0", input_specs(other, n2)) == RooflineCost(m).compute(
+        n2, "cpu:0", input_specs(other, n2))
+    assert capsys.readouterr().err == ""
+
+
+def test_calibrate_progress_bar(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("HETERO_CACHE_DIR", str(tmp_path))
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tqdm(name, *args, **kwargs):
+        if name == "tqdm":
+            raise ImportError("tqdm hidden by the test")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tqdm)
+    calibrate(G.tiny_ops(n=2), "cpu:1", progress=True)
+    err = capsys.readouterr().err
+    assert "calibrating tiny_ops" in err and "2/2" in err
+
+
+def test_record_keeps_a_running_mean(machine, tmp_path):
+    cost = MeasuredCost(machine, path=str(tmp_path / "c.json"))
+    node, ins = matmul_node(32)
+    cost.record(node, "cpu:1", 1.0, ins)
+    cost.record(node, "cpu:1", 3.0, ins)
+    assert cost.compute(node, "cpu:1", ins) == pytest.approx(2.0)
+    assert cost.compute(node, "cpu:0", ins) == RooflineCost(machine).compute(node, "cpu:0", ins)
+    cost.save()
+    assert MeasuredCost(machine, path=str(tmp_path / "c.json")).compute(
+        node, "cpu:1", ins) == pytest.approx(2.0)
+
+
+def test_damaged_cache_is_ignored(machine, tmp_path, capsys):
+    path = tmp_path / "costs.json"
+    path.write_text("{not json")
+    cost = MeasuredCost(machine, path=str(path))
+    assert cost.history == {}
+    assert "ignoring unreadable cost cache" in capsys.readouterr().err
