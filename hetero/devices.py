@@ -605,8 +605,8 @@ def detect_gpus() -> list[GpuInfo]:
 
 
 def _cuda_devices(infos: Sequence[GpuInfo]) -> list[Device]:
-    """``CudaDevice`` objects for ``infos``, named gpu:0.. in order; a GPU whose backend cannot be
-    loaded (CuPy missing) is logged and skipped."""
+    """``CudaDevice`` objects for ``infos``, named "gpu:<CUDA ordinal>"; a GPU whose backend
+    cannot be loaded (CuPy missing) is logged and skipped."""
     if not infos:
         return []
     try:
@@ -618,7 +618,8 @@ def _cuda_devices(infos: Sequence[GpuInfo]) -> list[Device]:
     out: list[Device] = []
     for info in infos:
         try:
-            dev = CudaDevice.from_index(info.index, name=f"gpu:{len(out)}")
+            # named by CUDA ordinal, as its memory space is (and as space_of names CuPy arrays)
+            dev = CudaDevice.from_index(info.index, name=f"gpu:{info.index}")
             _adopt_rates(dev, info)
             out.append(dev)
         except Exception as exc:
@@ -741,6 +742,15 @@ class Machine:
         if dup:
             raise DeviceError(f"device name(s) {', '.join(dup)} appear twice in the machine")
         self._by_name = {d.name: d for d in self.devices}
+        gpu_spaces = [d.memory_space for d in self.devices if d.kind == "gpu"]
+        for d in self.devices:
+            if d.kind == "cpu" and d.memory_space != "host":
+                raise DeviceError(f"CPU worker {d.name} must work in memory space 'host', "
+                                  f"not {d.memory_space!r}")
+            if d.kind == "gpu" and (d.memory_space == "host" or
+                                    gpu_spaces.count(d.memory_space) > 1):
+                raise DeviceError(f"GPU {d.name}: memory space {d.memory_space!r} is not its own "
+                                  "(each GPU needs a memory space of its own)")
         spaces: list[str] = []
         for d in self.devices:
             if d.memory_space not in spaces:
@@ -895,7 +905,8 @@ class Machine:
         if sims:
             from hetero.backends.sim import SimDevice
 
-            start = len(devices) - len(_cpu_like(devices))
+            start = 1 + max((int(d.name.split(":")[1]) for d in devices if d.kind == "gpu"),
+                            default=-1)
             devices += [SimDevice(start + i, s) for i, s in enumerate(sims)]
         return cls(devices, links=links, spec=spec)
 
@@ -997,10 +1008,6 @@ class Machine:
 
     def __repr__(self) -> str:
         return f"Machine({self.spec!r}: {', '.join(d.name for d in self.devices)})"
-
-
-def _cpu_like(devices: Sequence[Device]) -> list[Device]:
-    return [d for d in devices if d.kind == "cpu"]
 
 
 def _cpu_devices(n: int | None, peak: Mapping[str, float] | float | None = None,

@@ -85,7 +85,6 @@ def test_real_gpu_request_without_gpu_fails(monkeypatch):
     monkeypatch.setattr(dv, "detect_gpus", lambda: [])
     with pytest.raises(DeviceError, match="asks for 1 real GPU"):
         Machine.parse("cpu:2,gpu")
-    monkeypatch.setattr(dv, "detect_gpus", lambda: [])
     with pytest.raises(DeviceError, match="asks for 1 real GPU.*found 0"):
         Machine.parse("cpu:2,gpu:1")
 
@@ -125,9 +124,15 @@ def test_unknown_device_lists_the_machine():
         m.device("tpu:0")
 
 
-def test_duplicate_device_names_refused():
+def test_duplicate_device_names_and_shared_gpu_spaces_refused():
     with pytest.raises(DeviceError, match="appear twice"):
         Machine([dv.CpuDevice(0), dv.CpuDevice(0)])
+    from hetero.backends.sim import SimDevice
+
+    a, b = SimDevice(0), SimDevice(1)
+    b.memory_space = "gpu:0"
+    with pytest.raises(DeviceError, match="gpu:1: memory space 'gpu:0' is not its own"):
+        Machine([dv.CpuDevice(0), a, b])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,12 +255,14 @@ def test_detect_builds_cuda_devices_and_skips_unusable_ones(monkeypatch, caplog)
     _install_fake_cuda(monkeypatch, ["NVIDIA H100 80GB HBM3", "Tesla T4"])
 
     class FakeCuda(dv.Device):
+        broken = 1
+
         @classmethod
         def from_index(cls, index, *, name=None, capacity=None):
-            if index == 1:
+            if index == cls.broken:
                 raise DeviceError("cannot open device 1")
             dev = cls.__new__(cls)
-            for k, v in dict(name=name, kind="gpu", memory_space=name, backend="cupy",
+            for k, v in dict(name=name, kind="gpu", memory_space=f"gpu:{index}", backend="cupy",
                              capacity=123, peak_flops=dict.fromkeys(OP_CLASSES, 1.0),
                              mem_bandwidth=1.0, launch_overhead=0.0, index=index).items():
                 object.__setattr__(dev, k, v)
@@ -272,6 +279,10 @@ def test_detect_builds_cuda_devices_and_skips_unusable_ones(monkeypatch, caplog)
     assert m.link("host", "gpu:0").bandwidth == CARDS["h100"].host_link
     assert "skipping CUDA GPU 1" in caplog.text
     assert Machine.parse("cpu:1,gpu:1,sim:1").device("gpu:1").backend == "sim"
+    FakeCuda.broken = 0  # devices keep their CUDA ordinal; simulated GPUs come after them
+    m = Machine.parse("cpu:1,gpu,sim:1")
+    assert [(d.name, d.memory_space, d.backend) for d in m.gpus()] == \
+           [("gpu:1", "gpu:1", "cupy"), ("gpu:2", "gpu:2", "sim")]
 
 
 def test_detect_without_cupy_logs_and_reports_cpu(monkeypatch, caplog):
