@@ -712,9 +712,9 @@ SIM_DEFAULTS: dict[str, Any] = {
 SPEC_GRAMMAR = (
     "a machine spec is items separated by commas:\n"
     "  cpu[:N]          N CPU workers cpu:0..cpu:N-1 (default: one per core)\n"
-    "  gpu[:N]          N real CUDA GPUs (default: all found)\n"
+    "  gpu[:N]          N real CUDA GPUs (default: every usable one)\n"
     "  sim[:N][@CARD]   N simulated GPUs, with the published rates of CARD if given\n"
-    "GPUs are named gpu:0, gpu:1, ... (real ones first). Cards: " + ", ".join(CARDS) + "\n"
+    "Real GPUs are named by CUDA ordinal (gpu:0, ...), simulated ones after them. Cards: " + ", ".join(CARDS) + "\n"
     "examples: 'cpu:2,gpu:1', 'cpu:2,sim:1', 'cpu:4,sim:2@a100'")
 
 _ITEM_RE = re.compile(r"^(cpu|gpu|sim)(?::(\d+))?(?:@([a-z0-9][a-z0-9_.-]*))?$")
@@ -880,27 +880,29 @@ class Machine:
         return cls(_cpu_devices(cpus) + gpus)
 
     @classmethod
-    def from_spec(cls, cpus: int | None = None, gpus: int = 0,
+    def from_spec(cls, cpus: int | None = None, gpus: int | str = 0,
                   sims: int | Sequence[SimSpec | str] = (), *,
                   cpu_peak_flops: Mapping[str, float] | float | None = None,
                   cpu_bandwidth: float | None = None,
                   links: Mapping[tuple[str, str], Link] | None = None,
                   spec: str | None = None) -> Machine:
         """A machine described in code: ``cpus`` workers (default one per core), ``gpus`` real
-        CUDA GPUs (DeviceError if fewer exist), and simulated GPUs (a count for default rates, or
-        one ``SimSpec`` or card key per GPU), numbered after the real ones."""
+        CUDA GPUs (DeviceError if fewer are usable; "all": every usable one, at least one), and
+        simulated GPUs (a count for default rates, or one ``SimSpec`` or card key per GPU),
+        numbered after the real ones."""
         if isinstance(sims, int):
             sims = [SimSpec()] * sims
         sims = [SimSpec(card=s) if isinstance(s, str) else s for s in sims]
         devices = _cpu_devices(cpus, cpu_peak_flops, cpu_bandwidth)
         if gpus:
             found = detect_gpus()
-            real = _cuda_devices(found[:gpus])
-            if len(real) < gpus:
+            real = _cuda_devices(found if gpus == "all" else found[:gpus])
+            want = 1 if gpus == "all" else int(gpus)
+            if len(real) < want:
                 why = (f"found {len(found)} CUDA GPU(s)" +
                        (f", {len(real)} usable (is cupy installed?)" if found else ""))
-                raise DeviceError(f"the spec asks for {gpus} real GPU(s) but {why}; use "
-                                  f"'sim:{gpus}' for simulated ones\n{SPEC_GRAMMAR}")
+                raise DeviceError(f"the spec asks for {want} real GPU(s) but {why}; use "
+                                  f"'sim:{want}' for simulated ones\n{SPEC_GRAMMAR}")
             devices += real
         if sims:
             from hetero.backends.sim import SimDevice
@@ -918,7 +920,8 @@ class Machine:
         if not isinstance(spec, str) or not spec.strip():
             raise DeviceError(f"bad machine spec {spec!r}: {SPEC_GRAMMAR}")
         cpus: int | None = None
-        gpus: int | None = None
+        gpus: int | None | str = 0
+        seen_gpu = False
         sims: list[SimSpec] = []
         for raw in spec.split(","):
             item = raw.strip().lower()
@@ -942,14 +945,14 @@ class Machine:
                                       "needed (the host runs inputs and outputs)")
                 cpus = n
             elif kind == "gpu":
-                if gpus is not None:
+                if seen_gpu:
                     raise DeviceError(f"'gpu' appears twice in machine spec {spec!r}")
-                if n is None:  # every GPU found, and at least one
-                    n = max(1, len(detect_gpus()))
-                gpus = n
+                seen_gpu = True
+                gpus = n  # None: every usable GPU, and at least one
             else:
                 sims += [SimSpec(card=card_key)] * (1 if n is None else n)
-        return cls.from_spec(cpus=cpus, gpus=gpus or 0, sims=sims, spec=spec.strip())
+        return cls.from_spec(cpus=cpus, gpus="all" if gpus is None else gpus, sims=sims,
+                             spec=spec.strip())
 
     # -- description --------------------------------------------------------------------------
 
