@@ -49,12 +49,16 @@ GPU-like devices (``kind == "gpu"``: sim and cupy) additionally:
   return at once; shapes and dtypes must match exactly (DeviceError otherwise). The host buffer
   must not be touched until the copy's stream has passed it (record an event and wait on it).
 - ``synchronize()``: wait until every stream of the device is idle.
-- ``allocated`` (bytes in use in its memory space), ``free(buffer)`` is not needed: memory returns
-  when the last reference to a buffer goes.
+- ``allocated``: bytes in use in its memory space. There is no ``free``: memory returns when the
+  last reference to a buffer goes.
+- ``launch_kernel`` (CUDA: on the compute stream) and ``copy_*`` may also be called from any host
+  thread; each stream keeps the order in which work was enqueued.
 
-Construction of a real GPU: ``Machine.detect()`` builds
-``hetero.backends.cupy.CudaDevice(info.index, name="gpu:K", info=info)`` for each ``GpuInfo``
-found through cuda-python; ``rates_for(info)`` gives the rates to pass to ``Device.__init__``.
+Construction of a real GPU: ``Machine.detect()`` asks cuda-python for each GPU (``GpuInfo``) and
+builds ``hetero.backends.cupy.CudaDevice.from_index(ordinal, name="gpu:<ordinal>")``, which sets
+its attributes itself (it need not call ``Device.__init__``; the class attributes below are the
+defaults for what it leaves out); then ``_adopt_rates`` gives it the links of ``rates_for(info)``
+and, for a card in ``CARDS``, its published peak rates.
 """
 
 from __future__ import annotations
@@ -74,7 +78,8 @@ from hetero.errors import DeviceError
 
 log = logging.getLogger("hetero.devices")
 
-#: Op classes rated separately (same tuple as ``hetero.ops.registry.OP_CLASSES``).
+#: Op classes rated separately (the tuple of ``hetero.ops.registry.OP_CLASSES``, repeated here so
+#: that this module does not import the op registry; tests check that the two agree).
 OP_CLASSES = ("elementwise", "matmul", "conv", "reduce", "data", "norm")
 
 _DEVICE_RE = re.compile(r"^(cpu|gpu)(?::(\d+))?$")

@@ -348,3 +348,7 @@ def test_spec_strings_round_trip(cpus, cards):
         for t in m.memory_spaces:
             assert m.link(s, t) == m.link(t, s)
             assert again.link(s, t) == m.link(s, t)
+
+
+def test_op_classes_agree_with_the_registry():
+    assert dv.OP_CLASSES == OP_CLASSES

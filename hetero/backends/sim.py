@@ -10,6 +10,8 @@ mixes it with a host array or a buffer of another space raises DeviceError, so a
 shows up as an error naming the buffer's space, as it would on a GPU, never as a silent success.
 ``empty`` counts bytes against ``capacity`` and raises OutOfMemoryError past it; the bytes return
 when the last view of the buffer is garbage-collected (``weakref.finalize`` on the base array).
+(Arrays that NumPy arithmetic on buffers creates outside kernels are not counted; kernels write
+into buffers from ``empty``, and the executor allocates only through it.)
 
 Streams. Each device has three ``SimStream``s: compute, h2d (host to device) and d2h (device to
 host). A stream is one daemon thread draining an in-order queue of items: ``run`` (call a function;
