@@ -719,7 +719,8 @@ SPEC_GRAMMAR = (
     "  cpu[:N]          N CPU workers cpu:0..cpu:N-1 (default: one per core)\n"
     "  gpu[:N]          N real CUDA GPUs (default: every usable one)\n"
     "  sim[:N][@CARD]   N simulated GPUs, with the published rates of CARD if given\n"
-    "Real GPUs are named by CUDA ordinal (gpu:0, ...), simulated ones after them. Cards: " + ", ".join(CARDS) + "\n"
+    "Real GPUs are named by CUDA ordinal (gpu:0, ...), simulated ones after them.\n"
+    "Cards: " + ", ".join(CARDS) + "\n"
     "examples: 'cpu:2,gpu:1', 'cpu:2,sim:1', 'cpu:4,sim:2@a100'")
 
 _ITEM_RE = re.compile(r"^(cpu|gpu|sim)(?::(\d+))?(?:@([a-z0-9][a-z0-9_.-]*))?$")
