@@ -46,10 +46,21 @@ class _Val:
     spec: TensorSpec
     array: np.ndarray | None = None
     value: Value | None = None
+    hint: str | None = None  # ONNX name of a constant, used if it becomes a constant node
+    sources: frozenset[str] = frozenset()  # graph inputs this value is computed from
 
     @property
     def is_const(self) -> bool:
         return self.array is not None
+
+
+class StaticInputError(ModelError):
+    """A graph input feeds a parameter that must be known at import (a Reshape target, Slice
+    bounds, ...). ``inputs`` names those graph inputs; pass their values as ``static_inputs``."""
+
+    def __init__(self, message: str, inputs: frozenset[str]) -> None:
+        super().__init__(message)
+        self.inputs = inputs
 
 
 class _Builder:
@@ -82,8 +93,9 @@ class _Builder:
         got = self._const_nodes.get(key)
         if got is not None:
             return got
-        node = Node(self.fresh(name), "constant", outputs=(v.spec,), where=where)
-        arr = np.ascontiguousarray(v.array)
+        node = Node(self.fresh(_clean(v.hint or name)), "constant", outputs=(v.spec,),
+                    where=where)
+        arr = np.array(v.array, order="C")
         self.nodes.append(node)
         self.constants[node.name] = arr
         self._const_nodes[key] = node.value()
@@ -112,7 +124,8 @@ class _Builder:
         values = tuple(self.materialize(v, f"{name}_const{i}", where) for i, v in enumerate(ins))
         node = Node(self.fresh(name), op_name, values, attrs, tuple(specs), where=where)
         self.nodes.append(node)
-        return [_Val(s, value=node.value(i)) for i, s in enumerate(specs)]
+        sources = frozenset().union(*(v.sources for v in ins))
+        return [_Val(s, value=node.value(i), sources=sources) for i, s in enumerate(specs)]
 
 
 class _Ctx:
@@ -167,8 +180,11 @@ class _Ctx:
         if v is None:
             return None
         if not v.is_const:
-            raise self.fail(f"{what} (input {i}) must be a constant or computed from constants "
-                            "and shapes: hetero graphs have static shapes")
+            raise StaticInputError(
+                f"{self.where} ({self.op_type}): {what} (input {i}) must be a constant or "
+                "computed from constants and shapes (hetero graphs have static shapes); it "
+                f"depends on graph input(s) {', '.join(sorted(v.sources))}: pass their values "
+                "as static_inputs", v.sources)
         return v.array
 
     def spec(self, i: int) -> TensorSpec:
@@ -236,7 +252,7 @@ _BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow",
 
 
 def _binary_converter(onnx_op: str, op: str) -> None:
-    @_converts(onnx_op, needs=(op, "reshape", "cast"))
+    @_converts(onnx_op, needs=(op,))
     def convert(ctx: _Ctx) -> list[_Val]:
         a, b = ctx.inp(0), ctx.inp(1)
         b = _legacy_broadcast(ctx, a, b)
@@ -244,8 +260,6 @@ def _binary_converter(onnx_op: str, op: str) -> None:
             if onnx_op != "Pow":
                 raise ctx.fail(f"inputs have different dtypes {a.spec.dtype} and {b.spec.dtype}")
             b = ctx.emit("cast", [b], to=a.spec.dtype.name)  # Pow(12+) allows a mixed exponent
-        if op == "div" and a.spec.dtype.kind in "iu":
-            raise ctx.fail("integer division is not supported (floating point only)")
         return [ctx.emit(op, [a, b])]
 
 
@@ -478,7 +492,7 @@ def _flatten(ctx: _Ctx) -> list[_Val]:
     nd = x.spec.ndim
     if not -nd <= axis <= nd:
         raise ctx.fail(f"axis {axis} out of range for rank {nd}")
-    return [ctx.emit("flatten", [x], axis=axis % (nd + 1) if axis < 0 else axis)]
+    return [ctx.emit("flatten", [x], axis=axis + nd if axis < 0 else axis)]
 
 
 @_converts("Transpose", needs=("transpose",))
@@ -844,6 +858,10 @@ def _lrn(ctx: _Ctx) -> list[_Val]:
 # Tensors, external data
 
 
+_DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                     "uint64", "float16", "float32", "float64"})
+
+
 def _onnx_dtype(code: int, ctx: _Ctx | None = None) -> np.dtype:
     import onnx.helper
 
@@ -851,8 +869,11 @@ def _onnx_dtype(code: int, ctx: _Ctx | None = None) -> np.dtype:
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(code)))
     except Exception:
         dtype = None
-    if dtype is None or dtype.kind not in "biuf" or dtype.name in ("bfloat16",):
-        msg = f"tensor type {code} is not supported (bool, integer and float tensors are)"
+    if dtype is None or dtype.name not in _DTYPES:
+        name = onnx.TensorProto.DataType.Name(int(code)) if code in \
+            onnx.TensorProto.DataType.values() else str(code)
+        msg = (f"tensor type {name} is not supported (bool, int8-64, uint8-64, float16/32/64 "
+               "are)")
         raise ctx.fail(msg) if ctx else ModelError(msg)
     return dtype
 
@@ -909,11 +930,13 @@ def _tensor_to_array(tensor: Any, folder: str | None, where: str) -> np.ndarray:
 
 class _Importer:
     def __init__(self, model: Any, source: str, folder: str | None,
-                 input_shapes: Mapping[str, Sequence[int]] | None) -> None:
+                 input_shapes: Mapping[str, Sequence[int]] | None = None,
+                 static_inputs: Mapping[str, Any] | None = None) -> None:
         self.model = model
         self.source = source
         self.folder = folder
         self.input_shapes = dict(input_shapes or {})
+        self.static_inputs = {k: np.asarray(v) for k, v in (static_inputs or {}).items()}
         self.builder = _Builder()
         self.opset = _opset(model)
 
@@ -923,12 +946,16 @@ class _Importer:
         env: dict[str, _Val] = {}
         inits = {t.name for t in g.initializer}
         for t in g.initializer:
-            env[t.name] = self.builder.const(_tensor_to_array(t, self.folder,
-                                                              f"{self.source}:{t.name}"))
+            arr = _tensor_to_array(t, self.folder, f"{self.source}:{t.name}")
+            env[t.name] = _Val(TensorSpec.of(arr), array=arr, hint=t.name)
         inputs = []
         for vi in g.input:
             if vi.name in inits:
                 continue  # (IR < 4) an initializer listed as an input: a constant
+            if vi.name in self.static_inputs:
+                arr = self.static_inputs[vi.name]
+                env[vi.name] = _Val(TensorSpec.of(arr), array=arr, hint=vi.name)
+                continue
             spec = self._input_spec(vi)
             name = self.builder.fresh(vi.name)
             if name != vi.name:
@@ -936,7 +963,7 @@ class _Importer:
             node = Node(name, "input", outputs=(spec,), where=f"{self.source}:{vi.name}")
             self.builder.nodes.append(node)
             inputs.append(name)
-            env[vi.name] = _Val(spec, value=node.value())
+            env[vi.name] = _Val(spec, value=node.value(), sources=frozenset({vi.name}))
         for index, node in enumerate(g.node):
             self._convert(node, index, env)
         outputs = []
@@ -993,6 +1020,8 @@ class _Importer:
             if name:
                 if v is None:
                     raise ctx.fail(f"output {name!r} is not supported")
+                if v.is_const and v.hint is None:
+                    v = _Val(v.spec, array=v.array, hint=name)
                 env[name] = v
         for name in node.output[len(outs):]:
             if name:
@@ -1046,12 +1075,14 @@ def _read_model(model: Any) -> tuple[Any, str, str | None]:
 
 
 def load(model: Any, *, input_shapes: Mapping[str, Sequence[int]] | None = None,
-         base_dir: str | None = None) -> Graph:
+         static_inputs: Mapping[str, Any] | None = None, base_dir: str | None = None) -> Graph:
     """Import an ONNX model (a path or an ``onnx.ModelProto``) as a hetero Graph.
 
     Args:
         model: path to a ``.onnx`` file, or a ModelProto.
         input_shapes: shapes for graph inputs whose declared shape is symbolic or missing.
+        static_inputs: values for graph inputs that become constants (needed where an input
+            feeds a Reshape target, Slice bounds, ...); they are not inputs of the Graph.
         base_dir: folder for external tensor data of a ModelProto (a path uses its own folder).
 
     Raises:
@@ -1059,7 +1090,7 @@ def load(model: Any, *, input_shapes: Mapping[str, Sequence[int]] | None = None,
             external data path that leaves the model's folder.
     """
     proto, source, folder = _parse(model, base_dir)
-    return _Importer(proto, source, folder, input_shapes).run()
+    return _Importer(proto, source, folder, input_shapes, static_inputs).run()
 
 
 def _parse(model: Any, base_dir: str | None) -> tuple[Any, str, str | None]:
@@ -1102,7 +1133,13 @@ def compile_graph(graph: Graph, machine: Any = None, **options: Any) -> Callable
 
 
 class _Runner:
-    """A loaded model, compiled per input signature, run on NumPy inputs."""
+    """A loaded model, compiled per input signature, run on NumPy inputs.
+
+    Graph inputs that feed import-time parameters (a Reshape target given as an input, ...)
+    are found on the first import attempt (``StaticInputError``) and then treated as static:
+    their values become constants and are part of the compile cache key, as a Python argument
+    of ``@hetero.function`` is.
+    """
 
     def __init__(self, model: Any, machine: Any = None, base_dir: str | None = None,
                  **options: Any) -> None:
@@ -1111,36 +1148,54 @@ class _Runner:
         self.options = options
         g = self.proto.graph
         inits = {t.name for t in g.initializer}
-        self.input_names = [vi.name for vi in g.input if vi.name not in inits]
-        self.output_names = [vo.name for vo in g.output]
-        self._compiled: dict[tuple, Callable[..., list]] = {}
+        self.inputs = [vi for vi in g.input if vi.name not in inits]
+        self.input_names = [vi.name for vi in self.inputs]
+        self.static_names: set[str] = set()
+        self._compiled: dict[tuple, tuple[tuple[str, ...], Callable[..., list]]] = {}
         _check_supported(self.proto, self.source)
-        if self._static():
-            self._get(None)
+        declared = self._declared()
+        if declared is not None:  # compile now, so an unsupported model fails in prepare()
+            try:
+                self._compiled[self._key(declared)] = self._compile(declared, None)
+            except StaticInputError as exc:
+                self.static_names |= exc.inputs
 
-    def _static(self) -> bool:
-        g = self.proto.graph
-        inits = {t.name for t in g.initializer}
-        for vi in g.input:
-            if vi.name in inits:
-                continue
+    def _declared(self) -> list[TensorSpec] | None:
+        """The declared input specs, or None if some are symbolic or of unsupported types."""
+        specs = []
+        for vi in self.inputs:
             t = vi.type.tensor_type
             if not t.HasField("shape") or any(not d.HasField("dim_value") for d in t.shape.dim):
-                return False
-        return True
+                return None
+            try:
+                specs.append(TensorSpec(tuple(d.dim_value for d in t.shape.dim),
+                                        _onnx_dtype(t.elem_type)))
+            except ModelError:
+                return None
+        return specs
 
-    def _get(self, arrays: Sequence[np.ndarray] | None) -> Callable[..., list]:
-        key = None if arrays is None else tuple((a.shape, a.dtype.str) for a in arrays)
-        fn = self._compiled.get(key)
-        if fn is None and arrays is not None:
-            fn = self._compiled.get(None)
-        if fn is None:
-            shapes = None if arrays is None else dict(zip(self.input_names,
-                                                          (a.shape for a in arrays)))
-            graph = _Importer(self.proto, self.source, self.folder, shapes).run()
-            fn = compile_graph(graph, self.machine, **self.options)
-            self._compiled[key] = fn
-        return fn
+    def _key(self, items: Sequence[Any]) -> tuple:
+        key = []
+        for name, x in zip(self.input_names, items):
+            value = x.tobytes() if name in self.static_names and isinstance(x, np.ndarray) \
+                else None
+            key.append((x.shape, np.dtype(x.dtype).str, value))
+        return tuple(key)
+
+    def _compile(self, specs: Sequence[Any], arrays: Sequence[np.ndarray] | None
+                 ) -> tuple[tuple[str, ...], Callable[..., list]]:
+        while True:
+            static = {} if arrays is None else {
+                n: a for n, a in zip(self.input_names, arrays) if n in self.static_names}
+            shapes = {n: s.shape for n, s in zip(self.input_names, specs)}
+            try:
+                graph = _Importer(self.proto, self.source, self.folder, shapes, static).run()
+            except StaticInputError as exc:
+                if arrays is None or not exc.inputs or exc.inputs <= self.static_names:
+                    raise
+                self.static_names |= exc.inputs
+                continue
+            return graph.inputs, compile_graph(graph, self.machine, **self.options)
 
     def run(self, inputs: Any) -> list[np.ndarray]:
         if isinstance(inputs, Mapping):
@@ -1151,9 +1206,13 @@ class _Runner:
         if len(arrays) != len(self.input_names):
             raise ModelError(f"{self.source} takes {len(self.input_names)} inputs "
                              f"({', '.join(self.input_names)}), got {len(arrays)}")
-        key = tuple((a.shape, a.dtype.str) for a in arrays)
-        fn = self._compiled.get(key) or self._get(arrays)
-        return fn(*arrays)
+        entry = self._compiled.get(self._key(arrays))
+        if entry is None:
+            entry = self._compile([TensorSpec.of(a) for a in arrays], arrays)
+            self._compiled[self._key(arrays)] = entry
+        names, fn = entry
+        by_name = dict(zip(self.input_names, arrays))
+        return fn(*(by_name[n] for n in names))
 
 
 def _backend_classes() -> tuple[type, type]:

@@ -1,0 +1,70 @@
+"""The one place that says which onnx.backend.test tests hetero does not run, and why.
+
+A backend test runs when every op of its model is one we claim (``CLAIMED_OPS``) and it is not
+listed in ``EXCLUDED``. Two kinds of test do not run:
+
+- tests whose model uses an op we do not claim: the reason names those ops (computed from the
+  model, so the list stays exact as onnx adds tests);
+- tests of claimed ops that use a feature we do not support (a dtype, 3-D convolution, training
+  mode, ...): listed by name pattern in ``EXCLUDED`` with the reason.
+
+Nothing is excluded to hide a wrong result: a claimed op that computes a wrong value fails.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: ONNX op types hetero converts (hetero/onnx.py), checked against ``supported_ops()`` in tests.
+CLAIMED_OPS = frozenset({
+    "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Clip", "Concat",
+    "Constant", "ConstantOfShape", "Conv", "Div", "Dropout", "Elu", "Equal", "Erf", "Exp",
+    "Expand", "Flatten", "Floor", "Gather", "Gelu", "Gemm", "GlobalAveragePool",
+    "GlobalMaxPool", "Greater", "GreaterOrEqual", "HardSigmoid", "Identity",
+    "InstanceNormalization", "LRN", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax",
+    "MatMul", "Max", "MaxPool", "Mean", "Min", "Mul", "Neg", "PRelu", "Pad", "Pow",
+    "Reciprocal", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape",
+    "Selu", "Shape", "Sigmoid", "Sign", "Size", "Slice", "Softmax", "Softplus", "Softsign",
+    "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Tile", "Transpose", "Unsqueeze",
+    "Where",
+})
+
+_3D = "3-D spatial data (5-D tensors): hetero's conv and pool ops are 1-D/2-D only"
+_DTYPE = ("tensor type not supported: hetero has bool, int8-64, uint8-64 and float16/32/64; "
+          "not bfloat16, float8, float4, int4/int2 or strings")
+_TRAINING = "training mode (hetero runs inference only)"
+_TYPES = "optional and sequence values are not supported (tensors only)"
+
+#: Tests of claimed ops that use an unsupported feature: regex on the test name -> reason.
+EXCLUDED: dict[str, str] = {
+    r"^test_(Conv3d|AvgPool3d|MaxPool3d|BatchNorm3d)": _3D,
+    r"^test_(conv|averagepool|maxpool)_3d": _3D,
+    r"^test_cast(like)?_.*(BFLOAT16|FLOAT8|FLOAT4|INT4|UINT4|INT2|UINT2|STRING)": _DTYPE,
+    r"^test_equal_string": _DTYPE,
+    r"^test_training_dropout": _TRAINING,
+    r"^test_batchnorm_.*training_mode": _TRAINING,
+    r"^test_identity_(opt|sequence)": _TYPES,
+    r"^test_averagepool_2d_dilations": "AveragePool with dilations (opset 19): avg_pool2d has "
+                                       "no dilations",
+    r"^test_maxpool_with_argmax": "the Indices output of MaxPool is not supported",
+    r"^test_maxpool_2d_uint8": "max_pool2d takes floating-point inputs only",
+    r"^test_wrap_pad": "Pad mode 'wrap' is not supported (constant, reflect, edge are)",
+}
+
+
+def model_ops(model) -> set[str]:
+    """Op types of a model's main graph (``domain.op`` for other domains)."""
+    return {n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+            for n in model.graph.node}
+
+
+def exclusion_reason(name: str, model=None) -> str | None:
+    """Why test ``name`` (with ``model``, if already loaded) is not run; None if it runs."""
+    for pattern, reason in EXCLUDED.items():
+        if re.search(pattern, name):
+            return reason
+    if model is not None:
+        missing = model_ops(model) - CLAIMED_OPS
+        if missing:
+            return "uses ops hetero does not support: " + ", ".join(sorted(missing))
+    return None
