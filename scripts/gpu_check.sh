@@ -13,7 +13,6 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 OUT_DIR="${OUT_DIR:-gpu-check-out}"
-mkdir -p "$OUT_DIR"
 
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
     echo "gpu_check: no NVIDIA GPU here (nvidia-smi missing or lists no GPU)." >&2
@@ -21,6 +20,7 @@ if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; t
     exit 2
 fi
 nvidia-smi -L
+mkdir -p "$OUT_DIR"
 
 if [ "${SKIP_INSTALL:-0}" != "1" ]; then
     echo "== installing hetero[gpu,dev]"
