@@ -920,7 +920,14 @@ class Machine:
 
     @classmethod
     def parse(cls, spec: str) -> Machine:
-        """A machine from a spec string such as ``"cpu:2,sim:1@h100"`` (see ``SPEC_GRAMMAR``)."""
+        """A machine from a spec string such as ``"cpu:2,sim:1@h100"`` (see ``SPEC_GRAMMAR``).
+
+        >>> m = Machine.parse("cpu:2,sim:1@t4")
+        >>> [d.name for d in m.devices], m.memory_spaces
+        (['cpu:0', 'cpu:1', 'gpu:0'], ('host', 'gpu:0'))
+        >>> m.link("host", "gpu:0")
+        Link(bandwidth=16000000000.0, latency=1e-05)
+        """
         if isinstance(spec, Machine):
             return spec
         if not isinstance(spec, str) or not spec.strip():
