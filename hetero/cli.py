@@ -1,0 +1,664 @@
+"""The ``hetero`` command: see where a model's nodes would run, run it, calibrate the cost model.
+
+Subcommands (``hetero SUBCOMMAND --help`` for each):
+
+- ``hetero devices [--devices SPEC]``: the devices found (``Machine.detect()``) or described by a
+  spec, with their rates and the links between memory spaces.
+- ``hetero place MODEL``: compile MODEL for a machine and report the placement (table, JSON, DOT or
+  HTML; ``hetero.report``), with the estimated makespan next to its lower bound and to the "cpu"
+  and "gpu" policies.
+- ``hetero run MODEL``: compile and run with given (``--input name=file.npy``) or random inputs;
+  the median measured time of ``--repeat`` runs next to the estimate; a Chrome trace with
+  ``--profile``.
+- ``hetero calibrate [MODEL]``: time each kernel of MODEL (or of a built-in probe graph) on each
+  device and save the measurements that ``--cost measured`` then uses.
+
+MODEL is an ONNX file or ``path/to/file.py:function``; a Python function is imported by path and
+traced with ``hetero.function``, its arguments described by ``--input name=SHAPE[:DTYPE]``
+(``x=32x784:float32``). ``--devices SPEC`` (``cpu:16,sim:1@h100``) plans for a machine you may not
+have: simulated GPUs run anywhere.
+
+Exit status: 0 on success, 2 for a usage error (argparse: unknown option, bad SPEC, malformed
+--input), 1 for a model, placement or run error (a ``HeteroError``, or a file that cannot be read
+or written). An error is one line on stderr; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hetero.errors import HeteroError, ModelError
+
+PROG = "hetero"
+POLICIES = ("heft", "peft", "cpu", "gpu", "annotated")
+SPEC_EXAMPLE = "cpu:2,sim:1@h100"
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument types (their errors are usage errors: exit status 2)
+
+
+def _one_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def machine_arg(spec: str) -> Any:
+    """``--devices SPEC`` -> Machine (argparse type)."""
+    from hetero.devices import SPEC_GRAMMAR, Machine
+
+    try:
+        return Machine.parse(spec)
+    except HeteroError as exc:
+        msg = str(exc).replace(SPEC_GRAMMAR, "").strip().rstrip(":").strip()
+        raise argparse.ArgumentTypeError(
+            f"{_one_line(msg)} (a SPEC looks like {SPEC_EXAMPLE!r}; see 'hetero devices --help')"
+        ) from None
+
+
+@dataclass(frozen=True)
+class InputArg:
+    """One ``--input``: a name and either a shape and dtype or a ``.npy`` file."""
+
+    name: str
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None  # None: not given (float32 for a Python function's argument)
+    path: str | None = None
+
+    def array(self) -> np.ndarray | None:
+        """The array of a ``.npy`` input (None for a shape)."""
+        if self.path is None:
+            return None
+        try:
+            return np.load(self.path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"--input {self.name}: cannot read {self.path}: {exc}") from None
+
+
+def input_arg(text: str) -> InputArg:
+    """``name=SHAPE[:DTYPE]`` (``x=32x784:float32``; ``x=scalar:int64`` for a 0-d tensor) or
+    ``name=file.npy`` (argparse type)."""
+    name, sep, rest = text.partition("=")
+    name = name.strip()
+    if not sep or not name or not rest:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected name=SHAPE[:DTYPE] (e.g. x=32x784:float32) or name=file.npy")
+    if rest.endswith(".npy"):
+        if not os.path.isfile(rest):
+            raise argparse.ArgumentTypeError(f"{text!r}: no such file {rest!r}")
+        return InputArg(name, path=rest)
+    shape_text, _, dtype_text = rest.partition(":")
+    dtype = None
+    if dtype_text.strip():
+        try:
+            dt = np.dtype(dtype_text.strip())
+        except TypeError:
+            raise argparse.ArgumentTypeError(f"{text!r}: unknown dtype {dtype_text!r}") from None
+        if dt.kind not in "biuf":
+            raise argparse.ArgumentTypeError(f"{text!r}: dtype {dtype_text!r} is not a number "
+                                             "or bool")
+        dtype = dt.name
+    if shape_text.strip() == "scalar":
+        return InputArg(name, (), dtype)
+    dims = shape_text.replace(",", "x").split("x")
+    try:
+        shape = tuple(int(d) for d in dims)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: bad shape {shape_text!r} (dimensions separated by 'x', e.g. 32x784)"
+        ) from None
+    if any(d < 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"{text!r}: negative dimension in {shape_text!r}")
+    return InputArg(name, shape, dtype)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading a model
+
+
+def _split_python_model(model: str) -> tuple[str, str] | None:
+    path, sep, func = model.rpartition(":")
+    if sep and path.endswith(".py") and func.isidentifier():
+        return path, func
+    return None
+
+
+def load_model(model: str, inputs: Sequence[InputArg] = ()) -> Any:
+    """The Graph of ``model``: an ONNX file, or ``file.py:function`` traced on ``inputs``.
+
+    Raises:
+        ModelError: no such file, not a model, unknown function, missing or unknown inputs.
+    """
+    py = _split_python_model(model)
+    if py is not None:
+        return _trace_python(py[0], py[1], inputs)
+    if model.endswith(".py") or (":" in model and ".py:" in model):
+        raise ModelError(f"{model}: a Python model is given as path/to/file.py:function")
+    if not os.path.exists(model):
+        raise ModelError(f"{model}: no such model file (MODEL is an .onnx file or "
+                         "path/to/file.py:function)")
+    if os.path.isdir(model):
+        raise ModelError(f"{model}: is a folder, not a model file")
+    return _load_onnx(model, inputs)
+
+
+def _load_onnx(path: str, inputs: Sequence[InputArg]) -> Any:
+    try:
+        import hetero.onnx as hx
+    except ImportError as exc:  # the onnx package is an optional extra
+        raise ModelError(f"{path}: reading ONNX models needs the onnx package "
+                         f"(pip install 'hetero[onnx]'): {exc}") from None
+    shapes = {}
+    for arg in inputs:
+        arr = arg.array()
+        shapes[arg.name] = tuple(arr.shape) if arr is not None else arg.shape
+    graph = hx.load(path, input_shapes=shapes or None)
+    unknown = [a.name for a in inputs if a.name not in graph.inputs]
+    if unknown:
+        raise ModelError(f"{path}: no graph input named {', '.join(map(repr, unknown))} "
+                         f"(inputs: {', '.join(graph.inputs) or 'none'})")
+    for arg in inputs:
+        spec = graph.node(arg.name).outputs[0]
+        arr = arg.array()
+        shape = tuple(arr.shape) if arr is not None else arg.shape
+        dtype = arr.dtype.name if arr is not None else arg.dtype
+        if shape != spec.shape or (dtype is not None and dtype != spec.dtype.name):
+            raise ModelError(f"{path}: --input {arg.name} gives {dtype or spec.dtype.name}"
+                             f"{list(shape)}, but the model fixes input {arg.name!r} as "
+                             f"{spec.dtype.name}{list(spec.shape)}")
+    return graph
+
+
+def _import_file(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise ModelError(f"{path}: no such Python file")
+    folder = os.path.dirname(os.path.abspath(path))
+    stem = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(f"hetero_model_{stem}", path)
+    if spec is None or spec.loader is None:
+        raise ModelError(f"{path}: cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, folder)  # so the model file can import its neighbours
+    try:
+        spec.loader.exec_module(module)
+    except HeteroError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{path}: importing it failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if sys.path and sys.path[0] == folder:
+            sys.path.pop(0)
+    return module
+
+
+def _trace_python(path: str, func: str, inputs: Sequence[InputArg]) -> Any:
+    from hetero.tracing import Function
+
+    module = _import_file(path)
+    fn = getattr(module, func, None)
+    if fn is None or not callable(fn):
+        found = sorted(n for n, v in vars(module).items()
+                       if callable(v) and not n.startswith("_") and inspect.isfunction(v)
+                       and v.__module__ == module.__name__)
+        raise ModelError(f"{path}: no function {func!r} (functions: {', '.join(found) or 'none'})")
+    target = fn.fn if isinstance(fn, Function) else fn
+    try:
+        params = [p for p in inspect.signature(target).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    by_name = {a.name: a for a in inputs}
+    names = [p.name for p in params]
+    unknown = [n for n in by_name if n not in names]
+    if unknown:
+        raise ModelError(f"{path}:{func} has no argument {', '.join(map(repr, unknown))} "
+                         f"(arguments: {', '.join(names) or 'none'})")
+    required = [p.name for p in params if p.default is p.empty]
+    missing = [n for n in required if n not in by_name]
+    if missing:
+        hint = " ".join(f"--input {n}=SHAPE:DTYPE" for n in missing)
+        raise ModelError(f"{path}:{func} needs a shape for argument "
+                         f"{', '.join(map(repr, missing))}: add {hint}")
+    args = []
+    for n in names:
+        if n not in by_name:
+            break  # the remaining arguments keep their defaults
+        arg = by_name[n]
+        arr = arg.array()
+        args.append(arr if arr is not None else np.zeros(arg.shape, arg.dtype or "float32"))
+    traced = fn if isinstance(fn, Function) else Function(fn, name=func)
+    try:
+        return traced.graph(*args)
+    except HeteroError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{path}:{func}: tracing failed: {type(exc).__name__}: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+def _machine(args: argparse.Namespace) -> Any:
+    if args.devices is not None:
+        return args.devices
+    from hetero.devices import Machine
+
+    return Machine.detect()
+
+
+def _cost(args: argparse.Namespace, machine: Any) -> Any:
+    from hetero.cost import MeasuredCost, RooflineCost
+
+    if getattr(args, "cost", "roofline") == "measured":
+        return MeasuredCost(machine, path=args.cost_file)
+    return RooflineCost(machine)
+
+
+def _write(text: str, path: str | None) -> None:
+    if path is None or path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)  # never leave a half-written report behind
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise HeteroError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _compile(args: argparse.Namespace, graph: Any, machine: Any, cost: Any) -> Any:
+    from hetero.compiler import compile as compile_plan
+
+    return compile_plan(graph, machine=machine, policy=args.policy, cost=cost)
+
+
+# ----------------------------------------------------------------------------------------------
+# hetero devices
+
+
+def _rate(value: float) -> str:
+    return f"{value / 1e12:.3g}T" if value >= 1e11 else f"{value / 1e9:.3g}G"
+
+
+def devices_table(machine: Any) -> str:
+    """The devices of ``machine`` with their rates, and the links between memory spaces."""
+    from hetero.report import _table, fmt_bytes, fmt_time
+
+    rows = []
+    for d in machine.devices:
+        p = d.peak_flops
+        rows.append([d.name, d.kind, d.backend, d.memory_space, fmt_bytes(d.capacity),
+                     _rate(p.get("matmul", 0.0)), _rate(p.get("conv", 0.0)),
+                     _rate(p.get("elementwise", 0.0)), f"{d.mem_bandwidth / 1e9:.4g} GB/s",
+                     fmt_time(d.launch_overhead), str(getattr(d, "model", "") or "")])
+    lines = [f"machine {machine.spec}  ({len(machine.cpus())} CPU worker(s), "
+             f"{len(machine.gpus())} GPU(s))", ""]
+    lines += _table(["device", "kind", "backend", "memory", "capacity", "matmul/s", "conv/s",
+                     "eltwise/s", "bandwidth", "launch", "model"], rows, right=(4, 5, 6, 7, 8, 9))
+    links = []
+    spaces = list(machine.memory_spaces)
+    for i, a in enumerate(spaces):
+        for b in spaces[i + 1:]:
+            lk = machine.link(a, b)
+            links.append([f"{a} <-> {b}", f"{lk.bandwidth / 1e9:.4g} GB/s",
+                          fmt_time(lk.latency)])
+    if links:
+        lines += ["", *_table(["link", "bandwidth", "latency"], links, right=(1, 2))]
+    lines += ["", "peak rates are FLOP/s per op class (the cost model's roofline); "
+                  "'hetero calibrate' measures real kernel times"]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    machine = _machine(args)
+    if args.format == "json":
+        _write(json.dumps(machine.to_json(), indent=2) + "\n", None)
+    else:
+        _write(devices_table(machine), None)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# hetero place
+
+
+def cmd_place(args: argparse.Namespace) -> int:
+    from hetero import report
+
+    machine = _machine(args)
+    cost = _cost(args, machine)
+    graph = load_model(args.model, args.input)
+    plan = _compile(args, graph, machine, cost)
+    policies = None
+    if not args.no_compare:
+        policies = report.compare_policies(graph, machine, cost,
+                                           [p for p in ("cpu", "gpu") if p != args.policy])
+    doc = report.build(plan, source=args.model, policies=policies)
+    _write(report.render(doc, args.format), args.output)
+    if args.output not in (None, "-"):
+        print(f"wrote {args.format} report to {args.output} (estimated makespan "
+              f"{report.fmt_time(plan.makespan)}, lower bound "
+              f"{report.fmt_time(plan.lower_bound)})", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# hetero run
+
+
+def _run_inputs(graph: Any, given: Sequence[InputArg], seed: int) -> list[np.ndarray]:
+    """One array per graph input: from its ``.npy`` file, else random of the input's spec."""
+    rng = np.random.default_rng(seed)
+    files = {a.name: a for a in given if a.path is not None}
+    arrays = []
+    for name in graph.inputs:
+        spec = graph.node(name).outputs[0]
+        if name in files:
+            arr = files[name].array()
+            if arr.shape != spec.shape or arr.dtype != spec.dtype:
+                raise ModelError(f"--input {name}={files[name].path}: the file holds "
+                                 f"{arr.dtype}{list(arr.shape)}, the model takes "
+                                 f"{spec.dtype}{list(spec.shape)}")
+            arrays.append(arr)
+        elif spec.dtype.kind == "f":
+            arrays.append(rng.standard_normal(spec.shape).astype(spec.dtype))
+        elif spec.dtype.kind == "b":
+            arrays.append(rng.integers(0, 2, spec.shape).astype(bool))
+        else:  # integer inputs are usually indices: zeros are valid for any table size
+            arrays.append(np.zeros(spec.shape, spec.dtype))
+    return arrays
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from hetero.report import fmt_time
+
+    machine = _machine(args)
+    cost = _cost(args, machine)
+    graph = load_model(args.model, args.input)
+    plan = _compile(args, graph, machine, cost)
+    arrays = _run_inputs(graph, args.input, args.seed)
+    outputs = plan.run(*arrays)  # warm-up: arenas, constant uploads, first-touch costs
+    times = []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        outputs = plan.run(*arrays)
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    used = sorted({n.device for n in plan.graph.nodes if n.op not in ("input", "constant")})
+    print(f"model {graph.name} ({args.model})  machine {machine.spec}  policy {plan.policy}")
+    print(f"devices used: {', '.join(used) or 'none'}; "
+          f"{len(plan.transfers())} transfer(s) per run")
+    print(f"measured  median {fmt_time(median)} of {args.repeat} run(s) "
+          f"(min {fmt_time(min(times))}, max {fmt_time(max(times))})")
+    ratio = f" (measured/estimated {median / plan.makespan:.2f}x)" if plan.makespan > 0 else ""
+    print(f"estimated {fmt_time(plan.makespan)}, lower bound {fmt_time(plan.lower_bound)}{ratio}")
+    if any(d.backend == "sim" for d in machine.devices):
+        print("note: a simulated GPU computes with NumPy on this host, so it runs no faster "
+              "than the host does, whatever card it simulates")
+    for v, out in zip(graph.outputs, outputs):
+        arr = np.asarray(out)
+        print(f"output {v.node}: {arr.dtype}{list(arr.shape)}")
+    if args.check:
+        from hetero import reference
+
+        expected = reference.run(graph, arrays)
+        worst = 0.0
+        for got, want in zip(outputs, expected):
+            g = np.asarray(got, dtype=np.float64)
+            w = np.asarray(want, dtype=np.float64)
+            if g.size:
+                worst = max(worst, float(np.max(np.abs(g - w) / (1.0 + np.abs(w)))))
+        print(f"check against the reference executor: max relative error {worst:.3g}")
+    if args.profile:
+        _, prof = plan.run(*arrays, profile=True)
+        try:
+            prof.save(args.profile)
+        except OSError as exc:
+            raise HeteroError(f"cannot write {args.profile}: {exc.strerror or exc}") from None
+        print(f"wrote Chrome trace of one profiled run ({fmt_time(prof.makespan)}) to "
+              f"{args.profile} (open in chrome://tracing or https://ui.perfetto.dev)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# hetero calibrate
+
+
+def probe_graph() -> Any:
+    """A small graph with one kernel of each op class at sizes typical of real models: what
+    ``hetero calibrate`` times when no MODEL is given."""
+    from hetero import ops
+    from hetero.tracing import Function
+
+    def probe(a, b, image, weight):
+        m = a @ b
+        act = ops.relu(m + m)
+        total = ops.sum(act, axes=(1,))
+        conv = ops.conv2d(image, weight, pads=(1, 1, 1, 1))
+        pooled = ops.max_pool2d(conv, kernel_shape=(2, 2), strides=(2, 2))
+        return total, ops.softmax(ops.flatten(pooled), axis=-1)
+
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal(s).astype(np.float32)
+            for s in ((512, 512), (512, 512), (1, 16, 64, 64), (32, 16, 3, 3))]
+    return Function(probe, name="probe").graph(*args)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from hetero.cost import MeasuredCost, RooflineCost, calibrate, history_key, input_specs
+    from hetero.ops import registry
+    from hetero.report import _table, fmt_time
+
+    machine = _machine(args)
+    graph = load_model(args.model, args.input) if args.model else probe_graph()
+    cost = MeasuredCost(machine, path=args.cost_file, repeats=args.repeats)
+    before = set(cost.history)
+    calibrate(graph, machine, cost=cost, progress=not args.no_progress)
+    roofline = RooflineCost(machine)
+    rows = []
+    for node in graph.nodes:
+        if node.op in registry.STRUCTURAL_OPS:
+            continue
+        ins = input_specs(graph, node)
+        for dev in machine.devices:
+            key = history_key(node, ins, dev)
+            entry = cost.history.get(key)
+            if entry is None or key in before:
+                continue
+            est = roofline.compute(node, dev, ins)
+            rows.append([node.name, node.op, dev.name, fmt_time(entry["mean"]), fmt_time(est),
+                         f"{entry['mean'] / est:.2f}x" if est > 0 else "-"])
+    if rows:
+        print("\n".join(_table(["node", "op", "device", "measured", "roofline", "ratio"], rows,
+                               right=(3, 4, 5))))
+    print(f"measured {len(rows)} kernel(s) of {graph.name} on {machine.spec}; "
+          f"{len(before)} already cached")
+    for why in cost.failed.values():
+        print(f"skipped (kept the roofline estimate): {why}")
+    print(f"saved to {cost.path}; use it with: hetero place MODEL --cost measured"
+          + (f" --cost-file {args.cost_file}" if args.cost_file else ""))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Parser
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _spec_help() -> str:
+    from hetero.devices import SPEC_GRAMMAR
+
+    return SPEC_GRAMMAR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``hetero`` command (every subcommand has ``--help``)."""
+    import hetero
+
+    # --debug is accepted before and after the subcommand; SUPPRESS keeps a subcommand's default
+    # from overwriting a --debug given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full error message and traceback on failure")
+    machine = argparse.ArgumentParser(add_help=False)
+    machine.add_argument("--devices", metavar="SPEC", type=machine_arg, default=None,
+                         help=f"machine to plan for, e.g. {SPEC_EXAMPLE!r} (default: the devices "
+                              "detected on this host); simulated GPUs work anywhere")
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("model", metavar="MODEL",
+                       help="an .onnx file, or path/to/file.py:function")
+    model.add_argument("--input", metavar="NAME=SHAPE[:DTYPE]|NAME=FILE.npy", type=input_arg,
+                       action="append", default=[],
+                       help="shape and dtype of an input (x=32x784:float32; needed for each "
+                            "argument of a Python function), or an array file; repeatable")
+    planning = argparse.ArgumentParser(add_help=False)
+    planning.add_argument("--policy", choices=POLICIES, default="heft",
+                          help="placement policy (default: heft)")
+    planning.add_argument("--cost", choices=("roofline", "measured"), default="roofline",
+                          help="cost model: device specs (roofline) or the times saved by "
+                               "'hetero calibrate' (measured; roofline where not measured)")
+    planning.add_argument("--cost-file", metavar="FILE", default=None,
+                          help="measured-cost file (default: $HETERO_CACHE_DIR/costs.json or "
+                               "~/.cache/hetero/costs.json)")
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=_Formatter,
+        description="Place, run and profile one computation graph on every processor of a "
+                    "machine at once (CPU workers and GPUs).",
+        epilog="examples:\n"
+               "  hetero devices\n"
+               "  hetero place examples/cnn.onnx --devices cpu:2,sim:1@h100\n"
+               "  hetero place examples/model.py:mlp --input x=64x784:float32 --format html "
+               "-o mlp.html\n"
+               "  hetero run examples/two_tower.onnx --devices cpu:2 --repeat 5 "
+               "--profile trace.json\n"
+               "  hetero calibrate --devices cpu:2\n\n"
+               "exit status: 0 ok, 1 model/placement/run error, 2 usage error")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full error message and traceback on failure")
+    parser.add_argument("--version", action="version", version=f"hetero {hetero.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("devices", parents=[common, machine], formatter_class=_Formatter,
+                       help="list the devices of this machine (or of a SPEC)",
+                       description="Show the devices Machine.detect() finds (or the machine a "
+                                   "SPEC describes): kind, backend, memory space, capacity, "
+                                   "peak rates, and the links between memory spaces.",
+                       epilog=_spec_help())
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(handler=cmd_devices)
+
+    p = sub.add_parser("place", parents=[common, machine, model, planning],
+                       formatter_class=_Formatter,
+                       help="show where every node would run, and why",
+                       description="Compile MODEL for a machine and report the placement: per "
+                                   "node its device, reason and estimated time; every transfer; "
+                                   "per device busy time and arena bytes; the estimated makespan "
+                                   "next to the lower bound and the 'cpu' and 'gpu' policies.",
+                       epilog=_spec_help())
+    p.add_argument("--format", choices=("table", "json", "dot", "html"), default="table",
+                   help="table (default), json (schema: hetero/schemas/placement.schema.json), "
+                        "dot (Graphviz), html (one self-contained page)")
+    p.add_argument("-o", "--output", metavar="FILE", default=None,
+                   help="write the report to FILE (default: standard output)")
+    p.add_argument("--no-compare", action="store_true",
+                   help="skip compiling the 'cpu' and 'gpu' policies for comparison")
+    p.set_defaults(handler=cmd_place)
+
+    p = sub.add_parser("run", parents=[common, machine, model, planning],
+                       formatter_class=_Formatter,
+                       help="run a model and compare the measured time with the estimate",
+                       description="Compile and run MODEL on given (--input name=file.npy) or "
+                                   "random inputs; print the median measured time of --repeat "
+                                   "runs (after one warm-up run) next to the estimated makespan.",
+                       epilog=_spec_help())
+    p.add_argument("--repeat", type=positive_int, default=10, metavar="N",
+                   help="timed runs (default 10); the median is reported")
+    p.add_argument("--profile", metavar="TRACE.json", default=None,
+                   help="write a Chrome trace (chrome://tracing, Perfetto) of one more run")
+    p.add_argument("--check", action="store_true",
+                   help="also compare the outputs with the sequential reference executor")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("calibrate", parents=[common, machine], formatter_class=_Formatter,
+                       help="measure kernel times for the cost model and save them",
+                       description="Time every distinct kernel of MODEL (default: a built-in "
+                                   "probe graph with a matmul, a convolution, elementwise ops "
+                                   "and reductions) on every device, with a progress bar, and "
+                                   "save the times for '--cost measured'.",
+                       epilog=_spec_help())
+    p.add_argument("model", metavar="MODEL", nargs="?", default=None,
+                   help="an .onnx file or path/to/file.py:function (default: probe graph)")
+    p.add_argument("--input", metavar="NAME=SHAPE[:DTYPE]|NAME=FILE.npy", type=input_arg,
+                   action="append", default=[], help="as for 'hetero place'")
+    p.add_argument("--cost-file", metavar="FILE", default=None,
+                   help="where to save (default: $HETERO_CACHE_DIR/costs.json or "
+                        "~/.cache/hetero/costs.json)")
+    p.add_argument("--repeats", type=positive_int, default=3, metavar="N",
+                   help="timed runs per kernel after a warm-up (default 3; the median is kept)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_calibrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hetero`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits with status 2 on a usage error
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `hetero place ... | head`
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        except OSError:
+            pass
+        return 0
+    except Exception as exc:
+        debug = getattr(args, "debug", False)
+        if debug:
+            traceback.print_exc()
+        if isinstance(exc, HeteroError):
+            print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
+        else:
+            print(f"{PROG}: internal error: {type(exc).__name__}: {_one_line(str(exc))}"
+                  + ("" if debug else " (run with --debug for the traceback)"),
+                  file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
