@@ -43,7 +43,7 @@ def test_compiles_to_ptx(source: Path, arch: str, tmp_path: Path):
         pytest.skip("nvcc is not on PATH (install the CUDA toolkit to compile-check kernels)")
     out = tmp_path / f"{source.stem}_{arch}.ptx"
     proc = subprocess.run(
-        [nvcc, "-ptx", f"-arch={arch}", "--std=c++14", "-Werror", "all-warnings",
+        [nvcc, "-ptx", f"-arch={arch}", "-Werror", "all-warnings",
          "-o", str(out), str(source)],
         capture_output=True, text=True, timeout=120)
     log = (proc.stdout + proc.stderr).strip()
@@ -89,7 +89,7 @@ def test_compiles_with_nvrtc(source: Path, arch: str):
     assert lib.nvrtcCreateProgram(ctypes.byref(prog), source.read_bytes(), source.name.encode(),
                                   0, None, None) == 0
     try:
-        opts = [b"--std=c++14", f"--gpu-architecture={arch}".encode()]
+        opts = [f"--gpu-architecture={arch}".encode()]
         rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
         size = ctypes.c_size_t()
         lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))

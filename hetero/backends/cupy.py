@@ -345,7 +345,12 @@ class CudaDevice(Device):
                                 f"(capacity {self.capacity} bytes): {exc}")
 
     def empty(self, spec, *, label: str | None = None):
-        """An uninitialised device array for ``spec`` (a ``TensorSpec``)."""
+        """An uninitialised device array for ``spec`` (a ``TensorSpec``).
+
+        The block comes from the compute stream's arena of CuPy's pool, so it may have been
+        freed by compute-stream work that has not run yet: work on another stream that writes a
+        fresh buffer must first wait for an event recorded on the compute stream.
+        """
         cp = _cupy()
         nbytes = int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
         self._check_capacity(nbytes, label)
@@ -374,6 +379,8 @@ class CudaDevice(Device):
                 with self.compute_stream.raw:
                     out = cp.empty(host.shape, dtype=host.dtype)
                 stream = self.h2d_stream
+                # the block may have been freed by compute-stream work still in flight
+                stream.wait(self.compute_stream.record())
                 self.copy_from_host(out, host, stream)
                 stream.synchronize()
                 return out
@@ -439,10 +446,14 @@ class CudaDevice(Device):
         """Enqueue a device -> device copy (``src`` and ``dst`` on any GPUs) on ``stream``."""
         cp = _cupy()
         src_dev = int(src.device.id)
-        with cp.cuda.Device(src_dev):
-            if not src.flags.c_contiguous:
-                with stream.raw:
+        if not src.flags.c_contiguous:
+            if src_dev == self.index:
+                with cp.cuda.Device(src_dev), stream.raw:
                     src = cp.ascontiguousarray(src)
+            else:  # a stream runs work of its own device only: pack on the source GPU first
+                with cp.cuda.Device(src_dev):
+                    src = cp.ascontiguousarray(src)
+                    cp.cuda.get_current_stream().synchronize()
         self._check_pair(dst, src, "copy_peer")
         if src.nbytes:
             with cp.cuda.Device(self.index):
@@ -500,7 +511,7 @@ def _function(filename: str, symbol: str):
     with _MODULES_LOCK:
         module = _MODULES.get(key)
         if module is None:
-            module = cp.RawModule(code=kernel_source(filename), options=("--std=c++14",))
+            module = cp.RawModule(code=kernel_source(filename))
             _MODULES[key] = module
     return module.get_function(symbol)
 
