@@ -77,3 +77,39 @@ def assert_matches(fn, ref, *arrays: np.ndarray, rtol: float = 1e-5, atol: float
         else:
             np.testing.assert_allclose(e, w, rtol=rtol, atol=atol)
     return eager
+
+
+def run_onnxruntime(op_type: str, inputs: list[np.ndarray], attrs: dict | None = None,
+                    constants: dict[str, np.ndarray] | None = None, n_outputs: int = 1,
+                    opset: int = 18) -> list[np.ndarray]:
+    """Outputs of one ONNX node run by onnxruntime: the external reference for ONNX semantics.
+
+    Args:
+        inputs: runtime inputs, named x0, x1, ...
+        constants: extra inputs given as initializers (ONNX's starts/ends/pads/axes inputs), in
+            the order the operator takes them after ``inputs``; a None value skips an optional
+            input.
+    """
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    names = [f"x{i}" for i in range(len(inputs))]
+    inits = []
+    for name, arr in (constants or {}).items():
+        if arr is None:
+            names.append("")
+            continue
+        names.append(name)
+        inits.append(numpy_helper.from_array(np.asarray(arr), name))
+    outs = [f"y{i}" for i in range(n_outputs)]
+    node = helper.make_node(op_type, names, outs, **(attrs or {}))
+    graph = helper.make_graph(
+        [node], "one_op",
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+         for n, a in zip(names, inputs)],
+        [helper.make_empty_tensor_value_info(o) for o in outs],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, dict(zip(names, inputs)))

@@ -114,3 +114,19 @@ def test_cost_counts_two_flops_per_multiply_add():
     cost = g.cost_of((a, b, c), (out,), g.normalize_attrs({"trans_a": 1}))
     assert cost.flops == 2 * 7 * 5 * 3 + 2 * 35
     assert g.arity == (2, 3) and g.op_class == "matmul"
+
+
+@pytest.mark.parametrize("trans_a", [0, 1])
+@pytest.mark.parametrize("trans_b", [0, 1])
+@pytest.mark.parametrize("c_shape", [None, (5,), (3, 1), (3, 5), ()])
+def test_gemm_matches_onnxruntime(trans_a, trans_b, c_shape):
+    pytest.importorskip("onnxruntime")
+    from op_reference import run_onnxruntime
+
+    a = rand(0, (4, 3) if trans_a else (3, 4))
+    b = rand(1, (5, 4) if trans_b else (4, 5))
+    ins = [a, b] if c_shape is None else [a, b, rand(2, c_shape)]
+    attrs = {"alpha": 0.5, "beta": 2.0, "transA": trans_a, "transB": trans_b}
+    (want,) = run_onnxruntime("Gemm", ins, attrs, opset=13)
+    got = ops.gemm(*ins, alpha=0.5, beta=2.0, trans_a=trans_a, trans_b=trans_b).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -137,3 +137,29 @@ def test_registry_entries_and_cost():
     op = REGISTRY["sum"]
     cost = op.cost_of((spec_in,), (spec_out,), op.normalize_attrs({"axes": (1,)}))
     assert cost.flops == 128 and cost.bytes == 4 * (128 + 8)
+
+
+@pytest.mark.parametrize("op_type, name", [("ReduceSum", "sum"), ("ReduceMax", "max"),
+                                           ("ReduceMin", "min"), ("ReduceMean", "mean")])
+@pytest.mark.parametrize("axes, keepdims", [((1,), 0), ((0, -1), 1), (None, 0)])
+def test_reductions_match_onnxruntime(op_type, name, axes, keepdims):
+    pytest.importorskip("onnxruntime")
+    from op_reference import run_onnxruntime
+
+    x = rand(0, (2, 3, 4))
+    consts = {} if axes is None else {"axes": np.asarray(axes, np.int64)}
+    (want,) = run_onnxruntime(op_type, [x], {"keepdims": keepdims}, constants=consts)
+    got = getattr(ops, name)(x, axis=axes, keepdims=keepdims).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("op_type, name", [("Softmax", "softmax"), ("LogSoftmax", "log_softmax")])
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+def test_softmax_matches_onnxruntime(op_type, name, axis):
+    pytest.importorskip("onnxruntime")
+    from op_reference import run_onnxruntime
+
+    x = rand(0, (3, 4, 2), low=-10, high=10)
+    (want,) = run_onnxruntime(op_type, [x], {"axis": axis}, opset=13)
+    np.testing.assert_allclose(getattr(ops, name)(x, axis=axis).numpy(), want, rtol=1e-5,
+                               atol=1e-6)

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from op_reference import SETTINGS, assert_matches, rand, run_modes, seeds, shapes
@@ -150,7 +150,7 @@ def test_slice_clamps_like_onnx_not_like_python():
 def test_flatten(shape, data, seed):
     axis = data.draw(st.integers(-len(shape), len(shape)))
     x = rand(seed, shape)
-    a = axis % (len(shape) + 1)
+    a = axis + len(shape) if axis < 0 else axis  # ONNX: -r means 0
     want = (math.prod(shape[:a]), math.prod(shape[a:]))
     assert_matches(lambda t: ops.flatten(t, axis), lambda v: v.reshape(want), x, exact=True)
 
@@ -322,3 +322,72 @@ def test_registry_entries_and_cost():
     op = REGISTRY["transpose"]
     cost = op.cost_of((spec,), (spec,), op.normalize_attrs({}))
     assert cost.flops == 0 and cost.bytes == 128
+
+
+# ----------------------------------------------------------------------------------------------
+# onnxruntime as the external reference for the ONNX semantics
+
+
+def _i64(values):
+    return np.asarray(values, dtype=np.int64)
+
+
+@SETTINGS
+@given(case=slice_case(), seed=seeds)
+def test_slice_matches_onnxruntime(case, seed):
+    pytest.importorskip("onnxruntime")
+    from op_reference import run_onnxruntime
+
+    shape, starts, ends, axes, steps = case
+    # onnxruntime reads an INT_MAX end with a negative step as "through index 0", against the
+    # spec's clamping to dim - 1 (and against ONNX's own shape inference); we follow the spec
+    assume(not any(st_ < 0 and e in (2**31 - 1, 2**63 - 1) for e, st_ in zip(ends, steps)))
+    x = rand(seed, shape)
+    (want,) = run_onnxruntime("Slice", [x], constants={
+        "starts": _i64(starts), "ends": _i64(ends), "axes": _i64(axes), "steps": _i64(steps)})
+    np.testing.assert_array_equal(ops.slice(x, starts, ends, axes, steps).numpy(), want)
+
+
+@SETTINGS
+@given(case=pad_case(), seed=seeds)
+def test_pad_matches_onnxruntime(case, seed):
+    pytest.importorskip("onnxruntime")
+    from op_reference import run_onnxruntime
+
+    shape, pads, mode = case
+    assume(shape != ())  # onnxruntime refuses to pad a 0-d tensor
+    x = rand(seed, shape)
+    (want,) = run_onnxruntime("Pad", [x], {"mode": mode}, constants={
+        "pads": _i64(pads), "value": np.asarray(2.5, np.float32)})
+    np.testing.assert_array_equal(ops.pad(x, pads, mode, 2.5).numpy(), want)
+
+
+@pytest.mark.parametrize("shape, indices, axis", [
+    ((5, 3), [[0, -1], [4, -5]], 0),
+    ((2, 4, 3), [-1, 1, -4], 1),
+    ((2, 4), 3, -1),
+    ((3,), [], 0),
+])
+def test_gather_matches_onnxruntime(shape, indices, axis):
+    pytest.importorskip("onnxruntime")
+    from op_reference import run_onnxruntime
+
+    x = rand(0, shape)
+    idx = _i64(indices)
+    (want,) = run_onnxruntime("Gather", [x, idx], {"axis": axis})
+    np.testing.assert_array_equal(ops.gather(x, idx, axis).numpy(), want)
+
+
+@pytest.mark.parametrize("shape, axis, sizes", [((7, 2), 0, (3, 0, 4)), ((2, 6), -1, (6,))])
+def test_split_and_flatten_match_onnxruntime(shape, axis, sizes):
+    pytest.importorskip("onnxruntime")
+    from op_reference import run_onnxruntime
+
+    x = rand(0, shape)
+    want = run_onnxruntime("Split", [x], {"axis": axis}, constants={"split": _i64(sizes)},
+                           n_outputs=len(sizes))
+    for got, w in zip(ops.split(x, sizes, axis), want):
+        np.testing.assert_array_equal(got.numpy(), w)
+    for a in range(-len(shape), len(shape) + 1):
+        (w,) = run_onnxruntime("Flatten", [x], {"axis": a})
+        np.testing.assert_array_equal(ops.flatten(x, a).numpy(), w)

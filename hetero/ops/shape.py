@@ -89,7 +89,7 @@ def _flatten_infer(ins, attrs):
     axis = attrs["axis"]
     if not -x.ndim <= axis <= x.ndim:
         raise ShapeError(f"flatten axis {axis} is out of range for rank {x.ndim}")
-    axis %= x.ndim + 1
+    axis += x.ndim if axis < 0 else 0
     return (TensorSpec((math.prod(x.shape[:axis]), math.prod(x.shape[axis:])), x.dtype),)
 
 
