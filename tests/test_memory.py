@@ -283,3 +283,21 @@ def test_steady_state_run_allocates_nothing_on_a_simulated_gpu():
     assert gpu.allocated == allocated
     assert gpu.peak_allocated == allocated
     assert ex.plan.memory["gpu:0"].arena_bytes <= allocated
+
+
+def test_the_validity_check_catches_a_bad_layout():
+    """Guard for assert_valid itself: two values in flight at once, put at one offset."""
+    import dataclasses
+
+    g = tiny_ops(4, size=64)
+    plan = plan_memory(make_plan(g, MACHINE, lambda n: "cpu:0"))
+    host = plan.memory["host"]
+    (v, (_, nb)), (w, _) = list(host.offsets.items())[:2]  # consecutive values: both live
+    bad = dict(host.offsets)
+    bad[w] = (0, nb)
+    bad[v] = (0, nb)
+    arena = dataclasses.replace(host, offsets=bad)
+    broken = plan.replace(memory=MemoryPlan({"host": arena, "gpu:0": plan.memory["gpu:0"]},
+                                            plan.memory.spaces))
+    with pytest.raises(AssertionError, match="share bytes"):
+        assert_valid(broken)
