@@ -191,3 +191,20 @@ def test_random_elementwise_chains_on_gpu_equal_numpy(ops, rows, cols, seed):
                 ref = {"relu": np.maximum(ref, 0), "neg": -ref, "abs": np.abs(ref)}[name]
     assert _on_gpu(t)
     np.testing.assert_allclose(t.numpy(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_a_failing_kernel_on_the_gpu_names_the_op_and_source_line(monkeypatch):
+    from hetero.errors import ExecutionError
+    from hetero.ops.registry import lookup
+
+    def broken(xp, ins, attrs, outs):
+        raise FloatingPointError("bad value")
+
+    monkeypatch.setitem(lookup("exp").kernels, "sim", broken)
+    t = ht.tensor(_rand(3), device="gpu:0")
+    with pytest.raises(ExecutionError,
+                       match=r"exp \(exp, from test_eager_devices.py:\d+\) failed on gpu:0: "
+                             r"FloatingPointError: bad value"):
+        ht.ops.exp(t)
+    monkeypatch.undo()  # the stream is not left poisoned: the next kernel runs
+    np.testing.assert_allclose(ht.ops.exp(t).numpy(), np.exp(t.numpy()), rtol=1e-6)

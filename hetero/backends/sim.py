@@ -432,9 +432,16 @@ class SimDevice(Device):
                             [raw(a) for a in outs])
 
     def run_kernel(self, op: Any, ins: Sequence[Any], attrs: Any, outs: Sequence[Any]) -> None:
-        """Run ``op``'s kernel on the compute stream and wait for it."""
+        """Run ``op``'s kernel on the compute stream and wait for it. A kernel's own exception is
+        raised as it is (as on a CPU worker), so the caller can name the node and source line."""
         self.launch_kernel(op, ins, attrs, outs)
-        self.compute_stream.synchronize()
+        try:
+            self.compute_stream.synchronize()
+        except ExecutionError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, Exception) and not isinstance(cause, ExecutionError):
+                raise cause from None
+            raise
 
     def synchronize(self) -> None:
         """Wait until every stream of this device is idle; raise the first stream error."""
