@@ -229,6 +229,38 @@ def test_conv2d_bias_and_dtype_errors():
         op.infer_specs((x, TensorSpec((4, 3, 3, 3), np.float64)), op.normalize_attrs({}))
 
 
+@given(n=st.integers(1, 2), c=st.integers(1, 4), o=st.integers(1, 4), h=st.integers(1, 9),
+       w=st.integers(1, 9), pads=st.tuples(*[st.integers(0, 2)] * 4), bias=st.booleans())
+@settings(max_examples=25, deadline=None)
+def test_conv2d_winograd_matches_reference(n, c, o, h, w, pads, bias):
+    from hetero.ops.nn import winograd_weights
+
+    if h + pads[0] + pads[2] < 3 or w + pads[1] + pads[3] < 3:
+        return
+    x, wt, b = rand(n, c, h, w), rand(o, c, 3, 3), rand(o)
+    ins = [x, winograd_weights(wt)] + ([b] if bias else [])
+    got = run_op("conv2d_winograd", ins, pads=pads, activation="relu")
+    close(got, np.maximum(ref_conv(x, wt, b if bias else None, pads=pads), 0))
+
+
+def test_conv2d_winograd_errors_and_cost():
+    from hetero.ops.nn import winograd_weights
+
+    op = lookup("conv2d_winograd")
+    x = TensorSpec((1, 4, 8, 8), np.float32)
+    with pytest.raises(ShapeError, match=r"must be \(16, O, 4\)"):
+        op.infer_specs((x, TensorSpec((9, 5, 4), np.float32)), op.normalize_attrs({}))
+    with pytest.raises(ShapeError, match="OIHW 3x3"):
+        winograd_weights(np.zeros((2, 2, 5, 5), np.float32))
+    attrs = op.normalize_attrs({"pads": (1, 1, 1, 1)})
+    ins = (TensorSpec((1, 128, 8, 8), np.float32), TensorSpec((16, 128, 128), np.float32))
+    outs = op.infer_specs(ins, attrs)
+    assert outs[0].shape == (1, 128, 8, 8)
+    # with many channels, fewer flops than the direct convolution (transforms included)
+    direct = 2 * 128 * 64 * 128 * 9
+    assert 0.4 * direct < op.cost_of(ins, outs, attrs).flops < 0.6 * direct
+
+
 # ----------------------------------------------------------------------------------------------
 # Pooling
 

@@ -291,3 +291,51 @@ def test_onnx_example_cnn_optimized_matches_onnxruntime():
     feeds = {i.name: x for i, x in zip(sess.get_inputs(), inputs)}
     for got, want in zip(reference.run(opt, inputs), sess.run(None, feeds)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_winograd_rewrite_keeps_results():
+    """conv(128->128, 3x3) -> bn -> relu on a 10x10 map becomes conv2d_winograd with bias and relu;
+    a GPU-annotated or 64-channel conv stays conv2d."""
+    g = GraphBuilder()
+    x = g.input("x", (1, 128, 10, 10))
+    y = g.op("conv", "conv2d", [x, g.const("w", rand(128, 128, 3, 3) * 0.05)], pads=(1, 1, 1, 1))
+    y = g.op("bn", "batch_norm", [y, g.const("s", rand(128)), g.const("b", rand(128)),
+                                  g.const("m", rand(128)),
+                                  g.const("v", np.abs(rand(128)) + 0.5)])
+    y = g.op("relu", "relu", [y])
+    y = g.op("gpu_conv", "conv2d", [y, g.const("w2", rand(128, 128, 3, 3) * 0.05)],
+             pads=(1, 1, 1, 1), device="gpu:0")
+    y = g.op("small", "conv2d", [y, g.const("w3", rand(64, 128, 3, 3) * 0.05)])
+    graph = g.graph(y)
+    opt = optimize(graph, winograd=True)
+    check(opt)
+    ops = {n.name: n.op for n in opt.nodes}
+    assert ops["conv"] == "conv2d_winograd"
+    assert opt.node("conv").attrs["activation"] == "relu" and len(opt.node("conv").inputs) == 3
+    assert ops["gpu_conv"] == ops["small"] == "conv2d"
+    assert not any(n.op in ("batch_norm", "relu") for n in opt.nodes)
+    inputs = [rand(1, 128, 10, 10)]
+    np.testing.assert_allclose(reference.run(opt, inputs)[0], reference.run(graph, inputs)[0],
+                               rtol=1e-3, atol=1e-3)
+    # a second optimize over the rewritten graph changes nothing
+    assert optimize(opt, winograd=True).nodes == opt.nodes
+
+
+def test_batch_norm_folds_into_winograd_conv():
+    from hetero.ops.nn import winograd_weights
+
+    g = GraphBuilder()
+    x = g.input("x", (1, 3, 6, 6))
+    w = rand(4, 3, 3, 3)
+    y = g.op("conv", "conv2d_winograd", [x, g.const("u", winograd_weights(w))],
+             pads=(1, 1, 1, 1))
+    y = g.op("bn", "batch_norm", [y, g.const("s", rand(4)), g.const("b", rand(4)),
+                                  g.const("m", rand(4)), g.const("v", np.abs(rand(4)) + 0.5)])
+    y = g.op("act", "tanh", [y])
+    graph = g.graph(y)
+    opt = optimize(graph)
+    check(opt)
+    assert [n.op for n in opt.nodes if n.op != "constant"] == ["input", "conv2d_winograd"]
+    inputs = [rand(1, 3, 6, 6)]
+    np.testing.assert_allclose(reference.run(opt, inputs)[0], reference.run(graph, inputs)[0],
+                               rtol=1e-4, atol=1e-5)

@@ -32,8 +32,8 @@ from hetero.ops.registry import REQUIRED, Cost, Op, register, require_float, sam
 from hetero.tracing import apply
 
 __all__ = [
-    "conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool", "global_max_pool", "batch_norm",
-    "lrn", "ACTIVATIONS",
+    "conv2d", "conv2d_winograd", "winograd_weights", "max_pool2d", "avg_pool2d",
+    "global_avg_pool", "global_max_pool", "batch_norm", "lrn", "ACTIVATIONS",
 ]
 
 #: Activations that conv2d can apply to its output in place (``activation=`` attribute), with the
@@ -300,6 +300,113 @@ def conv2d(x, w, b=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
                                  "dilations": tuple(dilations), "groups": int(groups),
                                  "activation": activation,
                                  "activation_params": tuple(activation_params)},
+                 device=device)
+
+
+# ----------------------------------------------------------------------------------------------
+# conv2d_winograd: 3x3, stride 1 convolution as Winograd F(2x2, 3x3) with pre-transformed weights
+
+# F(2x2, 3x3) (Lavin & Gray 2016): Y = A^T [(G g G^T) * (B^T d B)] A for each 4x4 input tile d
+# and 2x2 output tile. The 2-D transforms are Kronecker products, so each is one small GEMM over
+# all tiles at once: V = (B^T (x) B^T) d, Y = (A^T (x) A^T) M.
+_WINO_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+_WINO_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=float)
+_WINO_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=float)
+_WINO_KB = np.kron(_WINO_BT, _WINO_BT)  # (16, 16)
+_WINO_KA = np.kron(_WINO_AT, _WINO_AT)  # (4, 16)
+for _a in (_WINO_KB, _WINO_KA):
+    _a.flags.writeable = False
+
+
+def winograd_weights(w: np.ndarray) -> np.ndarray:
+    """Transform OIHW 3x3 weights into the ``(16, O, C)`` Winograd F(2x2, 3x3) domain that
+    ``conv2d_winograd`` takes (computed in float64, returned in ``w``'s dtype)."""
+    w = np.asarray(w)
+    if w.ndim != 4 or w.shape[2:] != (3, 3):
+        from hetero.errors import ShapeError
+
+        raise ShapeError(f"winograd_weights: needs OIHW 3x3 weights, got shape {w.shape}")
+    o, c = w.shape[:2]
+    u = np.einsum("ik,ockl,jl->ijoc", _WINO_G, w.astype(np.float64), _WINO_G)
+    return np.ascontiguousarray(u.reshape(16, o, c).astype(w.dtype))
+
+
+def _wino_pads(attrs):
+    return _window_attrs(attrs, "conv2d_winograd", (3, 3))[1]
+
+
+def _infer_winograd(ins, attrs):
+    from hetero.errors import ShapeError
+
+    x, u = ins[0], ins[1]
+    _require_nchw(x, "conv2d_winograd")
+    same_dtype(ins, "conv2d_winograd inputs")
+    n, c, _, _ = x.shape
+    if u.ndim != 3 or u.shape[0] != 16 or u.shape[2] != c:
+        raise ShapeError(f"conv2d_winograd: weights must be (16, O, {c}) (winograd_weights of "
+                         f"OIHW 3x3 weights), got {u.shape}")
+    o = u.shape[1]
+    if len(ins) == 3 and ins[2].shape != (o,):
+        raise ShapeError(f"conv2d_winograd: bias must have shape ({o},), got {ins[2].shape}")
+    act = attrs["activation"]
+    if act not in ACTIVATIONS:
+        raise ShapeError(f"conv2d_winograd: unknown activation {act!r}")
+    oh, ow = _spatial_out(x, (3, 3), (1, 1), _wino_pads(attrs), (1, 1), False, "conv2d_winograd")
+    return (TensorSpec((n, o, oh, ow), x.dtype),)
+
+
+def _winograd_cost(ins, outs, attrs):
+    n, o, oh, ow = outs[0].shape
+    c = ins[0].shape[1]
+    tiles = n * -(-oh // 2) * -(-ow // 2)
+    flops = 2.0 * 16 * o * c * tiles + 2.0 * 256 * c * tiles + 2.0 * 64 * o * tiles
+    return Cost(flops=flops, bytes=float(sum(s.nbytes for s in ins) + outs[0].nbytes))
+
+
+def _winograd_kernel(xp, ins, attrs, outs):
+    x, u, out = ins[0], ins[1], outs[0]
+    n, c, _, _ = x.shape
+    o = u.shape[1]
+    _, _, oh, ow = out.shape
+    th, tw = -(-oh // 2), -(-ow // 2)
+    tiles = n * th * tw
+    buf = _padded(xp, x, _wino_pads(attrs), 2 * th + 2, 2 * tw + 2, 0.0)
+    sn, sc, sh, sw = buf.strides
+    view = xp.lib.stride_tricks.as_strided(
+        buf, shape=(4, 4, c, n, th, tw), strides=(sh, sw, sc, sn, 2 * sh, 2 * sw))
+    d = xp.empty((4, 4, c, n, th, tw), x.dtype)
+    d[...] = view  # the only gather: every 4x4 input tile, one row per tile position
+    v = xp.matmul(xp.asarray(_WINO_KB.astype(x.dtype)), d.reshape(16, c * tiles))
+    m = xp.matmul(u, v.reshape(16, c, tiles))  # 16 GEMMs (O, C) @ (C, tiles)
+    y = xp.matmul(xp.asarray(_WINO_KA.astype(x.dtype)), m.reshape(16, o * tiles))
+    y6 = y.reshape(2, 2, o, n, th, tw).transpose(3, 2, 4, 0, 5, 1)  # (N, O, TH, 2, TW, 2)
+    if (2 * th, 2 * tw) == (oh, ow) and out.flags.c_contiguous:
+        out.reshape(n, o, th, 2, tw, 2)[...] = y6
+    else:
+        out[...] = y6.reshape(n, o, 2 * th, 2 * tw)[:, :, :oh, :ow]
+    if len(ins) == 3:
+        out += ins[2].reshape(1, o, 1, 1)
+    apply_activation(xp, out, attrs["activation"], attrs["activation_params"])
+
+
+register(Op(
+    "conv2d_winograd", _infer_winograd, _winograd_kernel, arity=(2, 3),
+    attrs={"pads": (0, 0, 0, 0), "activation": "none", "activation_params": ()},
+    cost=_winograd_cost, op_class="conv",
+    doc="3x3 stride-1 convolution by Winograd F(2x2,3x3); weights from winograd_weights()"))
+
+
+def conv2d_winograd(x, u, b=None, *, pads=(0, 0, 0, 0), activation="none", activation_params=(),
+                    device=None):
+    """3x3, stride-1, ungrouped convolution of an NCHW input by Winograd F(2x2, 3x3).
+
+    Equals ``conv2d(x, w, b, pads=pads, ...)`` for ``u = winograd_weights(w)``; 2.25x fewer
+    multiplies in its GEMMs. ``hetero.passes.optimize`` rewrites conv2d nodes into it where that
+    pays (``winograd=True``).
+    """
+    ins = (x, u) if b is None else (x, u, b)
+    return apply("conv2d_winograd", ins, {"pads": tuple(pads), "activation": activation,
+                                          "activation_params": tuple(activation_params)},
                  device=device)
 
 

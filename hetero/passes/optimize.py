@@ -16,6 +16,11 @@ nothing changes:
    output becomes the conv's ``activation``.
 5. ``eliminate_dead``: nodes no graph output depends on are dropped (graph inputs stay).
 
+Then, with ``winograd=True`` (for graphs that run on CPUs: a GPU has cuDNN's own algorithms),
+``use_winograd`` turns each 3x3, stride-1, ungrouped conv2d with constant weights where it pays
+(at least ``WINOGRAD_MIN_CHANNELS`` in and out, ``WINOGRAD_MIN_PIXELS`` output pixels, not annotated
+to a GPU) into ``conv2d_winograd`` with weights transformed once, here, instead of on every call.
+
 A producer is merged with its consumer only when the consumer is its sole reader and the producer's
 value is not itself a graph output, and only when both carry the same device annotation and no
 conflicting colocation group: the merged node keeps the producer's name and source line (``where``),
@@ -34,17 +39,26 @@ from hetero.errors import HeteroError
 from hetero.graph import Graph, Node, TensorSpec, Value
 
 __all__ = ["optimize", "fold_constants", "fold_batch_norm", "fuse_bias", "fuse_activation",
-           "eliminate_dead", "MAX_FOLD_BYTES"]
+           "eliminate_dead", "use_winograd", "MAX_FOLD_BYTES", "WINOGRAD_MIN_CHANNELS",
+           "WINOGRAD_MIN_PIXELS"]
 
 #: Constant folding leaves nodes whose outputs would take more bytes than this (a broadcast of a
 #: small constant to a huge one is cheaper to compute than to store).
 MAX_FOLD_BYTES = 64 << 20
 
+#: Winograd F(2x2,3x3) beat im2col + GEMM on the ResNet-50 shapes with 128 and 256 channels
+#: (14x14 to 28x28 maps) by 18-28 %, tied at 512 channels on 7x7 and lost at 64 channels on 56x56
+#: with AVX-512 OpenBLAS (scripts/bench_conv.py, docs/nn.md).
+WINOGRAD_MIN_CHANNELS = 128
+WINOGRAD_MIN_PIXELS = 100
+
 _STRUCTURAL = frozenset({"input", "constant", "transfer"})
+_CONVS = frozenset({"conv2d", "conv2d_winograd"})
 
 
-def optimize(graph: Graph, *, max_rounds: int = 8) -> Graph:
-    """Fold constants and batch-norms, fuse biases and activations, drop dead nodes.
+def optimize(graph: Graph, *, winograd: bool = False, max_rounds: int = 8) -> Graph:
+    """Fold constants and batch-norms, fuse biases and activations, drop dead nodes; with
+    ``winograd``, run the 3x3 convolutions where it pays as Winograd F(2x2, 3x3).
 
     Returns a new Graph computing the same outputs; ``graph`` is not changed.
     """
@@ -57,6 +71,8 @@ def optimize(graph: Graph, *, max_rounds: int = 8) -> Graph:
         current = eliminate_dead(current)
         if current.nodes == before.nodes:
             break
+    if winograd:
+        current = eliminate_dead(use_winograd(current))
     return current
 
 
@@ -211,11 +227,12 @@ def fold_constants(graph: Graph) -> Graph:
 
 
 def fold_batch_norm(graph: Graph) -> Graph:
-    """``batch_norm(conv2d(x, w[, b]))`` with constant w, b and parameters -> one conv2d."""
+    """``batch_norm(conv2d(x, w[, b]))`` with constant w, b and parameters -> one conv2d (also
+    for conv2d_winograd, whose transformed weights are linear in w per output channel)."""
     rw = _Rewrite(graph)
     readers = graph.consumers()
     for conv in graph.nodes:
-        if conv.op != "conv2d" or conv.name in rw.taken or conv.attrs["activation"] != "none":
+        if conv.op not in _CONVS or conv.name in rw.taken or conv.attrs["activation"] != "none":
             continue
         bn = _sole_reader(graph, readers, conv)
         if bn is None or bn.op != "batch_norm" or bn.inputs[0] != conv.value():
@@ -231,8 +248,8 @@ def fold_batch_norm(graph: Graph) -> Graph:
         a = scale / np.sqrt(var + bn.attrs["epsilon"])
         bias = beta - mean * a + (b.astype(np.float64) * a if b is not None else 0.0)
         w_node = graph.node(conv.inputs[1].node)
-        new_w = rw.constant(w_node, (w * a.reshape(-1, 1, 1, 1)).astype(w.dtype),
-                            f"{conv.name}_w")
+        per_channel = a.reshape(-1, 1, 1, 1) if conv.op == "conv2d" else a.reshape(1, -1, 1)
+        new_w = rw.constant(w_node, (w * per_channel).astype(w.dtype), f"{conv.name}_w")
         new_b = rw.constant(w_node, bias.astype(w.dtype), f"{conv.name}_b")
         merged = conv.replace(inputs=(conv.inputs[0], new_w.value(), new_b.value()),
                               **_merged_annotations(conv, bn))
@@ -256,7 +273,7 @@ def fuse_bias(graph: Graph) -> Graph:
     rw = _Rewrite(graph)
     readers = graph.consumers()
     for node in graph.nodes:
-        if node.op not in ("conv2d", "gemm", "matmul") or node.name in rw.taken:
+        if node.op not in ("conv2d", "conv2d_winograd", "gemm", "matmul") or node.name in rw.taken:
             continue
         add = _sole_reader(graph, readers, node)
         if add is None or add.op != "add" or not _mergeable(node, add):
@@ -266,7 +283,7 @@ def fuse_bias(graph: Graph) -> Graph:
         if c is None or add.outputs != node.outputs:
             continue
         const_node = graph.node(other.node)
-        if node.op == "conv2d":
+        if node.op in _CONVS:
             merged = _conv_with_bias(graph, rw, node, c, const_node)
         else:
             merged = _gemm_with_bias(graph, rw, node, c, const_node)
@@ -336,7 +353,7 @@ def fuse_activation(graph: Graph) -> Graph:
     rw = _Rewrite(graph)
     readers = graph.consumers()
     for conv in graph.nodes:
-        if conv.op != "conv2d" or conv.name in rw.taken or conv.attrs["activation"] != "none":
+        if conv.op not in _CONVS or conv.name in rw.taken or conv.attrs["activation"] != "none":
             continue
         act = _sole_reader(graph, readers, conv)
         if act is None or act.op not in _ACTIVATIONS or not _mergeable(conv, act):
@@ -350,6 +367,33 @@ def fuse_activation(graph: Graph) -> Graph:
         merged = conv.replace(attrs=conv.attrs.set(activation=name, activation_params=p),
                               **_merged_annotations(conv, act))
         rw.merge(conv, act, merged)
+    return rw.build()
+
+
+def use_winograd(graph: Graph) -> Graph:
+    """3x3 stride-1 conv2d nodes with constant weights -> conv2d_winograd, where it pays."""
+    from hetero.ops.nn import winograd_weights
+
+    rw = _Rewrite(graph)
+    for conv in graph.nodes:
+        if conv.op != "conv2d" or (conv.device or "").startswith("gpu"):
+            continue
+        a = conv.attrs
+        if a["strides"] != (1, 1) or a["dilations"] != (1, 1) or a["groups"] != 1:
+            continue
+        w = _const(graph, conv.inputs[1])
+        out = conv.outputs[0]
+        if w is None or w.shape[2:] != (3, 3) or out.dtype.kind != "f":
+            continue
+        o, c = w.shape[:2]
+        if min(o, c) < WINOGRAD_MIN_CHANNELS or out.shape[2] * out.shape[3] < WINOGRAD_MIN_PIXELS:
+            continue
+        u = rw.constant(graph.node(conv.inputs[1].node), winograd_weights(w), f"{conv.name}_u")
+        new = conv.replace(op="conv2d_winograd",
+                           inputs=(conv.inputs[0], u.value(), *conv.inputs[2:]),
+                           attrs={"pads": a["pads"], "activation": a["activation"],
+                                  "activation_params": a["activation_params"]})
+        rw.replaced[conv.name] = [u, new]
     return rw.build()
 
 
