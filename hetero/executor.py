@@ -97,10 +97,17 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+#: Nodes with less work (flops + bytes) than this hold the GIL for their whole (short) kernel,
+#: so they cannot run in parallel on two workers; they count as no work for parallelism.
+GIL_BOUND_WORK = 1 << 16
+
+
 def default_cpu_workers(graph: Graph, cores: int | None = None) -> int:
     """How many CPU workers suit ``graph``: its average parallelism (total work over the work on
     the critical path, work = flops + bytes of each op), capped by the widest level of the graph
-    and by the cores. A chain gets one worker (with every BLAS thread); a wide graph several."""
+    and by the cores. A chain gets one worker (with every BLAS thread); a wide graph of heavy ops
+    several; a graph of tiny ops one (tiny kernels hold the GIL, so workers would only take
+    turns)."""
     from hetero.ops.registry import STRUCTURAL_OPS, lookup
 
     cores = cores or cpu_cores()
@@ -116,7 +123,9 @@ def default_cpu_workers(graph: Graph, cores: int | None = None) -> int:
             op = lookup(node.op, node)
             ins = tuple(graph.spec(v) for v in node.inputs)
             c = op.cost_of(ins, node.outputs, node.attrs)
-            w = c.flops + c.bytes + 1.0
+            w = c.flops + c.bytes
+            if w < GIL_BOUND_WORK:
+                w = 0.0
         work[node.name] = w
         longest[node.name] = w + max((longest[p] for p in preds), default=0.0)
         if w > 0:

@@ -297,6 +297,11 @@ def test_default_cpu_workers_follows_the_graphs_parallelism():
     g = b.build(b.op("add_n", *branches))
     assert default_cpu_workers(g, cores=4) == 4
     assert 5 <= default_cpu_workers(g, cores=16) <= 6  # the add_n at the end is serial work
+    # the same shape with tiny ops: kernels that short hold the GIL, so one worker
+    b = Builder("wide_tiny")
+    x = b.input((4, 4))
+    branches = [b.op("matmul", x, b.const(np.eye(4, dtype=np.float32))) for _ in range(6)]
+    assert default_cpu_workers(b.build(b.op("add_n", *branches)), cores=4) == 1
 
 
 def test_blas_threads_never_oversubscribe():
