@@ -128,7 +128,9 @@ class Event(_EventBase):
     def __init__(self, device_index: int, *, timing: bool = False) -> None:
         cp = _cupy()
         with cp.cuda.Device(device_index):
-            self._event = cp.cuda.Event(block=False, disable_timing=not timing)
+            # block=True: a host thread waiting on it sleeps instead of spinning, which would
+            # take a core from the CPU workers that run beside the GPU threads
+            self._event = cp.cuda.Event(block=True, disable_timing=not timing)
         self.device_index = device_index
 
     def record(self, stream: Stream) -> Event:
@@ -201,7 +203,8 @@ class Stream(_StreamBase):
         """Block the host until everything enqueued on this stream has finished; a CUDA error
         from that work becomes an ExecutionError."""
         try:
-            self._stream.synchronize()
+            # through a blocking-sync event: the host sleeps rather than spins
+            Event(self.device_index).record(self)._event.synchronize()
         except _cupy().cuda.runtime.CUDARuntimeError as exc:
             raise _cuda_failure(f"work on gpu:{self.device_index} ({self.name} stream)",
                                 exc) from None
@@ -771,8 +774,8 @@ def _batch_norm_cudnn(x, scale, bias, mean, var, out, epsilon: float) -> bool:
     cp = _cupy()
     key = ("batch_norm", int(cp.cuda.Device().id), tuple(x.shape), x.dtype.str)
     channels = int(x.shape[1])
-    pshape = [1, channels] + [1] * (x.ndim - 2)
-    pstride = [channels] + [1] * (x.ndim - 1)
+    pshape = [1, channels, 1, 1]
+    pstride = [channels, 1, 1, 1]
 
     def build(cudnn, handle):
         dt = _cudnn_dtype(cudnn, x.dtype)
@@ -893,7 +896,7 @@ def _batch_norm_override(shared):
     def kernel(xp, ins, attrs, outs):
         x, scale, bias, mean, var = ins
         out = outs[0]
-        usable = (x.ndim >= 2 and x.dtype in (np.float32, np.float16) and out.dtype == x.dtype
+        usable = (x.ndim == 4 and x.dtype in (np.float32, np.float16) and out.dtype == x.dtype
                   and _contiguous(x, out))
         if not usable or not _batch_norm_cudnn(x, scale, bias, mean, var, out,
                                                float(attrs.get("epsilon", 1e-5))):
