@@ -6,7 +6,7 @@ the same process with the same number of threads (``--threads``, default: every 
 is timed ``--repeat`` times and the median is kept. Identical shapes are timed once and counted as
 many times as the network has them.
 
-    python scripts/bench_conv.py [--threads 2] [--repeat 7] [--activation relu]
+    python scripts/bench_conv.py [--threads 2] [--repeat 7] [--stat median|min] [--activation relu]
                                  [--coretype SkylakeX]
 
 OpenBLAS picks its kernels per CPU, or as ``OPENBLAS_CORETYPE`` says (this machine's environment
@@ -51,9 +51,9 @@ def resnet50_convs() -> list[tuple[int, int, int, int, int, int]]:
     return convs
 
 
-def median_ms(fns, repeat: int) -> list[float]:
-    """Median wall time of each function, the runs interleaved so that a burst of load from
-    elsewhere on the machine hits every side alike."""
+def median_ms(fns, repeat: int, stat=statistics.median) -> list[float]:
+    """Median (or ``stat``) wall time of each function, the runs interleaved so that a burst of
+    load from elsewhere on the machine hits every side alike."""
     times: list[list[float]] = [[] for _ in fns]
     for fn in fns:
         fn()  # warm up (first-call allocations, onnxruntime's weight prepacking)
@@ -62,7 +62,7 @@ def median_ms(fns, repeat: int) -> list[float]:
             t = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - t)
-    return [statistics.median(ts) * 1e3 for ts in times]
+    return [stat(ts) * 1e3 for ts in times]
 
 
 def ort_conv(x, w, b, stride, pad, threads):
@@ -88,11 +88,34 @@ def ort_conv(x, w, b, stride, pad, threads):
     return lambda: sess.run(None, {"x": x})[0]
 
 
+def _winograd_variant(c, h, o, k, s, p, x, w, b, activation):
+    """hetero's kernel for this conv after ``optimize(graph, winograd=True)``: conv2d_winograd
+    with weights transformed beforehand, or None where the pass keeps conv2d."""
+    from hetero.ops.nn import winograd_weights
+    from hetero.ops.registry import lookup
+    from hetero.passes.optimize import WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_PIXELS
+
+    oh = (h + 2 * p - k) // s + 1
+    if (k, s) != (3, 1) or min(c, o) < WINOGRAD_MIN_CHANNELS or oh * oh < WINOGRAD_MIN_PIXELS:
+        return None
+    op = lookup("conv2d_winograd")
+    attrs = op.normalize_attrs({"pads": (p,) * 4, "activation": activation})
+    u, out = winograd_weights(w), np.empty((1, o, oh, oh), np.float32)
+    kernel = op.kernel_for("numpy")
+
+    def run():
+        kernel(np, [x, u, b], attrs, [out])
+        return out
+    return run
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--activation", default="none")
+    parser.add_argument("--stat", choices=("median", "min"), default="median",
+                        help="min (best of the runs) is steadier on a machine shared with others")
     parser.add_argument("--coretype", help="OpenBLAS kernels to use (OPENBLAS_CORETYPE)")
     args = parser.parse_args(argv)
 
@@ -101,15 +124,19 @@ def main(argv=None) -> None:
     from hetero.graph import TensorSpec
     from hetero.ops.registry import lookup
 
+    stat = statistics.median if args.stat == "median" else min
     op = lookup("conv2d")
     rng = np.random.default_rng(0)
     counts = Counter(resnet50_convs())
     blas = next((f"{i['internal_api']} {i.get('version')} ({i.get('architecture')} kernels)"
                  for i in threadpool_info() if i["user_api"] == "blas"), "unknown BLAS")
-    print(f"ResNet-50 convs, batch 1, {args.threads} threads, median of {args.repeat}, {blas}")
+    print(f"ResNet-50 convs, batch 1, {args.threads} threads, {args.stat} of {args.repeat}, "
+          f"{blas}")
+    print("hetero: conv2d kernel; +wino: conv2d_winograd where optimize(winograd=True) uses it; "
+          "ratio and GFLOP/s (direct-conv flops) of the latter")
     print(f"{'C':>5} {'HxW':>7} {'O':>5} {'k':>2} {'s':>2} {'n':>3} {'GFLOP':>7} "
-          f"{'hetero ms':>10} {'ort ms':>8} {'ratio':>6} {'GFLOP/s':>8}")
-    tot_h = tot_o = tot_f = 0.0
+          f"{'hetero ms':>10} {'+wino ms':>9} {'ort ms':>8} {'ratio':>6} {'GFLOP/s':>8}")
+    tot_h = tot_w = tot_o = tot_f = 0.0
     with threadpool_limits(limits=args.threads):
         for (c, h, o, k, s, p), n in counts.items():
             x = rng.standard_normal((1, c, h, h), dtype=np.float32)
@@ -133,10 +160,21 @@ def main(argv=None) -> None:
                 got = ours()
                 err = float(np.abs(got - ref).max() / max(1.0, np.abs(ref).max()))
                 assert err < 1e-3, f"mismatch {err} on {(c, h, o, k, s, p)}"
-            th, to = median_ms([ours, theirs], args.repeat)
+            wino = _winograd_variant(c, h, o, k, s, p, x, w, b, args.activation)
+            if wino is not None:
+                err = float(np.abs(wino() - ours()).max() / max(1.0, np.abs(ours()).max()))
+                assert err < 1e-3, f"winograd mismatch {err} on {(c, h, o, k, s, p)}"
+                th, tw, to = median_ms([ours, wino, theirs], args.repeat, stat)
+            else:
+                th, to = median_ms([ours, theirs], args.repeat, stat)
+                tw = th
             tot_h, tot_o, tot_f = tot_h + n * th, tot_o + n * to, tot_f + n * flops
+            tot_w += n * tw
+            wcol = f"{tw:9.2f}" if wino is not None else f"{'':9}"
             print(f"{c:5d} {h:4d}x{h:<3d}{o:5d} {k:2d} {s:2d} {n:3d} {flops / 1e9:7.3f} "
-                  f"{th:10.2f} {to:8.2f} {th / to:6.2f} {flops / th / 1e6:8.1f}")
+                  f"{th:10.2f} {wcol} {to:8.2f} {tw / to:6.2f} {flops / tw / 1e6:8.1f}")
+    print(f"total with winograd (optimize(winograd=True)): hetero {tot_w:.1f} ms, "
+          f"ratio {tot_w / tot_o:.2f}")
     print(f"total (53 convs, {tot_f / 1e9:.2f} GFLOP): hetero {tot_h:.1f} ms "
           f"({tot_f / tot_h / 1e6:.0f} GFLOP/s), onnxruntime {tot_o:.1f} ms "
           f"({tot_f / tot_o / 1e6:.0f} GFLOP/s), ratio {tot_h / tot_o:.2f}")
