@@ -111,7 +111,7 @@ def bench(chains: int, length: int, workers: int, repeats: int, alternate: int =
     t_dask = median_time(lambda: dask.threaded.get(dsk, keys, num_workers=workers),
                          max(3, repeats // 3))
     name = f"{chains} x chain of {length}" + (" (workers alternate)" if alternate else "")
-    return {"graph": name, "nodes": nodes, "workers": used,
+    return {"graph": name, "nodes": nodes, "machine": f"cpu:{workers}", "workers": used,
             "raw": t_raw / nodes * 1e6, "hetero": t_ex / nodes * 1e6,
             "sync": t_sync / nodes * 1e6, "dask": t_dask / nodes * 1e6}
 
@@ -126,13 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     cases = [(1, n, 1, 0), (1, n, 2, 0), (4, n // 4, 2, 0), (16, n // 16, 2, 0),
              (1, n // 10, 2, 2)]
     rows = [bench(c, length, w, args.repeats, alt) for c, length, w, alt in cases]
-    head = ("graph", "nodes", "workers", "raw NumPy us/node", "hetero us/node",
+    head = ("graph", "nodes", "machine", "workers used", "raw NumPy us/node", "hetero us/node",
             "hetero overhead us/node", "hetero sync us/node", "dask us/node",
             "hetero / raw", "dask / hetero")
     table = []
     for r in rows:
-        table.append((r["graph"], str(r["nodes"]), str(r["workers"]), f"{r['raw']:.2f}",
-                      f"{r['hetero']:.2f}", f"{r['hetero'] - r['raw']:.2f}", f"{r['sync']:.2f}",
+        table.append((r["graph"], str(r["nodes"]), r["machine"], str(r["workers"]),
+                      f"{r['raw']:.2f}", f"{r['hetero']:.2f}", f"{r['hetero'] - r['raw']:.2f}",
+                      f"{r['sync']:.2f}",
                       f"{r['dask']:.1f}", f"{r['hetero'] / r['raw']:.1f}x",
                       f"{r['dask'] / r['hetero']:.0f}x"))
     if args.markdown:
