@@ -23,9 +23,12 @@ Load time (``Executor(plan)``), done once per plan
       if the plan has none); every planned value is a typed view of its arena at its offset.
     * constants: uploaded once into the memory space of each constant node.
     * each queue is compiled into a flat list of instructions, one tuple per node:
-      ``(kernel, ins, attrs, outs, waits, signal, node index)`` on a CPU worker, with ``ins`` and
-      ``outs`` lists of the very buffers the kernel reads and writes, so the hot loop does no
-      dictionary look-up and no allocation.
+      ``(kernel, xp, ins, attrs, outs, waits, signal, node index)`` on a CPU worker, with
+      ``ins`` and ``outs`` lists of the very buffers the kernel reads and writes, so the hot loop
+      does no dictionary look-up and no allocation; on a GPU ``(launch, None, ins, attrs, outs,
+      waits, signal, node index, stream, stream waits, event slot)``, where ``launch`` enqueues
+      the kernel (or the copy) on the stream, with its simulated duration precomputed on a
+      simulated GPU. ``waits`` are ``(done flag, event slot or -1)`` pairs.
 
 State of a run (all of it; reset at the start of each run)
     ``slots``
