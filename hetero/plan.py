@@ -259,6 +259,8 @@ def graph_to_json(graph: Graph) -> dict[str, Any]:
 
 def graph_from_json(data: Mapping[str, Any]) -> Graph:
     """The Graph that ``graph_to_json`` wrote."""
+    import hetero.passes.partition  # noqa: F401  (registers the "transfer" op such graphs use)
+
     nodes = []
     for d in data["nodes"]:
         nodes.append(Node(
