@@ -133,7 +133,7 @@ def test_symbols_the_backend_launches_exist():
     symbols = set()
     for source in SOURCES:
         symbols |= set(re.findall(r'extern "C" __global__ void (\w+)', source.read_text()))
-    launched = {f"{stem}_{sfx}" for stem in ("bias_act", "lrn", "softmax")
+    launched = {f"{stem}_{sfx}" for stem in ("bias_act", "lrn", "pool2d", "softmax")
                 for sfx in ("f32", "f64")}
     assert launched <= symbols, f"missing kernels: {sorted(launched - symbols)}"
 
@@ -266,6 +266,30 @@ def test_twins_match_the_shared_kernels():
                                rtol=1e-7, atol=1e-7)
 
 
+POOLS = [
+    ("max_pool2d", {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)}),
+    ("max_pool2d", {"kernel_shape": (2, 3), "strides": (2, 1), "pads": (0, 1, 1, 0),
+                    "dilations": (2, 1), "ceil_mode": 1}),
+    ("avg_pool2d", {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)}),
+    ("avg_pool2d", {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 0, 1, 2),
+                    "ceil_mode": 1, "count_include_pad": 1}),
+    ("avg_pool2d", {"kernel_shape": (2, 2), "strides": (3, 3), "ceil_mode": 1}),
+]
+
+
+@pytest.mark.parametrize("name,attrs", POOLS)
+def test_pool_twin_matches_the_shared_kernel(name: str, attrs: dict):
+    x = RNG.standard_normal((2, 3, 8, 7))
+    want = _shared(name, [x], attrs)
+    mode = "max"
+    if name == "avg_pool2d":
+        mode = "avg_include_pad" if attrs.get("count_include_pad") else "avg"
+    got = cuda_backend.ref_pool2d(x, want.shape[2:], attrs["kernel_shape"],
+                                  attrs.get("strides", (1, 1)), attrs.get("pads", (0, 0, 0, 0)),
+                                  attrs.get("dilations", (1, 1)), mode)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("activation,params", [
     ("none", ()), ("relu", ()), ("leaky_relu", (0.3,)), ("sigmoid", ()), ("tanh", ()),
     ("clip", (-0.5, 0.7))])
@@ -288,7 +312,7 @@ def test_overrides_are_registered_and_fall_back_on_what_they_do_not_handle():
     """Inputs the CUDA overrides do not take go to the shared kernel, untouched by CuPy (so this
     runs on NumPy arrays)."""
     names = cuda_backend.register_kernels()
-    assert {"gemm", "matmul", "conv2d", "softmax", "lrn"} <= set(names)
+    assert {"gemm", "matmul", "conv2d", "softmax", "lrn", "max_pool2d"} <= set(names)
     for name in names:
         assert "cupy" in lookup(name).kernels, name
     cases = [
@@ -297,6 +321,8 @@ def test_overrides_are_registered_and_fall_back_on_what_they_do_not_handle():
         ("matmul", [RNG.standard_normal((2, 3, 4)), RNG.standard_normal((2, 4, 5))], {}),
         ("gemm", [RNG.integers(0, 5, (3, 4)), RNG.integers(0, 5, (4, 2))], {}),
         ("gelu", [RNG.standard_normal(5).astype(np.float16)], {}),
+        ("max_pool2d", [RNG.standard_normal((1, 2, 4, 4)).astype(np.float16)],
+         {"kernel_shape": (2, 2)}),
         ("conv2d", [RNG.standard_normal((1, 2, 5, 5)).astype(np.float16),
                     RNG.standard_normal((3, 2, 3, 3)).astype(np.float16)], {}),
         ("batch_norm", [RNG.standard_normal((2, 3, 4)), *(RNG.random(3) + 0.5 for _ in range(4))],

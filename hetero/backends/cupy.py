@@ -19,12 +19,14 @@ Design:
   ``conv2d`` and ``batch_norm`` through cuDNN's graph API (``nvidia-cudnn-frontend``, ``import
   cudnn``), and the CUDA C kernels in ``hetero/kernels/*.cu`` (compiled at run time by NVRTC through
   ``cupy.RawModule``) for what neither library has: the fused bias+activation epilogue (also exact
-  ``gelu`` and ``erf``), ONNX ``lrn``, and a one-pass-per-row ``softmax``/``log_softmax``. Each
+  ``gelu`` and ``erf``), ONNX ``lrn``, max/average pooling, and a one-pass-per-row
+  ``softmax``/``log_softmax`` (the installed cuDNN frontend has no pooling or softmax node). Each
   override checks what it supports (dtype, layout, attributes) and otherwise calls the shared
   kernel; a cuDNN graph that cuDNN refuses is remembered in ``CUDNN_FALLBACKS`` (with the reason,
   warned once) and that shape runs on the shared im2col + cuBLAS kernel from then on.
 - Every ``.cu`` kernel has a NumPy float64 twin here (``ref_bias_act``, ``ref_lrn``,
-  ``ref_softmax``) so its logic is tested on the CPU; tests/gpu compares the two on a GPU.
+  ``ref_pool2d``, ``ref_softmax``) so its logic is tested on the CPU; tests/gpu compares the two
+  on a GPU.
 
 Nothing here imports CuPy at module import time: ``import hetero.backends.cupy`` works without it,
 and only constructing a device or running a kernel needs it.
@@ -57,8 +59,10 @@ __all__ = [
     "kernel_source",
     "kernel_sources",
     "lrn",
+    "pool2d",
     "ref_bias_act",
     "ref_lrn",
+    "ref_pool2d",
     "ref_softmax",
     "register_kernels",
     "softmax",
@@ -75,7 +79,7 @@ CUDNN_FALLBACKS: dict[tuple, str] = {}
 
 _BLOCK = 256
 _MAX_GRID = 1 << 16  # grid-stride loops: more blocks than this buys nothing
-_KERNEL_FILES = ("bias_act.cu", "lrn.cu", "softmax.cu")
+_KERNEL_FILES = ("bias_act.cu", "lrn.cu", "pool2d.cu", "softmax.cu")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -577,6 +581,35 @@ def lrn(x, out, size: int, alpha: float = 1e-4, beta: float = 0.75, bias: float 
                              np.int32(size), scalar(alpha), scalar(beta), scalar(bias)))
 
 
+#: pool2d.cu modes
+POOL_MODES = {"max": 0, "avg": 1, "avg_include_pad": 2}
+
+
+def pool2d(x, out, kernel: Sequence[int], strides: Sequence[int], pads: Sequence[int],
+           dilations: Sequence[int], mode: str) -> None:
+    """Max or average pooling of a C-contiguous NCHW array into ``out`` (its shape gives the
+    output size, so ``ceil_mode`` is already decided), on the current stream.
+
+    Args:
+        pads: ONNX order (top, left, bottom, right).
+        mode: "max", "avg" (divide by the taps inside the input) or "avg_include_pad" (divide
+            by the taps inside the explicitly padded input).
+    """
+    suffix = _suffix(x.dtype)
+    if suffix is None:
+        raise DeviceError(f"pool2d supports float32 and float64, got {x.dtype}")
+    n = int(out.size)
+    if n == 0:
+        return
+    _, _, h, w = (int(d) for d in x.shape)
+    _, _, oh, ow = (int(d) for d in out.shape)
+    fn = _function("pool2d.cu", f"pool2d_{suffix}")
+    geometry = [*kernel, *strides, *dilations, *pads]
+    fn(_grid(n), (_BLOCK,), (x, out, np.int64(n), np.int32(h), np.int32(w), np.int32(oh),
+                             np.int32(ow), *(np.int32(v) for v in geometry),
+                             np.int32(POOL_MODES[mode])))
+
+
 def softmax(x, out, *, log: bool = False) -> None:
     """Softmax (or log-softmax) over the last axis of a C-contiguous array, on the current
     stream."""
@@ -642,6 +675,37 @@ def ref_lrn(x: np.ndarray, size: int, alpha: float = 1e-4, beta: float = 0.75,
         first, last = max(0, c - lo), min(channels - 1, c + hi)
         sq[:, c] = np.sum(v[:, first:last + 1] ** 2, axis=1)
     return v / (bias + alpha / size * sq) ** beta
+
+
+def ref_pool2d(x: np.ndarray, out_hw: tuple[int, int], kernel: Sequence[int],
+               strides: Sequence[int], pads: Sequence[int], dilations: Sequence[int],
+               mode: str) -> np.ndarray:
+    """What kernels/pool2d.cu computes, in float64 (``out_hw``: the output's height, width)."""
+    v = np.asarray(x, dtype=np.float64)
+    n, c, h, w = v.shape
+    oh, ow = out_hw
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilations
+    top, left, bottom, right = pads
+    out = np.empty((n, c, oh, ow))
+    for oy in range(oh):
+        for ox in range(ow):
+            taps, count = [], 0
+            for a in range(kh):
+                iy = oy * sh + a * dh - top
+                for b in range(kw):
+                    ix = ox * sw + b * dw - left
+                    inside = 0 <= iy < h and 0 <= ix < w
+                    if mode == "avg_include_pad":
+                        count += iy < h + bottom and ix < w + right
+                    elif inside:
+                        count += 1
+                    if inside:
+                        taps.append(v[:, :, iy, ix])
+            if mode == "max":
+                out[:, :, oy, ox] = np.max(taps, axis=0) if taps else -np.inf
+            else:
+                out[:, :, oy, ox] = (np.sum(taps, axis=0) if taps else 0.0) / max(count, 1)
+    return out
 
 
 def ref_softmax(x: np.ndarray, *, log: bool = False) -> np.ndarray:
@@ -928,6 +992,21 @@ def _lrn_override(shared):
     return kernel
 
 
+def _pool_override(shared, average: bool):
+    def kernel(xp, ins, attrs, outs):
+        x, out = ins[0], outs[0]
+        if not (x.ndim == 4 and _float(x, out) and _contiguous(x, out)):
+            return shared(xp, ins, attrs, outs)
+        mode = "max"
+        if average:
+            mode = "avg_include_pad" if int(attrs.get("count_include_pad", 0)) else "avg"
+        pool2d(x, out, tuple(attrs["kernel_shape"]), tuple(attrs.get("strides") or (1, 1)),
+               tuple(attrs.get("pads") or (0, 0, 0, 0)),
+               tuple(attrs.get("dilations") or (1, 1)), mode)
+
+    return kernel
+
+
 def _pointwise_override(shared, activation: Callable[[Any], str]):
     def kernel(xp, ins, attrs, outs):
         x, out = ins[0], outs[0]
@@ -950,6 +1029,8 @@ _OVERRIDES: dict[str, Callable[[Any], Any]] = {
     "softmax": lambda shared: _softmax_override(shared, log=False),
     "log_softmax": lambda shared: _softmax_override(shared, log=True),
     "lrn": _lrn_override,
+    "max_pool2d": lambda shared: _pool_override(shared, average=False),
+    "avg_pool2d": lambda shared: _pool_override(shared, average=True),
     "gelu": lambda shared: _pointwise_override(shared, _gelu_name),
     "erf": lambda shared: _pointwise_override(shared, lambda attrs: "erf"),
 }

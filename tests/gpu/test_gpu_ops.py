@@ -230,7 +230,8 @@ def test_op_on_gpu_matches_float64_reference(case, gpu):
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in
                                   {"gemm", "matmul", "conv2d", "batch_norm", "softmax",
-                                   "log_softmax", "lrn", "gelu", "erf"}],
+                                   "log_softmax", "lrn", "gelu", "erf", "max_pool2d",
+                                   "avg_pool2d"}],
                          ids=lambda c: c[0])
 def test_shared_kernel_on_cupy_matches_too(case, gpu, cp):
     """Where the GPU has an override, the shared kernel also runs on CuPy (it is the fallback)."""
@@ -246,7 +247,8 @@ def test_shared_kernel_on_cupy_matches_too(case, gpu, cp):
 
 @pytest.mark.gpu
 def test_overrides_are_installed(gpu):
-    for name in ("gemm", "matmul", "conv2d", "softmax", "lrn", "gelu"):
+    for name in ("gemm", "matmul", "conv2d", "softmax", "lrn", "gelu", "max_pool2d",
+                 "avg_pool2d"):
         assert "cupy" in lookup(name).kernels, name
 
 
@@ -299,6 +301,25 @@ def test_lrn_kernel(size, gpu):
     gpu.compute_stream.launch(backend.lrn, dx, out, size, 0.05, 0.6, 1.5)
     np.testing.assert_allclose(gpu.to_host(out), backend.ref_lrn(x, size, 0.05, 0.6, 1.5),
                                rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["max", "avg", "avg_include_pad"])
+@pytest.mark.parametrize("geometry", [
+    ((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), (4, 4)),
+    ((2, 3), (2, 1), (0, 1, 1, 0), (2, 1), (4, 6)),
+    ((3, 3), (2, 2), (1, 0, 1, 2), (1, 1), (5, 4)),  # a ceil_mode output size
+], ids=["3x3s2", "dilated", "ceil"])
+def test_pool2d_kernel(mode, geometry, gpu):
+    from hetero.backends import cupy as backend
+
+    kernel, strides, pads, dilations, out_hw = geometry
+    x = RNG.standard_normal((2, 3, 8, 7))
+    dx = gpu.from_host(x)
+    out = gpu.empty(TensorSpec((2, 3, *out_hw), np.float64))
+    gpu.compute_stream.launch(backend.pool2d, dx, out, kernel, strides, pads, dilations, mode)
+    want = backend.ref_pool2d(x, out_hw, kernel, strides, pads, dilations, mode)
+    np.testing.assert_allclose(gpu.to_host(out), want, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.gpu
