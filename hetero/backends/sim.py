@@ -49,6 +49,8 @@ from hetero.errors import DeviceError, ExecutionError, OutOfMemoryError
 SLEEP_QUANTUM_S = 1e-3
 #: A stream's thread exits after this long without work (it restarts on the next launch).
 IDLE_EXIT_S = 5.0
+#: Kernel durations a device remembers before it starts over.
+_DURATION_CACHE = 4096
 
 
 # ----------------------------------------------------------------------------------------------
@@ -292,6 +294,8 @@ class SimDevice(Device):
         self._mem_lock = threading.Lock()
         self._allocated = 0
         self._peak = 0
+        # (op, attrs, shapes and dtypes) -> simulated seconds: eager mode repeats kernels
+        self._durations: dict[tuple[Any, ...], float] = {}
         self.compute_stream = SimStream(self, "compute")
         self.h2d_stream = SimStream(self, "h2d")
         self.d2h_stream = SimStream(self, "d2h")
@@ -426,7 +430,13 @@ class SimDevice(Device):
         kernel = op.kernel_for(self.backend)
         if kernel is None:
             raise DeviceError(f"{label}: op {op.name} has no kernel on {self.name} (sim)")
-        duration = self.kernel_time(op, ins, outs, attrs)
+        key = (op.name, attrs, tuple((a.shape, a.dtype.str) for a in (*ins, *outs)))
+        duration = self._durations.get(key)
+        if duration is None:
+            duration = self.kernel_time(op, ins, outs, attrs)
+            if len(self._durations) >= _DURATION_CACHE:
+                self._durations.clear()
+            self._durations[key] = duration
         stream = stream or self.compute_stream
         stream.launch_timed(duration, label, kernel, np, [raw(a) for a in ins], attrs,
                             [raw(a) for a in outs])
