@@ -430,13 +430,18 @@ class SimDevice(Device):
         kernel = op.kernel_for(self.backend)
         if kernel is None:
             raise DeviceError(f"{label}: op {op.name} has no kernel on {self.name} (sim)")
-        key = (op.name, attrs, tuple((a.shape, a.dtype.str) for a in (*ins, *outs)))
-        duration = self._durations.get(key)
+        key: tuple[Any, ...] | None = (op.name, attrs,
+                                       tuple((a.shape, a.dtype.str) for a in (*ins, *outs)))
+        try:
+            duration = self._durations.get(key)
+        except TypeError:  # attrs given as a plain dict
+            key, duration = None, None
         if duration is None:
             duration = self.kernel_time(op, ins, outs, attrs)
-            if len(self._durations) >= _DURATION_CACHE:
-                self._durations.clear()
-            self._durations[key] = duration
+            if key is not None:
+                if len(self._durations) >= _DURATION_CACHE:
+                    self._durations.clear()
+                self._durations[key] = duration
         stream = stream or self.compute_stream
         stream.launch_timed(duration, label, kernel, np, [raw(a) for a in ins], attrs,
                             [raw(a) for a in outs])
