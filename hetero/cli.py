@@ -174,7 +174,13 @@ def _load_onnx(path: str, inputs: Sequence[InputArg]) -> Any:
     for arg in inputs:
         arr = arg.array()
         shapes[arg.name] = tuple(arr.shape) if arr is not None else arg.shape
-    graph = hx.load(path, input_shapes=shapes or None)
+    try:
+        graph = hx.load(path, input_shapes=shapes or None)
+    except HeteroError as exc:
+        if not shapes:
+            raise
+        given = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in shapes.items())
+        raise ModelError(f"with --input {given}: {exc}") from exc
     unknown = [a.name for a in inputs if a.name not in graph.inputs]
     if unknown:
         raise ModelError(f"{path}: no graph input named {', '.join(map(repr, unknown))} "
@@ -460,7 +466,7 @@ def probe_graph() -> Any:
     def probe(a, b, image, weight):
         m = a @ b
         act = ops.relu(m + m)
-        total = ops.sum(act, axes=(1,))
+        total = ops.sum(act, axis=1)
         conv = ops.conv2d(image, weight, pads=(1, 1, 1, 1))
         pooled = ops.max_pool2d(conv, kernel_shape=(2, 2), strides=(2, 2))
         return total, ops.softmax(ops.flatten(pooled), axis=-1)
@@ -480,14 +486,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     graph = load_model(args.model, args.input) if args.model else probe_graph()
     cost = MeasuredCost(machine, path=args.cost_file, repeats=args.repeats)
     before = set(cost.history)
-    calibrate(graph, machine, cost=cost, progress=not args.no_progress)
+    # timing a simulated GPU times this host's NumPy plus the simulated pacing, not the card
+    targets = [d for d in machine.devices if args.include_sim or d.backend != "sim"]
+    skipped = [d.name for d in machine.devices if d not in targets]
+    calibrate(graph, machine, cost=cost, progress=not args.no_progress,
+              devices=[d.name for d in targets])
     roofline = RooflineCost(machine)
     rows = []
     for node in graph.nodes:
         if node.op in registry.STRUCTURAL_OPS:
             continue
         ins = input_specs(graph, node)
-        for dev in machine.devices:
+        for dev in targets:
             key = history_key(node, ins, dev)
             entry = cost.history.get(key)
             if entry is None or key in before:
@@ -500,6 +510,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                                right=(3, 4, 5))))
     print(f"measured {len(rows)} kernel(s) of {graph.name} on {machine.spec}; "
           f"{len(before)} already cached")
+    if skipped:
+        print(f"not measured: {', '.join(skipped)} (simulated: they keep their roofline rates; "
+              "--include-sim times them anyway)")
     for why in cost.failed.values():
         print(f"skipped (kept the roofline estimate): {why}")
     print(f"saved to {cost.path}; use it with: hetero place MODEL --cost measured"
@@ -628,6 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=positive_int, default=3, metavar="N",
                    help="timed runs per kernel after a warm-up (default 3; the median is kept)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--include-sim", action="store_true",
+                   help="also time simulated GPUs (that measures this host's NumPy, not the "
+                        "simulated card)")
     p.set_defaults(handler=cmd_calibrate)
     return parser
 

@@ -1,0 +1,353 @@
+"""The ``hetero`` command, through its entry point in a subprocess (``python -m hetero.cli``, the
+same ``main`` the console script calls), on the shipped examples and on ONNX light models.
+
+Reports are checked against the library: the JSON validates against the shipped schema and
+reports the same plan that ``hetero.compile`` builds in this process; DOT parses back with
+pydot; ``run`` output matches the reference executor; errors have the documented exit status
+and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jsonschema
+import numpy as np
+import pydot
+import pytest
+
+import hetero
+from hetero import report
+from hetero.devices import Machine
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+SIM = "cpu:2,sim:1@h100"
+
+
+def light_model(name: str) -> str:
+    onnx = pytest.importorskip("onnx")
+    path = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light",
+                        f"light_{name}.onnx")
+    if not os.path.isfile(path):
+        pytest.skip(f"onnx does not ship {path}")
+    return path
+
+
+def hetero_cmd(*args: str, cwd: str = ROOT, env_extra: dict | None = None,
+               tmp_cache: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    if tmp_cache is not None:
+        env["HETERO_CACHE_DIR"] = tmp_cache
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "hetero.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def ok(*args: str, **kw) -> subprocess.CompletedProcess:
+    proc = hetero_cmd(*args, **kw)
+    assert proc.returncode == 0, f"hetero {' '.join(args)} failed:\n{proc.stderr}"
+    return proc
+
+
+def ex(name: str) -> str:
+    return os.path.join("examples", name)
+
+
+# ----------------------------------------------------------------------------------------------
+# help and devices
+
+
+@pytest.mark.parametrize("sub", [None, "devices", "place", "run", "calibrate"])
+def test_help_for_every_subcommand(sub):
+    proc = ok(*([sub] if sub else []), "--help")
+    assert proc.stdout.startswith("usage: hetero")
+    if sub is None:
+        for name in ("devices", "place", "run", "calibrate"):
+            assert name in proc.stdout
+    if sub in ("place", "run"):
+        assert "--devices SPEC" in proc.stdout and "--policy" in proc.stdout
+
+
+def test_devices_lists_detected_and_described_machines():
+    detected = Machine.detect()
+    proc = ok("devices")
+    for d in detected.devices:
+        assert re.search(rf"^{re.escape(d.name)}\s+{d.kind}\s+{d.backend}\s", proc.stdout, re.M)
+    proc = ok("devices", "--devices", "cpu:3,sim:1@h100")
+    lines = proc.stdout.splitlines()
+    assert [ln.split()[0] for ln in lines if re.match(r"^(cpu|gpu):\d", ln)] == [
+        "cpu:0", "cpu:1", "cpu:2", "gpu:0"]
+    gpu = next(ln for ln in lines if ln.startswith("gpu:0"))
+    assert "sim" in gpu and "gpu:0" in gpu.split()[3] and "H100" in gpu
+    assert any(ln.startswith("host <-> gpu:0") for ln in lines)
+    data = json.loads(ok("devices", "--devices", "cpu:1,sim:1", "--format", "json").stdout)
+    assert [d["name"] for d in data["devices"]] == ["cpu:0", "gpu:0"]
+
+
+# ----------------------------------------------------------------------------------------------
+# place
+
+
+def _in_process_plan(model: str, inputs: dict | None, spec: str, policy: str = "heft"):
+    path = os.path.join(ROOT, model.split(":")[0])
+    if model.endswith(".onnx"):
+        graph = hetero.onnx.load(path)
+    else:
+        from hetero.cli import InputArg, load_model
+
+        graph = load_model(os.path.join(ROOT, model),
+                           [InputArg(k, v) for k, v in (inputs or {}).items()])
+    return hetero.compile(graph, machine=Machine.parse(spec), policy=policy)
+
+
+PLACE_CASES = [
+    (ex("cnn.onnx"), None, SIM),
+    (ex("two_tower.onnx"), None, "cpu:2,sim:1"),
+    (ex("model.py") + ":mlp", {"x": (64, 784)}, SIM),
+    (ex("model.py") + ":branches", {"x": (32, 784)}, "cpu:2"),
+]
+
+
+@pytest.mark.parametrize("model,inputs,spec", PLACE_CASES)
+def test_place_json_matches_schema_and_the_compiled_plan(model, inputs, spec):
+    extra = [f"--input={k}={'x'.join(map(str, v))}:float32" for k, v in (inputs or {}).items()]
+    doc = json.loads(ok("place", model, *extra, "--devices", spec, "--format", "json").stdout)
+    jsonschema.validate(doc, report.schema(), cls=jsonschema.Draft202012Validator)
+    assert doc["schema_version"] == report.SCHEMA_VERSION
+    plan = _in_process_plan(model, inputs, spec)
+    # the report shows the plan that the library builds: same nodes, devices, times, transfers
+    assert doc["summary"]["makespan"] == pytest.approx(plan.makespan)
+    assert doc["summary"]["lower_bound"] == pytest.approx(plan.lower_bound)
+    shown = {n["name"]: n for n in doc["nodes"]}
+    for node in plan.graph.nodes:
+        if node.op in ("constant", "transfer"):
+            continue
+        assert shown[node.name]["device"] == node.device
+        if node.op != "input":
+            s, f = plan.estimates[node.name]
+            assert shown[node.name]["start"] == pytest.approx(s)
+            assert shown[node.name]["time"] == pytest.approx(f - s)
+            assert shown[node.name]["reason"] == plan.placement.reason[node.name].to_json()
+    assert sorted(t["name"] for t in doc["transfers"]) == sorted(t.name for t in plan.transfers())
+    # figures are consistent with each other
+    devices = {d["name"] for d in doc["machine"]["devices"]}
+    for t in doc["transfers"]:
+        kinds = (t["src"].split(":")[0], t["dst"].split(":")[0])
+        assert t["direction"] == {("cpu", "gpu"): "h2d", ("gpu", "cpu"): "d2h",
+                                  ("gpu", "gpu"): "d2d"}[kinds]
+        assert set(t["consumers"]) <= set(shown) | {x["name"] for x in doc["transfers"]}
+        assert t["bytes"] > 0 and t["device"] in devices
+    assert doc["summary"]["transfer_bytes"] == sum(t["bytes"] for t in doc["transfers"])
+    for d in doc["devices"]:
+        mine = [n for n in doc["nodes"] if n["device"] == d["name"] and n["op"] != "input"]
+        assert d["nodes"] == len(mine)
+        assert d["busy"] == pytest.approx(sum(n["time"] for n in mine))
+    ends = [n["finish"] for n in doc["nodes"]] + [t["finish"] for t in doc["transfers"]]
+    assert max(ends) <= doc["summary"]["makespan"] * (1 + 1e-9)
+    assert doc["summary"]["makespan"] >= doc["summary"]["lower_bound"] * (1 - 1e-9)
+    has_gpu = "sim" in spec
+    assert (doc["summary"]["policies"]["gpu"] is not None) == has_gpu
+    assert doc["summary"]["policies"]["cpu"] == pytest.approx(
+        _in_process_plan(model, inputs, spec, "cpu").makespan)
+
+
+def test_place_table_shows_nodes_transfers_devices_and_comparison():
+    proc = ok("place", ex("cnn.onnx"), "--devices", SIM)
+    out = proc.stdout
+    plan = _in_process_plan(ex("cnn.onnx"), None, SIM)
+    for node in plan.graph.nodes:
+        if node.op != "constant":
+            assert re.search(rf"^{re.escape(node.name)}\s", out, re.M), node.name
+    assert re.search(r"^image_to_gpu0\s+h2d\s+cpu:0 -> gpu:0\s+384 KiB", out, re.M)
+    assert re.search(r"^gpu:0\s+gpu\s+\d+", out, re.M)
+    assert "estimated makespan" in out and "lower bound" in out
+    assert re.search(r"compare: cpu policy \S+ \S+\s+gpu policy", out)
+
+
+def test_place_on_onnx_light_models_validates():
+    for name in ("squeezenet", "inception_v1"):
+        doc = json.loads(ok("place", light_model(name), "--devices", SIM, "--format", "json",
+                            "--no-compare").stdout)
+        jsonschema.validate(doc, report.schema(), cls=jsonschema.Draft202012Validator)
+        assert doc["summary"]["nodes"] > 20
+        assert doc["summary"]["policies"] == {}
+        assert {n["device"] for n in doc["nodes"]} <= {"cpu:0", "cpu:1", "gpu:0"}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pydot's use of pyparsing
+def test_place_dot_parses_back_with_device_colours(tmp_path):
+    out = tmp_path / "cnn.dot"
+    proc = ok("place", ex("cnn.onnx"), "--devices", SIM, "--format", "dot", "-o", str(out))
+    assert "wrote dot report" in proc.stderr and proc.stdout == ""
+    doc = json.loads(ok("place", ex("cnn.onnx"), "--devices", SIM, "--format", "json",
+                        "--no-compare").stdout)
+    (graph,) = pydot.graph_from_dot_data(out.read_text())
+    nodes = {n.get_name().strip('"'): n for n in graph.get_nodes()}
+    colors = {d["name"]: d["color"] for d in doc["machine"]["devices"]}
+    for n in doc["nodes"]:
+        assert nodes[n["name"]].get("fillcolor").strip('"') == colors[n["device"]]
+    for t in doc["transfers"]:
+        assert nodes[t["name"]].get("shape") == "cds"
+        assert "dashed" in nodes[t["name"]].get("style")
+    edges = {(e.get_source().strip('"'), e.get_destination().strip('"'))
+             for e in graph.get_edges()}
+    assert edges == {(e["src"], e["dst"]) for e in doc["edges"]}
+
+
+def test_place_policy_cpu_keeps_everything_on_cpu_workers():
+    doc = json.loads(ok("place", ex("two_tower.onnx"), "--devices", "cpu:2,sim:1", "--policy",
+                        "cpu", "--format", "json").stdout)
+    assert doc["policy"] == "cpu" and doc["transfers"] == []
+    assert {n["device"] for n in doc["nodes"]} <= {"cpu:0", "cpu:1"}
+    assert set(doc["summary"]["policies"]) == {"gpu"}
+
+
+# ----------------------------------------------------------------------------------------------
+# run and calibrate
+
+
+def _field(pattern: str, text: str) -> str:
+    m = re.search(pattern, text, re.M)
+    assert m, f"{pattern!r} not in:\n{text}"
+    return m.group(1)
+
+
+def test_run_reports_measured_next_to_estimate_and_writes_trace(tmp_path):
+    trace = tmp_path / "trace.json"
+    proc = ok("run", ex("cnn.onnx"), "--devices", SIM, "--repeat", "3", "--profile", str(trace),
+              "--check")
+    out = proc.stdout
+    assert re.search(r"^measured\s+median \S+ \S+ of 3 run\(s\)", out, re.M)
+    assert re.search(r"^estimated \S+ \S+, lower bound", out, re.M)
+    assert "output probs: float32[8, 10]" in out
+    assert float(_field(r"max relative error (\S+)", out)) < 1e-4
+    events = json.loads(trace.read_text())["traceEvents"]
+    names = {e["name"] for e in events if e.get("ph") == "X"}
+    plan = _in_process_plan(ex("cnn.onnx"), None, SIM)
+    assert names == {n.name for n in plan.graph.nodes if n.op not in ("input", "constant")}
+
+
+def test_run_python_model_on_npy_input_matches_numpy(tmp_path):
+    x = np.random.default_rng(3).standard_normal((16, 784)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    proc = ok("run", ex("model.py") + ":branches", "--input", f"x={tmp_path / 'x.npy'}",
+              "--devices", "cpu:2", "--repeat", "2", "--check")
+    assert "output" in proc.stdout
+    assert float(_field(r"max relative error (\S+)", proc.stdout)) < 1e-4
+
+
+def test_calibrate_saves_measurements_that_place_uses(tmp_path):
+    costs = tmp_path / "costs.json"
+    proc = ok("calibrate", "--devices", "cpu:1,sim:1", "--no-progress", "--cost-file",
+              str(costs), "--repeats", "1", tmp_cache=str(tmp_path))
+    data = json.loads(costs.read_text())
+    assert data["format"] == "hetero.costs/1" and len(data["entries"]) >= 6
+    assert all("cpu:0" in k for k in data["entries"])  # simulated GPUs are not timed
+    assert "not measured: gpu:0" in proc.stdout
+    doc = json.loads(ok("place", ex("model.py") + ":mlp", "--input", "x=8x784", "--cost",
+                        "measured", "--cost-file", str(costs), "--format", "json",
+                        "--devices", "cpu:1", "--no-compare").stdout)
+    jsonschema.validate(doc, report.schema(), cls=jsonschema.Draft202012Validator)
+
+
+def test_calibrate_with_model_shows_a_progress_bar(tmp_path):
+    proc = ok("calibrate", "--devices", "cpu:1", ex("model.py") + ":mlp", "--input", "x=4x784",
+              "--cost-file", str(tmp_path / "c.json"), "--repeats", "1")
+    assert "calibrating" in proc.stderr and "/" in proc.stderr
+    assert re.search(r"measured \d+ kernel\(s\) of mlp", proc.stdout)
+
+
+# ----------------------------------------------------------------------------------------------
+# errors: exit status 2 for usage, 1 for model/placement; one line on stderr
+
+
+# Through the entry point: bad MODEL path, bad SPEC, bad --input (syntax and meaning).
+ERRORS = [
+    (["place", "no/such/model.onnx"], 1, "no/such/model.onnx: no such model file"),
+    (["place", ex("cnn.onnx"), "--devices", "cpu:2,tpu:1"], 2,
+     "argument --devices: bad item 'tpu:1'"),
+    (["place", ex("model.py") + ":mlp", "--input", "x=32by784"], 2,
+     "argument --input: 'x=32by784': bad shape"),
+    (["place", ex("model.py") + ":mlp"], 1, "needs a shape for argument 'x'"),
+    (["frobnicate"], 2, "invalid choice"),
+]
+
+# The same ``main`` in this process (quicker): every other error path.
+MORE_ERRORS = [
+    (["place", ex("cnn.onnx"), "--devices", "sim:1@z80"], 2, "unknown card 'z80'"),
+    (["place", ex("model.py") + ":mlp", "--input", "x=32x784:float99"], 2, "unknown dtype"),
+    (["place", ex("model.py") + ":mlp", "--input", "x"], 2, "expected name=SHAPE"),
+    (["place", ex("model.py") + ":mlp", "--input", "y=3x784"], 1, "has no argument 'y'"),
+    (["place", ex("model.py") + ":mlp", "--input", "x=3x785"], 1, "do not align"),
+    (["place", ex("model.py") + ":nope", "--input", "x=3x784"], 1,
+     "no function 'nope' (functions: branches, mlp)"),
+    (["place", ex("cnn.onnx"), "--input", "pixels=1x3x64x64"], 1, "no graph input named"),
+    (["place", ex("cnn.onnx"), "--input", "image=8x3x64x64:int64"], 1,
+     "fixes input 'image' as float32[8, 3, 64, 64]"),
+    (["place", ex("model.py")], 1, "path/to/file.py:function"),
+    (["place", ex("build_examples.py") + ":cnn"], 1, "returned ModelProto"),
+    (["place", ex("cnn.onnx"), "--format", "svg"], 2, "invalid choice: 'svg'"),
+    (["run", ex("cnn.onnx"), "--repeat", "0"], 2, "must be at least 1"),
+]
+
+
+def _check_stderr(status: int, stderr: str, message: str) -> None:
+    assert message in stderr
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    if status == 1:
+        assert len(lines) == 1 and lines[0].startswith("hetero: error: "), stderr
+    else:  # argparse: the usage, then one error line
+        assert lines[-1].startswith("hetero") and ": error: " in lines[-1]
+
+
+@pytest.mark.parametrize("args,status,message", ERRORS,
+                         ids=[" ".join(a[1:] if len(a) > 1 else a)[-40:] for a, _, _ in ERRORS])
+def test_errors_have_exit_status_and_one_clear_line(args, status, message):
+    proc = hetero_cmd(*args)
+    assert proc.returncode == status, proc.stderr
+    _check_stderr(status, proc.stderr, message)
+
+
+@pytest.mark.parametrize("args,status,message", MORE_ERRORS,
+                         ids=[" ".join(a[1:])[-40:] for a, _, _ in MORE_ERRORS])
+def test_more_errors_in_process(args, status, message, capsys, monkeypatch):
+    from hetero.cli import main
+
+    monkeypatch.chdir(ROOT)
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    assert code == status
+    _check_stderr(status, capsys.readouterr().err, message)
+
+
+def test_not_an_onnx_file_and_unwritable_output(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not a protobuf")
+    proc = hetero_cmd("place", str(bad))
+    assert proc.returncode == 1 and "not a valid ONNX model" in proc.stderr
+    proc = hetero_cmd("place", ex("cnn.onnx"), "-o", str(tmp_path / "missing" / "r.txt"))
+    assert proc.returncode == 1 and "cannot write" in proc.stderr
+    assert not (tmp_path / "missing").exists()
+
+
+def test_npy_input_of_wrong_shape_is_a_model_error(tmp_path):
+    np.save(tmp_path / "img.npy", np.zeros((2, 3), np.float32))
+    proc = hetero_cmd("run", ex("cnn.onnx"), "--input", f"image={tmp_path / 'img.npy'}")
+    assert proc.returncode == 1
+    assert "image" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_debug_shows_the_traceback():
+    for args in (["--debug", "place", "nope.onnx"], ["place", "nope.onnx", "--debug"]):
+        proc = hetero_cmd(*args)
+        assert proc.returncode == 1
+        assert "Traceback" in proc.stderr and "ModelError" in proc.stderr
