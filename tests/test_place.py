@@ -367,3 +367,53 @@ def test_placement_json_round_trip(machine):
     q = ht.Placement.from_json(p.to_json())
     assert dict(q.device) == dict(p.device) and dict(q.reason) == dict(p.reason)
     assert q.makespan == p.makespan
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), data=st.data())
+def test_random_annotations_are_obeyed(seed, data):
+    """Random hard pins, soft hints, colocation groups and GPU-less ops on random DAGs: pins are
+    kept, groups share a device, no op lands where it has no kernel, and the timing is feasible."""
+    m = slow_link_machine()
+    base = G.random_layered(seed, layers=4, width=3, n=data.draw(st.sampled_from([8, 256])))
+    names = [d.name for d in m.devices]
+    cpu_only = G.cpu_only_op()
+    nodes = []
+    for node in base.nodes:
+        if node.op in ("input", "constant"):
+            nodes.append(node)
+            continue
+        choice = data.draw(st.sampled_from(["none", "none", "hard", "soft", "group", "cpuop"]))
+        if choice == "hard":
+            node = node.replace(device=data.draw(st.sampled_from(names)), soft=False)
+        elif choice == "soft":
+            node = node.replace(device=data.draw(st.sampled_from(names)), soft=True)
+        elif choice == "group":
+            node = node.replace(colocate=data.draw(st.sampled_from(["g1", "g2"])))
+        elif choice == "cpuop" and node.op == "relu":
+            node = node.replace(op=cpu_only, attrs={})
+        nodes.append(node)
+    g = base.replace(nodes=tuple(nodes))
+    ht.check(g)
+    cost = RooflineCost(m)
+    try:
+        p = place(g, m, cost)
+    except PlacementError as exc:
+        # only a colocation group whose members are pinned apart (or to a GPU-less op's
+        # impossible device) may fail, and the message says which group
+        assert "colocation group" in str(exc)
+        return
+    for node in g.nodes:
+        dev = p.device[node.name]
+        if node.op in ("input", "constant"):
+            continue
+        assert ht.ops.registry.has_kernel(node.op, m.device(dev).backend)
+        if node.device is not None and not node.soft:
+            assert dev == node.device and p.reason[node.name].kind == "pinned"
+        if node.soft and node.device is not None:
+            assert p.reason[node.name].kind in ("soft-kept", "soft-overridden",
+                                                "no-kernel-elsewhere", "colocated")
+    for group in ("g1", "g2"):
+        devs = {p.device[n.name] for n in g.nodes if n.colocate == group}
+        assert len(devs) <= 1
+    assert_feasible(g, p, m, cost)
