@@ -952,14 +952,16 @@ class Machine:
             n = None if count is None else int(count)
             if kind == "cpu":
                 if cpus is not None:
-                    raise DeviceError(f"'cpu' appears twice in machine spec {spec!r}")
+                    raise DeviceError(f"'cpu' appears twice in machine spec {spec!r}\n"
+                                      f"{SPEC_GRAMMAR}")
                 if n == 0:
                     raise DeviceError(f"machine spec {spec!r}: at least one CPU worker is "
-                                      "needed (the host runs inputs and outputs)")
+                                      f"needed (the host runs inputs and outputs)\n{SPEC_GRAMMAR}")
                 cpus = n
             elif kind == "gpu":
                 if seen_gpu:
-                    raise DeviceError(f"'gpu' appears twice in machine spec {spec!r}")
+                    raise DeviceError(f"'gpu' appears twice in machine spec {spec!r}\n"
+                                      f"{SPEC_GRAMMAR}")
                 seen_gpu = True
                 gpus = n  # None: every usable GPU, and at least one
             else:

@@ -67,11 +67,14 @@ def test_parse_defaults_to_one_worker_per_core():
     ("cpu:2,gpu:1@h100", "only simulated GPUs take a card"),
     ("cpu:2,cpu:1", "'cpu' appears twice"),
     ("cpu:0,sim:1", "at least one CPU worker"),
+    ("gpu:0,gpu:1", "'gpu' appears twice"),
+    ("sim:1@", "bad item 'sim:1@'"),
 ])
 def test_parse_errors_show_the_grammar(spec, fragment):
     with pytest.raises(DeviceError) as info:
         Machine.parse(spec)
     assert fragment in str(info.value)
+    assert "sim[:N][@CARD]" in str(info.value)  # every refusal shows the grammar
 
 
 def test_parse_bad_item_lists_grammar_and_cards():
