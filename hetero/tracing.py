@@ -441,6 +441,9 @@ def _run_eager(op, inputs, attrs: Attrs, dev: str | None, where: str | None) -> 
         if isinstance(x, Tensor):
             arrays.append(_move(x, target, machine, op.name, where))
         elif isinstance(x, np.ndarray):
+            if x.ndim and target.memory_space != "host":
+                _guard_transfer(f"{node_label(op.name, op.name, where)}: implicit copy of "
+                                f"{TensorSpec.of(x)} from a NumPy array to {target.name}")
             arrays.append(target.from_host(x))
         else:
             arrays.append(target.from_host(_scalar_array(x, like)))
@@ -467,22 +470,26 @@ def _run_eager(op, inputs, attrs: Attrs, dev: str | None, where: str | None) -> 
     return result[0] if len(result) == 1 else result
 
 
+def _guard_transfer(msg: str) -> None:
+    """Apply ``config.transfer_guard`` to the implicit copy that ``msg`` describes."""
+    from hetero.config import config
+
+    guard = config.transfer_guard
+    if guard == "disallow":
+        raise TransferGuardError(msg + " (ht.config.transfer_guard is 'disallow'; move it "
+                                 "explicitly with ht.ops.to_device)")
+    if guard == "log":
+        log.warning(msg)
+
+
 def _move(x: Tensor, target, machine, opname: str, where: str | None) -> Any:
     if x._device == target.name:
         return x._data
     src = machine.device(x._device)
     if src.memory_space == target.memory_space:
         return x._data
-    from hetero.config import config
-
-    guard = config.transfer_guard
-    msg = (f"{node_label(opname, opname, where)}: implicit copy of {x.spec} from {src.name} to "
-           f"{target.name}")
-    if guard == "disallow":
-        raise TransferGuardError(msg + " (ht.config.transfer_guard is 'disallow'; move it "
-                                 "explicitly with ht.ops.to_device)")
-    if guard == "log":
-        log.warning(msg)
+    _guard_transfer(f"{node_label(opname, opname, where)}: implicit copy of {x.spec} from "
+                    f"{src.name} to {target.name}")
     copy = getattr(machine, "copy", None)
     if copy is not None:
         return copy(x._data, src, target)

@@ -208,3 +208,12 @@ def test_a_failing_kernel_on_the_gpu_names_the_op_and_source_line(monkeypatch):
         ht.ops.exp(t)
     monkeypatch.undo()  # the stream is not left poisoned: the next kernel runs
     np.testing.assert_allclose(ht.ops.exp(t).numpy(), np.exp(t.numpy()), rtol=1e-6)
+
+
+def test_transfer_guard_covers_numpy_operands_of_gpu_ops():
+    config.transfer_guard = "disallow"
+    t = ht.tensor(_rand(3), device="gpu:0")
+    with pytest.raises(TransferGuardError, match="NumPy array to gpu:0"):
+        t + np.ones(3, F32)
+    assert _on_gpu(t + 1.0) and _on_gpu(t * np.float32(2))  # scalars are not transfers
+    assert (ht.tensor(_rand(3)) + np.ones(3, F32)).device == "cpu:0"  # host arrays on the host
