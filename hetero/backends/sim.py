@@ -291,7 +291,8 @@ class SimDevice(Device):
         super().__init__(name, kind="gpu", memory_space=name, backend="sim", **kw)
         self.index = index
         self.sim_spec = spec
-        self._mem_lock = threading.Lock()
+        # reentrant: a garbage collection inside a locked section may free a buffer (_release)
+        self._mem_lock = threading.RLock()
         self._allocated = 0
         self._peak = 0
         # (op, attrs, shapes and dtypes) -> simulated seconds: eager mode repeats kernels
