@@ -33,7 +33,7 @@ from hetero.errors import HeteroError, ModelError
 from hetero.graph import Graph, Node, TensorSpec, Value
 
 # Backend and BackendRep are built on first access (module __getattr__), so they are not listed.
-__all__ = ["load", "supported_ops", "prepare", "run_model", "run_node"]
+__all__ = ["load", "supported_ops", "prepare", "run_model", "run_node", "StaticInputError"]
 
 # ----------------------------------------------------------------------------------------------
 # Values during import
@@ -95,7 +95,11 @@ class _Builder:
             return got
         node = Node(self.fresh(_clean(v.hint or name)), "constant", outputs=(v.spec,),
                     where=where)
-        arr = np.array(v.array, order="C")
+        arr = v.array
+        if arr.flags.writeable or not arr.flags.c_contiguous:
+            # arrays made during import are ours alone: freeze them instead of copying
+            arr = np.ascontiguousarray(arr) if arr.ndim else np.array(arr)
+            arr.flags.writeable = False
         self.nodes.append(node)
         self.constants[node.name] = arr
         self._const_nodes[key] = node.value()
@@ -918,10 +922,9 @@ def _tensor_to_array(tensor: Any, folder: str | None, where: str) -> np.ndarray:
     if tensor.data_type:
         _onnx_dtype(tensor.data_type)
     try:
-        arr = numpy_helper.to_array(tensor)
+        return np.asarray(numpy_helper.to_array(tensor))
     except Exception as exc:
         raise ModelError(f"{where}: tensor {tensor.name!r} cannot be read: {exc}") from None
-    return np.array(arr, copy=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -936,7 +939,7 @@ class _Importer:
         self.source = source
         self.folder = folder
         self.input_shapes = dict(input_shapes or {})
-        self.static_inputs = {k: np.asarray(v) for k, v in (static_inputs or {}).items()}
+        self.static_inputs = {k: np.array(v, copy=True) for k, v in (static_inputs or {}).items()}
         self.builder = _Builder()
         self.opset = _opset(model)
 
@@ -1104,8 +1107,20 @@ def _parse(model: Any, base_dir: str | None) -> tuple[Any, str, str | None]:
     try:
         onnx.checker.check_model(proto)
     except (onnx.checker.ValidationError, ValueError) as exc:
-        raise ModelError(f"{source}: not a valid ONNX model: {str(exc).strip()}") from None
+        message = str(exc).strip()
+        # graph outputs without a declared type or shape are fine: hetero infers them
+        if not any(m in message for m in _UNTYPED_OUTPUT) or not _outputs_untyped(proto):
+            raise ModelError(f"{source}: not a valid ONNX model: {message}") from None
     return proto, source, folder
+
+
+_UNTYPED_OUTPUT = ("Field 'type' of 'value_info' is required",
+                   "Field 'shape' of 'type' is required")
+
+
+def _outputs_untyped(proto: Any) -> bool:
+    return any(not vo.type.HasField("tensor_type") or not vo.type.tensor_type.HasField("shape")
+               for vo in proto.graph.output)
 
 
 # ----------------------------------------------------------------------------------------------
