@@ -217,3 +217,19 @@ def test_transfer_guard_covers_numpy_operands_of_gpu_ops():
         t + np.ones(3, F32)
     assert _on_gpu(t + 1.0) and _on_gpu(t * np.float32(2))  # scalars are not transfers
     assert (ht.tensor(_rand(3)) + np.ones(3, F32)).device == "cpu:0"  # host arrays on the host
+
+
+def test_eager_gpu_memory_returns_when_tensors_go():
+    import gc
+
+    gpu = config.machine.device("gpu:0")
+    gc.collect()
+    before = gpu.allocated
+    with ht.device("gpu:0"):
+        x = ht.tensor(_rand(64, 64))
+        y = ht.ops.relu(x @ x + 1.0).sum()
+    assert gpu.allocated > before
+    assert np.isfinite(y.numpy())
+    del x, y
+    gc.collect()
+    assert gpu.allocated == before
