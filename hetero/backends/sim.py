@@ -24,7 +24,9 @@ flops / peak + bytes / memory bandwidth; a copy's is the link's ``latency + byte
 The stream really computes (NumPy) and then owes the difference between the simulated and the
 real duration; it sleeps off what it owes before it passes any event (and whenever the debt
 exceeds ``SLEEP_QUANTUM_S``), so events fire no earlier than the simulated timeline says. A device
-simulated faster than the host's NumPy can only be as fast as NumPy: debts are never negative.
+simulated faster than the host's NumPy can only be as fast as NumPy: a kernel that really runs
+longer than its simulated duration owes nothing, and only an oversleep (at most
+``SLEEP_QUANTUM_S``) is credited to the next work.
 
 Errors. A function that raises on a stream poisons it: later ``run`` items are skipped (their
 inputs may be garbage), events still fire (no waiter hangs) and carry the error, and the next host
