@@ -34,6 +34,12 @@ def test_plan_is_valid_and_runs_like_the_reference(family, policy, machine):
     assert sorted(queued) == sorted(n.name for n in plan.graph.nodes if n.op != "input")
     assert plan.makespan >= plan.lower_bound * (1 - 1e-9) > 0
     assert plan.policy == policy
+    # the placer estimated exactly the plan the compiler built
+    assert plan.placement.makespan == pytest.approx(plan.makespan)
+    for name, (s, f) in plan.estimates.items():
+        if name in plan.placement.start:
+            assert (plan.placement.start[name], plan.placement.finish[name]) == \
+                pytest.approx((s, f))
     x = G.inputs_for(g)
     want = reference.run(g, x)
     got = plan.run(*x)

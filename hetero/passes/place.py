@@ -27,15 +27,21 @@ Rules (``allowed`` per node, then a Reason per node):
 - a device whose backend has no kernel for the op is never allowed
   (``registry.has_kernel(op, device.backend)``);
 - policies: "heft" and "peft" schedule over all allowed devices and keep the best of their own
-  schedule and the "cpu" and "gpu" schedules (all built by the same list scheduler under the same
-  cost model, so a HEFT-class placement is never estimated slower than a fixed one); "cpu" allows
-  CPU workers only, "gpu" GPUs only (CPU workers for ops without a GPU kernel), "annotated"
+  placement and those of the "cpu" and "gpu" policies (built by the same list scheduler under the
+  same cost model, so a HEFT-class placement is never estimated slower than a fixed one); "cpu"
+  allows CPU workers only, "gpu" GPUs only (CPU workers for ops without a GPU kernel), "annotated"
   keeps the annotations and puts the rest on "cpu:0" (the default device);
 - GPU memory capacity: after scheduling, the planned peak of each GPU is estimated from the
   schedule (a value is live from its producer's start to its last reader's finish in that memory
   space; constants for the whole run). While a peak exceeds the device's capacity, the largest
   movable nodes there are barred from it (Reason "capacity") and the graph is scheduled again;
   when nothing is left to move, a PlacementError names the device, its peak and capacity.
+
+Estimates: the list scheduler treats a transfer as a delay on an edge. The candidate placements
+are then compared, and the chosen one's start, finish and makespan reported, as the plan will run
+them: partitioned (one transfer per value and memory space) and scheduled with each GPU's copy
+engines as lanes of their own (``hetero.passes.schedule``), so copies over one link queue up. A
+Placement's estimates are therefore those of the Plan that ``compile`` builds from it.
 
 ``HETERO_LOG_DEVICE_PLACEMENT=1`` (``config.log_device_placement``) logs node, device and reason
 on the ``hetero.place`` logger as placement happens.
@@ -267,7 +273,13 @@ def _contraction_is_acyclic(graph: Graph, group: set[str]) -> bool:
 
 @dataclass
 class _Outcome:
-    schedule: scheduling.Schedule
+    """The chosen candidate: devices, plan-level start and finish per node, makespan, and which
+    candidate ("heft", "cpu", ...) it was."""
+
+    device: dict[str, str]
+    start: dict[str, float]
+    finish: dict[str, float]
+    makespan: float
     label: str
 
 
@@ -390,7 +402,7 @@ def place(graph: Graph, machine: Any = None, cost: Any = None, policy: str = "he
     capacity_moves: dict[str, str] = {}
     while True:
         outcome = _best_schedule(ctx, rules, tasks, policy)
-        device, start, finish = _expand(ctx, tasks, outcome.schedule)
+        device, start, finish = outcome.device, outcome.start, outcome.finish
         over = _over_capacity(ctx, device, start, finish)
         if over is None:
             break
@@ -398,7 +410,7 @@ def place(graph: Graph, machine: Any = None, cost: Any = None, policy: str = "he
         capacity_moves.update(moved)
     reasons = _reasons(ctx, rules, tasks, device, policy, outcome, capacity_moves)
     placement = Placement(device=device, reason=reasons, start=start, finish=finish,
-                          makespan=outcome.schedule.makespan, policy=policy)
+                          makespan=outcome.makespan, policy=policy)
     if config.log_device_placement:
         _log(graph, placement)
     return placement
@@ -437,6 +449,7 @@ class _Context:
 
 
 def _best_schedule(ctx: _Context, rules: _Rules, tasks: _Tasks, policy: str) -> _Outcome:
+    """Schedule under the policy's candidates and keep the fastest on the plan-level estimate."""
     def task_cost(task: str, dev: str) -> float:
         return sum(ctx.node_cost(n, dev) for n in tasks.members[task])
 
@@ -453,43 +466,53 @@ def _best_schedule(ctx: _Context, rules: _Rules, tasks: _Tasks, policy: str) -> 
     else:
         candidates = [("annotated", None)]
     best: _Outcome | None = None
+    seen: set[tuple[str, ...]] = set()
     for label, keep in candidates:
-        algorithm = policy if policy in ("heft", "peft") else "heft"
+        # the fixed-policy candidates are built exactly as those policies build them
+        algorithm = "peft" if label == "peft" else "heft"
         allowed = _restricted(rules, tasks, devs, keep)
         sched = _run_scheduler(tasks, devs, algorithm, allowed, task_cost, comm)
-        if best is None or sched.makespan < best.schedule.makespan * (1 - 1e-12):
-            best = _Outcome(sched, label)
+        device = _expand(ctx, tasks, sched)
+        key = tuple(device.values())
+        if key in seen:  # the same placement as an earlier candidate
+            continue
+        seen.add(key)
+        start, finish, makespan = _evaluate(ctx, device)
+        if best is None or makespan < best.makespan * (1 - 1e-12):
+            best = _Outcome(device, start, finish, makespan, label)
     assert best is not None
     return best
 
 
-def _expand(ctx: _Context, tasks: _Tasks, sched: scheduling.Schedule
-            ) -> tuple[dict[str, str], dict[str, float], dict[str, float]]:
-    """Per node device, start and finish from a task schedule (group members run back to back;
-    constants follow their first consumer)."""
+def _evaluate(ctx: _Context, device: Mapping[str, str]
+              ) -> tuple[dict[str, float], dict[str, float], float]:
+    """Start, finish and makespan of a placement as the plan will run it: partitioned, with
+    transfers on the GPUs' copy engines (so copies over one link queue up)."""
+    from hetero.passes.partition import partition
+    from hetero.passes.schedule import schedule
+
+    parted = partition(ctx.graph, device, ctx.machine)
+    sched = schedule(parted, ctx.machine, ctx.cost)
+    est = sched.estimates
+    start = {n.name: est.get(n.name, (0.0, 0.0))[0] for n in ctx.graph.nodes}
+    finish = {n.name: est.get(n.name, (0.0, 0.0))[1] for n in ctx.graph.nodes}
+    return start, finish, sched.makespan
+
+
+def _expand(ctx: _Context, tasks: _Tasks, sched: scheduling.Schedule) -> dict[str, str]:
+    """Device per node (in graph order) from a task schedule; constants follow their first
+    consumer."""
     device: dict[str, str] = {}
-    start: dict[str, float] = {}
-    finish: dict[str, float] = {}
     for task, members in tasks.members.items():
-        if task == SINK:
-            continue
-        dev = sched.device[task]
-        t = sched.start[task]
-        for n in members:
-            d = ctx.node_cost(n, dev)
-            device[n], start[n], finish[n] = dev, t, t + d
-            t += d
-        if members:
-            finish[members[-1]] = sched.finish[task]
+        if task != SINK:
+            for n in members:
+                device[n] = sched.device[task]
     consumers = ctx.graph.consumers()
     for node in ctx.graph.nodes:
-        if node.op != "constant":
-            continue
-        readers = consumers[node.name]
-        device[node.name] = device[readers[0]] if readers else HOST_DEVICE
-        start[node.name] = finish[node.name] = 0.0
-    ordered = {n.name: device[n.name] for n in ctx.graph.nodes}
-    return ordered, start, finish
+        if node.op == "constant":
+            readers = consumers[node.name]
+            device[node.name] = device[readers[0]] if readers else HOST_DEVICE
+    return {n.name: device[n.name] for n in ctx.graph.nodes}
 
 
 def _over_capacity(ctx: _Context, device: Mapping[str, str], start: Mapping[str, float],
