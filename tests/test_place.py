@@ -417,3 +417,15 @@ def test_random_annotations_are_obeyed(seed, data):
         devs = {p.device[n.name] for n in g.nodes if n.colocate == group}
         assert len(devs) <= 1
     assert_feasible(g, p, m, cost)
+
+
+def test_annotated_policy_follows_group_annotation(machine):
+    b = G.Builder("annotated_group")
+    x = b.input((64, 64))
+    y = b.op("matmul", x, x, colocate="g", device="gpu:0", node_name="pinned")
+    y = b.op("relu", y, colocate="g", node_name="follower")
+    g = b.build(b.op("neg", y, node_name="free"))
+    p = place(g, machine, policy="annotated")
+    assert p.device["pinned"] == p.device["follower"] == "gpu:0"
+    assert p.reason["follower"].kind == "colocated"
+    assert p.device["free"] == "cpu:0" and p.reason["free"].kind == "default"

@@ -107,6 +107,9 @@ def _annotation_rules(graph: Graph, machine: Any, policy: str, strict: bool) -> 
         raise PlacementError(f"the machine has no {HOST_DEVICE} for graph inputs and outputs "
                              f"(devices: {', '.join(names)})")
     rules = _Rules()
+    # under "annotated", an unannotated member of a group follows the group's annotated members
+    annotated_groups = {n.colocate for n in graph.nodes
+                        if n.colocate and n.device is not None and n.op != "constant"}
     for node in graph.nodes:
         if node.op == "constant":
             continue
@@ -139,7 +142,10 @@ def _annotation_rules(graph: Graph, machine: Any, policy: str, strict: bool) -> 
                                                 f"but {trouble}")
             else:
                 rules.soft_wish[node.name] = node.device
-        rules.allowed[node.name] = _policy_allowed(node, policy, ok, cpus, gpus, rules)
+        if policy == "annotated" and node.colocate in annotated_groups:
+            rules.allowed[node.name] = ok
+        else:
+            rules.allowed[node.name] = _policy_allowed(node, policy, ok, cpus, gpus, rules)
         if len(ok) < len(names) and node.name not in rules.fixed:
             missing = [n for n in names if n not in ok]
             rules.fixed[node.name] = Reason("no-kernel-elsewhere",
