@@ -127,6 +127,19 @@ def test_erf_polynomial_fallback(dtype, tol):
     assert abs(out0 - math.erf(0.5)) < tol
 
 
+def test_erf_and_gelu_without_scipy(monkeypatch):
+    """The kernels as they run where no library erf exists."""
+    from hetero.ops import elementwise
+
+    monkeypatch.setitem(elementwise._FAST_SPECIAL, ("numpy", "erf"), None)
+    monkeypatch.setitem(elementwise._FAST_SPECIAL, ("numpy", "erfc"), None)
+    x = np.linspace(-6, 6, 1001)
+    np.testing.assert_allclose(ops.erf(x).numpy(), _erf(x), rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(ops.gelu(x).numpy(), _gelu_ref(x), rtol=1e-13, atol=1e-14)
+    x32 = x.astype(np.float32)
+    np.testing.assert_allclose(ops.gelu(x32).numpy(), _gelu_ref(x), rtol=1e-6, atol=1e-6)
+
+
 def test_sigmoid_does_not_overflow():
     x = np.array([-1000, -50, 0, 50, 1000], np.float32)
     with np.errstate(all="raise"):

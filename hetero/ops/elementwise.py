@@ -238,30 +238,35 @@ def _erf_into(xp, x, out):
     xp.copyto(out, t, where=small)
 
 
-_FAST_ERF: dict = {}
+_FAST_SPECIAL: dict = {}
 
 
-def _fast_erf(xp):
-    """The library ufunc for erf where one exists (SciPy for NumPy, ``cupyx.scipy.special`` for
-    CuPy), imported on first use and remembered per namespace; None where there is none."""
+def _fast_special(xp, name: str):
+    """The library ufunc ``name`` ("erf", "erfc") where one exists (SciPy for NumPy,
+    ``cupyx.scipy.special`` for CuPy), imported on first use and remembered per namespace; None
+    where there is none."""
+    key = (xp.__name__, name)
     try:
-        return _FAST_ERF[xp]
+        return _FAST_SPECIAL[key]
     except KeyError:
         pass
     fn = None
     try:
         if xp.__name__ == "numpy":
-            from scipy.special import erf as fn
+            import scipy.special as special
         elif xp.__name__ == "cupy":
-            from cupyx.scipy.special import erf as fn
+            import cupyx.scipy.special as special
+        else:
+            special = None
+        fn = getattr(special, name, None)
     except ImportError:
         fn = None
-    _FAST_ERF[xp] = fn
+    _FAST_SPECIAL[key] = fn
     return fn
 
 
 def _erf_kernel(xp, ins, attrs, outs):
-    fn = _fast_erf(xp)
+    fn = _fast_special(xp, "erf")
     if fn is not None:
         fn(ins[0], out=outs[0])
     else:
@@ -285,15 +290,17 @@ def _gelu_kernel(xp, ins, attrs, outs):
         out *= x
         out *= _SQRT_2_OVER_PI
         xp.tanh(out, out=out)
+        out += 1
     else:
-        # 0.5 * x * (1 + erf(x / sqrt(2)))
-        scaled = xp.multiply(x, 1 / math.sqrt(2), out=xp.empty_like(out))
-        fn = _fast_erf(xp)
+        # 0.5 * x * (1 + erf(x / sqrt(2))) == 0.5 * x * erfc(-x / sqrt(2)); erfc keeps the
+        # relative precision of the tiny results for x << 0, where 1 + erf cancels
+        fn = _fast_special(xp, "erfc")
         if fn is not None:
-            fn(scaled, out=out)
+            xp.multiply(x, -1 / math.sqrt(2), out=out)
+            fn(out, out=out)
         else:
-            _erf_into(xp, scaled, out)
-    out += 1
+            _erf_into(xp, xp.multiply(x, 1 / math.sqrt(2), out=xp.empty_like(out)), out)
+            out += 1
     out *= x
     out *= 0.5
 
