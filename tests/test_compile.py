@@ -139,3 +139,24 @@ def test_reason_kinds_are_checked():
     with pytest.raises(HeteroError, match="unknown placement reason"):
         Reason("because")
     assert str(Reason("cost", "1 ms")) == "cost: 1 ms"
+
+
+def test_two_gpus_copy_device_to_device():
+    """x -> relu (gpu:0) -> neg (gpu:1) -> out: h2d to gpu:0, d2d to gpu:1, d2h home."""
+    m = ht.Machine.parse("cpu:1,sim:2")
+    b = G.Builder("d2d")
+    x = b.input((8, 8))
+    y = b.op("relu", x, device="gpu:0")
+    g = b.build(b.op("neg", y, device="gpu:1"))
+    plan = compile(g, m)
+    ht.check(plan)
+    assert [(t.attrs["kind"], t.device) for t in plan.transfers()] == [
+        ("h2d", "gpu:0"), ("d2d", "gpu:1"), ("d2h", "gpu:1")]
+    xs = G.inputs_for(g)
+    np.testing.assert_array_equal(plan.run(*xs)[0], reference.run(g, xs)[0])
+    big = G.tiled_cholesky(3, 32)
+    plan = compile(big, m)
+    ht.check(plan)
+    xs = G.inputs_for(big)
+    for a, b in zip(reference.run(big, xs), plan.run(*xs)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
