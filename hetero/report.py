@@ -247,7 +247,8 @@ def build(plan: Any, *, source: str | None = None,
         "model": {
             "name": graph.name, "source": source,
             "inputs": [{"name": n, **_spec_json(graph.node(n).outputs[0])} for n in graph.inputs],
-            "outputs": [{"name": v.node, **_spec_json(graph.spec(v))} for v in graph.outputs]},
+            "outputs": [{"name": _produced_by(graph, v), **_spec_json(graph.spec(v))}
+                        for v in graph.outputs]},
         "machine": {"spec": machine.spec, "devices": [_device_json(d, colors) for d in
                                                       machine.devices]},
         "policy": plan.policy,
@@ -263,6 +264,14 @@ def build(plan: Any, *, source: str | None = None,
         "devices": devices,
         "memory": memory,
     }
+
+
+def _produced_by(graph: Any, v: Any) -> str:
+    """The node that computes an output (not the transfer that brings it to the host)."""
+    node = graph.node(v.node)
+    while node.op == "transfer":
+        node = graph.node(node.inputs[0].node)
+    return node.name
 
 
 def _device_json(d: Any, colors: Mapping[str, str]) -> dict[str, Any]:
@@ -361,7 +370,9 @@ def render_json(report: Mapping[str, Any]) -> str:
 
 
 def _dot_id(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A double-quoted DOT ID; a newline in ``text`` becomes DOT's centred line break."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\n", "\\n") + '"'
 
 
 def render_dot(report: Mapping[str, Any]) -> str:
@@ -373,13 +384,13 @@ def render_dot(report: Mapping[str, Any]) -> str:
              '  edge [fontname="Helvetica", fontsize=8, color="#555555"];']
     for n in report["nodes"]:
         shape = "ellipse" if n["op"] == "input" else "box"
-        label = f"{n['name']}\\n{n['op']} on {n['device']}\\n{fmt_time(n['time'])}"
+        label = f"{n['name']}\n{n['op']} on {n['device']}\n{fmt_time(n['time'])}"
         tip = _reason_text(n["reason"])
         lines.append(f"  {_dot_id(n['name'])} [label={_dot_id(label)}, shape={shape}, "
                      f"fillcolor={_dot_id(colors.get(n['device'], '#ffffff'))}, "
                      f"tooltip={_dot_id(tip)}];")
     for t in report["transfers"]:
-        label = f"{t['direction']} {fmt_bytes(t['bytes'])}\\n{t['src']} -> {t['dst']}"
+        label = f"{t['direction']} {fmt_bytes(t['bytes'])}\n{t['src']} -> {t['dst']}"
         lines.append(f"  {_dot_id(t['name'])} [label={_dot_id(label)}, shape=cds, "
                      f'style="filled,dashed", fillcolor={_dot_id(_TRANSFER_COLOR)}, '
                      f"color={_dot_id(colors.get(t['device'], '#000000'))}, penwidth=2];")
@@ -761,6 +772,10 @@ def render_html(report: Mapping[str, Any]) -> str:
         '<div class="meta" id="status">(the page script has not run)</div>',
         "<h2>Schedule (estimated)</h2>",
         f'<div class="scroll">{_gantt_svg(report)}</div>',
+        '<div class="meta">one row per device and GPU copy engine; dashed grey bars are '
+        'transfers; red line: estimated makespan; dashed blue line: lower bound. Hover a bar, '
+        'box or table row to highlight the node everywhere; click a device above to show only '
+        'its nodes.</div>',
         "<h2>Graph, coloured by device</h2>",
         f'<div class="scroll">{_graph_svg(report)}</div>',
         "<h2>Nodes</h2>",

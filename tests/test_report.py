@@ -64,8 +64,11 @@ def test_schema_is_valid_and_names_its_version():
                         report.SCHEMA_VERSION)
 
 
-def test_report_holds_the_plan(doc, plan):
-    assert doc["transfers"], "the fixture should use the GPU and the CPU"
+def test_report_holds_the_plan(doc, plan, graph):
+    assert doc["transfers"], "the fixture should use the GPU"
+    # outputs are named by the node that computes them, not the copy that brings them home
+    assert [o["name"] for o in doc["model"]["outputs"]] == [v.node for v in graph.outputs]
+    assert [o["name"] for o in doc["model"]["inputs"]] == ["x"]
     validate(json.loads(report.render_json(doc)))
     names = [n["name"] for n in doc["nodes"]]
     expected = [n.name for n in plan.graph.nodes if n.op not in ("constant", "transfer")]
@@ -145,6 +148,10 @@ def test_dot_round_trips_through_pydot(doc):
     for t in doc["transfers"]:
         assert nodes[t["name"]].get("shape") == "cds"
     assert len(g.get_edges()) == len(doc["edges"])
+    first = doc["nodes"][1]
+    assert nodes[first["name"]].get("label") == (
+        f'"{first["name"]}\\n{first["op"]} on {first["device"]}\\n'
+        f'{report.fmt_time(first["time"])}"')  # DOT line breaks, not escaped backslashes
 
 
 def test_dot_quotes_odd_names():
