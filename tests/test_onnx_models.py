@@ -59,6 +59,12 @@ def light_model_with_random_weights(name: str, seed: int = 0):
     g.initializer.extend(new_inits)
     g.input.extend(helper.make_tensor_value_info(t.name, onnx.TensorProto.FLOAT, t.dims)
                    for t in new_inits)  # IR 3 lists every initializer among the inputs
+    # the logits are outputs too: a saturated softmax alone would hide errors
+    outputs = {vo.name for vo in g.output}
+    for node in g.node:
+        if node.op_type == "Softmax" and node.output[0] in outputs:
+            g.output.append(helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT,
+                                                          None))
     names = {t.name for t in g.initializer}
     feeds = {}
     for vi in g.input:
@@ -74,7 +80,7 @@ def _random(rng, shape, role) -> np.ndarray:
         return rng.uniform(0.5, 1.5, shape).astype(np.float32)
     x = rng.standard_normal(shape, dtype=np.float32)
     if len(shape) >= 2:
-        fan_in = math.prod(shape[1:]) if op == "Conv" else min(shape)
+        fan_in = math.prod(shape[1:]) if op == "Conv" else max(shape)  # Gemm: K is the larger
         x *= np.float32(math.sqrt(2.0 / fan_in))
     else:
         x *= np.float32(0.1)
@@ -113,6 +119,7 @@ def _case(cases, name):
 def test_light_model_matches_onnxruntime(cases, name):
     graph, model, feeds, expected = _case(cases, name)
     assert graph.inputs == tuple(feeds)
+    assert len(expected) == len(graph.outputs)
     # the fills were the only weights: none of them may survive as a graph op
     assert not any(n.op in ("constant_of_shape",) for n in graph.nodes)
     inputs = [feeds[n] for n in graph.inputs]

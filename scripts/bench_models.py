@@ -1,0 +1,138 @@
+"""Time per inference of the ONNX light models: hetero (graph mode, default placement) vs
+onnxruntime on the CPU with the same number of threads.
+
+Each model gets random weights (tests/test_onnx_models.py) and a random batch-1 input. hetero
+compiles the imported graph for the detected machine (one CPU worker per core, the default
+placement policy); onnxruntime gets ``intra_op_num_threads`` = the number of cores hetero uses.
+Runs of the two alternate, so load from other processes hits both alike; the table reports the
+median of ``--runs`` runs after ``--warmup`` runs, and the ratio hetero / onnxruntime.
+
+``--profile`` also runs hetero with the profiler and prints, per model, the op types that take
+the most device time (summed over nodes).
+
+Usage: python scripts/bench_models.py [--models resnet50,vgg19] [--runs 7] [--profile]
+       [--markdown docs/benchmarks-models.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import hetero  # noqa: E402
+import hetero.onnx as ho  # noqa: E402
+from tests.test_onnx_models import (  # noqa: E402
+    MODELS,
+    light_model_with_random_weights,
+    rel_error,
+)
+
+
+def ort_session(model, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def bench_model(name: str, machine, runs: int, warmup: int, profile: bool) -> dict:
+    model, feeds = light_model_with_random_weights(name)
+    graph = ho.load(model)
+    threads = len(machine.cpus())
+    t0 = time.perf_counter()
+    plan = hetero.compile(graph, machine=machine)
+    compile_s = time.perf_counter() - t0
+    sess = ort_session(model, threads)
+    inputs = [feeds[n] for n in graph.inputs]
+    het, ref = [], []
+    for i in range(warmup + runs):
+        t0 = time.perf_counter()
+        out = plan.run(*inputs)
+        t1 = time.perf_counter()
+        want = sess.run(None, feeds)
+        t2 = time.perf_counter()
+        if i >= warmup:
+            het.append(t1 - t0)
+            ref.append(t2 - t1)
+    result = {
+        "model": name, "nodes": sum(n.op not in ("input", "constant") for n in plan.graph.nodes),
+        "hetero_ms": 1e3 * statistics.median(het), "ort_ms": 1e3 * statistics.median(ref),
+        "compile_s": compile_s, "error": rel_error(out[0], want[0]), "threads": threads,
+    }
+    result["ratio"] = result["hetero_ms"] / result["ort_ms"]
+    if profile:
+        _, prof = plan.run(*inputs, profile=True)
+        by_op: dict[str, float] = defaultdict(float)
+        for span in prof.spans:
+            by_op[span.op] += span.duration
+        total = sum(by_op.values()) or 1.0
+        result["top_ops"] = sorted(((op, s, s / total) for op, s in by_op.items()),
+                                   key=lambda t: -t[1])[:5]
+    return result
+
+
+def markdown(results: list[dict], machine, load: str) -> str:
+    lines = [
+        f"Machine: {', '.join(d.name for d in machine.devices)} ({os.cpu_count()} cores); "
+        f"onnxruntime with intra_op_num_threads={results[0]['threads']}; "
+        f"load average during the run: {load}.",
+        "",
+        "| model | nodes | hetero ms | onnxruntime ms | hetero / onnxruntime | rel. error |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(f"| {r['model']} | {r['nodes']} | {r['hetero_ms']:.1f} | {r['ort_ms']:.1f} | "
+                     f"{r['ratio']:.2f} | {r['error']:.1e} |")
+    ratios = [r["ratio"] for r in results]
+    geo = float(np.exp(np.mean(np.log(ratios))))
+    lines += ["", f"Geometric mean of the ratios: {geo:.2f}."]
+    if any("top_ops" in r for r in results):
+        lines += ["", "Device time by op type (profiled run, share of summed node time):", "",
+                  "| model | top ops |", "|---|---|"]
+        for r in results:
+            tops = ", ".join(f"{op} {share:.0%} ({s * 1e3:.1f} ms)"
+                             for op, s, share in r.get("top_ops", []))
+            lines.append(f"| {r['model']} | {tops} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--markdown", help="write the table to this file")
+    args = parser.parse_args(argv)
+    machine = hetero.Machine.detect()
+    results = []
+    for name in args.models.split(","):
+        r = bench_model(name, machine, args.runs, args.warmup, args.profile)
+        results.append(r)
+        print(f"{name:<14} hetero {r['hetero_ms']:8.1f} ms  onnxruntime {r['ort_ms']:8.1f} ms  "
+              f"ratio {r['ratio']:5.2f}  err {r['error']:.1e}", flush=True)
+        for op, s, share in r.get("top_ops", []):
+            print(f"    {op:<16} {s * 1e3:8.1f} ms  {share:5.1%}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    text = markdown(results, machine, load)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
