@@ -462,12 +462,12 @@ class Executor:
             raise HeteroError(f"outputs must be 'host' or 'device', got {outputs!r}")
         arrays = check_inputs(self.graph, inputs)
         with self._run_lock:  # one run at a time: runs share the arenas
-            self._bind(arrays)
             run = _Run(self._flags, len(self._event_slot), profile)
             limit = self._blas_limit()
             if limit is not None:
                 limit.__enter__()
             try:
+                self._bind(arrays)
                 bases = self._time_bases() if profile else {}
                 t0 = time.perf_counter()
                 if sync:
@@ -476,11 +476,11 @@ class Executor:
                     self._run_concurrent(run)
                 t1 = time.perf_counter()
                 _resolve_times(run, bases)
+                result = self._collect(arrays, outputs)
             finally:
                 if limit is not None:
                     limit.__exit__(None, None, None)
-            result = self._collect(arrays, outputs)
-            self._unbind()
+                self._unbind()
         if not profile:
             return result
         from hetero.profile import Profile
@@ -545,6 +545,7 @@ class Executor:
 
     def _run_concurrent(self, run: _Run) -> None:
         threads = self._threads
+        finished: list[threading.Event] = []
         started: list[threading.Thread] = []
         try:
             main = threads[0] if threads and threads[0].device.kind == "cpu" else None
@@ -552,19 +553,24 @@ class Executor:
                 if th is main:
                     continue
                 target = _gpu_loop if th.device.kind == "gpu" else _cpu_loop
-                t = threading.Thread(target=target, args=(th, run), daemon=True,
-                                     name=f"hetero-{th.device.name}")
-                t.start()
+                begun, done = threading.Event(), threading.Event()
+                t = threading.Thread(target=_thread_main, args=(target, th, run, begun, done),
+                                     daemon=True, name=f"hetero-{th.device.name}")
+                # listed before start(): an interrupt inside start() must still be waited for
                 started.append(t)
+                finished.append((begun, done))
+                t.start()
             if main is not None:
                 _cpu_loop(main, run)
-            for t in started:
-                t.join()
+            for _, done in finished:
+                done.wait()
         except BaseException as exc:  # KeyboardInterrupt while waiting: cancel everything
             run.fail(exc, None, "host")
-            for t in started:
-                t.join()
         finally:
+            launched = _wait_all(finished, run)
+            for t, ok in zip(started, launched):
+                if ok:
+                    t.join()
             self._synchronize_streams(run)
         _raise_failure(run)
 
@@ -756,6 +762,41 @@ def _cpu_loop(th: _Thread, run: _Run) -> None:
         if i >= 0:
             node = _node_of(th, i)
         run.fail(exc, node, th.device.name)
+
+
+def _thread_main(loop: Any, th: _Thread, run: _Run, begun: threading.Event,
+                 done: threading.Event) -> None:
+    begun.set()
+    try:
+        loop(th, run)
+    finally:
+        done.set()
+
+
+#: How long to wait for a thread whose start() was interrupted to show that it runs at all.
+_START_GRACE_S = 1.0
+
+
+def _wait_all(finished: list[tuple[threading.Event, threading.Event]], run: _Run) -> list[bool]:
+    """Wait until every launched thread of the run has returned, even through further
+    interrupts; returns, per thread, whether it was launched.
+
+    (Waiting on our own events, not ``Thread.join``: an interrupted join in Python 3.11 can mark a
+    thread as stopped while it still runs. A thread whose ``start()`` was interrupted before the
+    thread existed never sets ``begun``.)"""
+    launched = [True] * len(finished)
+    k = 0
+    while k < len(finished):
+        begun, done = finished[k]
+        try:
+            if begun.wait(_START_GRACE_S):
+                done.wait()
+            else:
+                launched[k] = False
+            k += 1
+        except BaseException as exc:  # a second Ctrl-C: keep cancelling, keep waiting
+            run.fail(exc, None, "host")
+    return launched
 
 
 def _node_of(th: _Thread, index: int) -> Node:

@@ -266,6 +266,43 @@ def test_keyboard_interrupt_cancels_cleanly(monkeypatch, device):
     assert_same(bounded(lambda: ex.run(xs)), ref)
 
 
+@pytest.mark.parametrize("main_waits", [True, False], ids=["main-waits", "main-joins"])
+def test_ctrl_c_in_the_calling_thread_cancels_the_run(monkeypatch, main_waits):
+    """A real SIGINT reaches the calling thread while a worker thread runs a (slow) kernel: the
+    calling thread is either blocked waiting for that worker's value (cpu:0 consumes it) or
+    joining the threads (nothing left on cpu:0)."""
+    import signal
+    import time
+
+    b = Builder("ctrl_c")
+    x = b.input((4,))
+    flag = np.zeros(4, np.float32)
+    flag[0] = SENTINEL
+    slow = b.op("add", x, b.const(flag, name="flag"), node_name="victim")
+    g = b.build(b.op("neg", slow, node_name="consumer"))
+    main_dev = "cpu:0" if main_waits else "cpu:1"
+    plan = make_plan(g, MACHINE, lambda n: "cpu:1" if n.name == "victim" else main_dev)
+    op = registry.lookup("add")
+    original = op.kernel
+    main = threading.main_thread().ident
+
+    def kernel(xp, ins, attrs, outs):
+        if ins[1].flat[0] == SENTINEL and state["armed"]:
+            state["armed"] = False
+            signal.pthread_kill(main, signal.SIGINT)
+            time.sleep(0.3)  # still running when the calling thread gets the interrupt
+        original(xp, ins, attrs, outs)
+
+    state = {"armed": True}
+    monkeypatch.setattr(op, "kernel", kernel)
+    ex = Executor(plan)
+    xs = inputs_for(g)
+    with pytest.raises(KeyboardInterrupt):
+        ex.run(xs)
+    assert not own_threads()
+    np.testing.assert_array_equal(ex.run(xs)[0], -(xs[0] + flag))
+
+
 def test_wrong_inputs_fail_before_anything_runs(monkeypatch):
     g, _ = with_victim(2)
     ex = Executor(make_plan(g, MACHINE, random_placement(2)))
