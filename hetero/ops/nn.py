@@ -117,7 +117,9 @@ def _padded(xp, x, pads, height: int, width: int, fill: float):
     top, left = pads[0], pads[1]
     if top == 0 and left == 0 and height <= h and width <= w:
         return x
-    buf = xp.full((n, c, max(height, top + h), max(width, left + w)), fill, dtype=x.dtype)
+    shape = (n, c, max(height, top + h), max(width, left + w))
+    # zeros() gets pages the OS has already zeroed; full() writes every element once more
+    buf = xp.zeros(shape, x.dtype) if fill == 0 else xp.full(shape, fill, dtype=x.dtype)
     buf[:, :, top:top + h, left:left + w] = x
     return buf
 
