@@ -239,93 +239,100 @@ class Executor:
         return self.machine.device(name)
 
     def _load(self) -> None:
-        from hetero.ops.registry import lookup
+        """Everything a run needs that does not change between runs (see the module docstring)."""
+        from hetero.config import config
 
+        if config.checks:
+            from hetero.graph import check
+
+            check(self.plan)
         graph, plan = self.graph, self.plan
         self._node_index = {n.name: i for i, n in enumerate(graph.nodes)}
-        spaces = {d.name: d.memory_space for d in self.machine.devices}
-        self._spaces = spaces
-        owner: dict[str, str] = {}  # node -> device whose queue runs it
-        for dev, queue in plan.queues.items():
-            for name in queue:
-                owner[name] = dev
-        self._owner = owner
-        outputs = list(dict.fromkeys(graph.outputs))
-        self._outputs = outputs
-        # where each value lives: a fixed buffer, or a per-run slot
+        self._spaces = {d.name: d.memory_space for d in self.machine.devices}
+        self._owner = {name: dev for dev, queue in plan.queues.items() for name in queue}
+        self._outputs = list(dict.fromkeys(graph.outputs))
         self._arenas = self._allocate_arenas(plan.memory)
+        self._place_values()
+        self._plan_synchronisation()
+        self._compile_queues()
+        self._order = self._sync_order()
+
+    def _place_values(self) -> None:
+        """Give every value its buffer: an arena view or an uploaded constant (``_fixed``), or a
+        per-run slot (``_dynamic``: graph inputs and outputs, with their patch sites)."""
+        graph = self.graph
+        outputs = set(self._outputs)
         fixed: dict[Value, Any] = {}
         dynamic: dict[Value, list[tuple[list, int]]] = {}
         for node in graph.nodes:
             if node.op == "input":
                 dynamic[Value(node.name, 0)] = []
                 continue
-            dev = self._device(node.device or owner.get(node.name, "cpu:0"))
+            dev = self._device(node.device or self._owner.get(node.name, "cpu:0"))
             if node.op == "constant":
                 fixed[Value(node.name, 0)] = dev.from_host(graph.constants[node.name])
                 continue
             for i, spec in enumerate(node.outputs):
                 v = Value(node.name, i)
-                if v in self._output_set():
+                if v in outputs:
                     dynamic[v] = []
                 else:
                     fixed[v] = self._arena_view(v, spec, node)
         self._fixed = fixed
         self._dynamic = dynamic
-        self._output_space = {v: value_space(graph.node(v.node), spaces)
-                              for v in outputs if graph.node(v.node).op not in ("input",)}
-        # per-node cross-thread bookkeeping
+        self._output_space = {v: value_space(graph.node(v.node), self._spaces)
+                              for v in self._outputs if graph.node(v.node).op != "input"}
+
+    def _plan_synchronisation(self) -> None:
+        """Which nodes need a ``done`` flag (a consumer on another thread) and which a stream
+        event (a consumer on another stream, or a host thread reading a GPU's copy)."""
+        graph = self.graph
         thread_of = {}  # node -> (device, stream)
-        for name, dev in owner.items():
-            d = self._device(dev)
-            thread_of[name] = (dev, issue_stream(graph.node(name), d.kind))
+        for name, dev in self._owner.items():
+            thread_of[name] = (dev, issue_stream(graph.node(name), self._device(dev).kind))
         self._thread_of = thread_of
         consumers_elsewhere: set[str] = set()
         needs_event: set[str] = set()
         for node in graph.nodes:
-            if node.name not in owner:
+            if node.name not in thread_of:
                 continue
             dev, stream = thread_of[node.name]
             for v in node.inputs:
-                p = graph.node(v.node)
-                if p.op in ("input", "constant"):
+                if graph.node(v.node).op in ("input", "constant"):
                     continue
-                pdev, pstream = thread_of[p.name]
+                pdev, pstream = thread_of[v.node]
                 if pdev != dev:
-                    consumers_elsewhere.add(p.name)
+                    consumers_elsewhere.add(v.node)
                     if self._device(pdev).kind == "gpu":
-                        needs_event.add(p.name)
+                        needs_event.add(v.node)
                 elif pstream != stream:
-                    needs_event.add(p.name)
+                    needs_event.add(v.node)
+        by_position = self._node_index.get
         self._flag_of = {n: threading.Event() for n in sorted(consumers_elsewhere,
-                                                              key=self._node_index.get)}
+                                                              key=by_position)}
         self._flags = list(self._flag_of.values())
-        self._event_slot = {n: i for i, n in enumerate(sorted(needs_event,
-                                                               key=self._node_index.get))}
-        # compile each queue
+        self._event_slot = {n: i for i, n in enumerate(sorted(needs_event, key=by_position))}
+
+    def _compile_queues(self) -> None:
+        """One ``_Thread`` per device with work, its queue compiled into instructions; the first
+        CPU worker first (it runs on the calling thread)."""
+        from hetero.ops.registry import lookup
+
         self._threads: list[_Thread] = []
-        for dev, queue in plan.queues.items():
+        for dev, queue in self.plan.queues.items():
             device = self._device(dev)
-            th = _Thread(device, graph)
+            th = _Thread(device, self.graph)
             for name in queue:
-                node = graph.node(name)
-                if node.op == "constant":
+                node = self.graph.node(name)
+                if node.op == "constant":  # uploaded at load time
                     continue
                 op = None if node.op == "transfer" else lookup(node.op, node)
-                th.instrs.append(self._compile(node, device, op, dynamic))
+                th.instrs.append(self._compile(node, device, op, self._dynamic))
             if th.instrs:
                 self._threads.append(th)
-        # the first CPU worker runs on the calling thread
         self._threads.sort(key=lambda t: (t.device.kind != "cpu", t.device.name))
         self._host_compute = sum(1 for t in self._threads
                                  if t.device.kind == "cpu" or t.device.backend == "sim")
-        self._order = self._sync_order()
-
-    def _output_set(self) -> set[Value]:
-        s = getattr(self, "_outset", None)
-        if s is None:
-            s = self._outset = set(self._outputs)
-        return s
 
     def _allocate_arenas(self, memory: Any) -> dict[str, Any]:
         arenas = {}
