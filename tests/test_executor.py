@@ -366,3 +366,18 @@ def test_blas_is_limited_while_several_workers_run(monkeypatch):
     machine = Machine.parse("cpu:2")
     Executor(make_plan(g, machine, random_placement(1, ("cpu:0", "cpu:1")))).run(inputs_for(g))
     assert seen and max(seen) <= blas_threads(2)
+
+
+def test_a_plan_that_would_deadlock_is_refused_at_load():
+    """cpu:0 runs b before a, but b reads a's value (and a sits on the same queue)."""
+    import dataclasses
+
+    from hetero.plan import Plan
+
+    g = tiny_ops(3)
+    plan = make_plan(g, MACHINE, lambda n: "cpu:0")
+    queue = plan.queues["cpu:0"]
+    bad = dataclasses.replace(plan, queues={"cpu:0": tuple(reversed(queue))})
+    assert isinstance(bad, Plan)
+    with pytest.raises(Exception, match="deadlock"):
+        Executor(bad)
