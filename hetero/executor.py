@@ -218,7 +218,8 @@ class Executor:
 
     Args:
         plan: the Plan to run. Its MemoryPlan is computed here if ``plan.memory`` is None.
-        cost: a measured cost model (``hetero.cost.MeasuredCost``) that profiled runs feed.
+        cost: a measured cost model (``hetero.cost.MeasuredCost``) that profiled runs feed
+            (default: the plan's ``cost`` attribute, if it has one with ``record``).
     """
 
     def __init__(self, plan: Any, *, cost: Any = None) -> None:
@@ -229,7 +230,9 @@ class Executor:
         self.plan = plan
         self.graph: Graph = plan.graph
         self.machine = plan.machine
-        self.cost = cost
+        if cost is None:  # a plan compiled with a measured model carries it, if Plan grows one
+            cost = getattr(plan, "cost", None)
+        self.cost = cost if hasattr(cost, "record") else None
         self._run_lock = threading.Lock()
         self._load()
 
