@@ -34,7 +34,7 @@ from typing import Any
 
 __all__ = ["FORMATS", "SCHEMA_VERSION", "build", "compare_policies", "device_colors",
            "fmt_bytes", "fmt_time", "layout_graph", "render", "render_dot", "render_html",
-           "render_json", "render_table", "schema"]
+           "render_json", "render_table", "schema", "text_table"]
 
 #: Version of the JSON document (and of ``hetero/schemas/placement.schema.json``). Bump the major
 #: number when a field is removed or changes meaning; adding optional fields keeps it.
@@ -295,8 +295,9 @@ def schema() -> dict[str, Any]:
 # Table
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]],
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
            right: Sequence[int] = ()) -> list[str]:
+    """Lines of a fixed-width table: header, rule, rows (columns in ``right`` right-aligned)."""
     widths = [len(h) for h in headers]
     for r in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, r)]
@@ -324,14 +325,14 @@ def render_table(report: Mapping[str, Any]) -> str:
     out.append("")
     rows = [[n["name"], n["op"], n["device"], fmt_time(n["start"]), fmt_time(n["finish"]),
              fmt_time(n["time"]), _reason_text(n["reason"])] for n in report["nodes"]]
-    out += _table(["node", "op", "device", "start", "finish", "time", "reason"], rows,
+    out += text_table(["node", "op", "device", "start", "finish", "time", "reason"], rows,
                   right=(3, 4, 5))
     out.append("")
     if report["transfers"]:
         rows = [[t["name"], t["direction"], f"{t['src']} -> {t['dst']}", fmt_bytes(t["bytes"]),
                  fmt_time(t["start"]), fmt_time(t["time"]), ", ".join(t["consumers"]) or
                  "(graph output)"] for t in report["transfers"]]
-        out += _table(["transfer", "dir", "route", "bytes", "start", "time", "consumers"], rows,
+        out += text_table(["transfer", "dir", "route", "bytes", "start", "time", "consumers"], rows,
                       right=(3, 4, 5))
     else:
         out.append("no transfers: every value stays in one memory space")
@@ -340,13 +341,13 @@ def render_table(report: Mapping[str, Any]) -> str:
              f"{d['utilization'] * 100:.0f}%", str(d["transfers"]), fmt_time(d["copy_busy"]),
              f"{fmt_bytes(d['arena_bytes'])} ({d['memory_space']})"]
             for d in report["devices"]]
-    out += _table(["device", "kind", "nodes", "busy", "util", "copies", "copy time",
+    out += text_table(["device", "kind", "nodes", "busy", "util", "copies", "copy time",
                    "arena"], rows, right=(2, 3, 4, 5, 6))
     out.append("")
     if report["memory"]:
         rows = [[m["space"], fmt_bytes(m["arena_bytes"]), fmt_bytes(m["lower_bound_bytes"]),
                  fmt_bytes(m["naive_bytes"])] for m in report["memory"]]
-        out += _table(["memory", "arena", "lower bound", "no reuse"], rows, right=(1, 2, 3))
+        out += text_table(["memory", "arena", "lower bound", "no reuse"], rows, right=(1, 2, 3))
         out.append("")
     out.append(f"estimated makespan {fmt_time(summary['makespan'])} ({report['policy']})   "
                f"lower bound {fmt_time(summary['lower_bound'])}")
