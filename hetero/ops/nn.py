@@ -117,9 +117,13 @@ def _padded(xp, x, pads, height: int, width: int, fill: float):
     top, left = pads[0], pads[1]
     if top == 0 and left == 0 and height <= h and width <= w:
         return x
-    shape = (n, c, max(height, top + h), max(width, left + w))
-    # zeros() gets pages the OS has already zeroed; full() writes every element once more
-    buf = xp.zeros(shape, x.dtype) if fill == 0 else xp.full(shape, fill, dtype=x.dtype)
+    hb, wb = max(height, top + h), max(width, left + w)
+    buf = xp.empty((n, c, hb, wb), x.dtype)
+    # fill only the border, so every element is written once
+    buf[:, :, :top] = fill
+    buf[:, :, top + h:] = fill
+    buf[:, :, top:top + h, :left] = fill
+    buf[:, :, top:top + h, left + w:] = fill
     buf[:, :, top:top + h, left:left + w] = x
     return buf
 
@@ -447,18 +451,45 @@ def _pool_cost(ins, outs, attrs):
                 bytes=float(ins[0].nbytes + outs[0].nbytes))
 
 
+def _separable_pool(xp, buf, out, kernel, strides, dilations, combine) -> None:
+    """Reduce every window of ``buf`` into ``out`` with ``combine`` (maximum or add), first along
+    the rows (``KW`` taps), then along the columns (``KH`` taps): ``KW*rows*OW + KH*OH*OW``
+    element operations instead of ``KH*KW*OH*OW``."""
+    n, c = buf.shape[:2]
+    _, _, oh, ow = out.shape
+    rows = _needed(oh, kernel[0], strides[0], dilations[0])
+    sw, dw = strides[1], dilations[1]
+
+    def column(j):
+        return buf[:, :, :rows, j * dw:j * dw + (ow - 1) * sw + 1:sw]
+
+    if kernel[1] == 1:
+        across = column(0)
+    else:
+        across = xp.empty((n, c, rows, ow), buf.dtype)
+        combine(column(0), column(1), out=across)
+        for j in range(2, kernel[1]):
+            combine(across, column(j), out=across)
+    sh, dh = strides[0], dilations[0]
+
+    def row(i):
+        return across[:, :, i * dh:i * dh + (oh - 1) * sh + 1:sh]
+
+    if kernel[0] == 1:
+        out[...] = row(0)
+        return
+    combine(row(0), row(1), out=out)
+    for i in range(2, kernel[0]):
+        combine(out, row(i), out=out)
+
+
 def _max_pool_kernel(xp, ins, attrs, outs):
     x, out = ins[0], outs[0]
     kernel, strides, pads, dilations, _ = _pool_geometry(attrs, "max_pool2d")
     _, _, oh, ow = out.shape
     buf = _padded(xp, x, pads, _needed(oh, kernel[0], strides[0], dilations[0]),
                   _needed(ow, kernel[1], strides[1], dilations[1]), -math.inf)
-    view = _windows(xp, buf, oh, ow, kernel, strides, dilations)
-    out[...] = view[:, :, 0, 0]
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            if i or j:
-                xp.maximum(out, view[:, :, i, j], out=out)
+    _separable_pool(xp, buf, out, kernel, strides, dilations, xp.maximum)
 
 
 def _window_counts(out_size, k, s, d, lo, hi):
@@ -474,12 +505,7 @@ def _avg_pool_kernel(xp, ins, attrs, outs):
     _, _, oh, ow = out.shape
     buf = _padded(xp, x, pads, _needed(oh, kernel[0], strides[0], dilations[0]),
                   _needed(ow, kernel[1], strides[1], dilations[1]), 0.0)
-    view = _windows(xp, buf, oh, ow, kernel, strides, dilations)
-    out[...] = view[:, :, 0, 0]
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            if i or j:
-                xp.add(out, view[:, :, i, j], out=out)
+    _separable_pool(xp, buf, out, kernel, strides, dilations, xp.add)
     # buffer coordinates: the input occupies [top, top + h); explicit pads end at top + h + bottom
     if attrs["count_include_pad"]:
         ch = _window_counts(oh, kernel[0], strides[0], dilations[0], 0, pads[0] + h + pads[2])
