@@ -5,7 +5,7 @@ Usage::
     python scripts/bench_gpu.py [--sizes 1024 2048 4096 8192] [--reps 20] [--json out.json]
 
 GEMM: square ``cupy.matmul`` (cuBLAS) of n x n matrices, timed with CUDA events over ``--reps``
-calls after a warm-up; 2 n^3 flops per call. "fp32" forces the pedantic FP32 compute type,
+calls after a warm-up; 2 n^3 flops per call. "fp32" forces the plain FP32 compute type,
 "tf32" lets cuBLAS use TF32 tensor cores for float32, "fp16" multiplies float16 matrices (float32
 accumulate). Copies: ``CudaDevice.copy_from_host`` / ``copy_to_host`` (cudaMemcpyAsync) of 1, 16
 and 256 MiB from pinned (``pinned_empty``) and pageable (``numpy.empty``) host buffers.
@@ -28,30 +28,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _gemm_tflops(cp, n: int, mode: str, reps: int) -> float:
-    """TFLOP/s of an n x n x n matmul in ``mode`` ("fp32", "tf32", "fp16")."""
-    from cupy._core import _routines_linalg as linalg
+    """TFLOP/s of an n x n x n matmul in ``mode`` ("fp32", "tf32", "fp16"); NaN where this CuPy
+    cannot select the float32 compute type (a private CuPy API)."""
+    try:
+        from cupy._core import _routines_linalg as linalg
 
+        linalg.get_compute_type(np.dtype(np.float32))
+    except (ImportError, AttributeError):
+        if mode != "fp16":
+            return float("nan")
+        linalg = None
     dtype = np.float16 if mode == "fp16" else np.float32
+    if linalg is None:
+        return _time_matmul(cp, n, dtype, reps)
     previous = linalg.get_compute_type(np.dtype(np.float32))
     if mode == "fp32":
-        linalg.set_compute_type(np.dtype(np.float32), linalg.COMPUTE_TYPE_PEDANTIC)
+        linalg.set_compute_type(np.dtype(np.float32), linalg.COMPUTE_TYPE_FP32)
     elif mode == "tf32":
         linalg.set_compute_type(np.dtype(np.float32), linalg.COMPUTE_TYPE_TF32)
     try:
-        a = cp.random.standard_normal((n, n), dtype=np.float32).astype(dtype)
-        b = cp.random.standard_normal((n, n), dtype=np.float32).astype(dtype)
-        c = cp.empty((n, n), dtype=dtype)
-        for _ in range(3):
-            cp.matmul(a, b, out=c)
-        start, end = cp.cuda.Event(), cp.cuda.Event()
-        start.record()
-        for _ in range(reps):
-            cp.matmul(a, b, out=c)
-        end.record()
-        end.synchronize()
-        seconds = cp.cuda.get_elapsed_time(start, end) / 1e3 / reps
+        return _time_matmul(cp, n, dtype, reps)
     finally:
         linalg.set_compute_type(np.dtype(np.float32), previous)
+
+
+def _time_matmul(cp, n: int, dtype, reps: int) -> float:
+    a = cp.random.standard_normal((n, n), dtype=np.float32).astype(dtype)
+    b = cp.random.standard_normal((n, n), dtype=np.float32).astype(dtype)
+    c = cp.empty((n, n), dtype=dtype)
+    for _ in range(3):
+        cp.matmul(a, b, out=c)
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    start.record()
+    for _ in range(reps):
+        cp.matmul(a, b, out=c)
+    end.record()
+    end.synchronize()
+    seconds = cp.cuda.get_elapsed_time(start, end) / 1e3 / reps
     return 2.0 * n**3 / seconds / 1e12
 
 
