@@ -329,3 +329,35 @@ def test_cudnn_paths_report_fallbacks(gpu):
 
     for key, reason in backend.CUDNN_FALLBACKS.items():
         assert key[0] in ("conv2d", "batch_norm") and reason
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("where", ["gpu", "mixed", "compiled"])
+@pytest.mark.parametrize("build", ["mlp", "cnn", "tiny_ops"])
+def test_graphs_on_the_gpu_equal_the_reference(build, where):
+    """Whole graphs through the executor on the detected machine (all on gpu:0, randomly split
+    between cpu:0 and gpu:0, and as ``hetero.compile`` places them) equal the reference run."""
+    import hetero as ht
+    from hetero import reference
+    from hetero.devices import Machine
+    from hetero.executor import Executor
+    from tests import graphs
+    from tests.test_memory import make_plan, random_placement
+
+    machine = Machine.detect()
+    g = getattr(graphs, build)()
+    xs = graphs.inputs_for(g)
+    want = reference.run(g, xs)
+    if where == "compiled":
+        outs = ht.compile(g, machine=machine).run(*xs)
+    else:
+        assign = (lambda node: "gpu:0") if where == "gpu" else random_placement(
+            3, ("cpu:0", "gpu:0"))
+        executor = Executor(make_plan(g, machine, assign))
+        outs = executor.run(xs)
+        np.testing.assert_equal(len(executor.run(xs, sync=True)), len(want))
+    assert len(outs) == len(want)
+    for got, ref in zip(outs, want):
+        assert isinstance(got, np.ndarray)
+        scale = max(float(np.max(np.abs(ref))), 1.0) if ref.size else 1.0
+        np.testing.assert_allclose(got, ref, rtol=5e-3, atol=5e-3 * scale)
