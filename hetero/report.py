@@ -142,15 +142,6 @@ def _spec_json(spec: Any) -> dict[str, Any]:
     return {"shape": [int(d) for d in spec.shape], "dtype": str(spec.dtype)}
 
 
-def _lane(node: Any) -> str:
-    if node.op == "input":
-        return "inputs"
-    if node.op == "transfer":
-        engine = "d2h" if node.attrs["kind"] == "d2h" else "h2d"
-        return f"{node.device}/{engine}"
-    return node.device
-
-
 def build(plan: Any, *, source: str | None = None,
           policies: Mapping[str, float | None] | None = None) -> dict[str, Any]:
     """The report of a compiled plan as a JSON-ready dict (see ``schema()``).
@@ -161,6 +152,7 @@ def build(plan: Any, *, source: str | None = None,
         policies: estimated makespans of other policies (``compare_policies``); None: not shown.
     """
     import hetero
+    from hetero.passes.schedule import lane_of as _lane
 
     graph, machine = plan.graph, plan.machine
     est = plan.estimates

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -60,7 +61,18 @@ def ex(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# help and devices
+# entry points, help and devices
+
+
+def test_console_script_and_python_m_hetero():
+    script = shutil.which("hetero")
+    if script is None:
+        pytest.skip("the hetero console script is not on PATH (pip install -e . installs it)")
+    proc = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"hetero {hetero.__version__}"
+    proc = subprocess.run([sys.executable, "-m", "hetero", "devices", "--devices", "cpu:1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("machine cpu:1")
 
 
 @pytest.mark.parametrize("sub", [None, "devices", "place", "run", "calibrate"])
