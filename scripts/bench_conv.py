@@ -7,7 +7,11 @@ is timed ``--repeat`` times and the median is kept. Identical shapes are timed o
 many times as the network has them.
 
     python scripts/bench_conv.py [--threads 2] [--repeat 7] [--stat median|min] [--activation relu]
-                                 [--coretype SkylakeX]
+                                 [--coretype SkylakeX] [--model]
+
+``--model`` times the whole network instead: a ResNet-50 ONNX model with random weights (conv,
+batch-norm, relu, residual adds, pools, gemm) in onnxruntime against hetero's import ->
+``optimize(winograd=True)`` -> ``compile`` for one CPU worker -> ``plan.run``, outputs compared.
 
 OpenBLAS picks its kernels per CPU, or as ``OPENBLAS_CORETYPE`` says (this machine's environment
 pins ``Haswell``, the AVX2 kernels). On an AVX-512 CPU, ``--coretype SkylakeX`` selects the AVX-512
@@ -109,6 +113,107 @@ def _winograd_variant(c, h, o, k, s, p, x, w, b, activation):
     return run
 
 
+def resnet50_onnx(seed: int = 0):
+    """ResNet-50 v1.5 as an ONNX ModelProto with random weights (He-scaled, so activations stay
+    bounded), batch-norms with random statistics, input ``x`` (1, 3, 224, 224)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    count = iter(range(10_000))
+
+    def const(array):
+        name = f"p{next(count)}"
+        inits.append(numpy_helper.from_array(np.asarray(array, np.float32), name))
+        return name
+
+    def conv_bn(x, cin, cout, k, stride, relu):
+        y = f"t{next(count)}"
+        w = rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))
+        nodes.append(helper.make_node("Conv", [x, const(w)], [y], kernel_shape=[k, k],
+                                      strides=[stride, stride], pads=[k // 2] * 4))
+        z = f"t{next(count)}"
+        bn = [const(rng.uniform(0.5, 1.0, cout)), const(rng.normal(0, 0.1, cout)),
+              const(rng.normal(0, 0.1, cout)), const(rng.uniform(0.5, 1.5, cout))]
+        nodes.append(helper.make_node("BatchNormalization", [y, *bn], [z], epsilon=1e-5))
+        if not relu:
+            return z
+        r = f"t{next(count)}"
+        nodes.append(helper.make_node("Relu", [z], [r]))
+        return r
+
+    x = conv_bn("x", 3, 64, 7, 2, True)
+    pooled = f"t{next(count)}"
+    nodes.append(helper.make_node("MaxPool", [x], [pooled], kernel_shape=[3, 3], strides=[2, 2],
+                                  pads=[1, 1, 1, 1]))
+    x, cin = pooled, 64
+    for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        for i in range(blocks):
+            s = stride if i == 0 else 1
+            y = conv_bn(x, cin, width, 1, 1, True)
+            y = conv_bn(y, width, width, 3, s, True)
+            y = conv_bn(y, width, 4 * width, 1, 1, False)
+            short = conv_bn(x, cin, 4 * width, 1, s, False) if i == 0 else x
+            added, out = f"t{next(count)}", f"t{next(count)}"
+            nodes.append(helper.make_node("Add", [y, short], [added]))
+            nodes.append(helper.make_node("Relu", [added], [out]))
+            x, cin = out, 4 * width
+    gap, flat = f"t{next(count)}", f"t{next(count)}"
+    nodes.append(helper.make_node("GlobalAveragePool", [x], [gap]))
+    nodes.append(helper.make_node("Flatten", [gap], [flat]))
+    fc_w = const(rng.standard_normal((1000, 2048)) * np.sqrt(1.0 / 2048))
+    nodes.append(helper.make_node("Gemm", [flat, fc_w, const(np.zeros(1000))], ["y"], transB=1))
+    graph = helper.make_graph(
+        nodes, "resnet50", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                          [1, 3, 224, 224])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 1000])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def bench_model(args, stat) -> None:
+    """Whole ResNet-50: onnxruntime against hetero (import, optimize, compile for one CPU worker,
+    plan.run: kernels into the planned arena)."""
+    import onnxruntime as ort
+    from threadpoolctl import threadpool_limits
+
+    import hetero as ht
+    from hetero import onnx as hetero_onnx
+    from hetero.passes.optimize import optimize
+
+    model = resnet50_onnx()
+    graph = hetero_onnx.load(model)
+    t = time.perf_counter()
+    optimized = optimize(graph, winograd=True)
+    t_opt = time.perf_counter() - t
+    machine = ht.Machine.parse("cpu:1")
+    plan, plain = ht.compile(optimized, machine), ht.compile(graph, machine)
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(model.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+    # one worker: the executor leaves the BLAS thread count to this limit
+    with threadpool_limits(limits=args.threads, user_api="blas"):
+        want = sess.run(None, {"x": x})[0]
+        got = np.asarray(plan.run(x)[0])
+        err = float(np.abs(got - want).max() / np.abs(want).max())
+        assert err < 1e-3, f"hetero and onnxruntime differ: {err}"
+        th, tp, to = median_ms([lambda: plan.run(x), lambda: plain.run(x),
+                                lambda: sess.run(None, {"x": x})], args.repeat, stat)
+    compute = [n for n in optimized.nodes if n.op not in ("input", "constant")]
+    print(f"ResNet-50 batch 1, {args.threads} threads, {args.stat} of {args.repeat}: "
+          f"graph {sum(n.op not in ('input', 'constant') for n in graph.nodes)} compute nodes -> "
+          f"{len(compute)} after optimize ({t_opt * 1e3:.0f} ms; "
+          f"{sum(n.op == 'conv2d_winograd' for n in compute)} Winograd convs)")
+    print(f"hetero optimized {th:.1f} ms, hetero unoptimized {tp:.1f} ms, onnxruntime {to:.1f} ms, "
+          f"ratio {th / to:.2f}; max relative difference {err:.1e}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -117,6 +222,7 @@ def main(argv=None) -> None:
     parser.add_argument("--stat", choices=("median", "min"), default="median",
                         help="min (best of the runs) is steadier on a machine shared with others")
     parser.add_argument("--coretype", help="OpenBLAS kernels to use (OPENBLAS_CORETYPE)")
+    parser.add_argument("--model", action="store_true", help="time the whole ResNet-50 instead")
     args = parser.parse_args(argv)
 
     from threadpoolctl import threadpool_info, threadpool_limits
@@ -125,6 +231,9 @@ def main(argv=None) -> None:
     from hetero.ops.registry import lookup
 
     stat = statistics.median if args.stat == "median" else min
+    if args.model:
+        bench_model(args, stat)
+        return
     op = lookup("conv2d")
     rng = np.random.default_rng(0)
     counts = Counter(resnet50_convs())
