@@ -892,6 +892,16 @@ def _instance_norm(ctx: _Ctx) -> list[_Val]:
                      epsilon=float(ctx.attr("epsilon", 1e-5)))]
 
 
+@_converts("LayerNormalization", needs=("layer_norm",))
+def _layer_norm(ctx: _Ctx) -> list[_Val]:
+    ins = [ctx.inp(0), ctx.inp(1)]
+    if ctx.opt(2) is not None:
+        ins.append(ctx.inp(2))
+    return ctx.emit_multi("layer_norm", ins, axis=int(ctx.attr("axis", -1)),
+                          epsilon=float(ctx.attr("epsilon", 1e-5)),
+                          stash_type=int(ctx.attr("stash_type", 1)))
+
+
 @_converts("LRN", needs=("lrn",))
 def _lrn(ctx: _Ctx) -> list[_Val]:
     return [ctx.emit("lrn", [ctx.inp(0)], size=int(ctx.attr("size")),

@@ -7,6 +7,8 @@ InstanceNormalization. Kernels are written once against the array namespace ``xp
 
 from __future__ import annotations
 
+import numpy as np
+
 from hetero.errors import ShapeError
 from hetero.graph import TensorSpec
 from hetero.ops.registry import (
@@ -23,7 +25,7 @@ from hetero.tracing import apply
 __all__ = [
     "identity", "dropout", "add_n", "elu", "selu", "hard_sigmoid", "prelu", "softplus",
     "softsign", "sign", "expand", "tile", "instance_norm", "logical_not", "logical_and",
-    "logical_or", "logical_xor", "mod",
+    "logical_or", "logical_xor", "mod", "layer_norm",
 ]
 
 
@@ -237,6 +239,50 @@ register(Op("mod", _infer_mod, _mod_kernel, arity=(2, 2), attrs={"fmod": 0},
             doc="remainder: fmod=0 takes the divisor's sign, fmod=1 the dividend's"))
 
 
+def _infer_layer_norm(ins, attrs):
+    x = ins[0]
+    require_float(x, "layer_norm")
+    axis = attrs["axis"]
+    if not -x.ndim <= axis < max(x.ndim, 1):
+        raise ShapeError(f"layer_norm axis {axis} is out of range for rank {x.ndim}")
+    axis %= max(x.ndim, 1)
+    norm_shape = x.shape[axis:]
+    for name, s in zip(("scale", "bias"), ins[1:]):
+        if s.dtype != x.dtype or broadcast_shapes(norm_shape, s.shape) != norm_shape:
+            raise ShapeError(f"layer_norm {name} {s} must broadcast to {norm_shape} ({x.dtype})")
+    stash = np.dtype(np.float32) if attrs["stash_type"] == 1 else x.dtype
+    stats = TensorSpec(x.shape[:axis] + (1,) * (x.ndim - axis), stash)
+    return (x, stats, stats)
+
+
+def _layer_norm_kernel(xp, ins, attrs, outs):
+    x = ins[0]
+    axis = attrs["axis"] % max(x.ndim, 1)
+    axes = tuple(range(axis, x.ndim))
+    # stash_type=1 (the default): statistics in float32, whatever the input's precision
+    work = x.astype(xp.float32) if attrs["stash_type"] == 1 else x
+    mean = work.mean(axis=axes, keepdims=True)
+    centred = work - mean
+    inv = 1.0 / xp.sqrt((centred * centred).mean(axis=axes, keepdims=True) + attrs["epsilon"])
+    y = centred * inv
+    y = y.astype(x.dtype) * ins[1]
+    if len(ins) == 3:
+        y = y + ins[2]
+    outs[0][...] = y
+    outs[1][...] = mean
+    outs[2][...] = inv
+
+
+def _layer_norm_cost(ins, outs, attrs) -> Cost:
+    return Cost(flops=float(8 * outs[0].size), bytes=float(2 * ins[0].nbytes + outs[0].nbytes))
+
+
+register(Op("layer_norm", _infer_layer_norm, _layer_norm_kernel, arity=(2, 3),
+            attrs={"axis": -1, "epsilon": 1e-5, "stash_type": 1}, cost=_layer_norm_cost,
+            op_class="norm",
+            doc="normalise over dims axis..-1, then * scale + bias; also mean and 1/std"))
+
+
 # ----------------------------------------------------------------------------------------------
 # Public functions
 
@@ -331,3 +377,10 @@ def mod(a, b, fmod: int = 0, *, device=None):
     """Remainder of ``a / b``: ``fmod=0`` has the sign of ``b`` (Python ``%``), ``fmod=1`` the
     sign of ``a`` (C ``fmod``)."""
     return apply("mod", (a, b), {"fmod": int(fmod)}, device=device)
+
+
+def layer_norm(x, scale, bias=None, axis: int = -1, epsilon: float = 1e-5, *, device=None):
+    """Normalise ``x`` over dims ``axis`` to the last, then ``* scale + bias`` (ONNX
+    LayerNormalization; returns only the normalised tensor)."""
+    ins = (x, scale) if bias is None else (x, scale, bias)
+    return apply("layer_norm", ins, {"axis": axis, "epsilon": epsilon}, device=device)[0]
