@@ -11,7 +11,8 @@ many times as the network has them.
 
 ``--model`` times the whole network instead: a ResNet-50 ONNX model with random weights (conv,
 batch-norm, relu, residual adds, pools, gemm) in onnxruntime against hetero's import ->
-``optimize(winograd=True)`` -> ``compile`` for one CPU worker -> ``plan.run``, outputs compared.
+``optimize(residual=True, winograd=True)`` -> ``compile`` for one CPU worker -> ``plan.run``,
+outputs compared.
 
 OpenBLAS picks its kernels per CPU, or as ``OPENBLAS_CORETYPE`` says (this machine's environment
 pins ``Haswell``, the AVX2 kernels). On an AVX-512 CPU, ``--coretype SkylakeX`` selects the AVX-512
@@ -186,7 +187,7 @@ def bench_model(args, stat) -> None:
     model = resnet50_onnx()
     graph = hetero_onnx.load(model)
     t = time.perf_counter()
-    optimized = optimize(graph, winograd=True)
+    optimized = optimize(graph, residual=True, winograd=True)
     t_opt = time.perf_counter() - t
     machine = ht.Machine.parse("cpu:1")
     plan, plain = ht.compile(optimized, machine), ht.compile(graph, machine)
@@ -209,7 +210,8 @@ def bench_model(args, stat) -> None:
     print(f"ResNet-50 batch 1, {args.threads} threads, {args.stat} of {args.repeat}: "
           f"graph {sum(n.op not in ('input', 'constant') for n in graph.nodes)} compute nodes -> "
           f"{len(compute)} after optimize ({t_opt * 1e3:.0f} ms; "
-          f"{sum(n.op == 'conv2d_winograd' for n in compute)} Winograd convs)")
+          f"{sum(n.op == 'conv2d_winograd' for n in compute)} Winograd convs, "
+          f"{sum(n.op == 'conv2d_add' for n in compute)} residual adds fused)")
     print(f"hetero optimized {th:.1f} ms, hetero unoptimized {tp:.1f} ms, onnxruntime {to:.1f} ms, "
           f"ratio {th / to:.2f}; max relative difference {err:.1e}")
 

@@ -170,6 +170,16 @@ def test_conv2d_fused_activation(act, params, fn):
     close(got, fn(ref_conv(x, w, b, pads=(1, 1, 1, 1))))
 
 
+def test_conv2d_add_fuses_the_residual():
+    x, w, b, z = rand(2, 3, 6, 6), rand(4, 3, 3, 3), rand(4), rand(2, 4, 6, 6)
+    got = run_op("conv2d_add", [x, w, b, z], pads=(1, 1, 1, 1), activation="relu")
+    close(got, np.maximum(ref_conv(x, w, b, pads=(1, 1, 1, 1)) + z, 0))
+    op = lookup("conv2d_add")
+    with pytest.raises(ShapeError, match="residual must be"):
+        op.infer_specs(tuple(TensorSpec.of(a) for a in (x, w, b, rand(2, 4, 5, 6))),
+                       op.normalize_attrs({"pads": (1, 1, 1, 1)}))
+
+
 def test_conv2d_writes_into_a_non_contiguous_output():
     x, w = rand(1, 3, 5, 5), rand(4, 3, 3, 3)
     op = lookup("conv2d")

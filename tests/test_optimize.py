@@ -15,6 +15,7 @@ from hetero.passes.optimize import (
     fold_constants,
     fuse_activation,
     fuse_bias,
+    fuse_residual,
     optimize,
 )
 
@@ -339,3 +340,53 @@ def test_batch_norm_folds_into_winograd_conv():
     inputs = [rand(1, 3, 6, 6)]
     np.testing.assert_allclose(reference.run(opt, inputs)[0], reference.run(graph, inputs)[0],
                                rtol=1e-4, atol=1e-5)
+
+
+def test_residual_block_fuses_into_conv2d_add():
+    """x -> conv-bn-relu -> conv-bn --(+)--> relu, with a shortcut conv-bn emitted *after* the
+    main branch: the add and the relu fuse into the main branch's last conv, which moves to where
+    the add was."""
+    g = GraphBuilder()
+    x = g.input("x", (1, 4, 6, 6))
+
+    def conv_bn(name, v, cin, cout, k):
+        y = g.op(name, "conv2d", [v, g.const(f"{name}_w", rand(cout, cin, k, k))],
+                 pads=(k // 2,) * 4)
+        return g.op(f"{name}_bn", "batch_norm",
+                    [y, g.const(f"{name}_s", rand(cout)), g.const(f"{name}_b", rand(cout)),
+                     g.const(f"{name}_m", rand(cout)),
+                     g.const(f"{name}_v", np.abs(rand(cout)) + 0.5)])
+
+    y = g.op("r1", "relu", [conv_bn("c1", x, 4, 4, 3)])
+    y = conv_bn("c2", y, 4, 8, 1)
+    short = conv_bn("sc", x, 4, 8, 1)
+    y = g.op("sum", "add", [y, short])
+    y = g.op("out", "relu", [y])
+    graph = g.graph(y)
+    plain = optimize(graph)
+    fused = optimize(graph, residual=True)
+    check(fused)
+    ops = [n.op for n in fused.nodes if n.op not in ("input", "constant")]
+    assert ops == ["conv2d", "conv2d", "conv2d_add"], ops
+    last = [n for n in fused.nodes if n.op == "conv2d_add"][0]
+    assert last.attrs["activation"] == "relu" and last.inputs[3].node == "sc"
+    assert len(fused.nodes) < len(plain.nodes)
+    inputs = [rand(1, 4, 6, 6)]
+    want = reference.run(graph, inputs)[0]
+    np.testing.assert_allclose(reference.run(fused, inputs)[0], want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(reference.run(plain, inputs)[0], want, rtol=1e-4, atol=1e-5)
+
+
+def test_residual_not_fused_across_devices_or_broadcasts():
+    g = GraphBuilder()
+    x = g.input("x", (1, 2, 4, 4))
+    c = g.op("conv", "conv2d", [x, g.const("w", rand(2, 2, 1, 1))], device="cpu:0")
+    y = g.op("sum", "add", [c, x], device="gpu:0")
+    assert fuse_residual(g.graph(y)).nodes == g.graph(y).nodes
+
+    g = GraphBuilder()
+    x = g.input("x", (1, 2, 4, 4))
+    z = g.input("z", (1, 2, 1, 4))
+    c = g.op("conv", "conv2d", [x, g.const("w", rand(2, 2, 1, 1))])
+    y = g.op("sum", "add", [c, z])
+    assert fuse_residual(g.graph(y)).nodes == g.graph(y).nodes

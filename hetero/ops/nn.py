@@ -32,7 +32,7 @@ from hetero.ops.registry import REQUIRED, Cost, Op, register, require_float, sam
 from hetero.tracing import apply
 
 __all__ = [
-    "conv2d", "conv2d_winograd", "winograd_weights", "max_pool2d", "avg_pool2d",
+    "conv2d", "conv2d_add", "conv2d_winograd", "winograd_weights", "max_pool2d", "avg_pool2d",
     "global_avg_pool", "global_max_pool", "batch_norm", "lrn", "ACTIVATIONS",
 ]
 
@@ -248,8 +248,10 @@ def _conv_kernel(xp, ins, attrs, outs):
         xp.matmul(w.reshape(groups, og, cg * kh * kw), cols,
                   out=target.reshape(n, groups, og, oh * ow))
 
-    if len(ins) == 3:
+    if len(ins) >= 3:
         target += ins[2].reshape(1, o, 1, 1)
+    if len(ins) == 4:  # conv2d_add: the residual, added while the output is still in cache
+        target += ins[3]
     apply_activation(xp, target, attrs["activation"], attrs["activation_params"])
     if target is not out:
         out[...] = target
@@ -282,6 +284,40 @@ register(Op(
            "activation": "none", "activation_params": ()},
     cost=_conv_cost, op_class="conv",
     doc="2-D convolution (NCHW, OIHW), optional bias and fused activation"))
+
+
+def _infer_conv_add(ins, attrs):
+    from hetero.errors import ShapeError
+
+    (out,) = _infer_conv(ins[:3], attrs)
+    if ins[3] != out:
+        raise ShapeError(f"conv2d_add: the residual must be {out} like the convolution's output, "
+                         f"got {ins[3]}")
+    return (out,)
+
+
+def _conv_add_cost(ins, outs, attrs):
+    cost = _conv_cost(ins, outs, attrs)
+    return Cost(cost.flops + outs[0].size, cost.bytes)
+
+
+register(Op(
+    "conv2d_add", _infer_conv_add, _conv_kernel, arity=(4, 4),
+    attrs={"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "groups": 1,
+           "activation": "none", "activation_params": ()},
+    cost=_conv_add_cost, op_class="conv",
+    doc="activation(conv2d(x, w, b) + z): a convolution with its residual add fused"))
+
+
+def conv2d_add(x, w, b, z, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1,
+               activation="none", activation_params=(), device=None):
+    """``activation(conv2d(x, w, b) + z)`` in one pass over the output (a ResNet block's last
+    conv, its shortcut ``z`` and the relu after the sum); what ``optimize(residual=True)`` emits.
+    """
+    return apply("conv2d_add", (x, w, b, z),
+                 {"strides": tuple(strides), "pads": tuple(pads), "dilations": tuple(dilations),
+                  "groups": int(groups), "activation": activation,
+                  "activation_params": tuple(activation_params)}, device=device)
 
 
 def conv2d(x, w, b=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1,

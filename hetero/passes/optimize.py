@@ -16,6 +16,11 @@ nothing changes:
    output becomes the conv's ``activation``.
 5. ``eliminate_dead``: nodes no graph output depends on are dropped (graph inputs stay).
 
+With ``residual=True`` (also for CPUs: a GPU runs conv2d through cuDNN), ``fuse_residual`` turns
+``add(conv2d(x, w, b), z)`` (``z`` any value of the same spec, the shortcut of a residual block)
+into ``conv2d_add``, placed where the add was, and the relu that usually follows then fuses as
+its activation.
+
 Then, with ``winograd=True`` (for graphs that run on CPUs: a GPU has cuDNN's own algorithms),
 ``use_winograd`` turns each 3x3, stride-1, ungrouped conv2d with constant weights where it pays
 (at least ``WINOGRAD_MIN_CHANNELS`` in and out, ``WINOGRAD_MIN_PIXELS`` output pixels, not annotated
@@ -39,8 +44,8 @@ from hetero.errors import HeteroError
 from hetero.graph import Graph, Node, TensorSpec, Value
 
 __all__ = ["optimize", "fold_constants", "fold_batch_norm", "fuse_bias", "fuse_activation",
-           "eliminate_dead", "use_winograd", "MAX_FOLD_BYTES", "WINOGRAD_MIN_CHANNELS",
-           "WINOGRAD_MIN_PIXELS"]
+           "fuse_residual", "eliminate_dead", "use_winograd", "MAX_FOLD_BYTES",
+           "WINOGRAD_MIN_CHANNELS", "WINOGRAD_MIN_PIXELS"]
 
 #: Constant folding leaves nodes whose outputs would take more bytes than this (a broadcast of a
 #: small constant to a huge one is cheaper to compute than to store).
@@ -54,15 +59,20 @@ WINOGRAD_MIN_PIXELS = 100
 
 _STRUCTURAL = frozenset({"input", "constant", "transfer"})
 _CONVS = frozenset({"conv2d", "conv2d_winograd"})
+_ACTIVATED = _CONVS | {"conv2d_add"}  # ops with a fused ``activation`` attribute
 
 
-def optimize(graph: Graph, *, winograd: bool = False, max_rounds: int = 8) -> Graph:
+def optimize(graph: Graph, *, residual: bool = False, winograd: bool = False,
+             max_rounds: int = 8) -> Graph:
     """Fold constants and batch-norms, fuse biases and activations, drop dead nodes; with
-    ``winograd``, run the 3x3 convolutions where it pays as Winograd F(2x2, 3x3).
+    ``residual``, fuse residual adds into the conv before them; with ``winograd``, run the 3x3
+    convolutions where it pays as Winograd F(2x2, 3x3). (The last two suit CPUs; on a GPU cuDNN
+    runs conv2d.)
 
     Returns a new Graph computing the same outputs; ``graph`` is not changed.
     """
-    sweeps = (fold_constants, fold_batch_norm, fuse_bias, fuse_activation)
+    sweeps = (fold_constants, fold_batch_norm, fuse_bias,
+              *((fuse_residual,) if residual else ()), fuse_activation)
     current = eliminate_dead(graph)
     for _ in range(max_rounds):
         before = current
@@ -353,7 +363,7 @@ def fuse_activation(graph: Graph) -> Graph:
     rw = _Rewrite(graph)
     readers = graph.consumers()
     for conv in graph.nodes:
-        if conv.op not in _CONVS or conv.name in rw.taken or conv.attrs["activation"] != "none":
+        if conv.op not in _ACTIVATED or conv.name in rw.taken or conv.attrs["activation"] != "none":
             continue
         act = _sole_reader(graph, readers, conv)
         if act is None or act.op not in _ACTIVATIONS or not _mergeable(conv, act):
@@ -367,6 +377,42 @@ def fuse_activation(graph: Graph) -> Graph:
         merged = conv.replace(attrs=conv.attrs.set(activation=name, activation_params=p),
                               **_merged_annotations(conv, act))
         rw.merge(conv, act, merged)
+    return rw.build()
+
+
+def fuse_residual(graph: Graph) -> Graph:
+    """``add(conv2d(x, w[, b]), z)`` -> ``conv2d_add(x, w, b, z)`` where the add was (``z`` may
+    be produced after the conv; the add comes after both)."""
+    rw = _Rewrite(graph)
+    readers = graph.consumers()
+    for add in graph.nodes:
+        if add.op != "add" or add.name in rw.taken or add.inputs[0].node == add.inputs[1].node:
+            continue
+        for pos in (0, 1):
+            conv, other = graph.node(add.inputs[pos].node), add.inputs[1 - pos]
+            if conv.op != "conv2d" or conv.name in rw.taken or conv.attrs["activation"] != "none":
+                continue
+            reader = _sole_reader(graph, readers, conv)
+            if reader is None or reader.name != add.name or not _mergeable(conv, add):
+                continue
+            if graph.spec(other) != conv.outputs[0] or add.outputs != conv.outputs:
+                continue
+            new_consts = []
+            if len(conv.inputs) == 3:
+                bias = conv.inputs[2]
+            else:
+                spec = conv.outputs[0]
+                zero = rw.constant(graph.node(conv.inputs[1].node),
+                                   np.zeros(spec.shape[1], spec.dtype), f"{conv.name}_b")
+                new_consts, bias = [zero], zero.value()
+            merged = conv.replace(op="conv2d_add",
+                                  inputs=(conv.inputs[0], conv.inputs[1], bias, other),
+                                  **_merged_annotations(conv, add))
+            rw.replaced[add.name] = [*new_consts, merged]
+            rw.removed.add(conv.name)
+            rw.alias[add.value()] = merged.value()
+            rw.taken.update((conv.name, add.name))
+            break
     return rw.build()
 
 
