@@ -39,6 +39,7 @@ _LAZY = {
     "RooflineCost": ("hetero.cost", "RooflineCost"),
     "MeasuredCost": ("hetero.cost", "MeasuredCost"),
     "TableCost": ("hetero.cost", "TableCost"),
+    "compare_policies": ("hetero.passes.place", "compare_policies"),
 }
 
 

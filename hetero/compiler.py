@@ -45,6 +45,38 @@ def as_graph(fn_or_graph: Any, example_inputs: Sequence[Any] | None = None) -> G
     return fn.graph(*example_inputs)
 
 
+def default_machine(graph: Graph) -> Any:
+    """The machine graph mode uses when the caller names none: ``config.machine`` if the user set
+    one, else this host's GPUs plus as many CPU workers as the graph's parallelism can use
+    (``hetero.executor.default_cpu_workers``: a chain gets one worker with every BLAS thread, a
+    wide graph of heavy ops several)."""
+    if getattr(config, "_machine", None) is not None:
+        return config.machine
+    from hetero.devices import Machine
+    from hetero.executor import default_cpu_workers
+
+    return Machine.detect(cpus=default_cpu_workers(graph))
+
+
+def cost_model(cost: Any, machine: Any) -> Any:
+    """A cost model from ``cost``: None or "roofline" (the machine's specs), "measured" (the
+    ``MeasuredCost`` cached for this machine, which profiled runs of the plan keep learning), or
+    a cost model object, returned as it is."""
+    if cost is None or cost == "roofline":
+        return RooflineCost(machine)
+    if cost == "measured":
+        from hetero.cost import MeasuredCost
+
+        return MeasuredCost(machine)
+    if isinstance(cost, str):
+        raise HeteroError(f"unknown cost model {cost!r} (known: 'roofline', 'measured', or a "
+                          "cost model object such as ht.TableCost(...))")
+    if not (hasattr(cost, "compute") and hasattr(cost, "transfer")):
+        raise HeteroError(f"cost must be 'roofline', 'measured' or an object with compute() and "
+                          f"transfer(), got {type(cost).__name__}")
+    return cost
+
+
 def compile(fn_or_graph: Any, machine: Any = None, policy: str = "heft", cost: Any = None,
             example_inputs: Sequence[Any] | None = None, *, optimize: bool = True) -> Plan:
     """Compile ``fn_or_graph`` for ``machine`` into a Plan: place, partition, schedule, memory.
@@ -52,9 +84,13 @@ def compile(fn_or_graph: Any, machine: Any = None, policy: str = "heft", cost: A
     Args:
         fn_or_graph: a Graph, an ``@ht.function``, or a plain function (then ``example_inputs``
             are required to trace it).
-        machine: a Machine or spec string ("cpu:2,sim:1"); default ``config.machine``.
+        machine: a Machine or spec string ("cpu:2,sim:1"); default ``config.machine`` when the
+            user set one, else this host with as many CPU workers as the graph can use
+            (``default_machine``).
         policy: placement policy: "heft" (default), "peft", "cpu", "gpu", "annotated".
-        cost: cost model; default ``RooflineCost(machine)``.
+        cost: "roofline" (default, from the machine's specs), "measured" (times measured by
+            ``ht.calibrate`` and by profiled runs of earlier plans, cached on disk; the plan keeps
+            recording into it on every ``run(..., profile=True)``), or a cost model object.
         example_inputs: arrays (or Tensors) to trace a function with.
         optimize: run the graph optimizer first when it exists.
 
@@ -66,8 +102,6 @@ def compile(fn_or_graph: Any, machine: Any = None, policy: str = "heft", cost: A
     from hetero.passes.schedule import schedule
 
     graph = as_graph(fn_or_graph, example_inputs)
-    machine = resolve_machine(machine)
-    cost = cost if cost is not None else RooflineCost(machine)
     checks = config.checks
     if checks:
         check(graph)
@@ -76,6 +110,8 @@ def compile(fn_or_graph: Any, machine: Any = None, policy: str = "heft", cost: A
         graph = optimizer(graph)
         if checks:
             check(graph)
+    machine = default_machine(graph) if machine is None else resolve_machine(machine)
+    cost = cost_model(cost, machine)
     placement = place(graph, machine, cost, policy=policy)
     parted = partition(graph, placement, machine)
     if checks:
@@ -83,7 +119,7 @@ def compile(fn_or_graph: Any, machine: Any = None, policy: str = "heft", cost: A
     sched = schedule(parted, machine, cost)
     plan = Plan(graph=parted, machine=machine, placement=placement, queues=sched.queues,
                 estimates=sched.estimates, makespan=sched.makespan,
-                lower_bound=lower_bound(graph, machine, cost), policy=policy)
+                lower_bound=lower_bound(graph, machine, cost), policy=policy, cost=cost)
     plan_memory = _optional("hetero.passes.memory", "plan_memory")
     if plan_memory is not None:
         plan = plan_memory(plan)

@@ -218,8 +218,9 @@ class Executor:
 
     Args:
         plan: the Plan to run. Its MemoryPlan is computed here if ``plan.memory`` is None.
-        cost: a measured cost model (``hetero.cost.MeasuredCost``) that profiled runs feed
-            (default: the plan's ``cost`` attribute, if it has one with ``record``).
+        cost: a measured cost model (``hetero.cost.MeasuredCost``) that profiled runs feed and
+            save (default: the plan's ``cost``, when it has ``record``; ``compile(...,
+            cost="measured")`` gives the plan one).
     """
 
     def __init__(self, plan: Any, *, cost: Any = None) -> None:
@@ -230,7 +231,7 @@ class Executor:
         self.plan = plan
         self.graph: Graph = plan.graph
         self.machine = plan.machine
-        if cost is None:  # a plan compiled with a measured model carries it, if Plan grows one
+        if cost is None:  # a plan compiled with a measured model carries it
             cost = getattr(plan, "cost", None)
         self.cost = cost if hasattr(cost, "record") else None
         self._run_lock = threading.Lock()
@@ -497,8 +498,21 @@ class Executor:
 
         prof = Profile.from_run(self.plan, run.trace or [], t0, t1)
         if self.cost is not None:
-            prof.feed(self.cost)
+            self._learn(prof)
         return result, prof
+
+    def _learn(self, prof: Any) -> None:
+        """Record a profiled run's kernel times into the measured cost model and save it, so
+        that the next compile with that model places with what really ran (see Plan.cost)."""
+        if prof.feed(self.cost) and getattr(self.cost, "dirty", True):
+            save = getattr(self.cost, "save", None)
+            if save is not None:
+                try:
+                    save()
+                except OSError as exc:  # a read-only cache must not fail a finished run
+                    import warnings
+
+                    warnings.warn(f"hetero: could not save measured costs: {exc}", stacklevel=3)
 
     def _bind(self, arrays: list[np.ndarray]) -> None:
         """Patch this run's inputs and fresh output buffers into the instruction lists."""

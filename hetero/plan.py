@@ -129,6 +129,10 @@ class Plan:
         lower_bound: no schedule of this graph on this machine can beat it (same cost model).
         policy: the placement policy.
         memory: the MemoryPlan (one arena per device), or None before ``plan_memory``.
+        cost: the cost model the plan was compiled with. When it is a measured model
+            (``MeasuredCost``), every ``plan.run(..., profile=True)`` records the measured kernel
+            times into it and saves them, so the next ``compile(..., cost="measured")`` places
+            with them. Not part of equality; JSON keeps only where a measured model is cached.
     """
 
     graph: Graph
@@ -140,6 +144,7 @@ class Plan:
     lower_bound: float = 0.0
     policy: str = "heft"
     memory: Any = None
+    cost: Any = field(default=None, repr=False, compare=False)
     _executor: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -188,6 +193,7 @@ class Plan:
             "policy": self.policy,
             "memory": memory.to_json() if memory is not None and hasattr(memory, "to_json")
             else None,
+            "cost": _cost_to_json(self.cost),
         }
 
     @classmethod
@@ -207,7 +213,25 @@ class Plan:
                    queues={d: tuple(q) for d, q in data["queues"].items()},
                    estimates={n: tuple(se) for n, se in data["estimates"].items()},
                    makespan=float(data["makespan"]), lower_bound=float(data["lower_bound"]),
-                   policy=data["policy"], memory=memory)
+                   policy=data["policy"], memory=memory,
+                   cost=_cost_from_json(data.get("cost"), machine))
+
+
+def _cost_to_json(cost: Any) -> Any:
+    """Where a measured cost model lives (its cache file); other models are not kept."""
+    from hetero.cost import MeasuredCost
+
+    if isinstance(cost, MeasuredCost):
+        return {"model": "measured", "path": cost.path}
+    return None
+
+
+def _cost_from_json(data: Any, machine: Any) -> Any:
+    if not data or data.get("model") != "measured" or machine is None:
+        return None
+    from hetero.cost import MeasuredCost
+
+    return MeasuredCost(machine, path=data["path"])
 
 
 # ----------------------------------------------------------------------------------------------

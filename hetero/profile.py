@@ -170,7 +170,8 @@ class Profile:
 
     def feed(self, cost: Any) -> int:
         """Record every measured compute time into a measured cost model (``cost.record``);
-        returns how many were recorded."""
+        returns how many were recorded (a model may decline some: ``MeasuredCost`` keeps a
+        simulated GPU's simulated durations, not what the host observed)."""
         graph = self.plan.graph
         n = 0
         for s in self.spans:
@@ -178,8 +179,8 @@ class Profile:
                 continue
             node = graph.node(s.node)
             ins = tuple(graph.spec(v) for v in node.inputs)
-            cost.record(node, s.device, s.duration, ins)
-            n += 1
+            if cost.record(node, s.device, s.duration, ins) is not False:
+                n += 1
         return n
 
     # -- Chrome trace ------------------------------------------------------------------------

@@ -160,3 +160,88 @@ def test_two_gpus_copy_device_to_device():
     xs = G.inputs_for(big)
     for a, b in zip(reference.run(big, xs), plan.run(*xs)):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+# -- the measured cost model learns from profiled runs --------------------------------------
+
+
+def test_profiled_runs_feed_the_measured_model_and_placement_follows(monkeypatch, tmp_path):
+    """compile(cost="measured") gives the plan a MeasuredCost; every profiled run records the
+    CPU kernels' real times into it and saves them; a later compile reads them. Once the
+    measurements say the CPU is slow at these ops, the next plan moves them to the GPU."""
+    from hetero.cost import MeasuredCost, history_key, input_specs
+    from hetero.devices import SimSpec
+
+    monkeypatch.setenv("HETERO_CACHE_DIR", str(tmp_path))
+    slow_link = SimSpec(speed={"elementwise": 32e9, "matmul": 10e12, "conv": 10e12,
+                               "reduce": 32e9, "data": 32e9, "norm": 32e9},
+                        mem_bandwidth=500e9, launch_overhead=10e-6, link_bandwidth=2e9,
+                        latency=50e-6, capacity=1 << 30)
+    m = ht.Machine.from_spec(cpus=1, sims=[slow_link])
+    g = G.tiny_ops(n=4)
+    plan = compile(g, m, cost="measured")
+    assert isinstance(plan.cost, MeasuredCost)
+    kernels = [n for n in plan.graph.nodes if n.op not in ("input", "constant", "transfer")]
+    assert {n.device for n in kernels} == {"cpu:0"}  # tiny ops stay home behind a slow link
+    xs = G.inputs_for(g)
+    out, prof = plan.run(*xs, profile=True)
+    np.testing.assert_array_equal(out[0], reference.run(g, xs)[0])
+    saved = MeasuredCost(m)  # what the next process would read
+    by_key: dict[str, list[float]] = {}
+    for n in kernels:
+        ins = input_specs(plan.graph, n)
+        span = next(s for s in prof.spans if s.node == n.name)
+        by_key.setdefault(history_key(n, ins, m.device("cpu:0")), []).append(span.duration)
+    assert set(saved.history) == set(by_key)
+    for key, durations in by_key.items():
+        assert saved.history[key]["n"] == len(durations)
+        assert saved.history[key]["mean"] == pytest.approx(np.mean(durations))
+    # later runs say these kernels take 5 ms each on the CPU (a loaded or slow host)
+    for _ in range(3):
+        for n in kernels:
+            saved.record(n, "cpu:0", 5e-3, input_specs(plan.graph, n))
+    saved.save()
+    moved = compile(g, m, cost="measured")
+    assert {n.device for n in moved.graph.nodes
+            if n.op not in ("input", "constant", "transfer")} == {"gpu:0"}
+    assert moved.makespan < len(kernels) * 5e-3  # what staying on the CPU would now cost
+    np.testing.assert_array_equal(moved.run(*xs)[0], reference.run(g, xs)[0])
+    # the plan's JSON remembers where its measured model lives
+    again = Plan.from_json(json.loads(json.dumps(moved.to_json())), machine=m)
+    assert isinstance(again.cost, MeasuredCost) and again.cost.path == moved.cost.path
+
+
+def test_cost_argument_names_and_errors(machine):
+    from hetero.cost import RooflineCost
+
+    g = G.tiny_ops(n=2)
+    assert isinstance(compile(g, machine, cost="roofline").cost, RooflineCost)
+    assert isinstance(compile(g, machine).cost, RooflineCost)
+    with pytest.raises(HeteroError, match="unknown cost model 'fast'"):
+        compile(g, machine, cost="fast")
+    with pytest.raises(HeteroError, match="compute\\(\\) and transfer\\(\\)"):
+        compile(g, machine, cost=42)
+
+
+def test_default_machine_follows_the_graphs_parallelism(monkeypatch):
+    """With no machine given (and none configured) a chain gets one CPU worker, and a graph of
+    independent heavy branches as many as it can use (up to the cores)."""
+    from hetero import compiler, executor
+    from hetero.config import config
+
+    monkeypatch.setattr(config, "_machine", None)
+    monkeypatch.setattr(executor, "cpu_cores", lambda: 4)
+    chain = compile(G.matmul_chain(n=128, depth=4))
+    assert [d.name for d in chain.machine.cpus()] == ["cpu:0"]
+    wide = compile(G.parallel_branches(n=128, depth=3))
+    assert len(wide.machine.cpus()) >= 2
+    assert compiler.default_machine(G.parallel_branches(n=128)).cpus()[-1].name == \
+        wide.machine.cpus()[-1].name
+    # a machine the user configured is used as it is
+    monkeypatch.setattr(config, "_machine", ht.Machine.parse("cpu:3"))
+    assert len(compile(G.matmul_chain(n=128, depth=2)).machine.cpus()) == 3
+
+
+def test_compare_policies_is_exported_at_the_top_level(machine):
+    assert ht.compare_policies is compare_policies
+    assert set(ht.compare_policies(G.tiny_ops(n=2), machine)) >= {"heft", "lower_bound"}

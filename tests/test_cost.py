@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import types
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from hetero.cost import (
 from hetero.errors import HeteroError
 from hetero.graph import Node, TensorSpec, Value
 from hetero.ops import registry
+from hetero.passes.optimize import optimize
 from tests import graphs as G
 
 
@@ -126,6 +128,7 @@ def test_calibrate_measures_caches_and_reloads(monkeypatch, tmp_path, capsys):
     path = tmp_path / "costs.json"
     assert path.exists()
     data = json.loads(path.read_text())
+    g = optimize(g)  # what compile places, and so what calibrate times
     computing = [n for n in g.nodes if n.op not in ("input", "constant")]
     distinct = {history_key(n, input_specs(g, n), d) for n in computing for d in m.devices}
     assert set(data["entries"]) == distinct
@@ -182,3 +185,54 @@ def test_damaged_cache_is_ignored(machine, tmp_path, capsys):
     cost = MeasuredCost(machine, path=str(path))
     assert cost.history == {}
     assert "ignoring unreadable cost cache" in capsys.readouterr().err
+
+
+def test_calibrate_records_the_simulated_duration_of_a_sim_gpu(tmp_path):
+    """A simulated GPU is not timed on the host (that measures this host's NumPy plus pacing):
+    calibrate records its simulated duration, which is what the sim's stream paces runs to."""
+    m = ht.Machine.parse("cpu:1,sim:1")
+    g = G.mlp(batch=64, sizes=(256, 512, 10))
+    cost = calibrate(g, m, MeasuredCost(m, path=str(tmp_path / "c.json")), progress=False)
+    gpu = m.device("gpu:0")
+    g = optimize(g)
+    timed = 0
+    for node in g.nodes:
+        if node.op in registry.STRUCTURAL_OPS:
+            continue
+        ins = input_specs(g, node)
+        op = registry.lookup(node.op, node)
+        assert cost.compute(node, gpu, ins) == pytest.approx(
+            gpu.kernel_time(op, ins, node.outputs, node.attrs))
+        assert cost.has(node, "cpu:0", ins)
+        timed += 1
+    assert timed >= 2
+
+
+def test_calibrate_times_the_optimized_graph_that_compile_places(tmp_path):
+    m = ht.Machine.parse("cpu:1")
+    g = G.cnn()
+    cost = calibrate(g, m, MeasuredCost(m, path=str(tmp_path / "c.json")), progress=False)
+    plan = ht.compile(g, m, cost=cost)
+    looked_up = [n for n in plan.graph.nodes
+                 if n.op not in registry.STRUCTURAL_OPS and n.op != "transfer"]
+    assert looked_up and all(cost.has(n, n.device, input_specs(plan.graph, n))
+                             for n in looked_up)
+    # without optimize=False the unfused graph's kernels are not timed
+    raw = [n for n in g.nodes if n.op not in registry.STRUCTURAL_OPS]
+    assert not all(cost.has(n, "cpu:0", input_specs(g, n)) for n in raw)
+
+
+def test_observed_times_on_a_simulated_gpu_are_not_recorded(machine, tmp_path):
+    cost = MeasuredCost(machine, path=str(tmp_path / "c.json"))
+    node, ins = matmul_node(32)
+    assert cost.record(node, "gpu:0", 5.0, ins) is False
+    assert cost.compute(node, "gpu:0", ins) == RooflineCost(machine).compute(node, "gpu:0", ins)
+    assert cost.record(node, "cpu:0", 5.0, ins) is True and cost.dirty
+
+
+def test_measure_keeps_the_fastest_repeat(machine, tmp_path, monkeypatch):
+    cost = MeasuredCost(machine, path=str(tmp_path / "c.json"), repeats=3)
+    node, ins = matmul_node(8)
+    ticks = iter([0.0, 0.5, 1.0, 1.1, 2.0, 2.3])  # runs of 0.5 s, 0.1 s and 0.3 s
+    monkeypatch.setattr("hetero.cost.time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    assert cost.measure(node, "cpu:0", ins) == pytest.approx(0.1)
