@@ -64,6 +64,8 @@ CASES: list[tuple[str, list[np.ndarray], dict]] = [
     ("conv2d", [N(1, 3, 6, 6), N(2, 3, 3, 3)], {"activation": "sigmoid"}),
     ("conv2d_winograd", [N(2, 3, 8, 7), winograd_weights(N(4, 3, 3, 3)), N(4)],
      {"pads": (1, 1, 1, 1), "activation": "relu"}),
+    ("conv2d_add", [N(2, 3, 8, 7), N(4, 3, 3, 3), N(4), N(2, 4, 8, 7)],
+     {"pads": (1, 1, 1, 1), "activation": "relu"}),
     ("div", [N(3, 4), P(3, 4)], {}),
     ("dropout", [N(3, 4)], {}),
     ("elu", [N(3, 4)], {}),
@@ -136,7 +138,7 @@ CASES: list[tuple[str, list[np.ndarray], dict]] = [
 
 #: Ops compared with a looser tolerance: cuDNN may use TF32 tensor cores for float32 convolutions
 #: on Ampere and later, and Winograd's transforms lose a few bits in float32.
-LOOSE_OPS = frozenset({"conv2d", "conv2d_winograd"})
+LOOSE_OPS = frozenset({"conv2d", "conv2d_winograd", "conv2d_add"})
 
 
 def _ids() -> list[str]:
