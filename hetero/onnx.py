@@ -1349,6 +1349,8 @@ def _backend_classes() -> tuple[type, type]:
                     return False
             return False
 
+    for cls in (Backend, BackendRep):
+        cls.__module__, cls.__qualname__ = __name__, cls.__name__
     return Backend, BackendRep
 
 
