@@ -59,8 +59,12 @@ Policy
       KeyboardInterrupt (in the calling thread or raised by a kernel) takes the same path and is
       re-raised. Afterwards no thread of the run is alive and the plan can run again.
     * BLAS threads: while a run uses ``w`` host compute threads (CPU workers plus simulated GPUs,
-      whose kernels run on the host), BLAS is limited to ``cores // w`` threads (threadpoolctl),
-      so workers x BLAS threads <= cores. A plan with one worker keeps every BLAS thread.
+      whose kernels run on the host), BLAS is limited to ``free // w`` threads (threadpoolctl),
+      so workers x BLAS threads <= cores. ``free`` is the cores less those that other processes
+      keep busy when the plan is loaded (``busy_elsewhere``): multithreaded OpenBLAS on an
+      oversubscribed host slows down 20-100x, waiting on descheduled helper threads. On an idle
+      host a plan with one worker keeps every BLAS thread. The count is fixed per Executor, so
+      its runs are bit-for-bit repeatable (``Executor(plan, blas_threads=n)`` fixes it).
 
 Synchronous mode (``run(..., sync=True)``)
     Runs every node on the calling thread, one at a time, on its device, in one order that
@@ -84,7 +88,7 @@ from hetero.errors import ExecutionError, HeteroError
 from hetero.graph import Graph, Node, TensorSpec, Value
 from hetero.passes.memory import issue_stream, value_space
 
-__all__ = ["Executor", "default_cpu_workers", "blas_threads"]
+__all__ = ["Executor", "blas_threads", "busy_elsewhere", "default_cpu_workers"]
 
 _UINT8 = np.dtype(np.uint8)
 
@@ -145,9 +149,42 @@ def default_cpu_workers(graph: Graph, cores: int | None = None) -> int:
     return max(1, min(cores, int(parallelism + 0.5), max(width.values(), default=1)))
 
 
-def blas_threads(workers: int, cores: int | None = None) -> int:
-    """BLAS threads per worker so that workers x BLAS threads <= cores."""
-    return max(1, (cores or cpu_cores()) // max(1, workers))
+def blas_threads(workers: int, cores: int | None = None, busy: int = 0) -> int:
+    """BLAS threads per worker so that workers x BLAS threads <= the cores not ``busy`` with
+    other processes' threads (at least one)."""
+    cores = cores or cpu_cores()
+    free = max(1, cores - max(0, busy))
+    return max(1, min(cores, free) // max(1, workers))
+
+
+def _runnable_threads(path: str) -> int:
+    with open(path, "rb") as f:
+        data = f.read()
+    return 1 if data[data.rfind(b")") + 2:data.rfind(b")") + 3] == b"R" else 0
+
+
+def busy_elsewhere(samples: int = 3, gap_s: float = 5e-4) -> int:
+    """Threads of other processes running or ready to run (Linux ``/proc``; 0 where it cannot
+    tell): the median of a few samples of the system's runnable count less this process's own.
+    """
+    counts = []
+    for k in range(samples):
+        if k:
+            time.sleep(gap_s)
+        try:
+            with open("/proc/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+            own = 0
+            for tid in os.listdir("/proc/self/task"):
+                try:
+                    own += _runnable_threads(f"/proc/self/task/{tid}/stat")
+                except OSError:  # the thread ended meanwhile
+                    pass
+        except (OSError, ValueError, IndexError):
+            return 0
+        counts.append(max(0, running - own))
+    counts.sort()
+    return counts[len(counts) // 2]
 
 
 _controller: Any = None
@@ -178,10 +215,12 @@ def _blas_limit(threads: int) -> Any:
 class _Run:
     """Shared state of one run; ``fail`` is the only writer once the threads are started."""
 
-    __slots__ = ("aborted", "error", "lock", "flags", "events", "trace")
+    __slots__ = ("aborted", "error", "lock", "flags", "events", "trace", "keep")
 
-    def __init__(self, flags: list[threading.Event], nevents: int, trace: bool) -> None:
+    def __init__(self, flags: list[threading.Event], nevents: int, trace: bool,
+                 keep: bool = False) -> None:
         self.aborted = False
+        self.keep = keep  # outputs="device": outputs computed on a GPU stay there
         self.error: tuple[BaseException, Node | None, str] | None = None
         self.lock = threading.Lock()
         self.flags = flags
@@ -218,12 +257,14 @@ class Executor:
 
     Args:
         plan: the Plan to run. Its MemoryPlan is computed here if ``plan.memory`` is None.
+        blas_threads: BLAS threads per host compute thread during runs (default: the cores
+            over the host compute threads, less cores other processes keep busy at load).
         cost: a measured cost model (``hetero.cost.MeasuredCost``) that profiled runs feed and
             save (default: the plan's ``cost``, when it has ``record``; ``compile(...,
             cost="measured")`` gives the plan one).
     """
 
-    def __init__(self, plan: Any, *, cost: Any = None) -> None:
+    def __init__(self, plan: Any, *, cost: Any = None, blas_threads: int | None = None) -> None:
         from hetero.passes.memory import plan_memory
 
         if plan.memory is None:
@@ -234,6 +275,7 @@ class Executor:
         if cost is None:  # a plan compiled with a measured model carries it
             cost = getattr(plan, "cost", None)
         self.cost = cost if hasattr(cost, "record") else None
+        self._fixed_blas = blas_threads
         self._run_lock = threading.Lock()
         self._load()
 
@@ -286,6 +328,14 @@ class Executor:
         self._dynamic = dynamic
         self._output_space = {v: value_space(graph.node(v.node), self._spaces)
                               for v in self._outputs if graph.node(v.node).op != "input"}
+        # outputs that a device-to-host copy brings home for no one but the caller: with
+        # outputs="device" that copy becomes a copy inside the GPU into a fresh buffer there
+        read = {v for n in graph.nodes for v in n.inputs}
+        self._kept = {}
+        for v in self._outputs:
+            node = graph.node(v.node)
+            if node.op == "transfer" and node.attrs["kind"] == "d2h" and v not in read:
+                self._kept[v] = self._device(node.attrs["src"])
 
     def _plan_synchronisation(self) -> None:
         """Which nodes need a ``done`` flag (a consumer on another thread) and which a stream
@@ -337,6 +387,7 @@ class Executor:
         self._threads.sort(key=lambda t: (t.device.kind != "cpu", t.device.name))
         self._host_compute = sum(1 for t in self._threads
                                  if t.device.kind == "cpu" or t.device.backend == "sim")
+        self._blas = self._choose_blas_threads()
 
     def _allocate_arenas(self, memory: Any) -> dict[str, Any]:
         arenas = {}
@@ -409,7 +460,8 @@ class Executor:
         if op is not None and any(a is None for a in ins + outs):
             raise ExecutionError(f"{node.label} on {dev} reads or writes a graph input or "
                                  "output directly; the partition must copy it through the host")
-        launch = _gpu_launch(node, op, device, ins, outs)
+        launch = _gpu_launch(node, op, device, ins, outs,
+                             keepable=Value(node.name, 0) in self._kept)
         return (launch, None, ins, node.attrs, outs, tuple(host_waits), signal, idx,
                 streams[stream], tuple(stream_waits), record)
 
@@ -473,12 +525,12 @@ class Executor:
             raise HeteroError(f"outputs must be 'host' or 'device', got {outputs!r}")
         arrays = check_inputs(self.graph, inputs)
         with self._run_lock:  # one run at a time: runs share the arenas
-            run = _Run(self._flags, len(self._event_slot), profile)
+            run = _Run(self._flags, len(self._event_slot), profile, outputs == "device")
             limit = self._blas_limit()
             if limit is not None:
                 limit.__enter__()
             try:
-                self._bind(arrays)
+                self._bind(arrays, keep=outputs == "device")
                 bases = self._time_bases() if profile else {}
                 t0 = time.perf_counter()
                 if sync:
@@ -514,8 +566,9 @@ class Executor:
 
                     warnings.warn(f"hetero: could not save measured costs: {exc}", stacklevel=3)
 
-    def _bind(self, arrays: list[np.ndarray]) -> None:
-        """Patch this run's inputs and fresh output buffers into the instruction lists."""
+    def _bind(self, arrays: list[np.ndarray], keep: bool = False) -> None:
+        """Patch this run's inputs and fresh output buffers into the instruction lists (with
+        ``keep``, outputs computed on a GPU get a buffer on that GPU)."""
         graph = self.graph
         values: dict[Value, Any] = {}
         for name, arr in zip(graph.inputs, arrays):
@@ -525,7 +578,9 @@ class Executor:
                 continue
             node = graph.node(v.node)
             space = self._output_space[v]
-            if space == "host":
+            if keep and v in self._kept:
+                values[v] = self._kept[v].empty(node.outputs[v.index])
+            elif space == "host":
                 values[v] = np.empty(node.outputs[v.index].shape, node.outputs[v.index].dtype)
             else:
                 dev = next(d for d in self.machine.devices if d.memory_space == space)
@@ -556,7 +611,10 @@ class Executor:
                 result.append(np.array(graph.constants[node.name], copy=True))
                 continue
             arr = self._bound[v]
-            if where == "device" and node.op == "transfer" and node.attrs["kind"] == "d2h":
+            if where == "device" and v in self._kept:
+                pass  # computed into a buffer on its GPU by the run itself
+            elif where == "device" and node.op == "transfer" and node.attrs["kind"] == "d2h":
+                # also read on the host: it came home anyway; the caller gets a GPU copy
                 src = node.inputs[0]
                 dev = self._device(node.attrs["src"])
                 buf = dev.empty(graph.spec(src))
@@ -600,8 +658,25 @@ class Executor:
 
     @property
     def blas_threads(self) -> int:
-        """BLAS threads per worker during a run of this plan (every core with one worker)."""
-        return blas_threads(self._host_compute)
+        """BLAS threads per worker during every run of this executor (fixed at load, so that
+        runs are bit-for-bit repeatable: BLAS results depend on how many threads split a
+        product)."""
+        return self._blas
+
+    def _choose_blas_threads(self) -> int:
+        """The cores over the host compute threads; cores that other processes keep busy when
+        the plan is loaded are left out: multithreaded OpenBLAS on an oversubscribed host waits
+        on its descheduled helper threads (measured: a 5 ms CNN took 250-800 ms per run next to
+        two busy processes on 2 cores, and 12 ms with one BLAS thread)."""
+        if self._fixed_blas is not None:
+            return max(1, int(self._fixed_blas))
+        cores = cpu_cores()
+        most = blas_threads(self._host_compute, cores)
+        if most <= 1:
+            return 1
+        # /proc/loadavg counts every CPU of the host; share its load out over the ones we use
+        busy = busy_elsewhere() * cores / max(cores, os.cpu_count() or cores)
+        return blas_threads(self._host_compute, cores, int(busy + 0.5))
 
     def _time_bases(self) -> dict[str, tuple[Any, float]]:
         """Per CUDA GPU: an event recorded on its idle compute stream now, and the host time."""
@@ -616,9 +691,7 @@ class Executor:
 
     def _blas_limit(self) -> Any:
         # sync mode keeps the same limit, so that it computes what the concurrent run computes
-        if self._host_compute <= 1:
-            return None
-        return _blas_limit(blas_threads(self._host_compute))
+        return _blas_limit(self._blas)
 
     def _synchronize_streams(self, run: _Run) -> None:
         """Wait for every stream this plan uses; a stream's own error becomes the run's."""
@@ -688,17 +761,26 @@ def _host_copy(xp: Any, ins: list, attrs: Any, outs: list) -> None:
     xp.copyto(outs[0], ins[0])
 
 
-def _gpu_launch(node: Node, op: Any, device: Any, ins: list, outs: list) -> Any:
+def _gpu_launch(node: Node, op: Any, device: Any, ins: list, outs: list, *,
+                keepable: bool = False) -> Any:
     """``launch(ins, attrs, outs, stream, report)``: enqueue the node on ``stream``.
 
     A compute node never reads or writes a per-run slot (graph inputs and outputs live on the
     host), so its buffers are bound here once; a simulated GPU also gets the node's simulated
-    duration, computed once."""
+    duration, computed once. A ``keepable`` device-to-host copy (it brings a graph output home
+    and nothing else reads it) copies inside the GPU instead when the run keeps outputs there
+    (``report[0].keep``)."""
     if op is None:
         kind = node.attrs["kind"]
         if kind == "h2d":
             def launch(ins, attrs, outs, stream, report):
                 device.copy_from_host(outs[0], ins[0], stream)
+        elif kind == "d2h" and keepable:
+            def launch(ins, attrs, outs, stream, report):
+                if report[0].keep:
+                    _copy_on_device(device, outs[0], ins[0], stream)
+                else:
+                    device.copy_to_host(outs[0], ins[0], stream)
         elif kind == "d2h":
             def launch(ins, attrs, outs, stream, report):
                 device.copy_to_host(outs[0], ins[0], stream)
@@ -739,6 +821,18 @@ def _gpu_launch(node: Node, op: Any, device: Any, ins: list, outs: list) -> Any:
     def launch(ins, attrs, outs, stream, report):
         stream.launch(body, ins, attrs, outs, report)
     return launch
+
+
+def _copy_on_device(device: Any, dst: Any, src: Any, stream: Any) -> None:
+    """Enqueue ``dst[...] = src`` within one GPU's memory on ``stream`` (a simulated GPU paces
+    it to reading and writing the bytes at its memory bandwidth)."""
+    if device.backend == "sim":
+        from hetero.backends.sim import raw
+
+        seconds = 2.0 * src.nbytes / device.mem_bandwidth
+        stream.launch_timed(seconds, "copy on device", np.copyto, raw(dst), raw(src))
+    else:
+        stream.launch(device.xp.copyto, dst, src)
 
 
 # ----------------------------------------------------------------------------------------------

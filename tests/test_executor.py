@@ -166,6 +166,43 @@ def test_outputs_can_stay_on_the_device():
     assert isinstance(host, np.ndarray) and not gpu.owns(host)
 
 
+def test_device_outputs_skip_the_copy_home(monkeypatch):
+    """outputs="device": an output computed on the GPU is never copied to the host (the run
+    copies it within the GPU into a buffer the caller keeps); an output that a CPU node also
+    reads still comes home for that node, and the caller gets it on the GPU too."""
+    b = Builder("keep")
+    x = b.input((16, 16))
+    w = b.const(np.eye(16, dtype=np.float32) * 3)
+    y = b.op("matmul", x, w)
+    z = b.op("relu", y)
+    g = b.build(z, b.op("neg", z), y)
+    plan = make_plan(g, MACHINE, lambda n: "cpu:1" if n.op == "neg" else "gpu:0")
+    ex = Executor(plan)
+    gpu = MACHINE.device("gpu:0")
+    homes = []
+    real = gpu.copy_to_host
+
+    def counting(dst, src, stream):
+        homes.append(src.shape)
+        real(dst, src, stream)
+
+    monkeypatch.setattr(gpu, "copy_to_host", counting)
+    xs = inputs_for(g)
+    want = reference_outputs(g, xs, ex)
+    for sync in (False, True):
+        homes.clear()
+        first = ex.run(xs, outputs="device", sync=sync)
+        assert len(homes) == 1  # z, for neg on cpu:1; y stays on the GPU
+        second = ex.run([x * 2 for x in xs], outputs="device", sync=sync)
+        assert gpu.owns(first[0]) and gpu.owns(first[2]) and not gpu.owns(first[1])
+        assert first[0] is not second[0] and first[2] is not second[2]
+        for got, ref in zip(first, want):
+            np.testing.assert_array_equal(gpu.to_host(got) if gpu.owns(got) else got, ref)
+    homes.clear()
+    host = ex.run(xs)
+    assert len(homes) == 2 and not any(gpu.owns(a) for a in host)
+
+
 def test_graph_input_returned_as_output_is_a_copy():
     b = Builder("passthrough")
     x = b.input((4,))
@@ -347,6 +384,53 @@ def test_blas_threads_never_oversubscribe():
             t = blas_threads(workers, cores)
             assert t >= 1
             assert workers * t <= max(cores, workers)
+
+
+def test_blas_threads_leave_out_cores_busy_elsewhere(monkeypatch):
+    """Other processes' runnable threads take cores away from BLAS; a single worker on an idle
+    host keeps every core; the choice is fixed per Executor (runs repeat bit for bit)."""
+    from hetero import executor
+
+    assert blas_threads(1, 8, busy=3) == 5 and blas_threads(2, 8, busy=3) == 2
+    assert blas_threads(1, 2, busy=5) == 1 and blas_threads(1, 4, busy=0) == 4
+    assert executor.busy_elsewhere() >= 0
+    g = mlp(batch=4, sizes=(8, 8, 4))
+    plan = make_plan(g, Machine.parse("cpu:1"), lambda n: "cpu:0")
+    monkeypatch.setattr(executor, "cpu_cores", lambda: 4)
+    monkeypatch.setattr(executor.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(executor, "busy_elsewhere", lambda: 0)
+    assert Executor(plan).blas_threads == 4
+    monkeypatch.setattr(executor, "busy_elsewhere", lambda: 3)
+    busy = Executor(plan)
+    assert busy.blas_threads == 1
+    monkeypatch.setattr(executor, "busy_elsewhere", lambda: 0)
+    assert busy.blas_threads == 1  # fixed at load
+    assert Executor(plan, blas_threads=2).blas_threads == 2
+    # a 64-CPU host whose load is spread over all of them leaves our 4 cores mostly free
+    monkeypatch.setattr(executor.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(executor, "busy_elsewhere", lambda: 16)
+    assert Executor(plan).blas_threads == 3
+
+
+def test_a_busy_host_limits_blas_for_a_single_worker(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from hetero import executor
+
+    seen = []
+    op = registry.lookup("relu")
+    original = op.kernel
+
+    def kernel(xp, ins, attrs, outs):
+        seen.append(max((i["num_threads"] for i in threadpool_info()
+                         if i["user_api"] == "blas"), default=1))
+        original(xp, ins, attrs, outs)
+
+    monkeypatch.setattr(op, "kernel", kernel)
+    monkeypatch.setattr(executor, "busy_elsewhere", lambda: 64)
+    g = mlp(batch=4, sizes=(8, 8, 4))
+    Executor(make_plan(g, Machine.parse("cpu:1"), lambda n: "cpu:0")).run(inputs_for(g))
+    assert seen == [1]
 
 
 def test_blas_is_limited_while_several_workers_run(monkeypatch):
