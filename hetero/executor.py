@@ -11,8 +11,10 @@ inputs exist and to get out of the way.
 
 Threads
     * one thread per CPU worker ("cpu:N") with a non-empty queue; it calls each node's kernel
-      itself. The queue of the first CPU worker runs on the calling thread, so a plan that uses
-      one worker starts no thread at all.
+      itself. The queue of the first CPU worker runs on the calling thread (in a plan without
+      CPU work, the first GPU's enqueue loop does), so a plan that uses one worker or one GPU
+      starts no host thread at all: under CPU contention every thread to start or wake costs a
+      scheduling delay.
     * one host thread per GPU (CUDA or simulated) with a non-empty queue; it *enqueues* each node
       on one of the GPU's streams and moves on: compute on ``compute_stream``, host-to-device and
       device-to-device copies on ``h2d_stream``, device-to-host copies on ``d2h_stream``, so copies
@@ -369,7 +371,7 @@ class Executor:
 
     def _compile_queues(self) -> None:
         """One ``_Thread`` per device with work, its queue compiled into instructions; the first
-        CPU worker first (it runs on the calling thread)."""
+        CPU worker first (the calling thread runs the first one)."""
         from hetero.ops.registry import lookup
 
         self._threads: list[_Thread] = []
@@ -630,7 +632,9 @@ class Executor:
         finished: list[threading.Event] = []
         started: list[threading.Thread] = []
         try:
-            main = threads[0] if threads and threads[0].device.kind == "cpu" else None
+            # the calling thread runs the first queue itself (a CPU worker's if any, else a
+            # GPU's enqueue loop): one thread fewer to start and to wake per run
+            main = threads[0] if threads else None
             for th in threads:
                 if th is main:
                     continue
@@ -643,7 +647,7 @@ class Executor:
                 finished.append((begun, done))
                 t.start()
             if main is not None:
-                _cpu_loop(main, run)
+                (_gpu_loop if main.device.kind == "gpu" else _cpu_loop)(main, run)
             for _, done in finished:
                 done.wait()
         except BaseException as exc:  # KeyboardInterrupt while waiting: cancel everything

@@ -254,6 +254,11 @@ def test_soft_annotation_kept_or_overridden(machine):
     assert p.device["soft_cpu"] == "cpu:0" and p.reason["soft_cpu"].kind == "soft-kept"
     annotated = place(g, machine, policy="annotated")
     assert annotated.device["soft_gpu"] == "gpu:0"
+    # under a fixed policy the reason names the policy, not a cost comparison
+    gpu = place(g, machine, policy="gpu")
+    assert gpu.device["soft_cpu"] == "gpu:0"
+    assert str(gpu.reason["soft_cpu"]) == ("soft-overridden: annotated cpu:0, but policy 'gpu' "
+                                           "puts it on gpu:0")
 
 
 def test_soft_fallback_and_strict_placement(machine):

@@ -609,6 +609,9 @@ def _reasons(ctx: _Context, rules: _Rules, tasks: _Tasks, device: Mapping[str, s
             if wish == dev:
                 reasons[name] = Reason("soft-kept", f"annotated {wish}; "
                                        + _cost_detail(ctx, name, dev, rules))
+            elif policy in ("cpu", "gpu"):
+                reasons[name] = Reason("soft-overridden", f"annotated {wish}, but policy "
+                                       f"{policy!r} puts it on {dev}")
             else:
                 reasons[name] = Reason("soft-overridden", f"annotated {wish}, but "
                                        + _cost_detail(ctx, name, dev, rules))
