@@ -1187,13 +1187,9 @@ def _machine(machine: Any) -> Any:
 
 
 def compile_graph(graph: Graph, machine: Any = None, **options: Any) -> Callable[..., list]:
-    """A callable ``run(*arrays) -> list of arrays`` for ``graph`` on ``machine``."""
-    try:
-        from hetero.compiler import compile as hetero_compile
-    except ModuleNotFoundError:  # before the placement pipeline exists: the reference executor
-        from hetero import reference
+    """A callable ``run(*arrays) -> list of arrays``: ``graph`` compiled for ``machine``."""
+    from hetero.compiler import compile as hetero_compile
 
-        return lambda *arrays: reference.run(graph, arrays)
     plan = hetero_compile(graph, machine=_machine(machine), **options)
     return lambda *arrays: list(plan.run(*arrays))
 

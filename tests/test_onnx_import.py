@@ -50,6 +50,7 @@ def ort_run(model, feeds):
 
 def check_against_ort(model, feeds, rtol=1e-5):
     graph = ho.load(model)
+    hetero.check(graph)
     got = reference.run(graph, [feeds[n] for n in graph.inputs])
     want = ort_run(model, feeds)
     assert len(got) == len(want)

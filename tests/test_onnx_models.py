@@ -118,6 +118,7 @@ def _case(cases, name):
 @pytest.mark.parametrize("name", MODELS)
 def test_light_model_matches_onnxruntime(cases, name):
     graph, model, feeds, expected = _case(cases, name)
+    hetero.check(graph)
     assert graph.inputs == tuple(feeds)
     assert len(expected) == len(graph.outputs)
     # the fills were the only weights: none of them may survive as a graph op
