@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,7 +174,8 @@ class Tensor:
         if self._trace is not None:
             return f"Tensor<traced {self._value} {self._spec}>"
         body = np.array2string(self.numpy(), separator=", ", prefix="Tensor(")
-        return f"Tensor({body}, dtype={self.dtype.name}, device={self._device!r})"
+        shape = f", shape={self.shape}" if self.size == 0 else ""
+        return f"Tensor({body}{shape}, dtype={self.dtype.name}, device={self._device!r})"
 
     # -- Python protocols that would need a value -----------------------------------------------
 
@@ -219,25 +220,40 @@ class Tensor:
 
     # -- operators ------------------------------------------------------------------------------
 
-    def __add__(self, o): return _ops().add(self, o)
-    def __radd__(self, o): return _ops().add(o, self)
-    def __sub__(self, o): return _ops().sub(self, o)
-    def __rsub__(self, o): return _ops().sub(o, self)
-    def __mul__(self, o): return _ops().mul(self, o)
-    def __rmul__(self, o): return _ops().mul(o, self)
-    def __truediv__(self, o): return _ops().div(self, o)
-    def __rtruediv__(self, o): return _ops().div(o, self)
-    def __pow__(self, o): return _ops().pow(self, o)
-    def __rpow__(self, o): return _ops().pow(o, self)
-    def __matmul__(self, o): return _ops().matmul(self, o)
-    def __rmatmul__(self, o): return _ops().matmul(o, self)
+    # Binary operators return NotImplemented for operands that are not array-like, so Python
+    # raises its usual TypeError; lists and tuples become NumPy arrays.
+    def __add__(self, o): return _binary("add", self, o)
+    def __radd__(self, o): return _binary("add", o, self)
+    def __sub__(self, o): return _binary("sub", self, o)
+    def __rsub__(self, o): return _binary("sub", o, self)
+    def __mul__(self, o): return _binary("mul", self, o)
+    def __rmul__(self, o): return _binary("mul", o, self)
+    def __truediv__(self, o): return _binary(_true_div, self, o)
+    def __rtruediv__(self, o): return _binary(_true_div, o, self)
+    def __floordiv__(self, o): return _binary(_floor_div, self, o)
+    def __rfloordiv__(self, o): return _binary(_floor_div, o, self)
+    def __mod__(self, o): return _binary("mod", self, o)
+    def __rmod__(self, o): return _binary("mod", o, self)
+    def __pow__(self, o): return _binary("pow", self, o)
+    def __rpow__(self, o): return _binary("pow", o, self)
+    def __matmul__(self, o): return _binary("matmul", self, o)
+    def __rmatmul__(self, o): return _binary("matmul", o, self)
+    def __and__(self, o): return _binary("logical_and", self, o)
+    def __rand__(self, o): return _binary("logical_and", o, self)
+    def __or__(self, o): return _binary("logical_or", self, o)
+    def __ror__(self, o): return _binary("logical_or", o, self)
+    def __xor__(self, o): return _binary("logical_xor", self, o)
+    def __rxor__(self, o): return _binary("logical_xor", o, self)
+    def __invert__(self): return _ops().logical_not(self)
     def __neg__(self): return _ops().neg(self)
     def __pos__(self): return self
     def __abs__(self): return _ops().abs(self)
-    def __gt__(self, o): return _ops().greater(self, o)
-    def __lt__(self, o): return _ops().less(self, o)
-    def __ge__(self, o): return _ops().greater_equal(self, o)
-    def __le__(self, o): return _ops().less_equal(self, o)
+    def __eq__(self, o): return _binary("equal", self, o)  # type: ignore[override]
+    def __ne__(self, o): return _binary("not_equal", self, o)  # type: ignore[override]
+    def __gt__(self, o): return _binary("greater", self, o)
+    def __lt__(self, o): return _binary("less", self, o)
+    def __ge__(self, o): return _binary("greater_equal", self, o)
+    def __le__(self, o): return _binary("less_equal", self, o)
 
     @property
     def T(self) -> Tensor:
@@ -276,6 +292,98 @@ def _ops():
     import hetero.ops as ops
 
     return ops
+
+
+_OPERAND_TYPES = (np.ndarray, np.generic, int, float, bool)
+
+
+def _binary(op: str | Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
+    """``op`` (an ``ht.ops`` function name or a function) on the operands of a Python operator,
+    or NotImplemented where one of them is not array-like."""
+    operands = []
+    for x in (a, b):
+        if isinstance(x, (list, tuple)):
+            try:
+                x = np.asarray(x)
+            except ValueError:
+                return NotImplemented
+            if x.dtype == object:
+                return NotImplemented
+        elif not isinstance(x, (Tensor, *_OPERAND_TYPES)):
+            return NotImplemented
+        operands.append(x)
+    if not (isinstance(op, str) and op.startswith("logical_")):
+        operands = list(promote_operands(*operands))
+    fn = getattr(_ops(), op) if isinstance(op, str) else op
+    return fn(*operands)
+
+
+def _kind(x: Any) -> str:
+    """NumPy dtype kind of an operand ("f", "i", "u", "b", ...); Python scalars by type."""
+    if isinstance(x, (Tensor, np.ndarray, np.generic)):
+        return x.dtype.kind
+    if isinstance(x, bool):
+        return "b"
+    if isinstance(x, int):
+        return "i"
+    return "f"
+
+
+def _to_float(x: Any) -> Any:
+    """A non-float operand as float32 (tensors through a cast node, arrays on the host)."""
+    if _kind(x) in "fc":
+        return x
+    if isinstance(x, Tensor):
+        return _ops().cast(x, np.float32)
+    if isinstance(x, (np.ndarray, np.generic)):
+        return np.asarray(x, dtype=np.float32)
+    return float(x)
+
+
+def _true_div(a: Any, b: Any) -> Any:
+    """``a / b`` as Python means it: integer operands give a float32 quotient (``ht.ops.div``
+    keeps ONNX semantics, where integer division truncates)."""
+    if _kind(a) not in "fc" and _kind(b) not in "fc":
+        a, b = _to_float(a), _to_float(b)
+    return _ops().div(a, b)
+
+
+def _floor_div(a: Any, b: Any) -> Any:
+    """``a // b`` as Python means it: the quotient rounded down (integers stay integers)."""
+    ops = _ops()
+    if _kind(a) in "iu" and _kind(b) in "iu":
+        # a - a % b is an exact multiple of b (% takes the divisor's sign, as in Python), so the
+        # truncating integer division is exact
+        return ops.div(ops.sub(a, ops.mod(a, b)), b)
+    return ops.floor(ops.div(a, b))
+
+
+def promote_operands(*xs: Any) -> tuple[Any, ...]:
+    """Operands of an elementwise op, with plain NumPy arrays and Python numbers made to fit the
+    tensors among them (NumPy's rule for scalars, extended to arrays the user did not make a
+    tensor of):
+
+    - a NumPy array whose dtype differs from the first tensor's is cast to it where NumPy's
+      ``same_kind`` rule allows (float64 array + float32 tensor -> float32);
+    - a Python float (or NumPy float scalar) next to integer tensors turns them into float32
+      (``int_tensor * 0.5`` is a float32 tensor, as in JAX), instead of truncating the scalar.
+
+    Tensors of different dtypes are left alone: the op refuses them with a ShapeError.
+    """
+    tensors = [x for x in xs if isinstance(x, Tensor)]
+    if not tensors:
+        return xs
+    out = list(xs)
+    if any(isinstance(x, (float, np.floating)) for x in xs) and \
+            all(t.dtype.kind in "iub" for t in tensors):
+        out = [_to_float(x) if isinstance(x, (Tensor, np.ndarray)) else x for x in out]
+        tensors = [x for x in out if isinstance(x, Tensor)]
+    target = tensors[0].dtype
+    for i, x in enumerate(out):
+        if isinstance(x, np.ndarray) and x.dtype != target and \
+                np.can_cast(x.dtype, target, "same_kind"):
+            out[i] = x.astype(target)
+    return tuple(out)
 
 
 def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
@@ -378,7 +486,10 @@ def apply(op_name: str, inputs: Sequence[Any], attrs: dict[str, Any] | None = No
     if device is not None:
         from hetero.devices import normalize_device
 
-        dev, scope_soft = normalize_device(device), False
+        try:
+            dev, scope_soft = normalize_device(device), False
+        except DeviceError as exc:
+            raise DeviceError(f"{node_label(op_name, op_name, where)}: {exc}") from None
     soft = scope_soft if soft is None else soft
     attrs = op.normalize_attrs(attrs, node_label(op_name, op_name, where))
 
@@ -528,21 +639,27 @@ def _signature(args: Sequence[Any]) -> tuple[_ArgSig, ...]:
     return tuple(sig)
 
 
-def _explain_retrace(names: Sequence[str], old: tuple[_ArgSig, ...],
-                     new: tuple[_ArgSig, ...]) -> str:
+def _explain_retrace(old_names: Sequence[str], old: tuple[_ArgSig, ...],
+                     new_names: Sequence[str], new: tuple[_ArgSig, ...]) -> str:
+    """Which argument changed between two signatures, and how (shape, dtype, device, value)."""
     changes = []
-    for i, (a, b) in enumerate(zip(old, new)):
-        label = names[i] if i < len(names) else f"#{i}"
+    old_by_name = dict(zip(old_names, old))
+    for name, b in zip(new_names, new):
+        a = old_by_name.get(name)
+        if a is None:
+            changes.append(f"argument {name} is new")
+            continue
         if a.kind != b.kind:
-            changes.append(f"argument {label} changed from {a.kind} to {b.kind}")
+            changes.append(f"argument {name} changed from {a.kind} to {b.kind}")
             continue
         for what in ("shape", "dtype", "device", "static"):
             va, vb = getattr(a, what), getattr(b, what)
             if va != vb:
                 noun = "value" if what == "static" else what
-                changes.append(f"argument {label} changed {noun} {va} -> {vb}")
-    if len(old) != len(new):
-        changes.append(f"number of arguments changed {len(old)} -> {len(new)}")
+                changes.append(f"argument {name} changed {noun} {va} -> {vb}")
+    gone = [n for n in old_names if n not in set(new_names)]
+    if gone:
+        changes.append(f"argument(s) {', '.join(gone)} no longer passed")
     return "; ".join(changes) or "new signature"
 
 
@@ -578,11 +695,53 @@ class _Traced:
         self.runner: Any = None
 
 
+class _Bound:
+    """One call's arguments, flattened in parameter order: ``names``, ``values``, and the
+    ``layout`` (parameter name, kind, count or keys) that ``rebuild`` uses to call the function
+    the way the user did."""
+
+    def __init__(self, names: list[str], values: list[Any],
+                 layout: list[tuple[str, Any, Any]]) -> None:
+        self.names = names
+        self.values = values
+        self.layout = layout
+
+    def rebuild(self, values: Sequence[Any]) -> tuple[list[Any], dict[str, Any]]:
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        i = 0
+        for name, kind, extra in self.layout:
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                args += values[i:i + extra]
+                i += extra
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                kwargs.update(zip(extra, values[i:i + len(extra)]))
+                i += len(extra)
+            elif kind is inspect.Parameter.KEYWORD_ONLY:
+                kwargs[name] = values[i]
+                i += 1
+            else:
+                args.append(values[i])
+                i += 1
+        return args, kwargs
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` that points at the first frame outside hetero."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_HETERO_DIR):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
 class Function:
     """A Python function in graph mode: traced once per input signature, then the graph runs.
 
     Tensor arguments (``ht.Tensor`` or NumPy arrays) become graph inputs; any other argument is a
-    static Python value that is part of the signature (a changed value retraces).
+    static Python value that is part of the signature (a changed value retraces). Arguments may
+    be passed by position or by keyword, as the Python function takes them.
     """
 
     #: more traces than this of one function warn (as tf.function does)
@@ -594,59 +753,92 @@ class Function:
         self.fn = fn
         self.machine = machine
         self.policy = policy
-        self.name = name or fn.__name__
-        self._cache: dict[tuple[_ArgSig, ...], _Traced] = {}
+        self.name = name or getattr(fn, "__name__", "function")
+        self._cache: dict[tuple[Any, ...], _Traced] = {}
         self._lock = threading.Lock()
         self.trace_count = 0
         try:
-            self._argnames = list(inspect.signature(fn).parameters)
+            self._sig: inspect.Signature | None = inspect.signature(fn)
         except (TypeError, ValueError):
-            self._argnames = []
+            self._sig = None
 
     def __get__(self, obj, objtype=None):
         if obj is None:
             return self
         return functools.partial(self, obj)
 
-    def _traced(self, args: Sequence[Any]) -> tuple[tuple[_ArgSig, ...], _Traced]:
-        sig = _signature(args)
+    def _bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> _Bound:
+        """The call's arguments in the order of the function's parameters (defaults filled in),
+        with their names, and how to pass them back to the Python function."""
+        if self._sig is None:
+            if kwargs:
+                raise TraceError(f"@function {self.name}: its signature is unknown, so it takes "
+                                 "positional arguments only")
+            return _Bound([f"arg{i}" for i in range(len(args))], list(args),
+                          [("", inspect.Parameter.VAR_POSITIONAL, len(args))])
+        bound = self._sig.bind(*args, **kwargs)  # a TypeError, as Python gives, if they do not fit
+        bound.apply_defaults()
+        names: list[str] = []
+        values: list[Any] = []
+        layout: list[tuple[str, Any, Any]] = []
+        for pname, value in bound.arguments.items():
+            kind = self._sig.parameters[pname].kind
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                names += [f"{pname}_{i}" for i in range(len(value))]
+                values += list(value)
+                layout.append((pname, kind, len(value)))
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                keys = sorted(value)
+                names += keys
+                values += [value[k] for k in keys]
+                layout.append((pname, kind, keys))
+            else:
+                names.append(pname)
+                values.append(value)
+                layout.append((pname, kind, None))
+        return _Bound(names, values, layout)
+
+    def _traced(self, bound: _Bound) -> _Traced:
+        sig = (tuple(bound.names), _signature(bound.values))
         entry = self._cache.get(sig)
         if entry is not None:
-            return sig, entry
+            return entry
         with self._lock:
             entry = self._cache.get(sig)
             if entry is not None:
-                return sig, entry
+                return entry
             if self._cache:
-                old = min(self._cache, key=lambda s: len(_explain_retrace(self._argnames, s, sig)))
-                reason = _explain_retrace(self._argnames, old, sig)
+                def explain(old: tuple[Any, ...]) -> str:
+                    return _explain_retrace(old[0], old[1], sig[0], sig[1])
+
+                reason = explain(min(self._cache, key=lambda old: len(explain(old))))
                 log.info("retracing %s: %s", self.name, reason)
             else:
                 reason = "first call"
                 log.debug("tracing %s: first call", self.name)
-            entry = self._trace(args)
+            entry = self._trace(bound)
             self._cache[sig] = entry
             self.trace_count += 1
             if self.trace_count > self.max_traces:
                 warnings.warn(
                     f"@function {self.name} has been traced {self.trace_count} times (last "
                     f"because {reason}); tracing is expensive. Pass tensors of fixed shape, "
-                    "or avoid passing changing Python values.", stacklevel=4)
-        return sig, entry
+                    "or avoid passing changing Python values.", stacklevel=_user_stacklevel())
+        return entry
 
-    def _trace(self, args: Sequence[Any]) -> _Traced:
+    def _trace(self, bound: _Bound) -> _Traced:
         trace = Trace(self.name)
-        call_args = []
-        for i, a in enumerate(args):
+        call_values = []
+        for name, a in zip(bound.names, bound.values):
             if isinstance(a, (Tensor, np.ndarray)):
-                name = self._argnames[i] if i < len(self._argnames) else f"arg{i}"
                 dev = a.device if isinstance(a, Tensor) else None
-                call_args.append(trace.add_input(TensorSpec.of(a), name, dev))
+                call_values.append(trace.add_input(TensorSpec.of(a), name, dev))
             else:
-                call_args.append(a)
+                call_values.append(a)
+        args, kwargs = bound.rebuild(call_values)
         _traces().append(trace)
         try:
-            result = self.fn(*call_args)
+            result = self.fn(*args, **kwargs)
         finally:
             _traces().pop()
         leaves, rebuild = _flatten(result)
@@ -672,17 +864,18 @@ class Function:
             check(graph)
         return _Traced(graph, rebuild, kinds)
 
-    def graph(self, *args: Any) -> Graph:
+    def graph(self, *args: Any, **kwargs: Any) -> Graph:
         """The traced Graph for these arguments, without running it."""
-        return self._traced(args)[1].graph
+        return self._traced(self._bind(args, kwargs)).graph
 
-    def __call__(self, *args: Any) -> Any:
-        _, entry = self._traced(args)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if _traces():
-            # called from inside another trace: inline by tracing the Python function again
-            return self.fn(*args)
-        tensors = [a for a in args if isinstance(a, (Tensor, np.ndarray))]
-        arrays = [a.numpy() if isinstance(a, Tensor) else a for a in tensors]
+            # called from inside another trace: inline it, recording its ops into that trace
+            return self.fn(*args, **kwargs)
+        bound = self._bind(args, kwargs)
+        entry = self._traced(bound)
+        arrays = [a.numpy() if isinstance(a, Tensor) else a for a in bound.values
+                  if isinstance(a, (Tensor, np.ndarray))]
         if entry.runner is None:
             entry.runner = self._make_runner(entry.graph)
         outs = entry.runner(arrays)

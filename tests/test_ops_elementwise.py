@@ -20,7 +20,7 @@ BINARY = {
     "maximum": np.maximum, "minimum": np.minimum,
 }
 COMPARE = {
-    "equal": np.equal, "greater": np.greater, "less": np.less,
+    "equal": np.equal, "not_equal": np.not_equal, "greater": np.greater, "less": np.less,
     "greater_equal": np.greater_equal, "less_equal": np.less_equal,
 }
 _erf = np.vectorize(math.erf, otypes=[np.float64])
@@ -283,3 +283,22 @@ def test_matches_onnxruntime(op_type, call, inputs, attrs, opset):
     assert got.dtype == want.dtype
     # atol: gelu of x < -5 is below 1e-6, where float32 rounding in either library dominates
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=5e-7)
+
+
+def test_numpy_operands_fit_the_tensor_dtype():
+    t = ht.tensor(np.arange(4, dtype=np.float32))
+    out = ops.add(t, np.ones(4))  # a float64 array next to a float32 tensor
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out.numpy(), np.arange(4) + 1)
+    assert ops.where(t > 1, t, np.zeros(4)).dtype == np.float32
+    assert ops.matmul(np.eye(4), t).dtype == np.float32
+    # a float scalar next to integer tensors makes them float32 instead of truncating it
+    i = ht.tensor(np.array([1, 2, 3]))
+    np.testing.assert_array_equal(ops.mul(i, 0.5).numpy(), [0.5, 1.0, 1.5])
+    assert ops.mul(i, np.float32(0.5)).dtype == np.float32
+    # two tensors of different dtypes stay an error that asks for a cast
+    with pytest.raises(ht.ShapeError, match="cast one first"):
+        ops.add(t, ht.tensor(np.ones(4)))
+    # a float array next to an integer tensor is not cast down (NumPy's same_kind rule)
+    with pytest.raises(ht.ShapeError, match="different dtypes"):
+        ops.add(i, np.ones(3))

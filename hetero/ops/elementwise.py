@@ -1,5 +1,9 @@
 """Elementwise ops: NumPy broadcasting, ONNX semantics (the inputs of an op share one dtype).
 
+The public functions accept plain NumPy arrays and Python numbers next to tensors and fit them to
+the tensors' dtype (``hetero.tracing.promote_operands``); two tensors of different dtypes are an
+error that asks for a cast.
+
 Every kernel is written once against the array namespace ``xp`` (NumPy or CuPy) and writes into
 the preallocated output, in place where the math allows (``sigmoid`` runs as four in-place passes
 over the output, with no temporaries). Binary ops broadcast like NumPy; comparisons produce
@@ -18,11 +22,11 @@ import numpy as np
 from hetero.errors import ShapeError
 from hetero.graph import TensorSpec
 from hetero.ops.registry import Cost, Op, broadcast_shapes, register, require_float, same_dtype
-from hetero.tracing import apply
+from hetero.tracing import apply, promote_operands
 
 __all__ = [
     "add", "sub", "mul", "div", "pow", "maximum", "minimum",
-    "equal", "greater", "less", "greater_equal", "less_equal",
+    "equal", "not_equal", "greater", "less", "greater_equal", "less_equal",
     "neg", "abs", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "erf", "reciprocal",
     "floor", "ceil", "leaky_relu", "gelu", "clip", "cast", "where",
 ]
@@ -69,6 +73,7 @@ _binary("mul", "multiply", "a * b")
 _binary("maximum", "maximum", "elementwise max(a, b); NaN propagates")
 _binary("minimum", "minimum", "elementwise min(a, b); NaN propagates")
 _binary("equal", "equal", "a == b (bool)", compare=True)
+_binary("not_equal", "not_equal", "a != b (bool)", compare=True)
 _binary("greater", "greater", "a > b (bool)", compare=True)
 _binary("less", "less", "a < b (bool)", compare=True)
 _binary("greater_equal", "greater_equal", "a >= b (bool)", compare=True)
@@ -389,62 +394,67 @@ register(Op("where", _where_infer, _where_kernel, arity=(3, 3), cost=_elementwis
 
 def add(a, b, *, device=None):
     """Elementwise ``a + b`` with NumPy broadcasting."""
-    return apply("add", (a, b), device=device)
+    return apply("add", promote_operands(a, b), device=device)
 
 
 def sub(a, b, *, device=None):
     """Elementwise ``a - b`` with NumPy broadcasting."""
-    return apply("sub", (a, b), device=device)
+    return apply("sub", promote_operands(a, b), device=device)
 
 
 def mul(a, b, *, device=None):
     """Elementwise ``a * b`` with NumPy broadcasting."""
-    return apply("mul", (a, b), device=device)
+    return apply("mul", promote_operands(a, b), device=device)
 
 
 def div(a, b, *, device=None):
     """Elementwise ``a / b``; integer division truncates toward zero (ONNX Div)."""
-    return apply("div", (a, b), device=device)
+    return apply("div", promote_operands(a, b), device=device)
 
 
 def pow(a, b, *, device=None):
     """Elementwise ``a ** b``."""
-    return apply("pow", (a, b), device=device)
+    return apply("pow", promote_operands(a, b), device=device)
 
 
 def maximum(a, b, *, device=None):
     """Elementwise maximum; NaN propagates."""
-    return apply("maximum", (a, b), device=device)
+    return apply("maximum", promote_operands(a, b), device=device)
 
 
 def minimum(a, b, *, device=None):
     """Elementwise minimum; NaN propagates."""
-    return apply("minimum", (a, b), device=device)
+    return apply("minimum", promote_operands(a, b), device=device)
 
 
 def equal(a, b, *, device=None):
     """Elementwise ``a == b`` as a bool tensor."""
-    return apply("equal", (a, b), device=device)
+    return apply("equal", promote_operands(a, b), device=device)
+
+
+def not_equal(a, b, *, device=None):
+    """Elementwise ``a != b`` as a bool tensor."""
+    return apply("not_equal", promote_operands(a, b), device=device)
 
 
 def greater(a, b, *, device=None):
     """Elementwise ``a > b`` as a bool tensor."""
-    return apply("greater", (a, b), device=device)
+    return apply("greater", promote_operands(a, b), device=device)
 
 
 def less(a, b, *, device=None):
     """Elementwise ``a < b`` as a bool tensor."""
-    return apply("less", (a, b), device=device)
+    return apply("less", promote_operands(a, b), device=device)
 
 
 def greater_equal(a, b, *, device=None):
     """Elementwise ``a >= b`` as a bool tensor."""
-    return apply("greater_equal", (a, b), device=device)
+    return apply("greater_equal", promote_operands(a, b), device=device)
 
 
 def less_equal(a, b, *, device=None):
     """Elementwise ``a <= b`` as a bool tensor."""
-    return apply("less_equal", (a, b), device=device)
+    return apply("less_equal", promote_operands(a, b), device=device)
 
 
 def neg(x, *, device=None):
@@ -533,4 +543,5 @@ def cast(x, dtype, *, device=None):
 
 def where(cond, a, b, *, device=None):
     """``a`` where ``cond`` is true, else ``b`` (all three broadcast)."""
+    a, b = promote_operands(a, b)
     return apply("where", (cond, a, b), device=device)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from hetero.errors import ShapeError
 from hetero.graph import TensorSpec
 from hetero.ops.registry import Cost, Op, broadcast_shapes, register, same_dtype
-from hetero.tracing import apply
+from hetero.tracing import apply, promote_operands
 
 __all__ = ["matmul", "gemm"]
 
@@ -120,7 +120,7 @@ register(Op("gemm", _gemm_infer, _gemm_kernel, arity=(2, 3), cost=_gemm_cost, op
 
 def matmul(a, b, *, device=None):
     """Matrix product with NumPy semantics: 1-D operands are promoted, batch dims broadcast."""
-    return apply("matmul", (a, b), device=device)
+    return apply("matmul", promote_operands(a, b), device=device)
 
 
 def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, trans_a=False, trans_b=False, device=None):
@@ -132,5 +132,5 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, trans_a=False, trans_b=False, dev
     """
     attrs = {"alpha": float(alpha), "beta": float(beta), "trans_a": int(bool(trans_a)),
              "trans_b": int(bool(trans_b))}
-    ins = (a, b) if c is None else (a, b, c)
+    ins = promote_operands(a, b) if c is None else promote_operands(a, b, c)
     return apply("gemm", ins, attrs, device=device)

@@ -117,6 +117,7 @@ CASES: list[tuple[str, list[np.ndarray], dict]] = [
     ("mod", [I(3, 4, high=20) - 10, I(4, high=5) + 1], {}),
     ("mul", [N(3, 4), N(3, 4)], {}),
     ("neg", [N(3, 4)], {}),
+    ("not_equal", [I(3, 4), I(4)], {}),
     ("pad", [N(2, 3)], {"pads": (1, 0, 0, 2), "mode": "reflect"}),
     ("pad", [N(2, 3)], {"pads": (1, 1, 1, 1), "value": 2.5}),
     ("pow", [P(3, 4), N(3, 4)], {}),
