@@ -2,7 +2,7 @@
 
 from hetero import ops
 from hetero.config import config
-from hetero.devices import Device, Machine
+from hetero.devices import Device, Link, Machine, SimSpec
 from hetero.errors import (
     DeviceError,
     ExecutionError,
@@ -56,7 +56,8 @@ def __getattr__(name: str):
 
 __all__ = [
     "Attrs", "Device", "DeviceError", "ExecutionError", "Function", "Graph", "GraphError",
-    "HeteroError", "Machine", "ModelError", "Node", "OutOfMemoryError", "PlacementError",
-    "ShapeError", "Tensor", "TensorSpec", "TraceError", "TransferGuardError", "UnknownOpError",
-    "Value", "check", "colocate", "config", "device", "function", "ops", "tensor",
+    "HeteroError", "Link", "Machine", "ModelError", "Node", "OutOfMemoryError", "PlacementError",
+    "ShapeError", "SimSpec", "Tensor", "TensorSpec", "TraceError", "TransferGuardError",
+    "UnknownOpError", "Value", "check", "colocate", "config", "device", "function", "ops",
+    "tensor",
 ]

@@ -665,6 +665,9 @@ class SimSpec:
         launch_overhead: seconds per kernel.
         link_bandwidth, latency: the host link (B/s per direction, s per copy).
         peer_bandwidth, peer_latency: the link to other simulated GPUs.
+        speed_factor: multiplies the peak FLOP/s of the card (or of ``speed``): a number for
+            every op class, or a mapping op class -> factor for some of them
+            (``{"conv": 0.5}``: convolutions at half the card's rate, the rest unchanged).
     """
 
     card: str | None = None
@@ -677,6 +680,7 @@ class SimSpec:
     latency: float | None = None
     peer_bandwidth: float | None = None
     peer_latency: float | None = None
+    speed_factor: Mapping[str, float] | float | None = None
 
     def device_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``Device.__init__``."""
@@ -698,11 +702,27 @@ class SimSpec:
             value = getattr(self, key)
             if value is not None:
                 base[key] = value
+        if self.speed_factor is not None:
+            base["peak_flops"] = _scaled(_rates(base["peak_flops"]), self.speed_factor)
         return {"peak_flops": base["peak_flops"], "mem_bandwidth": base["mem_bandwidth"],
                 "capacity": int(base["capacity"]), "launch_overhead": base["launch_overhead"],
                 "host_link": Link(base["link_bandwidth"], base["latency"]),
                 "peer_link": Link(base["peer_bandwidth"], base["peer_latency"]),
                 "model": base["model"], "info": {"card": self.card}}
+
+
+def _scaled(rates: dict[str, float], factor: Mapping[str, float] | float) -> dict[str, float]:
+    """``rates`` (op class -> FLOP/s) times ``factor`` (one number, or some op classes' own)."""
+    if not isinstance(factor, Mapping):
+        factor = dict.fromkeys(OP_CLASSES, factor)
+    unknown = sorted(set(factor) - set(OP_CLASSES))
+    if unknown:
+        raise DeviceError(f"unknown op class(es) {', '.join(unknown)} in speed_factor "
+                          f"(known: {', '.join(OP_CLASSES)})")
+    for k, v in factor.items():
+        if not float(v) > 0:
+            raise DeviceError(f"speed_factor[{k!r}] must be positive, got {v}")
+    return {k: r * float(factor.get(k, 1.0)) for k, r in rates.items()}
 
 
 #: Rates of a simulated GPU without a card: fast enough that tests barely wait.
@@ -937,7 +957,7 @@ class Machine:
         seen_gpu = False
         sims: list[SimSpec] = []
         for raw in spec.split(","):
-            item = raw.strip().lower()
+            item = re.sub(r"\s+", "", raw).lower()  # "sim:1 @ h100" reads as "sim:1@h100"
             m = _ITEM_RE.match(item)
             if not m:
                 raise DeviceError(f"bad item {raw.strip()!r} in machine spec {spec!r}: "

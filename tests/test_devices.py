@@ -355,3 +355,28 @@ def test_spec_strings_round_trip(cpus, cards):
 
 def test_op_classes_agree_with_the_registry():
     assert dv.OP_CLASSES == OP_CLASSES
+
+
+def test_parse_ignores_spaces_and_case():
+    m = Machine.parse(" CPU:2 , sim:1 @ H100, sim : 1 ")
+    assert [d.name for d in m.devices] == ["cpu:0", "cpu:1", "gpu:0", "gpu:1"]
+    assert m.device("gpu:0").peak_flops["matmul"] == CARDS["h100"].fp32
+    assert m.device("gpu:1").info["card"] is None
+
+
+def test_speed_factor_scales_some_op_classes_of_a_card():
+    m = Machine.from_spec(cpus=1, sims=[SimSpec(card="h100", speed_factor={"conv": 0.5}),
+                                        SimSpec(speed=1e12, speed_factor=2)])
+    g0, g1 = m.gpus()
+    assert g0.peak_flops["conv"] == CARDS["h100"].fp32 / 2
+    assert g0.peak_flops["matmul"] == CARDS["h100"].fp32
+    assert g1.peak_flops == {c: 2e12 for c in OP_CLASSES}
+    for bad in ({"tensor": 2.0}, 0.0, {"conv": -1}):
+        with pytest.raises(DeviceError, match="speed_factor"):
+            SimSpec(speed_factor=bad).device_kwargs()
+
+
+def test_link_and_simspec_are_exported():
+    import hetero as ht
+
+    assert ht.Link is Link and ht.SimSpec is SimSpec
