@@ -115,3 +115,19 @@ def test_compose_reserves_one_nvidia_gpu():
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     build = service["build"]
     assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
+
+
+def test_smoke_test_is_hetero_devices():
+    """``docker run --gpus all IMAGE`` runs ``hetero devices`` (the console script that
+    ``pip install .`` puts on the venv's PATH), and compose runs the same."""
+    try:
+        import tomllib
+    except ImportError:
+        tomllib = pytest.importorskip("tomli")
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts.get("hetero") == "hetero.cli:main"
+    cmds = [a for k, a in _instructions() if k == "CMD"]
+    assert cmds[-1] == '["hetero", "devices"]'
+    assert re.search(r'command:\s*\["hetero",\s*"devices"\]', COMPOSE.read_text())
+    env = " ".join(a for k, a in _instructions() if k == "ENV")
+    assert "PATH=/opt/hetero/bin:" in env
