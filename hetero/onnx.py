@@ -273,7 +273,8 @@ for _t, _o in _BINARY.items():
 _UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp", "Log": "log",
           "Sqrt": "sqrt", "Neg": "neg", "Abs": "abs", "Erf": "erf", "Reciprocal": "reciprocal",
           "Floor": "floor", "Ceil": "ceil", "Softplus": "softplus", "Softsign": "softsign",
-          "Sign": "sign"}
+          "Sign": "sign", "HardSwish": "hard_swish", "Mish": "mish", "Round": "round",
+          "Sin": "sin", "Cos": "cos"}
 
 
 def _unary_converter(onnx_op: str, op: str) -> None:
@@ -301,6 +302,29 @@ def _selu(ctx: _Ctx) -> list[_Val]:
     alpha = float(ctx.attr("alpha", 1.67326319217681884765625))
     gamma = float(ctx.attr("gamma", 1.05070102214813232421875))
     return [ctx.emit("selu", [ctx.inp(0)], alpha=alpha, gamma=gamma)]
+
+
+@_converts("Celu", needs=("celu",))
+def _celu(ctx: _Ctx) -> list[_Val]:
+    return [ctx.emit("celu", [ctx.inp(0)], alpha=float(ctx.attr("alpha", 1.0)))]
+
+
+@_converts("ThresholdedRelu", needs=("thresholded_relu",))
+def _thresholded_relu(ctx: _Ctx) -> list[_Val]:
+    return [ctx.emit("thresholded_relu", [ctx.inp(0)], alpha=float(ctx.attr("alpha", 1.0)))]
+
+
+def _arg_converter(onnx_op: str, op: str) -> None:
+    @_converts(onnx_op, needs=(op,))
+    def convert(ctx: _Ctx) -> list[_Val]:
+        x = ctx.inp(0)
+        return [ctx.emit(op, [x], axis=int(ctx.attr("axis", 0)) % max(x.spec.ndim, 1),
+                         keepdims=int(ctx.attr("keepdims", 1)),
+                         select_last_index=int(ctx.attr("select_last_index", 0)))]
+
+
+_arg_converter("ArgMax", "argmax")
+_arg_converter("ArgMin", "argmin")
 
 
 @_converts("HardSigmoid", needs=("hard_sigmoid",))

@@ -25,7 +25,8 @@ from hetero.tracing import apply
 __all__ = [
     "identity", "dropout", "add_n", "elu", "selu", "hard_sigmoid", "prelu", "softplus",
     "softsign", "sign", "expand", "tile", "instance_norm", "logical_not", "logical_and",
-    "logical_or", "logical_xor", "mod", "layer_norm",
+    "logical_or", "logical_xor", "mod", "layer_norm", "hard_swish", "mish", "celu",
+    "thresholded_relu", "round", "sin", "cos", "argmax", "argmin",
 ]
 
 
@@ -283,6 +284,81 @@ register(Op("layer_norm", _infer_layer_norm, _layer_norm_kernel, arity=(2, 3),
             doc="normalise over dims axis..-1, then * scale + bias; also mean and 1/std"))
 
 
+def _hard_swish_kernel(xp, ins, attrs, outs):
+    x = ins[0]
+    outs[0][...] = x * xp.clip(x * (1 / 6) + 0.5, 0, 1)
+
+
+def _mish_kernel(xp, ins, attrs, outs):
+    x = ins[0]
+    outs[0][...] = x * xp.tanh(xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x))))
+
+
+def _celu_kernel(xp, ins, attrs, outs):
+    x, a = ins[0], attrs["alpha"]
+    outs[0][...] = xp.maximum(x, 0) + xp.minimum(0, a * xp.expm1(xp.minimum(x, 0) / a))
+
+
+def _thresholded_relu_kernel(xp, ins, attrs, outs):
+    x = ins[0]
+    outs[0][...] = xp.where(x > attrs["alpha"], x, 0)
+
+
+def _ufunc_kernel(name: str):
+    def kernel(xp, ins, attrs, outs):
+        getattr(xp, name)(ins[0], out=outs[0])
+    return kernel
+
+
+register(Op("hard_swish", _same_float("hard_swish"), _hard_swish_kernel,
+            doc="x * clip(x / 6 + 1/2, 0, 1)"))
+register(Op("mish", _same_float("mish"), _mish_kernel, doc="x * tanh(softplus(x))"))
+register(Op("celu", _same_float("celu"), _celu_kernel, attrs={"alpha": 1.0},
+            doc="max(0, x) + min(0, alpha * (exp(x / alpha) - 1))"))
+register(Op("thresholded_relu", _same_float("thresholded_relu"), _thresholded_relu_kernel,
+            attrs={"alpha": 1.0}, doc="x if x > alpha else 0"))
+register(Op("round", _same_float("round"), _ufunc_kernel("rint"),
+            doc="round half to even"))
+register(Op("sin", _same_float("sin"), _ufunc_kernel("sin"), doc="sine"))
+register(Op("cos", _same_float("cos"), _ufunc_kernel("cos"), doc="cosine"))
+
+
+def _infer_arg(ins, attrs):
+    x = ins[0]
+    if not -x.ndim <= attrs["axis"] < max(x.ndim, 1):
+        raise ShapeError(f"axis {attrs['axis']} is out of range for rank {x.ndim}")
+    axis = attrs["axis"] % max(x.ndim, 1)
+    if x.ndim and x.shape[axis] == 0:
+        raise ShapeError("argmax/argmin of an empty axis")
+    shape = list(x.shape)
+    if attrs["keepdims"]:
+        shape[axis] = 1
+    else:
+        del shape[axis]
+    return (TensorSpec(tuple(shape), np.int64),)
+
+
+def _arg_kernel(which: str):
+    def kernel(xp, ins, attrs, outs):
+        x = ins[0]
+        axis = attrs["axis"] % max(x.ndim, 1)
+        fn = getattr(xp, which)
+        if attrs["select_last_index"]:  # the last of equal extremes: search the reversed axis
+            rev = xp.flip(x, axis=axis)
+            idx = x.shape[axis] - 1 - fn(rev, axis=axis, keepdims=True)
+        else:
+            idx = fn(x, axis=axis, keepdims=True)
+        outs[0][...] = idx.reshape(outs[0].shape)
+    return kernel
+
+
+_ARG_ATTRS = {"axis": 0, "keepdims": 1, "select_last_index": 0}
+register(Op("argmax", _infer_arg, _arg_kernel("argmax"), attrs=_ARG_ATTRS, op_class="reduce",
+            doc="index of the largest element along axis"))
+register(Op("argmin", _infer_arg, _arg_kernel("argmin"), attrs=_ARG_ATTRS, op_class="reduce",
+            doc="index of the smallest element along axis"))
+
+
 # ----------------------------------------------------------------------------------------------
 # Public functions
 
@@ -384,3 +460,52 @@ def layer_norm(x, scale, bias=None, axis: int = -1, epsilon: float = 1e-5, *, de
     LayerNormalization; returns only the normalised tensor)."""
     ins = (x, scale) if bias is None else (x, scale, bias)
     return apply("layer_norm", ins, {"axis": axis, "epsilon": epsilon}, device=device)[0]
+
+
+def hard_swish(x, *, device=None):
+    """``x * clip(x / 6 + 1/2, 0, 1)`` (MobileNetV3's h-swish)."""
+    return apply("hard_swish", (x,), device=device)
+
+
+def mish(x, *, device=None):
+    """``x * tanh(softplus(x))``."""
+    return apply("mish", (x,), device=device)
+
+
+def celu(x, alpha: float = 1.0, *, device=None):
+    """``max(0, x) + min(0, alpha * (exp(x / alpha) - 1))``."""
+    return apply("celu", (x,), {"alpha": alpha}, device=device)
+
+
+def thresholded_relu(x, alpha: float = 1.0, *, device=None):
+    """``x if x > alpha else 0``."""
+    return apply("thresholded_relu", (x,), {"alpha": alpha}, device=device)
+
+
+def round(x, *, device=None):  # noqa: A001  (the op's name)
+    """Round half to even."""
+    return apply("round", (x,), device=device)
+
+
+def sin(x, *, device=None):
+    """Elementwise sine."""
+    return apply("sin", (x,), device=device)
+
+
+def cos(x, *, device=None):
+    """Elementwise cosine."""
+    return apply("cos", (x,), device=device)
+
+
+def argmax(x, axis: int = 0, keepdims: bool = True, select_last_index: bool = False, *,
+           device=None):
+    """Index (int64) of the largest element along ``axis``."""
+    return apply("argmax", (x,), {"axis": axis, "keepdims": int(keepdims),
+                                  "select_last_index": int(select_last_index)}, device=device)
+
+
+def argmin(x, axis: int = 0, keepdims: bool = True, select_last_index: bool = False, *,
+           device=None):
+    """Index (int64) of the smallest element along ``axis``."""
+    return apply("argmin", (x,), {"axis": axis, "keepdims": int(keepdims),
+                                  "select_last_index": int(select_last_index)}, device=device)
