@@ -399,8 +399,22 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     from hetero.config import config
     from hetero.devices import normalize_device
 
-    name = normalize_device(device) if device else (current_annotation()[0] or "cpu:0")
-    dev = config.machine.device(name)
+    scope, soft, _ = current_annotation()
+    name = normalize_device(device) if device else (scope or "cpu:0")
+    machine = config.machine
+    if not device and soft and scope not in machine:
+        from hetero.errors import PlacementError
+
+        if config.strict_placement:
+            raise PlacementError(f"{user_line()}: soft device {scope} is not in this machine, "
+                                 "and ht.config.strict_placement forbids falling back")
+        log.info("%s: soft device %s is not in this machine; the tensor stays on cpu:0",
+                 user_line(), scope)
+        name = "cpu:0"
+    try:
+        dev = machine.device(name)
+    except DeviceError as exc:
+        raise DeviceError(f"{user_line()}: {exc}") from None
     return Tensor(dev.from_host(arr), dev.name)
 
 
@@ -500,7 +514,7 @@ def apply(op_name: str, inputs: Sequence[Any], attrs: dict[str, Any] | None = No
             if isinstance(x, Tensor) and x._trace is not None:
                 raise TraceError(f"{where}: a traced value escaped its @function and is used "
                                  "outside it (store results by returning them)")
-        return _run_eager(op, inputs, attrs, dev, where)
+        return _run_eager(op, inputs, attrs, dev, where, soft=bool(dev and soft))
     return _record(trace, op, inputs, attrs, dev, soft, col, where)
 
 
@@ -536,16 +550,23 @@ def _record(trace: Trace, op, inputs, attrs: Attrs, dev, soft, col, where) -> An
     return outs[0] if len(outs) == 1 else outs
 
 
-def _run_eager(op, inputs, attrs: Attrs, dev: str | None, where: str | None) -> Any:
+def _run_eager(op, inputs, attrs: Attrs, dev: str | None, where: str | None, *,
+               soft: bool = False) -> Any:
     from hetero.config import config
 
     machine = config.machine
+    home = next((x._device for x in inputs if isinstance(x, Tensor)), "cpu:0")
     if dev is None:
-        dev = next((x._device for x in inputs if isinstance(x, Tensor)), "cpu:0")
+        dev = home
     try:
         target = machine.device(dev)
     except DeviceError as exc:
-        raise DeviceError(f"{node_label(op.name, op.name, where)}: {exc}") from None
+        if not soft:
+            raise DeviceError(f"{node_label(op.name, op.name, where)}: {exc}") from None
+        target = _soft_fallback(op, dev, home, machine, where, "is not in this machine")
+    if soft and not op.has_kernel(target.backend):
+        target = _soft_fallback(op, dev, home, machine, where,
+                                f"has no {op.name} kernel ({target.backend})")
     like = _weak_dtype(inputs)
     arrays = []
     for x in inputs:
@@ -579,6 +600,25 @@ def _run_eager(op, inputs, attrs: Attrs, dev: str | None, where: str | None) -> 
                              f"{type(exc).__name__}: {exc}") from exc
     result = tuple(Tensor(o, target.name, _spec=s) for o, s in zip(outs, out_specs))
     return result[0] if len(result) == 1 else result
+
+
+def _soft_fallback(op, dev: str, home: str, machine, where: str | None, why: str):
+    """The device an eager op runs on when its soft annotation ``dev`` cannot be honoured: the
+    device of its first tensor input, else cpu:0 (as TensorFlow's soft placement does), or a
+    PlacementError under ``config.strict_placement``."""
+    from hetero.config import config
+    from hetero.errors import PlacementError
+
+    label = node_label(op.name, op.name, where)
+    if config.strict_placement:
+        raise PlacementError(f"{label}: soft device {dev} {why}, and "
+                             "ht.config.strict_placement forbids falling back")
+    for name in (home, "cpu:0"):
+        if name in machine and op.has_kernel(machine.device(name).backend):
+            log.info("%s: soft device %s %s; running on %s", label, dev, why, name)
+            return machine.device(name)
+    raise DeviceError(f"{label}: soft device {dev} {why}, and neither {home} nor cpu:0 can "
+                      "run it")
 
 
 def _guard_transfer(msg: str) -> None:

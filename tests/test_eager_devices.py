@@ -233,3 +233,40 @@ def test_eager_gpu_memory_returns_when_tensors_go():
     del x, y
     gc.collect()
     assert gpu.allocated == before
+
+
+def test_soft_scope_falls_back_where_its_device_is_missing(caplog):
+    """A soft annotation is a preference: on a machine without that GPU, eager ops and new
+    tensors stay on the CPU (logged); a hard one is an error naming the line; and
+    ``config.strict_placement`` turns the fallback into a PlacementError."""
+    from hetero.errors import PlacementError
+
+    config.machine = "cpu:2"
+    x = _rand(2, 3)
+    with caplog.at_level(logging.INFO, logger="hetero.tracing"):
+        with ht.device("gpu:0", soft=True):
+            t = ht.tensor(x)
+            y = ops_relu(t) * 2
+    assert t.device == y.device == "cpu:0"
+    np.testing.assert_allclose(y.numpy(), np.maximum(x, 0) * 2)
+    assert "soft device gpu:0 is not in this machine" in caplog.text
+    with pytest.raises(DeviceError, match=r"test_eager_devices.py:\d+.*gpu:0.*not in this"):
+        with ht.device("gpu:0"):
+            ht.tensor(x)
+    config.strict_placement = True
+    try:
+        with pytest.raises(PlacementError, match="strict_placement"):
+            with ht.device("gpu:0", soft=True):
+                ops_relu(x)
+    finally:
+        config.strict_placement = False
+
+
+def test_soft_scope_on_a_machine_with_the_gpu_uses_it(sim_machine):
+    with ht.device("gpu:1", soft=True):
+        y = ops_relu(ht.tensor(_rand(2, 2)))
+    assert _on_gpu(y, "gpu:1")
+
+
+def ops_relu(x):
+    return ht.ops.relu(x)
