@@ -984,10 +984,20 @@ def _tensor_to_array(tensor: Any, folder: str | None, where: str) -> np.ndarray:
     if tensor.data_location == TensorProto.EXTERNAL:
         info = {e.key: e.value for e in tensor.external_data}
         path = _safe_external_path(folder, info.get("location", ""), where)
-        offset, length = int(info.get("offset", 0) or 0), info.get("length")
+        try:
+            offset = int(info.get("offset") or 0)
+            length = int(info["length"]) if info.get("length") else None
+        except ValueError:
+            offset = length = -1
+        if offset < 0 or (length is not None and length < 0):
+            raise ModelError(f"{where}: external data of {tensor.name!r} has an invalid offset "
+                             f"or length ({info.get('offset')!r}, {info.get('length')!r})")
         with open(path, "rb") as f:
             f.seek(offset)
-            raw = f.read(int(length)) if length else f.read()
+            raw = f.read(length) if length is not None else f.read()
+        if length is not None and len(raw) != length:
+            raise ModelError(f"{where}: external data file {info['location']!r} holds "
+                             f"{len(raw)} bytes at offset {offset}, {length} expected")
         local = TensorProto()
         local.CopyFrom(tensor)
         del local.external_data[:]

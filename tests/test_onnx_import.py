@@ -334,6 +334,24 @@ def test_external_data_symlink_leaving_the_folder_refused(tmp_path):
         ho.load(str(folder / "m.onnx"))
 
 
+@pytest.mark.parametrize("key,value,message", [
+    ("offset", "-8", "invalid offset"), ("length", "abc", "invalid offset"),
+    ("length", "4096", "4096 expected"),
+])
+def test_external_data_bad_offset_or_length(tmp_path, key, value, message):
+    folder, _ = _save_external(tmp_path)
+    model = onnx.load(str(folder / "m.onnx"), load_external_data=False)
+    for t in model.graph.initializer:
+        entries = {e.key: e for e in t.external_data}
+        if key in entries:
+            entries[key].value = value
+        else:
+            t.external_data.add(key=key, value=value)
+    onnx.save_model(model, str(folder / "m.onnx"))
+    with pytest.raises(ModelError, match=message):
+        ho.load(str(folder / "m.onnx"))
+
+
 def test_external_data_needs_a_folder(tmp_path):
     folder, _ = _save_external(tmp_path)
     model = onnx.load(str(folder / "m.onnx"), load_external_data=False)
