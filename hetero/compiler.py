@@ -45,17 +45,33 @@ def as_graph(fn_or_graph: Any, example_inputs: Sequence[Any] | None = None) -> G
     return fn.graph(*example_inputs)
 
 
+_host: Any = None  # this host as Machine.detect() saw it, detected once
+
+
 def default_machine(graph: Graph) -> Any:
     """The machine graph mode uses when the caller names none: ``config.machine`` if the user set
-    one, else this host's GPUs plus as many CPU workers as the graph's parallelism can use
+    one, else this host's GPUs plus as many of its CPU workers as the graph's parallelism can use
     (``hetero.executor.default_cpu_workers``: a chain gets one worker with every BLAS thread, a
-    wide graph of heavy ops several)."""
-    if getattr(config, "_machine", None) is not None:
-        return config.machine
+    wide graph of heavy ops several). The devices are those of one detection of the host (or of
+    the machine eager mode detected), so plans share them."""
+    global _host
     from hetero.devices import Machine
     from hetero.executor import default_cpu_workers
 
-    return Machine.detect(cpus=default_cpu_workers(graph))
+    configured = getattr(config, "_machine", None)
+    if configured is not None and not getattr(config, "_machine_detected", False):
+        return configured  # the user's choice
+    if configured is not None:
+        host = configured
+    else:
+        if _host is None:
+            _host = Machine.detect()
+        host = _host
+    cpus = host.cpus()
+    workers = min(len(cpus), default_cpu_workers(graph))
+    if workers >= len(cpus):
+        return host
+    return Machine([*cpus[:workers], *host.gpus()])
 
 
 def cost_model(cost: Any, machine: Any) -> Any:

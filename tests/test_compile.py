@@ -231,12 +231,22 @@ def test_default_machine_follows_the_graphs_parallelism(monkeypatch):
 
     monkeypatch.setattr(config, "_machine", None)
     monkeypatch.setattr(executor, "cpu_cores", lambda: 4)
+    monkeypatch.setattr(compiler, "_host", ht.Machine.parse("cpu:4,sim:1"))
     chain = compile(G.matmul_chain(n=128, depth=4))
-    assert [d.name for d in chain.machine.cpus()] == ["cpu:0"]
+    assert [d.name for d in chain.machine.devices] == ["cpu:0", "gpu:0"]
     wide = compile(G.parallel_branches(n=128, depth=3))
     assert len(wide.machine.cpus()) >= 2
-    assert compiler.default_machine(G.parallel_branches(n=128)).cpus()[-1].name == \
-        wide.machine.cpus()[-1].name
+    # one host's devices, shared by the plans
+    assert chain.machine.device("gpu:0") is wide.machine.device("gpu:0")
+    g = G.parallel_branches(n=128, depth=3)
+    xs = G.inputs_for(g)
+    for got, want in zip(wide.run(*xs), reference.run(g, xs)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # a machine eager mode detected (not chosen by the user) is cut to the graph too
+    monkeypatch.setattr(config, "_machine", ht.Machine.parse("cpu:4"))
+    monkeypatch.setattr(config, "_machine_detected", True, raising=False)
+    assert len(compile(G.matmul_chain(n=128, depth=2)).machine.cpus()) == 1
+    monkeypatch.setattr(config, "_machine_detected", False)
     # a machine the user configured is used as it is
     monkeypatch.setattr(config, "_machine", ht.Machine.parse("cpu:3"))
     assert len(compile(G.matmul_chain(n=128, depth=2)).machine.cpus()) == 3
