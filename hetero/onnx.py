@@ -1100,10 +1100,14 @@ class _Importer:
         convert, _ = _CONVERTERS[node.op_type]
         try:
             outs = list(convert(ctx))
+        except ModelError:
+            raise
         except HeteroError as exc:
-            if isinstance(exc, ModelError):
-                raise
             raise ModelError(f"{ctx.where} ({node.op_type}): {exc}") from None
+        except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError) as exc:
+            # attributes or inputs of a shape the converter does not expect: a malformed node
+            raise ModelError(f"{ctx.where} ({node.op_type}): malformed node: "
+                             f"{type(exc).__name__}: {exc}") from exc
         for name, v in zip(node.output, outs):
             if name:
                 if v is None:

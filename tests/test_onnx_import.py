@@ -259,6 +259,16 @@ def test_malformed_models(tmp_path):
         ho.load(bad_attr)
 
 
+def test_malformed_node_is_a_model_error_naming_it():
+    """A node the checker lets through but the converter cannot read (Range with delta 0)."""
+    nodes = [helper.make_node("Range", ["s", "l", "d"], ["r"], name="bad_range"),
+             helper.make_node("Add", ["x", "r"], ["y"])]
+    inits = [init("s", np.float32(0)), init("l", np.float32(4)), init("d", np.float32(0))]
+    model = make_model(nodes, [vi("x", [4])], [vi("y", None)], inits)
+    with pytest.raises(ModelError, match=r"m.onnx:bad_range \(Range\): malformed node"):
+        ho.load(model)
+
+
 def test_symbolic_dims_need_input_shapes():
     model = make_model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", ["batch", 3])],
                        [vi("y", None)])
