@@ -667,7 +667,7 @@ def _signature(args: Sequence[Any]) -> tuple[_ArgSig, ...]:
             if a._trace is not None:
                 raise TraceError("calling an @function with a traced value of another trace")
             sig.append(_ArgSig("tensor", a.shape, a.dtype.name, a.device))
-        elif isinstance(a, np.ndarray):
+        elif isinstance(a, (np.ndarray, np.generic)):  # NumPy scalars are 0-d inputs, as in JAX
             sig.append(_ArgSig("tensor", tuple(a.shape), a.dtype.name, "cpu:0"))
         else:
             try:
@@ -779,7 +779,7 @@ def _user_stacklevel() -> int:
 class Function:
     """A Python function in graph mode: traced once per input signature, then the graph runs.
 
-    Tensor arguments (``ht.Tensor`` or NumPy arrays) become graph inputs; any other argument is a
+    Tensor arguments (``ht.Tensor``, NumPy arrays and scalars) become graph inputs; any other is a
     static Python value that is part of the signature (a changed value retraces). Arguments may
     be passed by position or by keyword, as the Python function takes them.
     """
@@ -870,7 +870,7 @@ class Function:
         trace = Trace(self.name)
         call_values = []
         for name, a in zip(bound.names, bound.values):
-            if isinstance(a, (Tensor, np.ndarray)):
+            if isinstance(a, (Tensor, np.ndarray, np.generic)):
                 dev = a.device if isinstance(a, Tensor) else None
                 call_values.append(trace.add_input(TensorSpec.of(a), name, dev))
             else:
@@ -914,8 +914,8 @@ class Function:
             return self.fn(*args, **kwargs)
         bound = self._bind(args, kwargs)
         entry = self._traced(bound)
-        arrays = [a.numpy() if isinstance(a, Tensor) else a for a in bound.values
-                  if isinstance(a, (Tensor, np.ndarray))]
+        arrays = [a.numpy() if isinstance(a, Tensor) else np.asarray(a) for a in bound.values
+                  if isinstance(a, (Tensor, np.ndarray, np.generic))]
         if entry.runner is None:
             entry.runner = self._make_runner(entry.graph)
         outs = entry.runner(arrays)

@@ -446,3 +446,15 @@ def test_retrace_on_a_device_change_says_so(caplog):
 def test_bad_device_argument_names_the_op_and_line():
     with pytest.raises(ht.DeviceError, match=r"relu \(relu, from test_tracing.py:\d+\).*tpu:0"):
         ops.relu(rand(2), device="tpu:0")
+
+
+def test_numpy_scalars_are_graph_inputs_not_static_values():
+    @ht.function
+    def f(x, k):
+        return x * k
+
+    x = rand(3)
+    np.testing.assert_allclose(f(x, np.float32(2)).numpy(), 2 * x)
+    np.testing.assert_allclose(f(x, np.float32(3)).numpy(), 3 * x)
+    assert f.trace_count == 1  # a new value of a 0-d input does not retrace
+    assert [n.name for n in f.graph(x, np.float32(1)).nodes if n.op == "input"] == ["x", "k"]
