@@ -170,6 +170,22 @@ def test_conv2d_fused_activation(act, params, fn):
     close(got, fn(ref_conv(x, w, b, pads=(1, 1, 1, 1))))
 
 
+@pytest.mark.parametrize("name, make, attrs", [
+    ("conv2d", lambda: [rand(1, 8, 6, 6), rand(4, 8, 3, 3), rand(4)], {"pads": (1, 1, 1, 1)}),
+    ("conv2d", lambda: [rand(1, 8, 6, 6), rand(8, 1, 3, 3)], {"groups": 8}),
+    ("avg_pool2d", lambda: [rand(1, 3, 8, 8) + 20], {"kernel_shape": (4, 4)}),
+    ("lrn", lambda: [rand(1, 6, 3, 3)], {"size": 5, "alpha": 0.5}),
+])
+def test_float16_accumulates_in_float32(name, make, attrs):
+    """float16 in, float16 out, but one rounding at the end: the same result as computing in
+    float32 and casting (what onnxruntime does)."""
+    ins32 = [a.astype(np.float16).astype(np.float32) for a in make()]
+    want = run_op(name, ins32, **attrs).astype(np.float16)
+    got = run_op(name, [a.astype(np.float16) for a in ins32], **attrs)
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got, want)
+
+
 def test_conv2d_add_fuses_the_residual():
     x, w, b, z = rand(2, 3, 6, 6), rand(4, 3, 3, 3), rand(4), rand(2, 4, 6, 6)
     got = run_op("conv2d_add", [x, w, b, z], pads=(1, 1, 1, 1), activation="relu")

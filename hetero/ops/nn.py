@@ -142,6 +142,21 @@ def _needed(size_out: int, k: int, s: int, d: int) -> int:
     return (size_out - 1) * s + d * (k - 1) + 1
 
 
+def _accumulate_wide(kernel):
+    """``kernel`` with float16 inputs computed in float32 and rounded once at the end, as ONNX
+    runtimes do: sums of many float16 products would otherwise be rounded at every step."""
+    def wide(xp, ins, attrs, outs):
+        if all(o.dtype != np.float16 for o in outs):
+            return kernel(xp, ins, attrs, outs)
+        wide_ins = [a.astype(np.float32) if a.dtype == np.float16 else a for a in ins]
+        wide_outs = [xp.empty(o.shape, np.float32) for o in outs]
+        kernel(xp, wide_ins, attrs, wide_outs)
+        for o, w in zip(outs, wide_outs):
+            o[...] = w
+    wide.__doc__ = kernel.__doc__
+    return wide
+
+
 # ----------------------------------------------------------------------------------------------
 # conv2d
 
@@ -279,7 +294,7 @@ def _depthwise(xp, x, w, out, strides, pads, dilations, groups):
 
 
 register(Op(
-    "conv2d", _infer_conv, _conv_kernel, arity=(2, 3),
+    "conv2d", _infer_conv, _accumulate_wide(_conv_kernel), arity=(2, 3),
     attrs={"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "groups": 1,
            "activation": "none", "activation_params": ()},
     cost=_conv_cost, op_class="conv",
@@ -302,7 +317,7 @@ def _conv_add_cost(ins, outs, attrs):
 
 
 register(Op(
-    "conv2d_add", _infer_conv_add, _conv_kernel, arity=(4, 4),
+    "conv2d_add", _infer_conv_add, _accumulate_wide(_conv_kernel), arity=(4, 4),
     attrs={"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "groups": 1,
            "activation": "none", "activation_params": ()},
     cost=_conv_add_cost, op_class="conv",
@@ -432,7 +447,7 @@ def _winograd_kernel(xp, ins, attrs, outs):
 
 
 register(Op(
-    "conv2d_winograd", _infer_winograd, _winograd_kernel, arity=(2, 3),
+    "conv2d_winograd", _infer_winograd, _accumulate_wide(_winograd_kernel), arity=(2, 3),
     attrs={"pads": (0, 0, 0, 0), "activation": "none", "activation_params": ()},
     cost=_winograd_cost, op_class="conv",
     doc="3x3 stride-1 convolution by Winograd F(2x2,3x3); weights from winograd_weights()"))
@@ -557,7 +572,7 @@ _POOL_ATTRS = {"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "ce
 register(Op("max_pool2d", _pool_infer("max_pool2d"), _max_pool_kernel,
             attrs={"kernel_shape": REQUIRED, **_POOL_ATTRS}, cost=_pool_cost, op_class="reduce",
             doc="2-D max pooling (ONNX MaxPool)"))
-register(Op("avg_pool2d", _pool_infer("avg_pool2d"), _avg_pool_kernel,
+register(Op("avg_pool2d", _pool_infer("avg_pool2d"), _accumulate_wide(_avg_pool_kernel),
             attrs={"kernel_shape": REQUIRED, **_POOL_ATTRS, "count_include_pad": 0},
             cost=_pool_cost, op_class="reduce", doc="2-D average pooling (ONNX AveragePool)"))
 
@@ -608,8 +623,8 @@ def _global_cost(ins, outs, attrs):
     return Cost(flops=float(ins[0].size), bytes=float(ins[0].nbytes + outs[0].nbytes))
 
 
-register(Op("global_avg_pool", _infer_global("global_avg_pool"), _global_kernel("mean"),
-            cost=_global_cost, op_class="reduce",
+register(Op("global_avg_pool", _infer_global("global_avg_pool"),
+            _accumulate_wide(_global_kernel("mean")), cost=_global_cost, op_class="reduce",
             doc="mean over every spatial axis, kept as size 1 (ONNX GlobalAveragePool)"))
 register(Op("global_max_pool", _infer_global("global_max_pool"), _global_kernel("max"),
             cost=_global_cost, op_class="reduce",
@@ -660,7 +675,7 @@ def _batch_norm_kernel(xp, ins, attrs, outs):
     out += b.reshape(shape)
 
 
-register(Op("batch_norm", _infer_batch_norm, _batch_norm_kernel, arity=(5, 5),
+register(Op("batch_norm", _infer_batch_norm, _accumulate_wide(_batch_norm_kernel), arity=(5, 5),
             attrs={"epsilon": 1e-5},
             cost=lambda ins, outs, attrs: Cost(2.0 * ins[0].size,
                                                float(ins[0].nbytes + outs[0].nbytes)),
@@ -703,7 +718,7 @@ def _lrn_kernel(xp, ins, attrs, outs):
     out *= x
 
 
-register(Op("lrn", _infer_lrn, _lrn_kernel,
+register(Op("lrn", _infer_lrn, _accumulate_wide(_lrn_kernel),
             attrs={"size": REQUIRED, "alpha": 1e-4, "beta": 0.75, "bias": 1.0},
             cost=lambda ins, outs, attrs: Cost(float(ins[0].size * (int(attrs["size"]) + 4)),
                                                float(ins[0].nbytes + outs[0].nbytes)),
