@@ -390,3 +390,34 @@ def test_residual_not_fused_across_devices_or_broadcasts():
     c = g.op("conv", "conv2d", [x, g.const("w", rand(2, 2, 1, 1))])
     y = g.op("sum", "add", [c, z])
     assert fuse_residual(g.graph(y)).nodes == g.graph(y).nodes
+
+
+def test_caffe2_batch_norm_mul_add_fold():
+    """DenseNet-style: batch_norm(1, 0) -> mul(s [C,1,1]) -> add(b [C,1,1]) -> relu -> conv ->
+    mul(s2) becomes batch_norm -> relu -> conv (weights scaled)."""
+    g = GraphBuilder()
+    x = g.input("x", (1, 4, 5, 5))
+    ones, zeros = np.ones(4, np.float32), np.zeros(4, np.float32)
+    y = g.op("bn", "batch_norm", [x, g.const("s", ones), g.const("b", zeros),
+                                  g.const("m", rand(4)), g.const("v", np.abs(rand(4)) + 0.5)])
+    y = g.op("scale", "mul", [y, g.const("k", rand(4, 1, 1))])
+    y = g.op("shift", "add", [g.const("t", rand(1, 4, 1, 1)), y])
+    y = g.op("relu", "relu", [y])
+    y = g.op("conv", "conv2d", [y, g.const("w", rand(3, 4, 3, 3)), g.const("cb", rand(3))])
+    y = g.op("scale2", "mul", [y, g.const("k2", rand(3, 1, 1))])
+    graph = g.graph(y)
+    opt = optimize(graph)
+    check(opt)
+    assert [n.op for n in opt.nodes if n.op not in ("input", "constant")] == \
+        ["batch_norm", "relu", "conv2d"]
+    inputs = [rand(1, 4, 5, 5)]
+    np.testing.assert_allclose(reference.run(opt, inputs)[0], reference.run(graph, inputs)[0],
+                               rtol=1e-4, atol=1e-5)
+
+    # a mul whose constant is not per-channel stays
+    g = GraphBuilder()
+    x = g.input("x", (1, 4, 5, 5))
+    y = g.op("bn", "batch_norm", [x] + [g.const(f"p{i}", np.ones(4, np.float32))
+                                        for i in range(4)])
+    y = g.op("scale", "mul", [y, g.const("k", rand(5))])
+    assert [n.op for n in optimize(g.graph(y)).nodes][-1] == "mul"

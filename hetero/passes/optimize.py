@@ -9,12 +9,16 @@ nothing changes:
 2. ``fold_batch_norm``: ``batch_norm(conv2d(x, w, b))`` with constant parameters becomes one
    ``conv2d`` with scaled weights ``w * a`` and bias ``b * a + (beta - mean * a)``, where
    ``a = scale / sqrt(var + eps)``.
-3. ``fuse_bias``: ``add(conv2d(x, w), c)`` with a per-channel constant ``c`` becomes the conv's
+3. ``fold_channel_affine``: ``mul`` or ``add`` by a per-channel constant after a ``batch_norm``
+   with constant parameters goes into its scale and bias (Caffe2 exports write every batch norm
+   as ``BatchNormalization(1, 0)`` followed by such a mul and add), and a ``mul`` after a conv
+   scales its weights and bias.
+4. ``fuse_bias``: ``add(conv2d(x, w), c)`` with a per-channel constant ``c`` becomes the conv's
    bias; ``add(gemm(a, b[, c]), d)`` and ``add(matmul(a, b), d)`` (2-D) with a constant ``d``
    become one ``gemm`` with ``d`` in its ``c``.
-4. ``fuse_activation``: ``relu``, ``leaky_relu``, ``sigmoid``, ``tanh`` or ``clip`` of a conv2d
+5. ``fuse_activation``: ``relu``, ``leaky_relu``, ``sigmoid``, ``tanh`` or ``clip`` of a conv2d
    output becomes the conv's ``activation``.
-5. ``eliminate_dead``: nodes no graph output depends on are dropped (graph inputs stay).
+6. ``eliminate_dead``: nodes no graph output depends on are dropped (graph inputs stay).
 
 With ``residual=True`` (also for CPUs: a GPU runs conv2d through cuDNN), ``fuse_residual`` turns
 ``add(conv2d(x, w, b), z)`` (``z`` any value of the same spec, the shortcut of a residual block)
@@ -44,8 +48,8 @@ from hetero.errors import HeteroError
 from hetero.graph import Graph, Node, TensorSpec, Value
 
 __all__ = ["optimize", "fold_constants", "fold_batch_norm", "fuse_bias", "fuse_activation",
-           "fuse_residual", "eliminate_dead", "use_winograd", "MAX_FOLD_BYTES",
-           "WINOGRAD_MIN_CHANNELS", "WINOGRAD_MIN_PIXELS"]
+           "fuse_residual", "fold_channel_affine", "eliminate_dead", "use_winograd",
+           "MAX_FOLD_BYTES", "WINOGRAD_MIN_CHANNELS", "WINOGRAD_MIN_PIXELS"]
 
 #: Constant folding leaves nodes whose outputs would take more bytes than this (a broadcast of a
 #: small constant to a huge one is cheaper to compute than to store).
@@ -71,7 +75,7 @@ def optimize(graph: Graph, *, residual: bool = False, winograd: bool = False,
 
     Returns a new Graph computing the same outputs; ``graph`` is not changed.
     """
-    sweeps = (fold_constants, fold_batch_norm, fuse_bias,
+    sweeps = (fold_constants, fold_batch_norm, fold_channel_affine, fuse_bias,
               *((fuse_residual,) if residual else ()), fuse_activation)
     current = eliminate_dead(graph)
     for _ in range(max_rounds):
@@ -264,6 +268,53 @@ def fold_batch_norm(graph: Graph) -> Graph:
         merged = conv.replace(inputs=(conv.inputs[0], new_w.value(), new_b.value()),
                               **_merged_annotations(conv, bn))
         rw.merge(conv, bn, merged, (new_w, new_b))
+    return rw.build()
+
+
+def fold_channel_affine(graph: Graph) -> Graph:
+    """``mul``/``add`` by a per-channel constant after a batch_norm -> its scale and bias;
+    ``mul`` by one after a conv2d (no activation) -> its weights and bias."""
+    rw = _Rewrite(graph)
+    readers = graph.consumers()
+    for node in graph.nodes:
+        if node.op not in ("batch_norm", *_CONVS) or node.name in rw.taken:
+            continue
+        if node.op in _CONVS and node.attrs["activation"] != "none":
+            continue
+        follower = _sole_reader(graph, readers, node)
+        if follower is None or follower.op not in ("mul", "add") or not _mergeable(node, follower):
+            continue
+        if node.op in _CONVS and follower.op == "add":
+            continue  # fuse_bias's job
+        other = follower.inputs[1] if follower.inputs[0] == node.value() else follower.inputs[0]
+        c = _const(graph, other)
+        vec = None if c is None else _channel_vector(c, node.outputs[0])
+        if vec is None or follower.outputs != node.outputs:
+            continue
+        vec = vec.astype(np.float64)
+        params = [_const(graph, v) for v in node.inputs[1:]]
+        if any(p is None for p in params):
+            continue
+        params64 = [p.astype(np.float64) for p in params]
+        if node.op == "batch_norm":
+            scale, bias = params64[0], params64[1]
+            new = ([scale * vec, bias * vec] if follower.op == "mul" else [scale, bias + vec])
+            changed = {1: new[0], 2: new[1]}
+        else:  # a conv's weights scale per output channel (axis 0 of OIHW, axis 1 of (16, O, C))
+            w = params64[0]
+            shape = (-1, 1, 1, 1) if node.op == "conv2d" else (1, -1, 1)
+            changed = {1: w * vec.reshape(shape)}
+            if len(params64) == 2:
+                changed[2] = params64[1] * vec
+        inputs, consts = list(node.inputs), []
+        for pos, arr in changed.items():
+            old = params[pos - 1]
+            const = rw.constant(graph.node(node.inputs[pos].node), arr.astype(old.dtype),
+                                f"{node.name}_p{pos}")
+            inputs[pos] = const.value()
+            consts.append(const)
+        merged = node.replace(inputs=tuple(inputs), **_merged_annotations(node, follower))
+        rw.merge(node, follower, merged, consts)
     return rw.build()
 
 
