@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hetero.config import config
-from hetero.cost import RooflineCost
+from hetero.cost import resolve_cost
 from hetero.errors import HeteroError
 from hetero.graph import Graph, check
 from hetero.plan import Plan
@@ -74,25 +74,6 @@ def default_machine(graph: Graph) -> Any:
     return Machine([*cpus[:workers], *host.gpus()])
 
 
-def cost_model(cost: Any, machine: Any) -> Any:
-    """A cost model from ``cost``: None or "roofline" (the machine's specs), "measured" (the
-    ``MeasuredCost`` cached for this machine, which profiled runs of the plan keep learning), or
-    a cost model object, returned as it is."""
-    if cost is None or cost == "roofline":
-        return RooflineCost(machine)
-    if cost == "measured":
-        from hetero.cost import MeasuredCost
-
-        return MeasuredCost(machine)
-    if isinstance(cost, str):
-        raise HeteroError(f"unknown cost model {cost!r} (known: 'roofline', 'measured', or a "
-                          "cost model object such as ht.TableCost(...))")
-    if not (hasattr(cost, "compute") and hasattr(cost, "transfer")):
-        raise HeteroError(f"cost must be 'roofline', 'measured' or an object with compute() and "
-                          f"transfer(), got {type(cost).__name__}")
-    return cost
-
-
 def compile(fn_or_graph: Any, machine: Any = None, policy: str = "heft", cost: Any = None,
             example_inputs: Sequence[Any] | None = None, *, optimize: bool = True) -> Plan:
     """Compile ``fn_or_graph`` for ``machine`` into a Plan: place, partition, schedule, memory.
@@ -127,7 +108,7 @@ def compile(fn_or_graph: Any, machine: Any = None, policy: str = "heft", cost: A
         if checks:
             check(graph)
     machine = default_machine(graph) if machine is None else resolve_machine(machine)
-    cost = cost_model(cost, machine)
+    cost = resolve_cost(cost, machine)
     placement = place(graph, machine, cost, policy=policy)
     parted = partition(graph, placement, machine)
     if checks:

@@ -414,10 +414,27 @@ def calibrate(graph: Graph, machine: Any, cost: MeasuredCost | None = None,
     return cost
 
 
+def resolve_cost(cost: Any, machine: Any) -> Any:
+    """A cost model from ``cost``: None or "roofline" (the machine's specs), "measured" (the
+    ``MeasuredCost`` cached for this machine, which profiled runs of the plan keep learning), or
+    a cost model object, returned as it is."""
+    if cost is None or cost == "roofline":
+        return RooflineCost(machine)
+    if cost == "measured":
+        return MeasuredCost(machine)
+    if isinstance(cost, str):
+        raise HeteroError(f"unknown cost model {cost!r} (known: 'roofline', 'measured', or a "
+                          "cost model object such as ht.TableCost(...))")
+    if not (hasattr(cost, "compute") and hasattr(cost, "transfer")):
+        raise HeteroError(f"cost must be 'roofline', 'measured' or an object with compute() and "
+                          f"transfer(), got {type(cost).__name__}")
+    return cost
+
+
 def node_time(cost: Any, graph: Graph, node: Node, device: Any) -> float:
     """``cost.compute`` with the node's input specs taken from ``graph``."""
     return float(cost.compute(node, device, input_specs(graph, node)))
 
 
 __all__ = ["CPU_SYNC", "CostModel", "MeasuredCost", "RooflineCost", "TableCost", "cache_dir",
-           "calibrate", "history_key", "input_specs", "node_time"]
+           "calibrate", "history_key", "input_specs", "node_time", "resolve_cost"]

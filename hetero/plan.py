@@ -157,17 +157,23 @@ class Plan:
         """A copy with some fields changed (``plan_memory`` uses it to add ``memory``)."""
         return dataclasses.replace(self, **changes)
 
-    def run(self, *inputs: Any, profile: bool = False, outputs: str = "host") -> Any:
-        """Run the plan on ``inputs`` with ``hetero.executor.Executor``; returns the outputs
-        (and a Profile when ``profile=True``)."""
+    def run(self, *inputs: Any, profile: bool = False, outputs: str = "host",
+            sync: bool = False) -> Any:
+        """Run the plan on ``inputs`` with ``hetero.executor.Executor`` (loaded on the first run
+        and kept); returns the list of outputs, and a Profile too when ``profile=True``.
+
+        Args:
+            inputs: one array per graph input.
+            profile: also return a ``Profile``; with a measured cost model (``self.cost``) the
+                run's kernel times are recorded into it and saved.
+            outputs: "host" (NumPy arrays) or "device" (outputs computed on a GPU stay there).
+            sync: run node by node on the calling thread (debugging; same results).
+        """
         from hetero.executor import Executor
 
         if self._executor is None:
             object.__setattr__(self, "_executor", Executor(self))
-        kwargs: dict[str, Any] = {"profile": profile}
-        if outputs != "host":
-            kwargs["outputs"] = outputs
-        return self._executor.run(list(inputs), **kwargs)
+        return self._executor.run(list(inputs), profile=profile, outputs=outputs, sync=sync)
 
     def node_device(self, name: str) -> str:
         return self.graph.node(name).device  # type: ignore[return-value]

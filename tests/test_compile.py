@@ -221,6 +221,10 @@ def test_cost_argument_names_and_errors(machine):
         compile(g, machine, cost="fast")
     with pytest.raises(HeteroError, match="compute\\(\\) and transfer\\(\\)"):
         compile(g, machine, cost=42)
+    # place and compare_policies take the same names
+    assert ht.place(g, machine, cost="roofline").device == compile(g, machine).placement.device
+    with pytest.raises(HeteroError, match="unknown cost model"):
+        ht.place(g, machine, cost="fast")
 
 
 def test_default_machine_follows_the_graphs_parallelism(monkeypatch):

@@ -138,6 +138,7 @@ def test_compiled_plan_runs_through_plan_run():
     outs, prof = plan.run(*xs, profile=True)
     assert_same(outs, ref)
     assert prof.spans
+    assert_same(plan.run(*xs, sync=True), ref)  # the debugging mode, from the plan too
 
 
 def test_outputs_are_not_overwritten_by_the_next_run():

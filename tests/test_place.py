@@ -304,6 +304,26 @@ def test_colocation_around_an_outside_node(machine):
     assert p.reason["a"].kind == "colocated"
 
 
+@pytest.mark.parametrize("names", [("a", "b", "c", "d"), ("d", "c", "b", "a")])
+def test_two_groups_that_interleave(machine, names):
+    """Each group alone contracts without a cycle; both together would close one
+    ({a, c} -> {b, d} -> {a, c})::
+
+        x -> a(g1) -> b(g2) -> c(g1) -> d(g2)
+    """
+    a, b_, c, d = names
+    b = G.Builder("interleaved_groups")
+    x = b.input((64, 64))
+    y = b.op("matmul", x, x, colocate="g1", node_name=a)
+    y = b.op("relu", y, colocate="g2", node_name=b_)
+    y = b.op("matmul", y, y, colocate="g1", node_name=c)
+    g = b.build(b.op("neg", y, colocate="g2", node_name=d))
+    p = place(g, machine)
+    assert p.device[a] == p.device[c] and p.device[b_] == p.device[d]
+    assert {p.reason[n].kind for n in names} == {"colocated"}
+    assert_feasible(g, p, machine, RooflineCost(machine))
+
+
 def test_colocation_with_conflicting_pins_is_an_error(machine):
     b = G.Builder("colocate_conflict")
     x = b.input((8,))

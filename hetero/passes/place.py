@@ -60,7 +60,7 @@ import networkx as nx
 
 from hetero import scheduling
 from hetero.config import config
-from hetero.cost import RooflineCost, input_specs
+from hetero.cost import input_specs, resolve_cost
 from hetero.errors import PlacementError
 from hetero.graph import Graph, Node
 from hetero.ops import registry
@@ -216,10 +216,14 @@ def _build_tasks(graph: Graph, rules: _Rules, cost_of: Any, devices: Sequence[st
                                  f"use: {detail}")
         for n in names:
             rules.allowed[n] = tuple(common)
-        if len(names) > 1 and _contraction_is_acyclic(graph, set(names)):
-            task = f"group:{group}"
-            for n in names:
-                task_of[n] = task
+        merged = dict(task_of)
+        for n in names:
+            merged[n] = f"group:{group}"
+        # each group is merged into one task unless that closes a cycle, alone or together with
+        # the groups merged before it (g1 -> g2 -> g1 through different members)
+        if len(names) > 1 and _contraction_is_acyclic(graph, set(names)) and \
+                _tasks_are_acyclic(graph, merged):
+            task_of = merged
         elif len(names) > 1:
             best = min(common, key=lambda d: sum(cost_of(n, d) for n in names))
             group_device[group] = best
@@ -258,6 +262,21 @@ def _build_tasks(graph: Graph, rules: _Rules, cost_of: Any, devices: Sequence[st
         else:
             dag.add_edge(src, SINK, nbytes=nbytes)
     return _Tasks(dag, members, task_of, group_device)
+
+
+def _tasks_are_acyclic(graph: Graph, task_of: Mapping[str, str]) -> bool:
+    """Is the graph of tasks (nodes merged as ``task_of`` says) acyclic?"""
+    dag = nx.DiGraph()
+    for node in graph.nodes:
+        dst = task_of.get(node.name)
+        if dst is None:
+            continue
+        dag.add_node(dst)
+        for v in node.inputs:
+            src = task_of.get(v.node)
+            if src is not None and src != dst:
+                dag.add_edge(src, dst)
+    return nx.is_directed_acyclic_graph(dag)
 
 
 def _contraction_is_acyclic(graph: Graph, group: set[str]) -> bool:
@@ -387,7 +406,7 @@ def place(graph: Graph, machine: Any = None, cost: Any = None, policy: str = "he
     Args:
         graph: the graph to place.
         machine: a Machine or spec string ("cpu:2,sim:1"); default ``config.machine``.
-        cost: a cost model; default ``RooflineCost(machine)``.
+        cost: a cost model, or "roofline" (default) or "measured" (``resolve_cost``).
         policy: "heft" (default), "peft", "cpu", "gpu" or "annotated".
 
     Returns:
@@ -401,7 +420,7 @@ def place(graph: Graph, machine: Any = None, cost: Any = None, policy: str = "he
     machine = resolve_machine(machine)
     if policy not in POLICIES:
         raise PlacementError(f"unknown placement policy {policy!r} (known: {', '.join(POLICIES)})")
-    cost = cost if cost is not None else RooflineCost(machine)
+    cost = resolve_cost(cost, machine)
     ctx = _Context(graph, machine, cost)
     rules = _annotation_rules(graph, machine, policy, config.strict_placement)
     tasks = _build_tasks(graph, rules, ctx.node_cost, ctx.devices)
@@ -666,7 +685,7 @@ def compare_policies(graph: Graph, machine: Any = None, cost: Any = None,
     """Estimated makespan of each policy under one cost model and list scheduler, plus
     ``"lower_bound"``. A policy that cannot place the graph maps to ``math.inf``."""
     machine = resolve_machine(machine)
-    cost = cost if cost is not None else RooflineCost(machine)
+    cost = resolve_cost(cost, machine)
     result: dict[str, float] = {}
     for p in policies:
         try:
@@ -681,7 +700,7 @@ def lower_bound(graph: Graph, machine: Any = None, cost: Any = None) -> float:
     """A makespan no placement of ``graph`` can beat under ``cost`` (critical path on the fastest
     devices, or total work spread over every device; communication ignored)."""
     machine = resolve_machine(machine)
-    cost = cost if cost is not None else RooflineCost(machine)
+    cost = resolve_cost(cost, machine)
     ctx = _Context(graph, machine, cost)
     rules = _annotation_rules(graph, machine, "heft", strict=False)
     dag = nx.DiGraph()
