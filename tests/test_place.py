@@ -305,21 +305,23 @@ def test_colocation_around_an_outside_node(machine):
 
 
 @pytest.mark.parametrize("names", [("a", "b", "c", "d"), ("d", "c", "b", "a")])
-def test_two_groups_that_interleave(machine, names):
-    """Each group alone contracts without a cycle; both together would close one
-    ({a, c} -> {b, d} -> {a, c})::
+def test_two_groups_that_cross(machine, names):
+    """Each group alone contracts without a cycle, both together would close one
+    ({a, d} -> {b, c} through a -> c, and back through b -> d)::
 
-        x -> a(g1) -> b(g2) -> c(g1) -> d(g2)
+        x -> a(g1) -> c(g2)
+        x -> b(g2) -> d(g1)
     """
     a, b_, c, d = names
-    b = G.Builder("interleaved_groups")
+    b = G.Builder("crossed_groups")
     x = b.input((64, 64))
-    y = b.op("matmul", x, x, colocate="g1", node_name=a)
-    y = b.op("relu", y, colocate="g2", node_name=b_)
-    y = b.op("matmul", y, y, colocate="g1", node_name=c)
-    g = b.build(b.op("neg", y, colocate="g2", node_name=d))
+    ya = b.op("matmul", x, x, colocate="g1", node_name=a)
+    yb = b.op("relu", x, colocate="g2", node_name=b_)
+    yc = b.op("neg", ya, colocate="g2", node_name=c)
+    yd = b.op("matmul", yb, yb, colocate="g1", node_name=d)
+    g = b.build(yc, yd)
     p = place(g, machine)
-    assert p.device[a] == p.device[c] and p.device[b_] == p.device[d]
+    assert p.device[a] == p.device[d] and p.device[b_] == p.device[c]
     assert {p.reason[n].kind for n in names} == {"colocated"}
     assert_feasible(g, p, machine, RooflineCost(machine))
 
