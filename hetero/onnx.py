@@ -690,6 +690,20 @@ def _gather(ctx: _Ctx) -> list[_Val]:
     return [ctx.emit("gather", [x, idx], axis=axis)]
 
 
+@_converts("GatherElements", needs=("gather_elements",))
+def _gather_elements(ctx: _Ctx) -> list[_Val]:
+    x = ctx.inp(0)
+    axis = int(ctx.attr("axis", 0)) % max(x.spec.ndim, 1)
+    return [ctx.emit("gather_elements", [x, ctx.inp(1)], axis=axis)]
+
+
+@_converts("Trilu", needs=("trilu",))
+def _trilu(ctx: _Ctx) -> list[_Val]:
+    k = ctx.const(1, "k")
+    return [ctx.emit("trilu", [ctx.inp(0)], upper=int(ctx.attr("upper", 1)),
+                     k=0 if k is None else int(k.reshape(-1)[0]))]
+
+
 @_converts("Expand", needs=("expand",))
 def _expand(ctx: _Ctx) -> list[_Val]:
     x = ctx.inp(0)

@@ -21,14 +21,15 @@ import re
 CLAIMED_OPS = frozenset({
     "Abs", "Add", "And", "ArgMax", "ArgMin", "AveragePool", "BatchNormalization", "Cast",
     "CastLike", "Ceil", "Celu", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv", "Cos",
-    "Div", "Dropout", "Elu", "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "Gelu",
-    "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Greater", "GreaterOrEqual", "HardSigmoid",
-    "HardSwish", "Identity", "InstanceNormalization", "LRN", "LayerNormalization", "LeakyRelu",
-    "Less", "LessOrEqual", "Log", "LogSoftmax", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mish",
-    "Mod", "Mul", "Neg", "Not", "Or", "PRelu", "Pad", "Pow", "Range", "Reciprocal", "ReduceMax",
-    "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape", "Round", "Selu", "Shape", "Sigmoid",
-    "Sign", "Sin", "Size", "Slice", "Softmax", "Softplus", "Softsign", "Split", "Sqrt", "Squeeze",
-    "Sub", "Sum", "Tanh", "ThresholdedRelu", "Tile", "Transpose", "Unsqueeze", "Where", "Xor",
+    "Div", "Dropout", "Elu", "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather",
+    "GatherElements", "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Greater",
+    "GreaterOrEqual", "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization", "LRN",
+    "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax", "MatMul", "Max",
+    "MaxPool", "Mean", "Min", "Mish", "Mod", "Mul", "Neg", "Not", "Or", "PRelu", "Pad", "Pow",
+    "Range", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape",
+    "Round", "Selu", "Shape", "Sigmoid", "Sign", "Sin", "Size", "Slice", "Softmax", "Softplus",
+    "Softsign", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "ThresholdedRelu", "Tile",
+    "Transpose", "Trilu", "Unsqueeze", "Where", "Xor",
 })
 
 _3D = "3-D spatial data (5-D tensors): hetero's conv and pool ops are 1-D/2-D only"
@@ -59,8 +60,6 @@ EXCLUDED: dict[str, str] = {
 #: pass), each with the cause: a known bug in hetero, or a test whose expected output only a
 #: bitwise-identical computation reproduces. None is a missing feature.
 KNOWN_FAILURES: dict[str, str] = {
-    r"^test_causal_conv_with_state_silu_fp16_expanded$":
-        "bug: float16 conv2d accumulates in float16 (1-2 ulps off); /work/notes/onnx_bugs.md #2",
     r"^test_squeezenet$":
         "ill-conditioned: constant weights make all 1000 logits ~9.5e9 and bitwise equal in the "
         "reference; hetero's differ by float32 rounding (2e-7 relative, BLAS blocking depends on "

@@ -26,7 +26,7 @@ __all__ = [
     "identity", "dropout", "add_n", "elu", "selu", "hard_sigmoid", "prelu", "softplus",
     "softsign", "sign", "expand", "tile", "instance_norm", "logical_not", "logical_and",
     "logical_or", "logical_xor", "mod", "layer_norm", "hard_swish", "mish", "celu",
-    "thresholded_relu", "round", "sin", "cos", "argmax", "argmin",
+    "thresholded_relu", "round", "sin", "cos", "argmax", "argmin", "gather_elements", "trilu",
 ]
 
 
@@ -359,6 +359,42 @@ register(Op("argmin", _infer_arg, _arg_kernel("argmin"), attrs=_ARG_ATTRS, op_cl
             doc="index of the smallest element along axis"))
 
 
+def _infer_gather_elements(ins, attrs):
+    x, idx = ins
+    if idx.dtype.kind not in "iu":
+        raise ShapeError(f"gather_elements indices must be integers, got {idx.dtype}")
+    if idx.ndim != x.ndim or not -x.ndim <= attrs["axis"] < max(x.ndim, 1):
+        raise ShapeError(f"gather_elements needs indices of x's rank {x.ndim} and an axis in "
+                         f"range, got {idx.shape} and axis {attrs['axis']}")
+    return (TensorSpec(idx.shape, x.dtype),)
+
+
+def _gather_elements_kernel(xp, ins, attrs, outs):
+    x, idx = ins
+    axis = attrs["axis"] % max(x.ndim, 1)
+    idx = xp.where(idx < 0, idx + x.shape[axis], idx)  # ONNX counts negatives from the end
+    outs[0][...] = xp.take_along_axis(x, idx.astype(xp.int64), axis=axis)
+
+
+register(Op("gather_elements", _infer_gather_elements, _gather_elements_kernel, arity=(2, 2),
+            attrs={"axis": 0}, op_class="data", doc="x[..., indices[i], ...] along axis"))
+
+
+def _infer_trilu(ins, attrs):
+    if ins[0].ndim < 2:
+        raise ShapeError(f"trilu needs a rank >= 2 input, got {ins[0].shape}")
+    return (ins[0],)
+
+
+def _trilu_kernel(xp, ins, attrs, outs):
+    fn = xp.triu if attrs["upper"] else xp.tril
+    outs[0][...] = fn(ins[0], k=attrs["k"])
+
+
+register(Op("trilu", _infer_trilu, _trilu_kernel, attrs={"upper": 1, "k": 0}, op_class="data",
+            doc="upper (or lower) triangle of the last two dims, from diagonal k"))
+
+
 # ----------------------------------------------------------------------------------------------
 # Public functions
 
@@ -509,3 +545,13 @@ def argmin(x, axis: int = 0, keepdims: bool = True, select_last_index: bool = Fa
     """Index (int64) of the smallest element along ``axis``."""
     return apply("argmin", (x,), {"axis": axis, "keepdims": int(keepdims),
                                   "select_last_index": int(select_last_index)}, device=device)
+
+
+def gather_elements(x, indices, axis: int = 0, *, device=None):
+    """``out[i][j] = x[indices[i][j]][j]`` for ``axis=0`` (ONNX GatherElements)."""
+    return apply("gather_elements", (x, indices), {"axis": axis}, device=device)
+
+
+def trilu(x, upper: bool = True, k: int = 0, *, device=None):
+    """The upper (or lower) triangle of the last two dims of ``x``, from diagonal ``k``."""
+    return apply("trilu", (x,), {"upper": int(upper), "k": int(k)}, device=device)
