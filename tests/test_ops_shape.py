@@ -180,7 +180,7 @@ def pad_case(draw):
     begins, ends = [], []
     for d in shape:
         if mode == "constant":
-            lo = -d // 2
+            lo = -(d // 2)  # crops of both ends together never pass the axis
             b, e = draw(st.integers(lo, 3)), draw(st.integers(lo, 3))
         elif mode == "reflect":
             b = draw(st.integers(0, max(d - 1, 0)))
@@ -244,6 +244,39 @@ def test_getitem_with_an_integer_array_gathers():
     x = rand(0, (4, 3))
     assert_matches(lambda t: t[np.array([3, -1, 0])], lambda a: a[[3, -1, 0]], x, exact=True)
     assert_matches(lambda t: t[[1, 1]], lambda a: a[[1, 1]], x, exact=True)
+
+
+@SETTINGS
+@given(shape=shapes(min_dims=1, max_dims=3, min_side=1, max_side=4), data=st.data(), seed=seeds)
+def test_getitem_mixing_basic_indices_and_one_integer_array(shape, data, seed):
+    """NumPy's rule: the array's dimensions replace the axis it indexes, or go first when a slice,
+    ``...`` or ``None`` separates it from an integer index."""
+    axis = data.draw(st.integers(0, len(shape) - 1))
+    rest = shape[:axis] + shape[axis + 1:]
+    basic = data.draw(hnp.basic_indices(rest, min_dims=0, allow_newaxis=True,
+                                        allow_ellipsis=False))
+    basic = basic if isinstance(basic, tuple) else (basic,)
+    basic += (slice(None),) * (len(rest) - sum(k is not None for k in basic))
+    pos = consumed = 0
+    while consumed < axis:  # the array goes where the basic part reaches axis `axis`
+        consumed += basic[pos] is not None
+        pos += 1
+    nones = 0
+    while pos + nones < len(basic) and basic[pos + nones] is None:
+        nones += 1
+    pos += data.draw(st.integers(0, nones))
+    dim = shape[axis]
+    idx = rand(seed + 1, data.draw(shapes(max_dims=2, max_side=3)), np.int64, -dim, dim - 1)
+    key = basic[:pos] + (idx,) + basic[pos:]
+    x = rand(seed, shape)
+    want = np.asarray(x[key])
+    (out,) = assert_matches(lambda t: t[key], lambda a: np.asarray(a[key]), x, exact=True)
+    assert out.shape == want.shape
+
+
+def test_getitem_refuses_two_integer_arrays():
+    with pytest.raises(ht.ShapeError, match="at most one integer array"):
+        ht.tensor(np.zeros((2, 3), np.float32))[[0, 1], [1, 2]]
 
 
 def test_iterating_a_tensor():

@@ -490,17 +490,25 @@ def _spec_of(x) -> TensorSpec:
 
 
 def getitem(x, key, *, device=None):
-    """``x[key]`` for ints, slices (any step), ``...`` and ``None``; or an integer array key,
-    which gathers along axis 0. Lowered to ``slice`` + ``reshape`` (or ``gather``) nodes."""
+    """``x[key]`` as NumPy reads it, for ints, slices (any step), ``...``, ``None`` and at most one
+    integer array (a list, NumPy array or Tensor) at any position, whose dimensions replace the
+    axis it indexes. Lowered to ``slice`` + ``reshape`` nodes, and a ``gather`` for the array."""
     spec = _spec_of(x)
-    if isinstance(key, (Tensor, np.ndarray, list)):
-        idx = key if isinstance(key, Tensor) else np.asarray(key)
-        if idx.dtype.kind not in "iu":
-            raise ShapeError(f"getitem: only integer arrays can index a tensor, got "
-                             f"{idx.dtype.name} (boolean masks have no static shape)")
-        return gather(x, idx, 0, device=device)
     if not isinstance(key, tuple):
         key = (key,)
+    key, arrays = list(key), []
+    for j, k in enumerate(key):
+        if isinstance(k, (Tensor, np.ndarray, list)):
+            idx = k if isinstance(k, Tensor) else np.asarray(k)
+            if idx.dtype.kind not in "iu":
+                raise ShapeError(f"getitem: only integer arrays can index a tensor, got "
+                                 f"{idx.dtype.name} (boolean masks have no static shape)")
+            arrays.append((j, idx))
+            key[j] = _builtin_slice(None)  # sliced as a whole here, gathered below
+    if len(arrays) > 1:
+        raise ShapeError("getitem: at most one integer array can index a tensor "
+                         f"({len(arrays)} given); index in two steps")
+    key = tuple(key)
     n_ellipsis = sum(k is Ellipsis for k in key)
     if n_ellipsis > 1:
         raise ShapeError("getitem: an index can only have a single ellipsis ('...')")
@@ -508,15 +516,22 @@ def getitem(x, key, *, device=None):
     if used > spec.ndim:
         raise ShapeError(f"getitem: too many indices for a tensor of rank {spec.ndim} "
                          f"(shape {spec.shape}): {used} given")
+    array_at = arrays[0][0] if arrays else None
     if n_ellipsis:
         i = next(j for j, k in enumerate(key) if k is Ellipsis)
-        key = key[:i] + (_builtin_slice(None),) * (spec.ndim - used) + key[i + 1:]
+        fill = spec.ndim - used
+        key = key[:i] + (_builtin_slice(None),) * fill + key[i + 1:]
+        if array_at is not None and array_at > i:
+            array_at += fill - 1
     else:
         key = key + (_builtin_slice(None),) * (spec.ndim - used)
 
     starts, ends, axes, steps, out_shape = [], [], [], [], []
     axis = 0
-    for k in key:
+    gather_axis = None
+    for pos, k in enumerate(key):
+        if pos == array_at:
+            gather_axis = len(out_shape)
         if k is None:
             out_shape.append(1)
             continue
@@ -552,6 +567,18 @@ def getitem(x, key, *, device=None):
         y = slice(y, starts, ends, axes, steps, device=device)
     if tuple(out_shape) != _spec_of(y).shape:
         y = reshape(y, tuple(out_shape), device=device)
+    if arrays:
+        idx = arrays[0][1]
+        y = gather(y, idx, gather_axis, device=device)
+        advanced = [p for p, k in enumerate(key) if p == array_at or
+                    (isinstance(k, (int, np.integer)) and not isinstance(k, bool))]
+        if gather_axis and advanced[-1] - advanced[0] + 1 != len(advanced):
+            # NumPy: advanced indices (the array and any ints) that a slice, ... or None separates
+            # put their dimensions first
+            moved = list(range(gather_axis, gather_axis + idx.ndim))
+            rest = [a for a in range(_spec_of(y).ndim) if a not in moved]
+            y = transpose(y, tuple(moved + rest), device=device)
+        return y
     if y is x and not isinstance(x, Tensor):
         y = reshape(x, spec.shape, device=device)  # always hand back a Tensor
     return y
