@@ -469,5 +469,11 @@ def test_misc_other_ops_against_numpy():
         hetero.ops.argmax(ties, axis=1, keepdims=False, select_last_index=True).numpy(), [2, 1])
     np.testing.assert_array_equal(hetero.ops.argmin(ties, axis=0, keepdims=False).numpy(),
                                   [0, 1, 1])
+    idx = np.array([[2, -1, 0], [1, 0, -3]], np.int64)
+    src = randn(2, 3)
+    np.testing.assert_array_equal(hetero.ops.gather_elements(src, idx, axis=1).numpy(),
+                                  np.take_along_axis(src, idx % 3, axis=1))
+    m = randn(2, 4, 5)
+    np.testing.assert_array_equal(hetero.ops.trilu(m, upper=False, k=1).numpy(), np.tril(m, 1))
     with pytest.raises(hetero.ShapeError, match="one shape"):
         hetero.ops.add_n(randn(2), randn(3))
