@@ -193,7 +193,14 @@ def cache_dir() -> str:
 
 
 def _device_signature(device: Any) -> str:
-    return f"{device.name}|{device.backend}|{getattr(device, 'model', '')}"
+    """What a measured time is a time of. CPU workers are the same cores of one host, so they
+    share entries (a time measured on cpu:1 is what cpu:0 would take; keyed per worker, a
+    measured worker would look slower than an unmeasured one costed by the roofline); a GPU is
+    keyed by its own name too (two cards may differ). CPU entries keep the form they had when
+    keyed per worker, as cpu:0's, so older caches stay valid."""
+    model = getattr(device, "model", "")
+    name = "cpu:0" if device.kind == "cpu" else device.name
+    return f"{name}|{device.backend}|{model}"
 
 
 def history_key(node: Node, ins: Specs | None, device: Any) -> str:
