@@ -190,12 +190,35 @@ def test_instance_norm(n, c, hw, seed):
     assert_matches(_op("instance_norm"), ref, x, scale, bias, rtol=1e-4, atol=1e-4)
 
 
+@SETTINGS
+@given(shape=shapes(min_dims=1, min_side=1), data=st.data(), seed=seeds)
+def test_gather_elements(shape, data, seed):
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    ishape = list(shape)
+    ishape[axis] = data.draw(st.integers(0, 4))
+    dim = shape[axis]
+    idx = rand(seed + 1, tuple(ishape), np.int64, -dim, dim - 1)
+    assert_matches(_op("gather_elements", {"axis": axis}),
+                   lambda x, i: np.take_along_axis(x, np.where(i < 0, i + dim, i), axis),
+                   rand(seed, shape), idx, exact=True)
+
+
+@SETTINGS
+@given(shape=shapes(min_dims=2), k=st.integers(-4, 4), upper=st.sampled_from([0, 1]),
+       seed=seeds)
+def test_trilu(shape, k, upper, seed):
+    ref = np.triu if upper else np.tril
+    assert_matches(_op("trilu", {"upper": upper, "k": k}), lambda x: ref(x, k),
+                   rand(seed, shape), exact=True)
+
+
 def test_every_misc_op_is_covered_here():
     """A new op in misc.py needs a case in this file."""
     import hetero.ops.misc as misc
 
     covered = {*UNARY, "mod", "logical_and", "logical_or", "logical_xor", "logical_not", "prelu",
-               "add_n", "expand", "tile", "argmax", "argmin", "layer_norm", "instance_norm"}
+               "add_n", "expand", "tile", "argmax", "argmin", "layer_norm", "instance_norm",
+               "gather_elements", "trilu"}
     registered_here = {name for name, op in REGISTRY.items()
                        if getattr(op.kernel, "__module__", None) == misc.__name__}
     assert len(registered_here) >= 20  # the check sees misc.py's ops

@@ -82,6 +82,8 @@ CASES: list[tuple[str, list[np.ndarray], dict]] = [
     ("flatten", [N(2, 3, 4)], {"axis": 1}),
     ("floor", [N(3, 4)], {}),
     ("gather", [N(5, 3), np.array([0, 4, 2, 2])], {"axis": 0}),
+    ("gather_elements", [N(4, 5), I(3, 5, high=4) - 2], {"axis": 0}),
+    ("gather_elements", [N(2, 3, 4), I(2, 3, 6, high=4)], {"axis": -1}),
     ("gelu", [N(5, 7)], {"approximate": "none"}),
     ("gelu", [N(5, 7)], {"approximate": "tanh"}),
     ("gemm", [N(3, 4), N(4, 5), N(5)], {"alpha": 0.5, "beta": 2.0}),
@@ -153,6 +155,8 @@ CASES: list[tuple[str, list[np.ndarray], dict]] = [
     ("thresholded_relu", [N(3, 4)], {"alpha": 0.3}),
     ("tile", [N(2, 3)], {"repeats": (2, 1)}),
     ("transpose", [N(2, 3, 4)], {"perm": (2, 0, 1)}),
+    ("trilu", [N(2, 4, 5)], {}),
+    ("trilu", [N(5, 3)], {"upper": 0, "k": -1}),
     ("unsqueeze", [N(3, 4)], {"axes": (0,)}),
     ("where", [B(3, 4), N(3, 4), N(3, 4)], {}),
 ]
