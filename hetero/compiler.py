@@ -74,7 +74,7 @@ def default_machine(graph: Graph) -> Any:
     return Machine([*cpus[:workers], *host.gpus()])
 
 
-def compile(fn_or_graph: Any, machine: Any = None, policy: str = "heft", cost: Any = None,
+def compile(fn_or_graph: Any, machine: Any = None, policy: str | None = None, cost: Any = None,
             example_inputs: Sequence[Any] | None = None, *, optimize: bool = True) -> Plan:
     """Compile ``fn_or_graph`` for ``machine`` into a Plan: place, partition, schedule, memory.
 
@@ -84,7 +84,8 @@ def compile(fn_or_graph: Any, machine: Any = None, policy: str = "heft", cost: A
         machine: a Machine or spec string ("cpu:2,sim:1"); default ``config.machine`` when the
             user set one, else this host with as many CPU workers as the graph can use
             (``default_machine``).
-        policy: placement policy: "heft" (default), "peft", "cpu", "gpu", "annotated".
+        policy: placement policy: "heft" (default), "peft", "cpu", "gpu", "annotated". An
+            ``@ht.function(machine=..., policy=...)`` supplies both when they are not given.
         cost: "roofline" (default, from the machine's specs), "measured" (times measured by
             ``ht.calibrate`` and by profiled runs of earlier plans, cached on disk; the plan keeps
             recording into it on every ``run(..., profile=True)``), or a cost model object.
@@ -97,7 +98,12 @@ def compile(fn_or_graph: Any, machine: Any = None, policy: str = "heft", cost: A
     from hetero.passes.partition import partition
     from hetero.passes.place import lower_bound, place, resolve_machine
     from hetero.passes.schedule import schedule
+    from hetero.tracing import Function
 
+    if isinstance(fn_or_graph, Function):  # @ht.function(machine=..., policy=...) brings its own
+        machine = machine if machine is not None else fn_or_graph.machine
+        policy = policy or fn_or_graph.policy
+    policy = policy or "heft"
     graph = as_graph(fn_or_graph, example_inputs)
     checks = config.checks
     if checks:

@@ -127,6 +127,10 @@ def test_compile_a_function_and_function_decorator(machine):
     np.testing.assert_allclose(plan.run(x, w)[0], want, rtol=1e-5)
     g = ht.function(f, machine=machine, policy="gpu")
     np.testing.assert_allclose(g(x, w).numpy(), want, rtol=1e-5)
+    # compiling such a function uses its machine and policy unless the call names others
+    plan = compile(g, example_inputs=(x, w))
+    assert plan.machine is machine and plan.policy == "gpu"
+    assert compile(g, policy="cpu", example_inputs=(x, w)).policy == "cpu"
 
 
 def test_compare_policies_for_the_report(machine):
