@@ -495,6 +495,7 @@ def apply(op_name: str, inputs: Sequence[Any], attrs: dict[str, Any] | None = No
     from hetero.ops.registry import lookup
 
     op = lookup(op_name)
+    inputs = _fit_float_arrays(inputs)
     where = user_line()
     dev, scope_soft, col = current_annotation()
     if device is not None:
@@ -516,6 +517,18 @@ def apply(op_name: str, inputs: Sequence[Any], attrs: dict[str, Any] | None = No
                                  "outside it (store results by returning them)")
         return _run_eager(op, inputs, attrs, dev, where, soft=bool(dev and soft))
     return _record(trace, op, inputs, attrs, dev, soft, col, where)
+
+
+def _fit_float_arrays(inputs: Sequence[Any]) -> Sequence[Any]:
+    """Float NumPy arrays given next to a float tensor take that tensor's dtype (a float64 weight
+    array meets a float32 activation), for every op; integer and bool arrays (indices, masks)
+    are left alone."""
+    ft = next((x.dtype for x in inputs if isinstance(x, Tensor) and x.dtype.kind == "f"), None)
+    if ft is None or not any(isinstance(x, np.ndarray) and x.dtype.kind == "f" and x.dtype != ft
+                             for x in inputs):
+        return inputs
+    return [x.astype(ft) if isinstance(x, np.ndarray) and x.dtype.kind == "f" else x
+            for x in inputs]
 
 
 def _record(trace: Trace, op, inputs, attrs: Attrs, dev, soft, col, where) -> Any:

@@ -458,3 +458,16 @@ def test_numpy_scalars_are_graph_inputs_not_static_values():
     np.testing.assert_allclose(f(x, np.float32(3)).numpy(), 3 * x)
     assert f.trace_count == 1  # a new value of a 0-d input does not retrace
     assert [n.name for n in f.graph(x, np.float32(1)).nodes if n.op == "input"] == ["x", "k"]
+
+
+def test_float64_numpy_weights_fit_a_float32_tensor_in_every_op():
+    x = ht.tensor(rand(1, 3, 6, 6))
+    w = np.random.default_rng(1).standard_normal((4, 3, 3, 3))  # float64, as NumPy makes them
+    out = ops.conv2d(x, w, pads=(1, 1, 1, 1))
+    assert out.dtype == np.float32 and out.shape == (1, 4, 6, 6)
+    want = ops.conv2d(x, w.astype(np.float32), pads=(1, 1, 1, 1)).numpy()
+    np.testing.assert_array_equal(out.numpy(), want)
+    g = ht.function(lambda t: ops.concat(t, np.zeros((1, 3, 6, 6)), axis=0)).graph(x)
+    assert g.output_specs[0] == ht.TensorSpec((2, 3, 6, 6), np.float32)
+    # integer arrays (indices) keep their dtype
+    assert ops.gather(x, np.array([2, 0]), axis=1).shape == (1, 2, 6, 6)
