@@ -348,9 +348,14 @@ def _check_graph(graph: Graph, *, machine: Any = None) -> None:
             if not 0 <= v.index < len(producer.outputs):
                 raise _fail(graph, node, f"input {pos} reads output {v.index} of "
                                          f"{producer.label}, which has {len(producer.outputs)}")
+        if node.device is not None:
+            _check_device_name(graph, node)
         if node.op == "input":
             if node.inputs or len(node.outputs) != 1:
                 raise _fail(graph, node, "an input node takes no inputs and has one output")
+            if node.name not in graph.inputs:
+                raise _fail(graph, node, "input node is not listed in graph.inputs (the graph "
+                                         "would have no value for it)")
         elif node.op == "constant":
             arr = graph.constants.get(node.name)
             if arr is None:
@@ -375,6 +380,9 @@ def _check_graph(graph: Graph, *, machine: Any = None) -> None:
     for n in graph.inputs:
         if n not in names or graph.node(n).op != "input":
             raise GraphError(f"graph input {n!r} is not an input node")
+    if len(set(graph.inputs)) != len(graph.inputs):
+        dup = sorted({n for n in graph.inputs if graph.inputs.count(n) > 1})
+        raise GraphError(f"graph inputs {', '.join(dup)} are listed more than once")
     for v in graph.outputs:
         if v.node not in names:
             raise GraphError(f"graph output {v} is produced by no node")
@@ -382,6 +390,19 @@ def _check_graph(graph: Graph, *, machine: Any = None) -> None:
             raise GraphError(f"graph output {v} is out of range")
     for hook in _GRAPH_CHECKS:
         hook(graph, machine)
+
+
+def _check_device_name(graph: Graph, node: Node) -> None:
+    from hetero.devices import normalize_device
+    from hetero.errors import DeviceError
+
+    try:
+        ok = normalize_device(node.device) == node.device
+    except DeviceError:
+        ok = False
+    if not ok:
+        raise _fail(graph, node, f"device annotation {node.device!r} is not a device name like "
+                                 "'cpu:0' or 'gpu:1'")
 
 
 # Stages that add invariants (partitioning: no op reads another memory space) register here.

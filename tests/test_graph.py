@@ -148,3 +148,34 @@ def test_graph_prints_readably():
     assert "graph small(%x: f32[2,3], %y: f32[2,3])" in text
     assert "%add_0: f32[2,3] = add(%x, %y)  # model.py:10" in text
     assert "return %mul_1" in text
+
+
+def test_check_unlisted_and_repeated_inputs():
+    g = small_graph()
+    with pytest.raises(ht.GraphError, match=r"y \(input\): input node is not listed"):
+        ht.check(g.replace(inputs=("x",)))
+    with pytest.raises(ht.GraphError, match="listed more than once"):
+        ht.check(g.replace(inputs=("x", "y", "x")))
+
+
+def test_check_malformed_device_annotation_names_the_node():
+    g = small_graph()
+    bad = g.replace(nodes=tuple(n.replace(device="tpu:0") if n.name == "add_0" else n
+                                for n in g.nodes))
+    with pytest.raises(ht.GraphError, match=r"add_0 \(add, from model.py:10\): device "
+                                            r"annotation 'tpu:0'"):
+        ht.check(bad)
+    ok = g.replace(nodes=tuple(n.replace(device="gpu:1") if n.name == "add_0" else n
+                               for n in g.nodes))
+    ht.check(ok)
+
+
+def test_no_check_or_trace_mutates_its_input():
+    g = small_graph()
+    before = (g.nodes, g.inputs, g.outputs, dict(g.constants))
+    ht.check(g)
+    g.to_networkx()
+    str(g)
+    assert (g.nodes, g.inputs, g.outputs, dict(g.constants)) == before
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        g.nodes = ()  # type: ignore[misc]
