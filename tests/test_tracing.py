@@ -471,3 +471,21 @@ def test_float64_numpy_weights_fit_a_float32_tensor_in_every_op():
     assert g.output_specs[0] == ht.TensorSpec((2, 3, 6, 6), np.float32)
     # integer arrays (indices) keep their dtype
     assert ops.gather(x, np.array([2, 0]), axis=1).shape == (1, 2, 6, 6)
+
+
+def test_import_hetero_is_light():
+    """``import hetero`` (and an eager op, and a traced one) loads NumPy and networkx only: none
+    of the optional libraries, no later stage of the pipeline."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, numpy as np, hetero as ht; "
+            "t = ht.tensor(np.ones((2, 2), np.float32)); (t @ t + 1).numpy(); "
+            "ht.function(lambda x: ht.ops.relu(x) * 2)(np.ones(3, np.float32)); "
+            "heavy = ('cupy', 'cupyx', 'cuda', 'onnx', 'onnxruntime', 'dask', 'scipy', "
+            "'threadpoolctl', 'hetero.onnx', 'hetero.executor', 'hetero.compiler'); "
+            "print(sorted(m for m in heavy if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
