@@ -163,3 +163,12 @@ def test_softmax_matches_onnxruntime(op_type, name, axis):
     (want,) = run_onnxruntime(op_type, [x], {"axis": axis}, opset=13)
     np.testing.assert_allclose(getattr(ops, name)(x, axis=axis).numpy(), want, rtol=1e-5,
                                atol=1e-6)
+
+
+def test_axes_is_an_alias_of_axis():
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    for name in ("sum", "mean", "max", "min"):
+        fn = getattr(ht.ops, name)
+        np.testing.assert_array_equal(fn(x, axes=(0, 2)).numpy(), fn(x, axis=(0, 2)).numpy())
+        with pytest.raises(ht.ShapeError, match="not both"):
+            fn(x, axis=0, axes=0)

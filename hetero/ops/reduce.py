@@ -155,30 +155,40 @@ register(Op("log_softmax", _softmax_infer("log_softmax"), _log_softmax_kernel, a
 # Public functions
 
 
+def _one_of(axis, axes):
+    if axis is not None and axes is not None:
+        raise ShapeError("give the reduction axes as axis= or axes=, not both")
+    return axes if axis is None else axis
+
+
 def _reduce_attrs(axis, keepdims) -> dict:
     if axis is not None:
         axis = (int(axis),) if isinstance(axis, (int, np.integer)) else tuple(int(a) for a in axis)
     return {"axes": axis, "keepdims": int(builtins.bool(keepdims))}
 
 
-def sum(x, axis=None, keepdims=False, *, device=None):
-    """Sum over ``axis`` (an int, a tuple of ints, or None for all axes)."""
-    return apply("sum", (x,), _reduce_attrs(axis, keepdims), device=device)
+def sum(x, axis=None, keepdims=False, *, axes=None, device=None):
+    """Sum over ``axis`` (an int, a tuple of ints, or None for all axes; ``axes=`` is the
+    registry's name for it)."""
+    return apply("sum", (x,), _reduce_attrs(_one_of(axis, axes), keepdims), device=device)
 
 
-def mean(x, axis=None, keepdims=False, *, device=None):
-    """Mean over ``axis`` (an int, a tuple of ints, or None for all axes)."""
-    return apply("mean", (x,), _reduce_attrs(axis, keepdims), device=device)
+def mean(x, axis=None, keepdims=False, *, axes=None, device=None):
+    """Mean over ``axis`` (an int, a tuple of ints, or None for all axes; ``axes=`` is the
+    registry's name for it)."""
+    return apply("mean", (x,), _reduce_attrs(_one_of(axis, axes), keepdims), device=device)
 
 
-def max(x, axis=None, keepdims=False, *, device=None):
-    """Maximum over ``axis`` (an int, a tuple of ints, or None for all axes)."""
-    return apply("max", (x,), _reduce_attrs(axis, keepdims), device=device)
+def max(x, axis=None, keepdims=False, *, axes=None, device=None):
+    """Maximum over ``axis`` (an int, a tuple of ints, or None for all axes; ``axes=`` is the
+    registry's name for it)."""
+    return apply("max", (x,), _reduce_attrs(_one_of(axis, axes), keepdims), device=device)
 
 
-def min(x, axis=None, keepdims=False, *, device=None):
-    """Minimum over ``axis`` (an int, a tuple of ints, or None for all axes)."""
-    return apply("min", (x,), _reduce_attrs(axis, keepdims), device=device)
+def min(x, axis=None, keepdims=False, *, axes=None, device=None):
+    """Minimum over ``axis`` (an int, a tuple of ints, or None for all axes; ``axes=`` is the
+    registry's name for it)."""
+    return apply("min", (x,), _reduce_attrs(_one_of(axis, axes), keepdims), device=device)
 
 
 def softmax(x, axis=-1, *, device=None):
