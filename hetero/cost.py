@@ -358,9 +358,9 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="kernel")
 
 
-def calibrate(graph: Graph, machine: Any, cost: MeasuredCost | None = None,
+def calibrate(graph: Any, machine: Any, cost: MeasuredCost | None = None,
               progress: bool = True, devices: Iterable[str] | None = None, *,
-              optimize: bool = True) -> MeasuredCost:
+              optimize: bool = True, example_inputs: Any = None) -> MeasuredCost:
     """Time every distinct (op, shapes, dtypes, attrs, device) of ``graph`` not measured yet.
 
     The graph is first optimized as ``compile`` optimizes it (fused convolutions, folded
@@ -371,13 +371,18 @@ def calibrate(graph: Graph, machine: Any, cost: MeasuredCost | None = None,
     keeps the roofline estimate) and listed in ``cost.failed``.
 
     Args:
-        graph: the graph whose kernels to time.
+        graph: the graph whose kernels to time, or a function (``@ht.function`` or plain) traced
+            on ``example_inputs``, as ``compile`` takes it.
         machine: a Machine or spec string.
         cost: the MeasuredCost to extend (default: the one cached for ``machine``).
         progress: show a progress bar (tqdm if installed) on stderr.
         devices: device names to time on (default: all of the machine's).
         optimize: optimize the graph first, as ``compile(..., optimize=True)`` does.
+        example_inputs: arrays to trace a function with.
     """
+    from hetero.compiler import as_graph
+
+    graph = as_graph(graph, example_inputs)
     if isinstance(machine, str):
         from hetero.devices import Machine
 

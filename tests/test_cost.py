@@ -238,3 +238,16 @@ def test_measure_keeps_the_fastest_repeat(machine, tmp_path, monkeypatch):
     ticks = iter([0.0, 0.5, 1.0, 1.1, 2.0, 2.3])  # runs of 0.5 s, 0.1 s and 0.3 s
     monkeypatch.setattr("hetero.cost.time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
     assert cost.measure(node, "cpu:0", ins) == pytest.approx(0.1)
+
+
+def test_calibrate_a_function_as_compile_takes_it(tmp_path):
+    def f(x, w):
+        return ht.ops.relu(x @ w)
+
+    x = np.ones((16, 16), np.float32)
+    m = ht.Machine.parse("cpu:1")
+    cost = calibrate(f, m, MeasuredCost(m, path=str(tmp_path / "c.json")), progress=False,
+                     example_inputs=(x, x))
+    plan = ht.compile(f, m, cost=cost, example_inputs=(x, x))
+    kernels = [n for n in plan.graph.nodes if n.op not in registry.STRUCTURAL_OPS]
+    assert kernels and all(cost.has(n, "cpu:0", input_specs(plan.graph, n)) for n in kernels)
