@@ -550,7 +550,8 @@ class Executor:
             return result
         from hetero.profile import Profile
 
-        prof = Profile.from_run(self.plan, run.trace or [], t0, t1)
+        kept = frozenset(v.node for v in self._kept) if outputs == "device" else frozenset()
+        prof = Profile.from_run(self.plan, run.trace or [], t0, t1, kept)
         if self.cost is not None:
             self._learn(prof)
         return result, prof

@@ -90,10 +90,12 @@ class Profile:
         self.wall = wall
 
     @classmethod
-    def from_run(cls, plan: Any, trace: list[tuple], t0: float, t1: float) -> Profile:
+    def from_run(cls, plan: Any, trace: list[tuple], t0: float, t1: float,
+                 kept: frozenset[str] = frozenset()) -> Profile:
         """Build a profile from the executor's raw records ``(node index, device, stream,
         start, end)``; a GPU record carries a two-element list of stream time stamps as start
-        and None as end."""
+        and None as end. ``kept``: device-to-host transfers that copied within the GPU instead
+        (``outputs="device"``); they moved no bytes over a link."""
         graph = plan.graph
         spans = []
         for index, device, stream, start, end in trace:
@@ -101,6 +103,8 @@ class Profile:
                 start, end = start
             node = graph.nodes[index]
             nbytes = sum(s.nbytes for s in node.outputs) if node.op == "transfer" else 0
+            if node.name in kept:
+                nbytes = 0
             spans.append(Span(node.name, node.op, device, stream, start - t0,
                               max(end, start) - t0, nbytes))
         return cls(plan, spans, t1 - t0)

@@ -202,6 +202,11 @@ def test_device_outputs_skip_the_copy_home(monkeypatch):
     homes.clear()
     host = ex.run(xs)
     assert len(homes) == 2 and not any(gpu.owns(a) for a in host)
+    # the profile counts only the bytes that crossed the link
+    _, on_host = ex.run(xs, profile=True)
+    _, on_gpu = ex.run(xs, profile=True, outputs="device")
+    y_bytes = 16 * 16 * 4
+    assert on_host.summary()["transfer_bytes"] - on_gpu.summary()["transfer_bytes"] == y_bytes
 
 
 def test_graph_input_returned_as_output_is_a_copy():
