@@ -85,8 +85,11 @@ OP_CLASSES = ("elementwise", "matmul", "conv", "reduce", "data", "norm")
 _DEVICE_RE = re.compile(r"^(cpu|gpu)(?::(\d+))?$")
 
 
-def normalize_device(name: str) -> str:
-    """``"gpu"`` -> ``"gpu:0"``; refuses strings that are not ``cpu[:N]`` or ``gpu[:N]``."""
+def normalize_device(name: str | Device) -> str:
+    """``"gpu"`` -> ``"gpu:0"`` (a ``Device`` gives its name); refuses strings that are not
+    ``cpu[:N]`` or ``gpu[:N]``."""
+    if isinstance(name, Device):
+        return name.name
     if not isinstance(name, str):
         raise DeviceError(f"a device is a string like 'cpu:0' or 'gpu:1', got {name!r}")
     m = _DEVICE_RE.match(name.strip().lower())

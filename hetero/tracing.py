@@ -72,14 +72,20 @@ def user_line() -> str | None:
 
 
 @contextlib.contextmanager
-def device(name: str, *, soft: bool = False) -> Iterator[None]:
-    """Run (or record) the ops inside on device ``name`` ("cpu:0", "gpu:1").
+def device(name: Any, *, soft: bool = False) -> Iterator[None]:
+    """Run (or record) the ops inside on device ``name`` ("cpu:0", "gpu:1", or a ``Device``).
 
     Scopes nest; the innermost wins. ``soft=True`` lets the placer override the annotation.
+    ``ht.device(None)`` clears the device of the enclosing scopes (as ``tf.device(None)``).
     """
-    from hetero.devices import normalize_device
+    from hetero.devices import Device, normalize_device
 
-    name = normalize_device(name)
+    if isinstance(name, Device):
+        name = name.name
+    if name is None:
+        soft = False
+    else:
+        name = normalize_device(name)
     stack = _scopes()
     _, _, col = stack[-1] if stack else (None, False, None)
     stack.append((name, soft, col))

@@ -489,3 +489,21 @@ def test_import_hetero_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_device_none_clears_the_scope_and_devices_work_as_names():
+    machine = ht.Machine.parse("cpu:2,sim:1")
+
+    @ht.function
+    def f(x):
+        with ht.device(machine.device("gpu:0"), soft=True):
+            a = ops.relu(x)
+            with ht.device(None):
+                b = ops.exp(a)
+            c = ops.tanh(b, device=machine.device("cpu:1"))
+        return c
+
+    by_op = {n.op: n for n in f.graph(rand(2)).nodes}
+    assert (by_op["relu"].device, by_op["relu"].soft) == ("gpu:0", True)
+    assert (by_op["exp"].device, by_op["exp"].soft) == (None, False)
+    assert (by_op["tanh"].device, by_op["tanh"].soft) == ("cpu:1", False)
