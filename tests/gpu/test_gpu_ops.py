@@ -4,8 +4,9 @@
 NumPy on float64 copies of the inputs; the GPU result is the op's ``cupy`` kernel (the cuBLAS /
 cuDNN / NVRTC override where one exists) run through ``CudaDevice.run_kernel`` on the float32
 inputs. Ops with an override are also run through the shared kernel on CuPy, so both GPU paths
-are covered. Two tests here need no GPU: every op of the registry has a case, and every case runs
-on NumPy (so the table itself stays valid on CI machines without CUDA).
+are covered. Three tests here need no GPU: every op of the registry has a case, every case runs
+on NumPy (so the table itself stays valid on CI machines without CUDA), and every case runs on the
+simulated GPU with exactly the CPU's result.
 """
 
 from __future__ import annotations
@@ -232,6 +233,28 @@ def test_case_runs_on_numpy(case):
                                        err_msg=name)
         else:
             _compare(name, got, want, spec.dtype)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids())
+def test_case_runs_on_the_simulated_gpu(case, sim_gpu):
+    """Every case through the simulated GPU (its memory space, stream thread and pacing) gives
+    exactly what the CPU kernel gives: the multi-device tier without CUDA covers every op."""
+    name, ins, attrs = case
+    op, nattrs, specs = _prepare(name, ins, attrs)
+    cpu_outs = [np.empty(s.shape, s.dtype) for s in specs]
+    op.kernel_for("numpy")(np, ins, nattrs, cpu_outs)
+    douts = [sim_gpu.empty(s) for s in specs]
+    sim_gpu.run_kernel(op, [sim_gpu.from_host(a) for a in ins], nattrs, douts)
+    for d, want in zip(douts, cpu_outs):
+        assert sim_gpu.owns(d)
+        np.testing.assert_array_equal(sim_gpu.to_host(d), want, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def sim_gpu():
+    from hetero.devices import Machine
+
+    return Machine.parse("cpu:1,sim:1").device("gpu:0")
 
 
 # ----------------------------------------------------------------------------------------------
