@@ -12,7 +12,9 @@ class Config:
     """Settings read by every stage. Attributes:
 
     transfer_guard: what an implicit copy between memory spaces in eager mode does:
-        "allow" (default), "log" (log it) or "disallow" (raise TransferGuardError).
+        "allow" (default), "log" (log it) or "disallow" (raise TransferGuardError); the
+        environment variable ``HETERO_TRANSFER_GUARD`` sets the initial value (as
+        ``JAX_TRANSFER_GUARD`` does).
     strict_placement: turn a soft-placement fallback (an op with no kernel on its annotated
         device) into a PlacementError, like ONNX Runtime's disable_cpu_ep_fallback.
     checks: run the verifier after every pass (``HETERO_CHECKS=1``).
@@ -23,6 +25,7 @@ class Config:
 
     def __init__(self) -> None:
         self._transfer_guard = "allow"
+        self.transfer_guard = os.environ.get("HETERO_TRANSFER_GUARD", "") or "allow"
         self.strict_placement = False
         self.checks = os.environ.get("HETERO_CHECKS", "") not in ("", "0")
         env = os.environ.get("HETERO_LOG_DEVICE_PLACEMENT", "")
@@ -38,7 +41,8 @@ class Config:
         if value not in _GUARDS:
             from hetero.errors import HeteroError
 
-            raise HeteroError(f"transfer_guard must be one of {', '.join(_GUARDS)}, got {value!r}")
+            raise HeteroError(f"transfer_guard (or HETERO_TRANSFER_GUARD) must be one of "
+                              f"{', '.join(_GUARDS)}, got {value!r}")
         self._transfer_guard = value
 
     @property

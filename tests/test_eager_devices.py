@@ -270,3 +270,24 @@ def test_soft_scope_on_a_machine_with_the_gpu_uses_it(sim_machine):
 
 def ops_relu(x):
     return ht.ops.relu(x)
+
+
+def test_transfer_guard_from_the_environment():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import numpy as np, hetero as ht; ht.config.machine = 'cpu:1,sim:1'; "
+            "print(ht.config.transfer_guard); x = ht.tensor(np.ones(2, np.float32)); "
+            "g = ht.tensor(np.ones(2, np.float32), device='gpu:0'); g + x")
+    env = {**os.environ, "HETERO_TRANSFER_GUARD": "disallow"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=root)
+    assert proc.stdout.strip() == "disallow"
+    assert "TransferGuardError" in proc.stderr
+    env["HETERO_TRANSFER_GUARD"] = "sometimes"
+    proc = subprocess.run([sys.executable, "-c", "import hetero"], capture_output=True,
+                          text=True, env=env, cwd=root)
+    assert proc.returncode != 0 and "must be one of allow, log, disallow" in proc.stderr
