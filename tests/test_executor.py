@@ -346,6 +346,41 @@ def test_ctrl_c_in_the_calling_thread_cancels_the_run(monkeypatch, main_waits):
     np.testing.assert_array_equal(ex.run(xs)[0], -(xs[0] + flag))
 
 
+def test_ctrl_c_in_a_gpu_only_plan(monkeypatch):
+    """The calling thread itself enqueues a GPU-only plan and then waits for the streams; a real
+    SIGINT while the simulated GPU runs a slow kernel cancels the run, and the plan runs again."""
+    import signal
+    import time
+
+    b = Builder("ctrl_c_gpu")
+    x = b.input((4,))
+    flag = np.zeros(4, np.float32)
+    flag[0] = SENTINEL
+    slow = b.op("add", x, b.const(flag, name="flag"), node_name="victim")
+    g = b.build(b.op("neg", slow, node_name="consumer"))
+    plan = make_plan(g, MACHINE, lambda n: "gpu:0")
+    op = registry.lookup("add")
+    original = op.kernel
+    main = threading.main_thread().ident
+    state = {"armed": True}
+
+    def kernel(xp, ins, attrs, outs):
+        if ins[1].flat[0] == SENTINEL and state["armed"]:
+            state["armed"] = False
+            signal.pthread_kill(main, signal.SIGINT)
+            time.sleep(0.3)
+        original(xp, ins, attrs, outs)
+
+    monkeypatch.setattr(op, "kernel", kernel)
+    ex = Executor(plan)
+    assert [t.device.name for t in ex._threads] == ["gpu:0"]
+    xs = inputs_for(g)
+    with pytest.raises(KeyboardInterrupt):
+        ex.run(xs)
+    assert not own_threads()
+    np.testing.assert_array_equal(ex.run(xs)[0], -(xs[0] + flag))
+
+
 def test_wrong_inputs_fail_before_anything_runs(monkeypatch):
     g, _ = with_victim(2)
     ex = Executor(make_plan(g, MACHINE, random_placement(2)))
