@@ -20,7 +20,9 @@ class Config:
     checks: run the verifier after every pass (``HETERO_CHECKS=1``).
     log_device_placement: log node, device and reason as placement happens
         (``HETERO_LOG_DEVICE_PLACEMENT=1``).
-    machine: the Machine eager mode and ``@function`` use; ``Machine.detect()`` when unset.
+    machine: the Machine eager mode and ``@function`` use; ``Machine.detect()`` when unset. A
+        machine set here (a Machine or a spec string) also makes ``@function`` compile its
+        graphs for it (place, partition, schedule) and run them on the executor.
     """
 
     def __init__(self) -> None:
@@ -31,6 +33,8 @@ class Config:
         env = os.environ.get("HETERO_LOG_DEVICE_PLACEMENT", "")
         self.log_device_placement = env not in ("", "0")
         self._machine: Any = None
+        #: True while ``_machine`` is the one ``Machine.detect()`` found (not set by the user)
+        self._machine_detected = False
 
     @property
     def transfer_guard(self) -> str:
@@ -51,6 +55,7 @@ class Config:
             from hetero.devices import Machine
 
             self._machine = Machine.detect()
+            self._machine_detected = True
         return self._machine
 
     @machine.setter
@@ -60,6 +65,7 @@ class Config:
 
             value = Machine.parse(value)
         self._machine = value
+        self._machine_detected = False
 
 
 config = Config()

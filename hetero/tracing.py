@@ -941,14 +941,17 @@ class Function:
         return entry.rebuild([tensor_from_host(o) for o in outs])
 
     def _make_runner(self, graph: Graph) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
-        """How a traced graph runs: with ``machine=`` or ``policy=`` given, compiled into a Plan
-        (place, partition, schedule, memory) and run by the executor; else by the reference."""
+        """How a traced graph runs: with ``machine=`` or ``policy=`` given, or a machine the user
+        set in ``ht.config.machine``, compiled into a Plan (place, partition, schedule, memory)
+        and run by the executor; else by the sequential reference executor on the host."""
         import importlib.util
 
         from hetero import reference
+        from hetero.config import config
 
         staged = all(importlib.util.find_spec(m) for m in ("hetero.compiler", "hetero.executor"))
-        if staged and (self.machine is not None or self.policy is not None):
+        configured = config._machine is not None and not config._machine_detected
+        if staged and (self.machine is not None or self.policy is not None or configured):
             from hetero.compiler import compile
 
             plan = compile(graph, machine=self.machine, policy=self.policy or "heft")

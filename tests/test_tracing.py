@@ -507,3 +507,41 @@ def test_device_none_clears_the_scope_and_devices_work_as_names():
     assert (by_op["relu"].device, by_op["relu"].soft) == ("gpu:0", True)
     assert (by_op["exp"].device, by_op["exp"].soft) == (None, False)
     assert (by_op["tanh"].device, by_op["tanh"].soft) == ("cpu:1", False)
+
+
+def test_function_compiles_for_a_configured_machine(monkeypatch):
+    """With ``ht.config.machine`` set by the user, graph mode places the graph on that machine
+    and runs the plan (device annotations take effect); without one it runs the reference."""
+    import hetero.compiler as compiler
+    from hetero.config import config
+
+    compiled = []
+    real = compiler.compile
+
+    def spy(graph, **kwargs):
+        plan = real(graph, **kwargs)
+        compiled.append(plan)
+        return plan
+
+    monkeypatch.setattr(compiler, "compile", spy)
+
+    def fn(x, w):
+        with ht.device("gpu:0"):
+            h = ops.relu(x @ w)
+        return h.sum(axis=1)
+
+    x, w = rand(4, 8), rand(8, 3)
+    want = np.maximum(x @ w, 0).sum(axis=1)
+    old, old_detected = config._machine, config._machine_detected
+    try:
+        config.machine = "cpu:2,sim:1"
+        np.testing.assert_allclose(ht.function(fn)(x, w).numpy(), want, rtol=1e-5, atol=1e-5)
+        assert len(compiled) == 1
+        plan = compiled[0]
+        placed = {plan.graph.node(n).op: d for d, q in plan.queues.items() for n in q}
+        assert placed["matmul"] == "gpu:0" and placed["relu"] == "gpu:0"
+        config._machine, config._machine_detected = None, False
+        np.testing.assert_allclose(ht.function(lambda a: a * 2)(x).numpy(), 2 * x)
+        assert len(compiled) == 1  # no machine set: the reference ran it
+    finally:
+        config._machine, config._machine_detected = old, old_detected
