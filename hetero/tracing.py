@@ -826,6 +826,9 @@ class Function:
             return self
         return functools.partial(self, obj)
 
+    def __repr__(self) -> str:
+        return f"<ht.function {self.name} ({self.trace_count} trace(s))>"
+
     def _bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> _Bound:
         """The call's arguments in the order of the function's parameters (defaults filled in),
         with their names, and how to pass them back to the Python function."""
