@@ -6,7 +6,8 @@
 #   SKIP_INSTALL=1 scripts/gpu_check.sh   # use what is installed already
 #   PYTHON=python3.12 scripts/gpu_check.sh
 #
-# Outputs go to ${OUT_DIR:-gpu-check-out}/: pytest.log, junit.xml, bench.txt, bench.json.
+# Outputs go to ${OUT_DIR:-gpu-check-out}/: pytest.log, junit.xml, bench.txt, bench.json, and
+# validation-entry.md (the section to paste into docs/gpu-validation.md).
 # On a machine without an NVIDIA GPU it says so and exits with status 2 before installing anything.
 set -uo pipefail
 
@@ -50,6 +51,49 @@ printf '%-14s %s\n' "tests/gpu" "${summary_line:-no pytest summary} (exit $tests
 printf '%-14s %s\n' "bench_gpu" "exit $bench_rc, figures in $OUT_DIR/bench.json"
 sed -n '/^Summary:/,$p' "$OUT_DIR/bench.txt" | sed 's/^/    /'
 echo "==================================================="
+
+# A ready-to-paste entry for docs/gpu-validation.md (newest first under "## Runs").
+entry="$OUT_DIR/validation-entry.md"
+gpu_model=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+versions=$("$PYTHON" - <<'PY' 2>/dev/null
+import cupy
+v = cupy.cuda.runtime.runtimeGetVersion()
+try:
+    from cupy.cuda import cudnn
+    dnn = cudnn.getVersion()
+except Exception:
+    dnn = "n/a"
+print(f"CUDA runtime {v // 1000}.{v % 1000 // 10}, cuDNN {dnn}, CuPy {cupy.__version__}")
+PY
+)
+# cuDNN graphs that cuDNN refuses on this card (a convolution and a batch norm, run once here)
+fallbacks=$("$PYTHON" - <<'PY' 2>/dev/null
+import numpy as np
+import hetero as ht
+from hetero.backends import cupy as backend
+ht.config.machine = ht.Machine.detect()
+with ht.device("gpu:0"):
+    x = ht.tensor(np.ones((1, 3, 8, 8), np.float32))
+    ht.ops.conv2d(x, np.ones((4, 3, 3, 3), np.float32), pads=(1, 1, 1, 1)).numpy()
+    ht.ops.batch_norm(x, *[np.ones(3, np.float32)] * 4).numpy()
+print(dict(backend.CUDNN_FALLBACKS) or "none")
+PY
+)
+{
+    echo "### $(date -u +%Y-%m-%d), ${gpu_model}, driver ${driver}, commit ${commit}"
+    echo
+    echo '```text'
+    echo "environment: ${HETERO_ENV:-bare metal}, ${versions:-versions unknown}"
+    echo "tests/gpu:   ${summary_line:-no pytest summary} (exit $tests_rc)"
+    grep -E '^(FAILED|ERROR) ' "$OUT_DIR/pytest.log" | sed 's/^/    /'
+    echo "cuDNN fallbacks: ${fallbacks:-unknown}"
+    echo "bench_gpu summary:"
+    sed -n '/^Summary:/,$p' "$OUT_DIR/bench.txt" | sed 's/^/    /'
+    echo '```'
+} > "$entry"
+echo "docs/gpu-validation.md entry written to $entry (HETERO_ENV names how it ran, e.g. 'docker hetero:gpu')"
 if [ "$tests_rc" -ne 0 ] || [ "$bench_rc" -ne 0 ]; then
     exit 1
 fi
