@@ -437,7 +437,7 @@ class Trace:
         self.constants: dict[str, np.ndarray] = {}
         self.inputs: list[str] = []
         self._counter = itertools.count()
-        self._const_ids: dict[int, Value] = {}
+        self._const_src: dict[int, tuple[np.ndarray, Value]] = {}
 
     def fresh(self, prefix: str) -> str:
         """A node name not used yet in this trace."""
@@ -451,9 +451,16 @@ class Trace:
         return Tensor(_trace=self, _value=node.value(), _spec=spec)
 
     def add_constant(self, array: np.ndarray, where: str | None) -> Value:
-        key = id(array)
-        if key in self._const_ids and self.constants[self._const_ids[key].node] is array:
-            return self._const_ids[key]
+        """A ``constant`` node holding a read-only copy of ``array``. The same array object used
+        again in this trace, unchanged, reuses the node (a weight read by several ops is stored
+        once)."""
+        seen = self._const_src.get(id(array))
+        if seen is not None:
+            src, value = seen
+            kept = self.constants[value.node]
+            if src is array and kept.dtype == array.dtype and kept.shape == array.shape and \
+                    np.array_equal(kept, array, equal_nan=kept.dtype.kind in "fc"):
+                return value
         arr = np.array(array, copy=True)
         arr.flags.writeable = False
         dev, soft, col = current_annotation()
@@ -462,9 +469,8 @@ class Trace:
         self.nodes.append(node)
         self.constants[node.name] = arr
         value = node.value()
-        if array is not arr:
-            self._const_ids[key] = value
-            self.constants[node.name] = arr
+        # keep the source alive, so that its id cannot be reused by another array in this trace
+        self._const_src[id(array)] = (array, value)
         return value
 
     def graph(self, outputs: Sequence[Value]) -> Graph:

@@ -545,3 +545,31 @@ def test_function_compiles_for_a_configured_machine(monkeypatch):
         assert len(compiled) == 1  # no machine set: the reference ran it
     finally:
         config._machine, config._machine_detected = old, old_detected
+
+
+def test_a_numpy_weight_used_twice_is_one_constant():
+    w = rand(4, 4)
+
+    def fn(x):
+        h = x @ w
+        h = ops.relu(h) @ w
+        return h + w[0]
+
+    g = ht.function(fn).graph(rand(2, 4))
+    consts = [n for n in g.nodes if n.op == "constant"]
+    assert sum(n.outputs[0].shape == (4, 4) for n in consts) == 1
+    x = rand(2, 4)
+    np.testing.assert_allclose(ht.function(fn)(x).numpy(), fn(ht.tensor(x)).numpy(), rtol=1e-5)
+
+    v = rand(4)
+
+    def mutating(x):
+        a = x * v
+        v[0] += 1.0  # changed between two uses: the second use is a constant of its own
+        return a + x * v
+
+    v0 = v.copy()
+    out = ht.function(mutating)(x)
+    v1 = v0.copy()
+    v1[0] += 1.0
+    np.testing.assert_allclose(out.numpy(), x * v0 + x * v1, rtol=1e-5)
