@@ -56,12 +56,24 @@ def _traces() -> list[Trace]:
     return t
 
 
+#: code file name -> is it hetero's own (or contextlib's) code, which user_line skips
+_INTERNAL_FILES: dict[str, bool] = {}
+
+
+def _internal(path: str) -> bool:
+    known = _INTERNAL_FILES.get(path)
+    if known is None:
+        known = os.path.abspath(path).startswith(_HETERO_DIR) or "contextlib" in path
+        _INTERNAL_FILES[path] = known
+    return known
+
+
 def user_line() -> str | None:
     """``file:line`` of the innermost stack frame outside the hetero package."""
     frame = sys._getframe(1)
     while frame is not None:
         path = frame.f_code.co_filename
-        if not os.path.abspath(path).startswith(_HETERO_DIR) and "contextlib" not in path:
+        if not _internal(path):
             return f"{os.path.basename(path)}:{frame.f_lineno}"
         frame = frame.f_back
     return None
@@ -795,7 +807,8 @@ def _user_stacklevel() -> int:
     """The ``stacklevel`` for ``warnings.warn`` that points at the first frame outside hetero."""
     frame = sys._getframe(1)
     level = 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_HETERO_DIR):
+    while frame is not None and _internal(frame.f_code.co_filename) and \
+            "contextlib" not in frame.f_code.co_filename:
         frame = frame.f_back
         level += 1
     return level
