@@ -302,6 +302,18 @@ class Tensor:
     def astype(self, dtype) -> Tensor:
         return _ops().cast(self, dtype)
 
+    def flatten(self) -> Tensor:
+        """A 1-D copy, as NumPy's ``flatten`` (``ht.ops.flatten`` is ONNX's 2-D Flatten)."""
+        return _ops().reshape(self, (-1,))
+
+    def squeeze(self, axis=None) -> Tensor:
+        axes = None if axis is None else ((axis,) if isinstance(axis, int) else tuple(axis))
+        return _ops().squeeze(self, axes)
+
+    def to(self, device: Any) -> Tensor:
+        """This tensor on ``device`` (``ht.ops.to_device``): an explicit move."""
+        return _ops().to_device(self, device)
+
     def __getitem__(self, key) -> Tensor:
         return _ops().getitem(self, key)
 

@@ -573,3 +573,23 @@ def test_a_numpy_weight_used_twice_is_one_constant():
     v1 = v0.copy()
     v1[0] += 1.0
     np.testing.assert_allclose(out.numpy(), x * v0 + x * v1, rtol=1e-5)
+
+
+def test_tensor_methods_flatten_squeeze_to():
+    x = rand(2, 1, 3)
+    for fn, ref in ((lambda t: t.flatten(), lambda a: a.flatten()),
+                    (lambda t: t.squeeze(), lambda a: a.squeeze()),
+                    (lambda t: t.squeeze(1), lambda a: a.squeeze(1)),
+                    (lambda t: t.T.transpose(2, 0, 1), lambda a: a.T.transpose(2, 0, 1))):
+        np.testing.assert_array_equal(fn(ht.tensor(x)).numpy(), ref(x))
+        np.testing.assert_array_equal(ht.function(fn)(x).numpy(), ref(x))
+    from hetero.config import config
+
+    old = config._machine, config._machine_detected
+    try:
+        config.machine = "cpu:2,sim:1"
+        moved = ht.tensor(x).to(config.machine.device("gpu:0"))
+        assert moved.device == "gpu:0"
+        np.testing.assert_array_equal(moved.numpy(), x)
+    finally:
+        config._machine, config._machine_detected = old
