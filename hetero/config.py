@@ -33,8 +33,7 @@ class Config:
         env = os.environ.get("HETERO_LOG_DEVICE_PLACEMENT", "")
         self.log_device_placement = env not in ("", "0")
         self._machine: Any = None
-        #: True while ``_machine`` is the one ``Machine.detect()`` found (not set by the user)
-        self._machine_detected = False
+        self._detected: Any = None  # what Machine.detect() found, once asked
 
     @property
     def transfer_guard(self) -> str:
@@ -54,9 +53,18 @@ class Config:
         if self._machine is None:
             from hetero.devices import Machine
 
-            self._machine = Machine.detect()
-            self._machine_detected = True
+            self._machine = self._detected = Machine.detect()
         return self._machine
+
+    @property
+    def _machine_detected(self) -> bool:
+        """Is the current machine the one ``Machine.detect()`` found (not one the user set)?
+        Tied to the machine object, so restoring ``_machine`` restores the answer too."""
+        return self._machine is not None and self._machine is self._detected
+
+    @_machine_detected.setter
+    def _machine_detected(self, value: bool) -> None:
+        self._detected = self._machine if value else None
 
     @machine.setter
     def machine(self, value: Any) -> None:
@@ -65,7 +73,6 @@ class Config:
 
             value = Machine.parse(value)
         self._machine = value
-        self._machine_detected = False
 
 
 config = Config()
