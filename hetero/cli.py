@@ -305,6 +305,19 @@ def _compile(args: argparse.Namespace, graph: Any, machine: Any, cost: Any) -> A
     return compile_plan(graph, machine=machine, policy=args.policy, cost=cost)
 
 
+def _measured_note(plan: Any, cost: Any) -> str | None:
+    """With ``--cost measured``: how many of the plan's nodes were costed from measured times."""
+    from hetero.cost import MeasuredCost, input_specs
+    from hetero.ops import registry
+
+    if not isinstance(cost, MeasuredCost):
+        return None
+    nodes = [n for n in plan.graph.nodes if n.op not in registry.STRUCTURAL_OPS]
+    hit = sum(cost.has(n, n.device, input_specs(plan.graph, n)) for n in nodes)
+    return (f"cost model: measured times for {hit} of {len(nodes)} node(s) from {cost.path}"
+            + ("; the roofline for the rest" if hit < len(nodes) else ""))
+
+
 # ----------------------------------------------------------------------------------------------
 # hetero devices
 
@@ -368,6 +381,9 @@ def cmd_place(args: argparse.Namespace) -> int:
                                            [p for p in ("cpu", "gpu") if p != args.policy])
     doc = report.build(plan, source=args.model, policies=policies)
     _write(report.render(doc, args.format), args.output)
+    note = _measured_note(plan, cost)
+    if note is not None:  # stderr: standard output may be the JSON or DOT document
+        print(note, file=sys.stderr)
     if args.output not in (None, "-"):
         print(f"wrote {args.format} report to {args.output} (estimated makespan "
               f"{report.fmt_time(plan.makespan)}, lower bound "
@@ -425,6 +441,9 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"(min {fmt_time(min(times))}, max {fmt_time(max(times))})")
     ratio = f" (measured/estimated {median / plan.makespan:.2f}x)" if plan.makespan > 0 else ""
     print(f"estimated {fmt_time(plan.makespan)}, lower bound {fmt_time(plan.lower_bound)}{ratio}")
+    note = _measured_note(plan, cost)
+    if note is not None:
+        print(note + ("" if args.profile else " (add --profile to record this run's times)"))
     if any(d.backend == "sim" for d in machine.devices):
         print("note: a simulated GPU computes with NumPy on this host, so it runs no faster "
               "than the host does, whatever card it simulates")
@@ -443,13 +462,25 @@ def cmd_run(args: argparse.Namespace) -> int:
                 worst = max(worst, float(np.max(np.abs(g - w) / (1.0 + np.abs(w)))))
         print(f"check against the reference executor: max relative error {worst:.3g}")
     if args.profile:
-        _, prof = plan.run(*arrays, profile=True)
+        history = getattr(plan.cost, "history", None) if note is not None else None
+        seen = {k: e["n"] for k, e in history.items()} if history is not None else {}
+        _, prof = plan.run(*arrays, profile=True)  # a measured plan.cost records and saves
         try:
             prof.save(args.profile)
         except OSError as exc:
             raise HeteroError(f"cannot write {args.profile}: {exc.strerror or exc}") from None
         print(f"wrote Chrome trace of one profiled run ({fmt_time(prof.makespan)}) to "
               f"{args.profile} (open in chrome://tracing or https://ui.perfetto.dev)")
+        if history is not None:
+            added = sum(e["n"] - seen.get(k, 0) for k, e in history.items())
+            new = len(set(history) - set(seen))
+            if added:
+                print(f"recorded {added} kernel time(s) of the profiled run into "
+                      f"{plan.cost.path} ({new} new entr{'y' if new == 1 else 'ies'}); the "
+                      "next '--cost measured' compile places with them")
+            else:
+                print("recorded no kernel time: the plan computes only on simulated GPUs, "
+                      "which keep their simulated durations")
     return 0
 
 
@@ -477,55 +508,106 @@ def probe_graph() -> Any:
     return Function(probe, name="probe").graph(*args)
 
 
+def _check_writable(path: str) -> None:
+    """Fail before the work, not after it, where a result file cannot be written."""
+    if os.path.isdir(path):
+        raise HeteroError(f"cannot write {path}: it is a folder (give a file name)")
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):  # calibrate creates missing folders
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise HeteroError(f"cannot write {path}: {folder} is not a writable folder")
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from hetero.cost import MeasuredCost, RooflineCost, calibrate, history_key, input_specs
+    from hetero import cost as costs
+    from hetero.compiler import _optional
     from hetero.ops import registry
     from hetero.report import fmt_time, text_table
 
     machine = _machine(args)
     graph = load_model(args.model, args.input) if args.model else probe_graph()
     # time the kernels that compile will place: those of the optimized graph (fused
-    # convolutions, folded batch-norms), or the measurements would never be looked up
-    try:
-        from hetero.passes.optimize import optimize
-    except ImportError:  # a build without the optimizer compiles the graph as it is
-        optimize = None
+    # convolutions, folded batch-norms), or the measurements would never be looked up; the
+    # table below needs that graph too, so calibrate is told not to optimize it again
+    optimize = _optional("hetero.passes.optimize", "optimize")
     if optimize is not None:
         graph = optimize(graph)
-    cost = MeasuredCost(machine, path=args.cost_file, repeats=args.repeats)
+    _check_writable(args.cost_file or os.path.join(costs.cache_dir(), "costs.json"))
+    cost = costs.MeasuredCost(machine, path=args.cost_file, repeats=args.repeats)
     before = set(cost.history)
-    # timing a simulated GPU times this host's NumPy plus the simulated pacing, not the card
+    # a simulated GPU runs no kernel here: calibrate records its simulated duration
     targets = [d for d in machine.devices if args.include_sim or d.backend != "sim"]
     skipped = [d.name for d in machine.devices if d not in targets]
-    with np.errstate(all="ignore"):  # random inputs: a negative variance is not our concern
-        calibrate(graph, machine, cost=cost, progress=not args.no_progress,
-                  devices=[d.name for d in targets])
-    roofline = RooflineCost(machine)
-    rows = []
+    try:
+        with np.errstate(all="ignore"):  # random inputs: a negative variance is not our concern
+            costs.calibrate(graph, machine, cost=cost, progress=not args.no_progress,
+                            devices=[d.name for d in targets], optimize=False)
+    except OSError as exc:  # saving the history
+        raise HeteroError(f"cannot write {cost.path}: {exc.strerror or exc}") from None
+    # One row per history entry: CPU workers share theirs (the same cores), and nodes with the
+    # same op, shapes and attributes share one too.
+    cpus = [d for d in targets if d.kind == "cpu"]
+    shared_cpu = len(cpus) > 1
+    entries: dict[str, list[Any]] = {}  # key -> [first node, device, node count]
     for node in graph.nodes:
         if node.op in registry.STRUCTURAL_OPS:
             continue
-        ins = input_specs(graph, node)
+        ins = costs.input_specs(graph, node)
         for dev in targets:
-            key = history_key(node, ins, dev)
-            entry = cost.history.get(key)
-            if entry is None or key in before:
+            if not registry.has_kernel(node.op, dev.backend):
                 continue
-            est = roofline.compute(node, dev, ins)
-            rows.append([node.name, node.op, dev.name, fmt_time(entry["mean"]), fmt_time(est),
-                         f"{entry['mean'] / est:.2f}x" if est > 0 else "-"])
+            key = costs.history_key(node, ins, dev)
+            if key in entries:
+                if entries[key][0] is not node:
+                    entries[key][2] += 1
+                continue
+            entries[key] = [node, dev, 1]
+    roofline = costs.RooflineCost(machine)
+    rows = []
+    timed = simulated = cached = 0
+    for key, (node, dev, count) in entries.items():
+        if key in before:
+            cached += 1
+            continue
+        entry = cost.history.get(key)
+        if entry is None:  # failed: listed below
+            continue
+        sim = dev.backend == "sim"
+        simulated += sim
+        timed += not sim
+        est = roofline.compute(node, dev, costs.input_specs(graph, node))
+        name = "cpu:*" if dev.kind == "cpu" and shared_cpu else dev.name
+        rows.append([node.name + (f" (+{count - 1})" if count > 1 else ""), node.op, name,
+                     fmt_time(entry["mean"]), "simulated" if sim else "timed", fmt_time(est),
+                     f"{entry['mean'] / est:.2f}x" if est > 0 else "-"])
     if rows:
-        print("\n".join(text_table(["node", "op", "device", "measured", "roofline", "ratio"], rows,
-                               right=(3, 4, 5))))
-    print(f"measured {len(rows)} kernel(s) of {graph.name} on {machine.spec}; "
-          f"{len(before)} already cached")
+        print("\n".join(text_table(["node", "op", "device", "time", "how", "roofline",
+                                     "ratio"], rows, right=(3, 5, 6))))
+        notes = []
+        if any(r[2] == "cpu:*" for r in rows):
+            notes.append("cpu:* is one entry for every CPU worker (they share the same cores)")
+        if any(r[0].endswith(")") for r in rows):
+            notes.append("(+N): N more nodes of the same op, shapes and attributes")
+        if notes:
+            print("; ".join(notes))
+    done = f"timed {timed} kernel(s) of {graph.name} on {machine.spec}"
+    if simulated:
+        done += f", recorded {simulated} simulated duration(s)"
+    print(f"{done}; {cached} already in the cost file"
+          + (" (kept: delete the file or name another --cost-file to time them again)"
+             if cached else ""))
     if skipped:
-        print(f"not measured: {', '.join(skipped)} (simulated: they keep their roofline rates; "
-              "--include-sim times them anyway)")
+        print(f"not measured: {', '.join(skipped)} (simulated GPUs run no kernel here; "
+              "'--cost measured' costs them\n  from their card's specs, the roofline; "
+              "--include-sim records their simulated kernel durations instead)")
     for why in cost.failed.values():
         print(f"skipped (kept the roofline estimate): {why}")
-    print(f"saved to {cost.path}; use it with: hetero place MODEL --cost measured"
-          + (f" --cost-file {args.cost_file}" if args.cost_file else ""))
+    if timed or simulated:
+        print(f"saved to {cost.path}; use it with: hetero place MODEL --cost measured"
+              + (f" --cost-file {args.cost_file}" if args.cost_file else ""))
+    else:
+        print(f"nothing new to save in {cost.path}")
     return 0
 
 
@@ -537,10 +619,32 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
+def _wrap(text: str) -> str:
+    """A help description filled to the terminal's usual width (the raw formatter keeps the
+    line breaks of the epilogs, so descriptions are wrapped here)."""
+    import textwrap
+
+    return textwrap.fill(text, width=78)
+
+
 def _spec_help() -> str:
     from hetero.devices import SPEC_GRAMMAR
 
     return SPEC_GRAMMAR
+
+
+_DEVICES_HELP = (
+    "Show the devices Machine.detect() finds (or the machine a SPEC describes): kind, "
+    "backend, memory space, capacity, peak rates, and the links between memory spaces.")
+_PLACE_HELP = (
+    "Compile MODEL for a machine and report the placement: per node its device, reason and "
+    "estimated time; every transfer; per device busy time and arena bytes; the estimated "
+    "makespan next to the lower bound and the 'cpu' and 'gpu' policies.")
+_RUN_HELP = (
+    "Compile and run MODEL on given (--input name=file.npy) or random inputs; print the "
+    "median measured time of --repeat runs (after one warm-up run) next to the estimated "
+    "makespan. With --cost measured and --profile, the profiled run's kernel times are "
+    "recorded into the cost file.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -575,8 +679,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=_Formatter,
-        description="Place, run and profile one computation graph on every processor of a "
-                    "machine at once (CPU workers and GPUs).",
+        description=_wrap("Place, run and profile one computation graph on every processor of a "
+                    "machine at once (CPU workers and GPUs)."),
         epilog="examples:\n"
                "  hetero devices\n"
                "  hetero place examples/cnn.onnx --devices cpu:2,sim:1@h100\n"
@@ -593,9 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("devices", parents=[common, machine], formatter_class=_Formatter,
                        help="list the devices of this machine (or of a SPEC)",
-                       description="Show the devices Machine.detect() finds (or the machine a "
-                                   "SPEC describes): kind, backend, memory space, capacity, "
-                                   "peak rates, and the links between memory spaces.",
+                       description=_wrap(_DEVICES_HELP),
                        epilog=_spec_help())
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(handler=cmd_devices)
@@ -603,10 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("place", parents=[common, machine, model, planning],
                        formatter_class=_Formatter,
                        help="show where every node would run, and why",
-                       description="Compile MODEL for a machine and report the placement: per "
-                                   "node its device, reason and estimated time; every transfer; "
-                                   "per device busy time and arena bytes; the estimated makespan "
-                                   "next to the lower bound and the 'cpu' and 'gpu' policies.",
+                       description=_wrap(_PLACE_HELP),
                        epilog=_spec_help())
     p.add_argument("--format", choices=("table", "json", "dot", "html"), default="table",
                    help="table (default), json (schema: hetero/schemas/placement.schema.json), "
@@ -620,9 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common, machine, model, planning],
                        formatter_class=_Formatter,
                        help="run a model and compare the measured time with the estimate",
-                       description="Compile and run MODEL on given (--input name=file.npy) or "
-                                   "random inputs; print the median measured time of --repeat "
-                                   "runs (after one warm-up run) next to the estimated makespan.",
+                       description=_wrap(_RUN_HELP),
                        epilog=_spec_help())
     p.add_argument("--repeat", type=positive_int, default=10, metavar="N",
                    help="timed runs (default 10); the median is reported")
@@ -635,10 +732,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", parents=[common, machine], formatter_class=_Formatter,
                        help="measure kernel times for the cost model and save them",
-                       description="Time every distinct kernel of MODEL (default: a built-in "
-                                   "probe graph with a matmul, a convolution, elementwise ops "
-                                   "and reductions) on every device, with a progress bar, and "
-                                   "save the times for '--cost measured'.",
+                       description=_wrap("Time every distinct kernel of MODEL "
+                                         "(default: a built-in probe graph with a matmul, a "
+                                         "convolution, elementwise ops and reductions), as "
+                                         "compile optimizes it, on every real device, with a "
+                                         "progress bar, and save the times for '--cost "
+                                         "measured'. Kernels already in the cost file are kept."),
                        epilog=_spec_help())
     p.add_argument("model", metavar="MODEL", nargs="?", default=None,
                    help="an .onnx file or path/to/file.py:function (default: probe graph)")
@@ -648,11 +747,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to save (default: $HETERO_CACHE_DIR/costs.json or "
                         "~/.cache/hetero/costs.json)")
     p.add_argument("--repeats", type=positive_int, default=3, metavar="N",
-                   help="timed runs per kernel after a warm-up (default 3; the median is kept)")
+                   help="timed runs per kernel after a warm-up (default 3; the fastest is kept: "
+                        "other load on the machine only ever adds time)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--include-sim", action="store_true",
-                   help="also time simulated GPUs (that measures this host's NumPy, not the "
-                        "simulated card)")
+                   help="also record simulated GPUs' kernel times: their simulated durations "
+                        "(what a run on them is paced to; no kernel is run), where otherwise "
+                        "'--cost measured' costs them with the roofline of their card")
     p.set_defaults(handler=cmd_calibrate)
     return parser
 

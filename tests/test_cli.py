@@ -256,23 +256,60 @@ def test_run_python_model_on_npy_input_matches_numpy(tmp_path):
 
 def test_calibrate_saves_measurements_that_place_uses(tmp_path):
     costs = tmp_path / "costs.json"
-    proc = ok("calibrate", "--devices", "cpu:1,sim:1", "--no-progress", "--cost-file",
+    proc = ok("calibrate", "--devices", "cpu:2,sim:1", "--no-progress", "--cost-file",
               str(costs), "--repeats", "1", tmp_cache=str(tmp_path))
     data = json.loads(costs.read_text())
     assert data["format"] == "hetero.costs/1" and len(data["entries"]) >= 6
-    assert all("cpu:0" in k for k in data["entries"])  # simulated GPUs are not timed
-    assert "not measured: gpu:0" in proc.stdout
+    assert all("cpu:0" in k for k in data["entries"])  # simulated GPUs are not recorded
+    # one row per saved entry: the two CPU workers share theirs
+    rows = [ln.split() for ln in proc.stdout.splitlines() if re.match(r"^\w+_\d+\s", ln)]
+    assert len(rows) == len(data["entries"])
+    assert {r[2] for r in rows} == {"cpu:*"} and {r[5] for r in rows} == {"timed"}
+    assert len({r[0] for r in rows}) == len(rows)
+    assert f"timed {len(rows)} kernel(s) of probe" in proc.stdout
+    assert "not measured: gpu:0 (simulated GPUs run no kernel here" in proc.stdout
+    # a second run keeps them, and --include-sim adds the simulated durations, timing nothing
+    proc = ok("calibrate", "--devices", "cpu:2,sim:1", "--no-progress", "--cost-file",
+              str(costs), "--include-sim")
+    assert f"timed 0 kernel(s) of probe on cpu:2,sim:1, recorded {len(rows)} simulated" \
+        in proc.stdout
+    assert f"; {len(rows)} already in the cost file" in proc.stdout
+    sim_rows = [ln.split() for ln in proc.stdout.splitlines() if re.match(r"^\w+_\d+\s", ln)]
+    assert {(r[2], r[5]) for r in sim_rows} == {("gpu:0", "simulated")}
+    assert len(json.loads(costs.read_text())["entries"]) == 2 * len(rows)
     doc = json.loads(ok("place", ex("model.py") + ":mlp", "--input", "x=8x784", "--cost",
                         "measured", "--cost-file", str(costs), "--format", "json",
                         "--devices", "cpu:1", "--no-compare").stdout)
     jsonschema.validate(doc, report.schema(), cls=jsonschema.Draft202012Validator)
 
 
+def test_run_with_measured_cost_records_the_profiled_run(tmp_path):
+    costs = tmp_path / "costs.json"
+    args = ("run", ex("cnn.onnx"), "--devices", "cpu:2", "--cost", "measured", "--cost-file",
+            str(costs), "--repeat", "1")
+    out = ok(*args, "--profile", str(tmp_path / "t.json")).stdout
+    n = int(_field(r"^cost model: measured times for 0 of (\d+) node\(s\)", out))
+    assert f"recorded {n} kernel time(s) of the profiled run into {costs} ({n} new" in out
+    assert len(json.loads(costs.read_text())["entries"]) <= n  # CPU workers share entries
+    out = ok(*args).stdout
+    assert f"measured times for {n} of {n} node(s)" in out and "add --profile" in out
+    err = ok("place", ex("cnn.onnx"), "--devices", "cpu:2", "--cost", "measured",
+             "--cost-file", str(costs), "--format", "json", "--no-compare").stderr
+    assert f"cost model: measured times for {n} of {n} node(s) from {costs}" in err
+
+
+def test_calibrate_into_a_folder_fails_before_timing(tmp_path):
+    proc = hetero_cmd("calibrate", "--devices", "cpu:1", "--cost-file", str(tmp_path))
+    assert proc.returncode == 1
+    _check_stderr(1, proc.stderr, "it is a folder")
+    assert "calibrating" not in proc.stderr
+
+
 def test_calibrate_with_model_shows_a_progress_bar(tmp_path):
     proc = ok("calibrate", "--devices", "cpu:1", ex("model.py") + ":mlp", "--input", "x=4x784",
               "--cost-file", str(tmp_path / "c.json"), "--repeats", "1")
     assert "calibrating" in proc.stderr and "/" in proc.stderr
-    assert re.search(r"measured \d+ kernel\(s\) of mlp", proc.stdout)
+    assert re.search(r"^timed \d+ kernel\(s\) of mlp", proc.stdout, re.M)
 
 
 # ----------------------------------------------------------------------------------------------
