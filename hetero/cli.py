@@ -598,16 +598,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
           + (" (kept: delete the file or name another --cost-file to time them again)"
              if cached else ""))
     if skipped:
-        print(f"not measured: {', '.join(skipped)} (simulated GPUs run no kernel here; "
-              "'--cost measured' costs them\n  from their card's specs, the roofline; "
-              "--include-sim records their simulated kernel durations instead)")
+        import textwrap
+
+        print(textwrap.fill(
+            f"not measured: {', '.join(skipped)} (simulated GPUs run no kernel here; '--cost "
+            "measured' costs them from their card's specs, the roofline; --include-sim records "
+            "their simulated kernel durations instead)", width=100, subsequent_indent="  "))
     for why in cost.failed.values():
         print(f"skipped (kept the roofline estimate): {why}")
     if timed or simulated:
         print(f"saved to {cost.path}; use it with: hetero place MODEL --cost measured"
               + (f" --cost-file {args.cost_file}" if args.cost_file else ""))
     else:
-        print(f"nothing new to save in {cost.path}")
+        print(f"nothing new to save: {cost.path} already holds every kernel of {graph.name}")
     return 0
 
 

@@ -220,6 +220,50 @@ def test_place_policy_cpu_keeps_everything_on_cpu_workers():
     assert set(doc["summary"]["policies"]) == {"gpu"}
 
 
+def _main(args, capsys) -> tuple[int, str, str]:
+    from hetero.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_place_json_is_stable(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    args = ("place", ex("two_tower.onnx"), "--devices", SIM, "--format", "json")
+    code, first, _ = _main(args, capsys)
+    assert code == 0
+    code, second, _ = _main(args, capsys)
+    assert code == 0 and first == second  # byte for byte: same plan, same key order
+    doc = json.loads(first)
+    assert list(doc) == report.schema()["required"]
+
+
+def test_a_machine_you_do_not_have_works_in_every_subcommand(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    spec = "cpu:16,sim:1@h100"
+    code, out, _ = _main(["devices", "--devices", spec], capsys)
+    assert code == 0 and "cpu:15" in out and "H100" in out
+    code, out, _ = _main(["place", ex("model.py") + ":branches", "--input", "x=32x784",
+                          "--devices", spec, "--format", "json"], capsys)
+    assert code == 0
+    doc = json.loads(out)
+    assert len(doc["machine"]["devices"]) == 17 and doc["summary"]["policies"]["gpu"]
+    code, out, _ = _main(["run", ex("model.py") + ":branches", "--input", "x=32x784",
+                          "--devices", spec, "--repeat", "1", "--check"], capsys)
+    assert code == 0 and f"machine {spec}" in out
+    assert float(_field(r"max relative error (\S+)", out)) < 1e-4
+    code, out, _ = _main(["calibrate", ex("model.py") + ":branches", "--input", "x=4x784",
+                          "--devices", spec, "--no-progress", "--repeats", "1", "--cost-file",
+                          str(tmp_path / "c.json")], capsys)
+    assert code == 0 and "not measured: gpu:0" in out
+    entries = json.loads((tmp_path / "c.json").read_text())["entries"]
+    assert f"timed {len(entries)} kernel(s) of branches" in out  # once, not 16 times
+
+
 # ----------------------------------------------------------------------------------------------
 # run and calibrate
 

@@ -138,3 +138,27 @@ def test_screenshot_is_not_blank(page):
     # the simulated GPU's colour fills its bars and boxes in the visible part of the page
     gpu = next(d["color"] for d in doc["machine"]["devices"] if d["name"] == "gpu:0")
     assert bytes.fromhex(gpu[1:]) in colours
+
+
+def test_resnet50_sized_page_renders(tmp_path):
+    """A graph of ResNet-50's size (onnx's light model, about 90 nodes after optimization) on
+    four CPU workers and two simulated GPUs: every box and bar laid out."""
+    onnx = pytest.importorskip("onnx")
+    model = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light",
+                         "light_resnet50.onnx")
+    if not os.path.isfile(model):
+        pytest.skip(f"onnx does not ship {model}")
+    spec = "cpu:4,sim:2@t4"
+    html = tmp_path / "resnet50.html"
+    _hetero("place", model, "--devices", spec, "--format", "html", "-o", str(html),
+            "--no-compare")
+    doc = json.loads(_hetero("place", model, "--devices", spec, "--format", "json",
+                             "--no-compare").stdout)
+    assert doc["summary"]["nodes"] > 80
+    proc = _browser(str(html), str(tmp_path / "profile"), "--dump-dom")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    body = re.search(r"<body[^>]*>", proc.stdout).group(0)
+    nodes = len(doc["nodes"]) + len(doc["transfers"])
+    bars = len([n for n in doc["nodes"] if n["op"] != "input"]) + len(doc["transfers"])
+    assert f'data-graph-nodes="{nodes}"' in body and f'data-gantt-bars="{bars}"' in body
+    assert 'data-rendered="1"' in body
