@@ -30,6 +30,7 @@ import importlib.util
 import inspect
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -51,8 +52,30 @@ SPEC_EXAMPLE = "cpu:2,sim:1@h100"
 # Argument types (their errors are usage errors: exit status 2)
 
 
-def _one_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else text
+def _one_line(text: str, *, items: int = 4, hint: bool = True) -> str:
+    """A multi-line message as one line: its first line, and when that line introduces a list
+    (ends with ':'), the first ``items`` indented lines of the list; other lines are dropped
+    (``--debug`` shows the whole message).
+
+    >>> _one_line("m.onnx: 2 unsupported op(s):\\n  Det: n1\\n  Stft: n2\\n(supported: ...)")
+    'm.onnx: 2 unsupported op(s): Det: n1; Stft: n2 (run with --debug for the rest)'
+    """
+    lines = text.strip().splitlines()
+    if not lines:
+        return text
+    head = lines[0].rstrip()
+    if len(lines) == 1:
+        return head
+    listed = []
+    if head.endswith(":"):
+        for line in lines[1:]:
+            if not line[:1].isspace():
+                break
+            listed.append(line.strip())
+    shown = "; ".join(listed[:items]) + (f"; {len(listed) - items} more" if len(listed) > items
+                                         else "")
+    rest = " (run with --debug for the rest)" if hint else ""
+    return f"{head} {shown}{rest}" if shown else f"{head}{rest}"
 
 
 def machine_arg(spec: str) -> Any:
@@ -64,7 +87,8 @@ def machine_arg(spec: str) -> Any:
     except HeteroError as exc:
         msg = str(exc).replace(SPEC_GRAMMAR, "").strip().rstrip(":").strip()
         raise argparse.ArgumentTypeError(
-            f"{_one_line(msg)} (a SPEC looks like {SPEC_EXAMPLE!r}; see 'hetero devices --help')"
+            f"{_one_line(msg, hint=False)} (a SPEC looks like {SPEC_EXAMPLE!r}; see "
+            "'hetero devices --help')"
         ) from None
 
 
@@ -177,6 +201,11 @@ def _load_onnx(path: str, inputs: Sequence[InputArg]) -> Any:
     try:
         graph = hx.load(path, input_shapes=shapes or None)
     except HeteroError as exc:
+        # the library's advice names its Python argument; here it is an option
+        cli = re.sub(r"pass input_shapes=\{'([^']*)': \(\.\.\.\)\}",
+                     r"give its shape with --input \1=SHAPE[:DTYPE]", str(exc))
+        if cli != str(exc):
+            raise ModelError(cli) from exc
         if not shapes:
             raise
         given = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in shapes.items())
@@ -783,7 +812,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, HeteroError):
             print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
         else:
-            print(f"{PROG}: internal error: {type(exc).__name__}: {_one_line(str(exc))}"
+            print(f"{PROG}: internal error: {type(exc).__name__}: "
+                  f"{_one_line(str(exc), hint=False)}"
                   + ("" if debug else " (run with --debug for the traceback)"),
                   file=sys.stderr)
         return 1

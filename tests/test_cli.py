@@ -432,6 +432,32 @@ def test_not_an_onnx_file_and_unwritable_output(tmp_path):
     assert not (tmp_path / "missing").exists()
 
 
+def test_onnx_errors_speak_the_command_line(tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    def save(name, op, shape):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        graph = helper.make_graph([helper.make_node(op, ["x"], ["y"])], name, [x], [y])
+        onnx.save(helper.make_model(graph), str(tmp_path / f"{name}.onnx"))
+        return str(tmp_path / f"{name}.onnx")
+
+    # a symbolic batch dimension: the advice is the option, not the library's argument
+    sym = save("sym", "Relu", ["N", 3])
+    code, _, err = _main(["place", sym], capsys)
+    assert code == 1
+    _check_stderr(1, err, "symbolic dimension 'N'")
+    assert "--input x=SHAPE[:DTYPE]" in err and "input_shapes" not in err
+    code, out, _ = _main(["run", sym, "--input", "x=5x3", "--repeat", "1"], capsys)
+    assert code == 0 and "output y: float32[5, 3]" in out
+    # a multi-line message keeps its list on the one line, not just its heading
+    code, _, err = _main(["place", save("det", "Det", [3, 3])], capsys)
+    assert code == 1
+    _check_stderr(1, err, "1 unsupported ONNX op type(s): Det: ")
+    assert "(run with --debug for the rest)" in err
+
+
 def test_npy_input_of_wrong_shape_is_a_model_error(tmp_path):
     np.save(tmp_path / "img.npy", np.zeros((2, 3), np.float32))
     proc = hetero_cmd("run", ex("cnn.onnx"), "--input", f"image={tmp_path / 'img.npy'}")
