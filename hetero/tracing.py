@@ -975,22 +975,13 @@ class Function:
         return entry.rebuild([tensor_from_host(o) for o in outs])
 
     def _make_runner(self, graph: Graph) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
-        """How a traced graph runs: with ``machine=`` or ``policy=`` given, or a machine the user
-        set in ``ht.config.machine``, compiled into a Plan (place, partition, schedule, memory)
-        and run by the executor; else by the sequential reference executor on the host."""
-        import importlib.util
+        """How a traced graph runs: compiled into a Plan (optimize, place, partition, schedule,
+        memory) for this function's machine and policy, or ``ht.config.machine`` when the user
+        set one, or this host sized to the graph's parallelism; then run by the executor."""
+        from hetero.compiler import compile
 
-        from hetero import reference
-        from hetero.config import config
-
-        staged = all(importlib.util.find_spec(m) for m in ("hetero.compiler", "hetero.executor"))
-        configured = config._machine is not None and not config._machine_detected
-        if staged and (self.machine is not None or self.policy is not None or configured):
-            from hetero.compiler import compile
-
-            plan = compile(graph, machine=self.machine, policy=self.policy or "heft")
-            return lambda arrays: list(plan.run(*arrays))
-        return lambda arrays: reference.run(graph, arrays)
+        plan = compile(graph, machine=self.machine, policy=self.policy or "heft")
+        return lambda arrays: list(plan.run(*arrays))
 
 
 def tensor_from_host(array: np.ndarray, device: str = "cpu:0") -> Tensor:

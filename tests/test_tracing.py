@@ -474,21 +474,24 @@ def test_float64_numpy_weights_fit_a_float32_tensor_in_every_op():
 
 
 def test_import_hetero_is_light():
-    """``import hetero`` (and an eager op, and a traced one) loads NumPy and networkx only: none
-    of the optional libraries, no later stage of the pipeline."""
+    """``import hetero`` and an eager op load NumPy and networkx only: none of the optional
+    libraries, no later stage of the pipeline. Graph mode loads the pipeline, never an extra."""
     import subprocess
     import sys
     from pathlib import Path
 
-    code = ("import sys, numpy as np, hetero as ht; "
-            "t = ht.tensor(np.ones((2, 2), np.float32)); (t @ t + 1).numpy(); "
-            "ht.function(lambda x: ht.ops.relu(x) * 2)(np.ones(3, np.float32)); "
-            "heavy = ('cupy', 'cupyx', 'cuda', 'onnx', 'onnxruntime', 'dask', 'scipy', "
-            "'threadpoolctl', 'hetero.onnx', 'hetero.executor', 'hetero.compiler'); "
-            "print(sorted(m for m in heavy if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).resolve().parents[1])
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    extras = "'cupy', 'cupyx', 'cuda', 'onnx', 'onnxruntime', 'dask', 'scipy'"
+    stages = "'threadpoolctl', 'hetero.onnx', 'hetero.executor', 'hetero.compiler'"
+    eager = ("import sys, numpy as np, hetero as ht; "
+             "t = ht.tensor(np.ones((2, 2), np.float32)); (t @ t + 1).numpy(); "
+             f"print(sorted(m for m in ({extras}, {stages}) if m in sys.modules))")
+    graph = ("import sys, numpy as np, hetero as ht; "
+             "ht.function(lambda x: ht.ops.relu(x) * 2)(np.ones(3, np.float32)); "
+             f"print(sorted(m for m in ({extras},) if m in sys.modules))")
+    for code in (eager, graph):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).resolve().parents[1])
+        assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_device_none_clears_the_scope_and_devices_work_as_names():
@@ -511,7 +514,7 @@ def test_device_none_clears_the_scope_and_devices_work_as_names():
 
 def test_function_compiles_for_a_configured_machine(monkeypatch):
     """With ``ht.config.machine`` set by the user, graph mode places the graph on that machine
-    and runs the plan (device annotations take effect); without one it runs the reference."""
+    and runs the plan (device annotations take effect); without one it compiles for this host."""
     import hetero.compiler as compiler
     from hetero.config import config
 
@@ -542,7 +545,8 @@ def test_function_compiles_for_a_configured_machine(monkeypatch):
         assert placed["matmul"] == "gpu:0" and placed["relu"] == "gpu:0"
         config._machine = None
         np.testing.assert_allclose(ht.function(lambda a: a * 2)(x).numpy(), 2 * x)
-        assert len(compiled) == 1  # no machine set: the reference ran it
+        assert len(compiled) == 2  # no machine set: compiled for this host, CPU only
+        assert {d for d, q in compiled[1].queues.items() if q} <= {"cpu:0", "cpu:1"}
     finally:
         config._machine = old
 
