@@ -67,6 +67,11 @@ Policy
       oversubscribed host slows down 20-100x, waiting on descheduled helper threads. On an idle
       host a plan with one worker keeps every BLAS thread. The count is fixed per Executor, so
       its runs are bit-for-bit repeatable (``Executor(plan, blas_threads=n)`` fixes it).
+    * Intra-op threads: when a plan with convolutions (``hetero.ops.nn.SPLITTING_OPS``) leaves
+      cores over per CPU worker (a chain: one worker), those kernels split their own work over
+      ``cores // w`` threads (``intra_op_threads``) and BLAS runs one thread: the pieces are
+      handed out dynamically, so a core that other processes hold costs at most a piece, where
+      OpenBLAS's threads wait for each other (which is why BLAS is cut to the free cores).
 
 Synchronous mode (``run(..., sync=True)``)
     Runs every node on the calling thread, one at a time, on its device, in one order that
@@ -192,6 +197,12 @@ def busy_elsewhere(samples: int = 3, gap_s: float = 5e-4) -> int:
 _controller: Any = None
 
 
+def _intra_op(threads: int) -> Any:
+    from hetero.ops.nn import intra_op
+
+    return intra_op(threads)
+
+
 def _blas_limit(threads: int) -> Any:
     """A context manager that limits BLAS to ``threads`` (threadpoolctl), or None if BLAS
     already uses no more."""
@@ -261,12 +272,16 @@ class Executor:
         plan: the Plan to run. Its MemoryPlan is computed here if ``plan.memory`` is None.
         blas_threads: BLAS threads per host compute thread during runs (default: the cores
             over the host compute threads, less cores other processes keep busy at load).
+        intra_op_threads: threads a splitting kernel (a conv) may use per worker (default:
+            the cores over the host compute threads when the plan has such kernels and
+            ``blas_threads`` is not given, else 1); above 1, BLAS runs one thread.
         cost: a measured cost model (``hetero.cost.MeasuredCost``) that profiled runs feed and
             save (default: the plan's ``cost``, when it has ``record``; ``compile(...,
             cost="measured")`` gives the plan one).
     """
 
-    def __init__(self, plan: Any, *, cost: Any = None, blas_threads: int | None = None) -> None:
+    def __init__(self, plan: Any, *, cost: Any = None, blas_threads: int | None = None,
+                 intra_op_threads: int | None = None) -> None:
         from hetero.passes.memory import plan_memory
 
         if plan.memory is None:
@@ -278,6 +293,7 @@ class Executor:
             cost = getattr(plan, "cost", None)
         self.cost = cost if hasattr(cost, "record") else None
         self._fixed_blas = blas_threads
+        self._fixed_intra = intra_op_threads
         self._run_lock = threading.Lock()
         self._load()
 
@@ -390,6 +406,9 @@ class Executor:
         self._host_compute = sum(1 for t in self._threads
                                  if t.device.kind == "cpu" or t.device.backend == "sim")
         self._blas = self._choose_blas_threads()
+        self._intra = self._choose_intra_op_threads()
+        if self._intra > 1:
+            self._blas = 1
 
     def _allocate_arenas(self, memory: Any) -> dict[str, Any]:
         arenas = {}
@@ -531,6 +550,8 @@ class Executor:
             limit = self._blas_limit()
             if limit is not None:
                 limit.__enter__()
+            intra = _intra_op(self._intra)
+            intra.__enter__()
             try:
                 self._bind(arrays, keep=outputs == "device")
                 bases = self._time_bases() if profile else {}
@@ -543,6 +564,7 @@ class Executor:
                 _resolve_times(run, bases)
                 result = self._collect(arrays, outputs)
             finally:
+                intra.__exit__(None, None, None)
                 if limit is not None:
                     limit.__exit__(None, None, None)
                 self._unbind()
@@ -682,6 +704,25 @@ class Executor:
         # /proc/loadavg counts every CPU of the host; share its load out over the ones we use
         busy = busy_elsewhere() * cores / max(cores, os.cpu_count() or cores)
         return blas_threads(self._host_compute, cores, int(busy + 0.5))
+
+    @property
+    def intra_op_threads(self) -> int:
+        """Threads each splitting kernel (``hetero.ops.nn.SPLITTING_OPS``) uses during runs."""
+        return self._intra
+
+    def _choose_intra_op_threads(self) -> int:
+        """The cores over the host compute threads, for plans whose CPU workers run a splitting
+        kernel; 1 when the caller fixed ``blas_threads`` or no such kernel runs on a CPU."""
+        from hetero.ops.nn import SPLITTING_OPS
+
+        if self._fixed_intra is not None:
+            return max(1, int(self._fixed_intra))
+        if self._fixed_blas is not None:
+            return 1
+        splits = any(self.graph.node(name).op in SPLITTING_OPS
+                     for th in self._threads if th.device.kind == "cpu"
+                     for name in self.plan.queues[th.device.name])
+        return blas_threads(self._host_compute, cpu_cores()) if splits else 1
 
     def _time_bases(self) -> dict[str, tuple[Any, float]]:
         """Per CUDA GPU: an event recorded on its idle compute stream now, and the host time."""

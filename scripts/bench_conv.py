@@ -199,22 +199,52 @@ def bench_model(args, stat) -> None:
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
-    # one worker: the executor leaves the BLAS thread count to this limit
+    from hetero.executor import Executor
+
+    # the same plan three ways: the default executor (on a multi-core box the convs split their
+    # own work over the cores, BLAS one thread each), BLAS with --threads threads and no split,
+    # and one thread
+    split = Executor(plan)
+    blas = Executor(plan, blas_threads=args.threads)
+    single = Executor(plan, blas_threads=1)
     with threadpool_limits(limits=args.threads, user_api="blas"):
         want = sess.run(None, {"x": x})[0]
-        got = np.asarray(plan.run(x)[0])
+        got = np.asarray(split.run([x])[0])
         err = float(np.abs(got - want).max() / np.abs(want).max())
         assert err < 1e-3, f"hetero and onnxruntime differ: {err}"
-        th, tp, to = median_ms([lambda: plan.run(x), lambda: plain.run(x),
-                                lambda: sess.run(None, {"x": x})], args.repeat, stat)
+        for other in (blas, single):
+            np.testing.assert_allclose(np.asarray(other.run([x])[0]), got, rtol=1e-4, atol=1e-5)
+        names = [f"hetero split ({split.intra_op_threads} threads)",
+                 f"hetero BLAS {args.threads} threads", "hetero 1 thread", "hetero unoptimized",
+                 "onnxruntime"]
+        runs = times_ms([lambda: split.run([x]), lambda: blas.run([x]), lambda: single.run([x]),
+                         lambda: plain.run(x), lambda: sess.run(None, {"x": x})], args.repeat)
     compute = [n for n in optimized.nodes if n.op not in ("input", "constant")]
-    print(f"ResNet-50 batch 1, {args.threads} threads, {args.stat} of {args.repeat}: "
+    print(f"ResNet-50 batch 1, {args.threads} threads, {args.repeat} runs each (interleaved), "
+          f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}: "
           f"graph {sum(n.op not in ('input', 'constant') for n in graph.nodes)} compute nodes -> "
           f"{len(compute)} after optimize ({t_opt * 1e3:.0f} ms; "
           f"{sum(n.op == 'conv2d_winograd' for n in compute)} Winograd convs, "
           f"{sum(n.op == 'conv2d_add' for n in compute)} residual adds fused)")
-    print(f"hetero optimized {th:.1f} ms, hetero unoptimized {tp:.1f} ms, onnxruntime {to:.1f} ms, "
-          f"ratio {th / to:.2f}; max relative difference {err:.1e}")
+    ort_med, ort_min = statistics.median(runs[-1]), min(runs[-1])
+    print(f"{'':28s} {'median ms':>10s} {'min ms':>8s} {'ratio (med)':>12s} {'ratio (min)':>12s}")
+    for name, ts in zip(names, runs):
+        med, best = statistics.median(ts), min(ts)
+        print(f"{name:28s} {med:10.1f} {best:8.1f} {med / ort_med:12.2f} {best / ort_min:12.2f}")
+    print(f"max relative difference to onnxruntime {err:.1e}")
+
+
+def times_ms(fns, repeat: int) -> list[list[float]]:
+    """Every wall time of each function in ms, the runs interleaved (after one warm-up each)."""
+    times: list[list[float]] = [[] for _ in fns]
+    for fn in fns:
+        fn()
+    for _ in range(repeat):
+        for fn, ts in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t) * 1e3)
+    return times
 
 
 def main(argv=None) -> None:
