@@ -334,17 +334,16 @@ def _compile(args: argparse.Namespace, graph: Any, machine: Any, cost: Any) -> A
     return compile_plan(graph, machine=machine, policy=args.policy, cost=cost)
 
 
-def _measured_note(plan: Any, cost: Any) -> str | None:
+def _measured_note(plan: Any) -> str | None:
     """With ``--cost measured``: how many of the plan's nodes were costed from measured times."""
-    from hetero.cost import MeasuredCost, input_specs
-    from hetero.ops import registry
+    from hetero.report import _cost_model_json
 
-    if not isinstance(cost, MeasuredCost):
+    cost = _cost_model_json(plan)
+    if cost is None or cost["model"] != "measured":
         return None
-    nodes = [n for n in plan.graph.nodes if n.op not in registry.STRUCTURAL_OPS]
-    hit = sum(cost.has(n, n.device, input_specs(plan.graph, n)) for n in nodes)
-    return (f"cost model: measured times for {hit} of {len(nodes)} node(s) from {cost.path}"
-            + ("; the roofline for the rest" if hit < len(nodes) else ""))
+    hit, total = cost["measured_nodes"], cost["nodes"]
+    return (f"cost model: measured times for {hit} of {total} node(s) from {cost['path']}"
+            + ("; the roofline for the rest" if hit < total else ""))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -410,9 +409,6 @@ def cmd_place(args: argparse.Namespace) -> int:
                                            [p for p in ("cpu", "gpu") if p != args.policy])
     doc = report.build(plan, source=args.model, policies=policies)
     _write(report.render(doc, args.format), args.output)
-    note = _measured_note(plan, cost)
-    if note is not None:  # stderr: standard output may be the JSON or DOT document
-        print(note, file=sys.stderr)
     if args.output not in (None, "-"):
         print(f"wrote {args.format} report to {args.output} (estimated makespan "
               f"{report.fmt_time(plan.makespan)}, lower bound "
@@ -470,7 +466,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"(min {fmt_time(min(times))}, max {fmt_time(max(times))})")
     ratio = f" (measured/estimated {median / plan.makespan:.2f}x)" if plan.makespan > 0 else ""
     print(f"estimated {fmt_time(plan.makespan)}, lower bound {fmt_time(plan.lower_bound)}{ratio}")
-    note = _measured_note(plan, cost)
+    note = _measured_note(plan)
     if note is not None:
         print(note + ("" if args.profile else " (add --profile to record this run's times)"))
     if any(d.backend == "sim" for d in machine.devices):

@@ -20,8 +20,10 @@ renderer reads only that dict, so the four formats can never disagree:
 What the report holds: per node its op, device, lane, placement reason and estimated start,
 finish and time; per transfer its direction, bytes and consumers; per device its busy time, copy
 time and arena bytes; the estimated makespan next to the lower bound and to the makespans of the
-"cpu" and "gpu" policies (``compare_policies``). Constants are listed only as totals: a plan
-uploads them once per memory space when it is built, so they cost nothing per run.
+"cpu" and "gpu" policies (``compare_policies``); the cost model the estimates come from (for a
+measured one, its file and how many nodes it had a measured time for). Constants are listed
+only as totals: a plan uploads them once per memory space when it is built, so they cost nothing
+per run.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ __all__ = ["FORMATS", "SCHEMA_VERSION", "build", "compare_policies", "device_col
 
 #: Version of the JSON document (and of ``hetero/schemas/placement.schema.json``). Bump the major
 #: number when a field is removed or changes meaning; adding optional fields keeps it.
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: cost_model
 SCHEMA_ID = "hetero.placement"
 
 FORMATS = ("table", "json", "dot", "html")
@@ -232,6 +234,7 @@ def build(plan: Any, *, source: str | None = None,
             "arena_bytes": arenas.get(d.memory_space)})
 
     comparison = {k: _finite(v) for k, v in (policies or {}).items()}
+    cost_model = _cost_model_json(plan)
     return {
         "schema": SCHEMA_ID,
         "schema_version": SCHEMA_VERSION,
@@ -244,6 +247,7 @@ def build(plan: Any, *, source: str | None = None,
         "machine": {"spec": machine.spec, "devices": [_device_json(d, colors) for d in
                                                       machine.devices]},
         "policy": plan.policy,
+        **({"cost_model": cost_model} if cost_model is not None else {}),
         "summary": {
             "makespan": makespan, "lower_bound": float(plan.lower_bound),
             "policies": comparison,
@@ -256,6 +260,38 @@ def build(plan: Any, *, source: str | None = None,
         "devices": devices,
         "memory": memory,
     }
+
+
+def _cost_model_json(plan: Any) -> dict[str, Any] | None:
+    """Which cost model the estimates come from; for a measured one, its file and how many of
+    the plan's computing nodes it had a measured time for (the roofline costs the others)."""
+    from hetero.cost import MeasuredCost, RooflineCost, TableCost, input_specs
+    from hetero.ops import registry
+
+    cost = getattr(plan, "cost", None)
+    if cost is None:
+        return None
+    kinds = ((MeasuredCost, "measured"), (RooflineCost, "roofline"), (TableCost, "table"))
+    kind = next((k for cls, k in kinds if isinstance(cost, cls)), type(cost).__name__)
+    doc: dict[str, Any] = {"model": kind}
+    if isinstance(cost, MeasuredCost):
+        graph = plan.graph
+        nodes = [n for n in graph.nodes if n.op not in registry.STRUCTURAL_OPS]
+        doc["path"] = cost.path
+        doc["nodes"] = len(nodes)
+        doc["measured_nodes"] = sum(bool(cost.has(n, n.device, input_specs(graph, n)))
+                                    for n in nodes)
+    return doc
+
+
+def _cost_model_text(cost: Mapping[str, Any] | None) -> str:
+    if cost is None:
+        return ""
+    if cost["model"] != "measured":
+        return f"cost model {cost['model']}"
+    rest = "" if cost["measured_nodes"] == cost["nodes"] else ", roofline for the rest"
+    return (f"cost model measured ({cost['measured_nodes']} of {cost['nodes']} nodes from "
+            f"{cost['path']}{rest})")
 
 
 def _produced_by(graph: Any, v: Any) -> str:
@@ -312,8 +348,12 @@ def render_table(report: Mapping[str, Any]) -> str:
     out: list[str] = []
     model, summary = report["model"], report["summary"]
     src = f" ({model['source']})" if model.get("source") else ""
+    cost = report.get("cost_model")
+    short = cost is not None and cost["model"] != "measured"  # the long form names a file
     out.append(f"model {model['name']}{src}  machine {report['machine']['spec']}  "
-               f"policy {report['policy']}")
+               f"policy {report['policy']}" + (f"  cost {cost['model']}" if short else ""))
+    if cost is not None and not short:
+        out.append(_cost_model_text(cost))
     out.append("")
     rows = [[n["name"], n["op"], n["device"], fmt_time(n["start"]), fmt_time(n["finish"]),
              fmt_time(n["time"]), _reason_text(n["reason"])] for n in report["nodes"]]
@@ -759,7 +799,9 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"<h1>{_esc(title)}</h1>",
         f'<div class="meta">model <b>{_esc(model["name"])}</b>{src} · machine '
         f'<b>{_esc(report["machine"]["spec"])}</b> · policy <b>{_esc(report["policy"])}</b> · '
-        f'{_esc(report["generator"])} · report schema {_esc(report["schema_version"])}</div>',
+        + (f'{_esc(_cost_model_text(report.get("cost_model")))} · '
+           if report.get("cost_model") else "")
+        + f'{_esc(report["generator"])} · report schema {_esc(report["schema_version"])}</div>',
         f'<div class="cards">{card_html}</div>',
         f'<div class="legend">{legend}</div>',
         '<div class="meta" id="status">(the page script has not run)</div>',

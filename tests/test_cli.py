@@ -239,7 +239,9 @@ def test_place_json_is_stable(capsys, monkeypatch):
     code, second, _ = _main(args, capsys)
     assert code == 0 and first == second  # byte for byte: same plan, same key order
     doc = json.loads(first)
-    assert list(doc) == report.schema()["required"]
+    required = report.schema()["required"]
+    assert [k for k in doc if k in required] == required
+    assert doc["cost_model"] == {"model": "roofline"}
 
 
 def test_a_machine_you_do_not_have_works_in_every_subcommand(capsys, monkeypatch, tmp_path):
@@ -337,9 +339,12 @@ def test_run_with_measured_cost_records_the_profiled_run(tmp_path):
     assert len(json.loads(costs.read_text())["entries"]) <= n  # CPU workers share entries
     out = ok(*args).stdout
     assert f"measured times for {n} of {n} node(s)" in out and "add --profile" in out
-    err = ok("place", ex("cnn.onnx"), "--devices", "cpu:2", "--cost", "measured",
-             "--cost-file", str(costs), "--format", "json", "--no-compare").stderr
-    assert f"cost model: measured times for {n} of {n} node(s) from {costs}" in err
+    args = ("place", ex("cnn.onnx"), "--devices", "cpu:2", "--cost", "measured", "--cost-file",
+            str(costs), "--no-compare")
+    doc = json.loads(ok(*args, "--format", "json").stdout)
+    assert doc["cost_model"] == {"model": "measured", "path": str(costs), "nodes": n,
+                                 "measured_nodes": n}
+    assert f"cost model measured ({n} of {n} nodes from {costs})" in ok(*args).stdout
 
 
 def test_calibrate_into_a_folder_fails_before_timing(tmp_path):

@@ -117,12 +117,42 @@ def test_schema_rejects_broken_reports(doc):
         lambda d: d["nodes"][1].update(start=-1.0),
         lambda d: d["summary"]["policies"].update(cpu="fast"),
         lambda d: d.update(extra=1),
+        lambda d: d.update(cost_model={"model": "roofline", "speed": "fast"}),
+        lambda d: d.update(cost_model={"path": "costs.json"}),
     ]
     for breaks in broken:
         copy = json.loads(json.dumps(doc))
         breaks(copy)
         with pytest.raises(jsonschema.ValidationError):
             validate(copy)
+
+
+def test_report_names_its_cost_model(doc, graph, machine, tmp_path):
+    assert doc["cost_model"] == {"model": "roofline"}
+    table = hetero.TableCost({"matmul": 1e-3}, machine=machine,
+                             fallback=hetero.cost.RooflineCost(machine))
+    assert report.build(hetero.compile(graph, machine=machine, cost=table))["cost_model"] == {
+        "model": "table"}
+    # a measured model: which of the plan's nodes it had a time for, on their device
+    cpus = Machine.parse("cpu:2")
+    measured = hetero.cost.MeasuredCost(cpus, path=str(tmp_path / "costs.json"))
+    plan = hetero.compile(graph, machine=cpus, cost=measured)
+    computing = [n for n in plan.graph.nodes if n.op not in ("input", "constant", "transfer")]
+    assert report.build(plan)["cost_model"]["measured_nodes"] == 0
+    first = computing[0]
+    measured.record(first, first.device, 1e-3, hetero.cost.input_specs(plan.graph, first))
+    got = report.build(plan)
+    validate(got)
+
+    def key(n):  # nodes of one op, shapes and attributes share the entry (the two matmuls)
+        return hetero.cost.history_key(n, hetero.cost.input_specs(plan.graph, n),
+                                       cpus.device(n.device))
+
+    same = sum(key(n) == key(first) for n in computing)
+    assert same == 2
+    assert got["cost_model"] == {"model": "measured", "path": str(tmp_path / "costs.json"),
+                                 "nodes": len(computing), "measured_nodes": same}
+    assert f"cost model measured ({same} of {len(computing)} nodes" in report.render_table(got)
 
 
 def test_infinite_makespan_becomes_null():
