@@ -653,6 +653,9 @@ def _cost_detail(ctx: _Context, name: str, dev: str, rules: _Rules) -> str:
     if others:
         t, d = min(others)
         text += f", {_ms(t)} on {d}"
+        if t < here:
+            # HEFT minimises the finish time, which counts copies and the device's queue too
+            text += f"; {dev} finishes first once copies and queues count"
     return text
 
 
