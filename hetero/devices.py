@@ -973,6 +973,10 @@ class Machine:
                 raise DeviceError(f"unknown card {card_key!r} in machine spec {spec!r} "
                                   f"(known: {', '.join(CARDS)})\n{SPEC_GRAMMAR}")
             n = None if count is None else int(count)
+            if n == 0 and kind != "cpu":
+                raise DeviceError(f"{raw.strip()!r} in machine spec {spec!r} asks for no "
+                                  f"{'simulated ' if kind == 'sim' else ''}GPU: the number is a "
+                                  f"count, not an index ({kind}:1 is one)\n{SPEC_GRAMMAR}")
             if kind == "cpu":
                 if cpus is not None:
                     raise DeviceError(f"'cpu' appears twice in machine spec {spec!r}\n"

@@ -67,7 +67,7 @@ def test_parse_defaults_to_one_worker_per_core():
     ("cpu:2,gpu:1@h100", "only simulated GPUs take a card"),
     ("cpu:2,cpu:1", "'cpu' appears twice"),
     ("cpu:0,sim:1", "at least one CPU worker"),
-    ("gpu:0,gpu:1", "'gpu' appears twice"),
+    ("gpu:1,gpu:1", "'gpu' appears twice"),
     ("sim:1@", "bad item 'sim:1@'"),
 ])
 def test_parse_errors_show_the_grammar(spec, fragment):
@@ -380,3 +380,9 @@ def test_link_and_simspec_are_exported():
     import hetero as ht
 
     assert ht.Link is Link and ht.SimSpec is SimSpec
+
+
+@pytest.mark.parametrize("spec", ["sim:0", "cpu:2,gpu:0", "cpu:1,sim:0@h100"])
+def test_zero_gpus_in_a_spec_is_refused_as_a_count_not_an_index(spec):
+    with pytest.raises(ht.DeviceError, match="count, not an index"):
+        ht.Machine.parse(spec)
