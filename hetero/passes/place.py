@@ -180,8 +180,13 @@ def _policy_allowed(node: Node, policy: str, ok: tuple[str, ...], cpus: Sequence
     if narrowed:
         return narrowed
     if node.name not in rules.fixed:
-        rules.fixed[node.name] = Reason("no-kernel-elsewhere", f"policy {policy}: op {node.op} "
-                                        f"has no kernel there; runs on {ok[0]}")
+        if not preferred:
+            kind = "CPU worker" if policy == "cpu" else "GPU"
+            rules.fixed[node.name] = Reason("policy", f"policy {policy}: the machine has no "
+                                            f"{kind}; runs on {ok[0]}")
+        else:
+            rules.fixed[node.name] = Reason("no-kernel-elsewhere", f"policy {policy}: op "
+                                            f"{node.op} has no kernel there; runs on {ok[0]}")
     return ok
 
 
