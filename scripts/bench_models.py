@@ -2,9 +2,14 @@
 onnxruntime on the CPU with the same number of threads.
 
 Each model gets random weights (tests/test_onnx_models.py) and a random batch-1 input. hetero
-compiles the imported graph for the detected machine (one CPU worker per core, the default
-placement policy); onnxruntime gets ``intra_op_num_threads`` = the number of cores hetero uses.
-The two run in alternating blocks (``--rounds`` x (hetero ``--runs``, onnxruntime ``--runs``),
+compiles the imported graph with the default placement policy, for the machine ``compile`` picks
+by itself (``--machine default``: this host's cores, as many CPU workers as the graph's
+parallelism can use, so a chain-shaped CNN gets one worker whose convolutions split themselves
+over the cores) or for every detected core as a worker (``--machine all``); onnxruntime gets
+``intra_op_num_threads`` = the number of cores.
+The same plan also runs with its convolutions whole (``Executor(plan, intra_op_threads=1)``:
+what the executor did before convolutions split themselves), for a before/after from one run.
+They run in alternating blocks (``--rounds`` x (hetero, hetero unsplit, onnxruntime: ``--runs``),
 each after ``--warmup`` runs), so load from other processes hits both alike without one's
 spinning pool threads slowing the other; the table reports the median over all runs, and the
 ratio hetero / onnxruntime.
@@ -31,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hetero  # noqa: E402
 import hetero.onnx as ho  # noqa: E402
+from hetero.executor import Executor  # noqa: E402
 from tests.test_onnx_models import (  # noqa: E402
     MODELS,
     light_model_with_random_weights,
@@ -61,27 +67,38 @@ def _times(fn, runs: int, warmup: int) -> list[float]:
 
 
 def bench_model(name: str, machine, runs: int, warmup: int, profile: bool,
-                rounds: int = 2) -> dict:
+                rounds: int = 2, default_machine: bool = False) -> dict:
     model, feeds = light_model_with_random_weights(name)
     graph = ho.load(model)
     threads = len(machine.cpus())
     t0 = time.perf_counter()
-    plan = hetero.compile(graph, machine=machine)
+    plan = hetero.compile(graph, machine=None if default_machine else machine)
     compile_s = time.perf_counter() - t0
     sess = ort_session(model, threads)
     inputs = [feeds[n] for n in graph.inputs]
     # Blocks, not alternation: onnxruntime's pool threads spin for a while after each run and
     # would steal the cores from the hetero run that follows.
-    het, ref = [], []
-    for _ in range(rounds):
-        het += _times(lambda: plan.run(*inputs), runs, warmup)
+    # the same plan without split convolutions (intra_op_threads=1: BLAS threads as the
+    # executor chooses them for the free cores), for a before/after from the same run
+    whole = Executor(plan, intra_op_threads=1)
+    het, ref, unsplit = [], [], []
+    for k in range(rounds):
+        # the two hetero blocks swap places every round, so neither always follows onnxruntime
+        # (whose pool threads may still be spinning); a pause lets those threads go idle
+        blocks = ((het, lambda: plan.run(*inputs)), (unsplit, lambda: whole.run(list(inputs))))
+        for times, fn in blocks[::1 if k % 2 == 0 else -1]:
+            times += _times(fn, runs, warmup)
         ref += _times(lambda: sess.run(None, feeds), runs, warmup)
+        time.sleep(0.1)
     out, want = plan.run(*inputs), sess.run(None, feeds)
     result = {
         "model": name, "nodes": sum(n.op not in ("input", "constant") for n in plan.graph.nodes),
         "hetero_ms": 1e3 * statistics.median(het), "ort_ms": 1e3 * statistics.median(ref),
         "compile_s": compile_s, "error": rel_error(out[0], want[0]), "threads": threads,
         "hetero_min_ms": 1e3 * min(het), "ort_min_ms": 1e3 * min(ref),
+        "workers": len(plan.machine.cpus()), "unsplit_ms": 1e3 * statistics.median(unsplit),
+        "unsplit_blas": whole.blas_threads,
+        "intra": getattr(getattr(plan, "_executor", None), "intra_op_threads", 1),
     }
     result["ratio"] = result["hetero_ms"] / result["ort_ms"]
     if profile:
@@ -101,14 +118,17 @@ def markdown(results: list[dict], machine, load: str) -> str:
         f"onnxruntime with intra_op_num_threads={results[0]['threads']}; "
         f"load average during the run: {load}.",
         "",
-        "| model | nodes | hetero ms | onnxruntime ms | hetero / onnxruntime | "
-        "min: hetero / onnxruntime ms | rel. error |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | nodes | CPU workers x conv threads | hetero ms | onnxruntime ms | "
+        "hetero / onnxruntime | min: hetero / onnxruntime ms | rel. error | "
+        "unsplit convs ms (ratio; BLAS threads) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        lines.append(f"| {r['model']} | {r['nodes']} | {r['hetero_ms']:.1f} | {r['ort_ms']:.1f} | "
+        lines.append(f"| {r['model']} | {r['nodes']} | {r['workers']} x {r['intra']} | "
+                     f"{r['hetero_ms']:.1f} | {r['ort_ms']:.1f} | "
                      f"{r['ratio']:.2f} | {r['hetero_min_ms']:.1f} / {r['ort_min_ms']:.1f} | "
-                     f"{r['error']:.1e} |")
+                     f"{r['error']:.1e} | {r['unsplit_ms']:.1f} "
+                     f"({r['unsplit_ms'] / r['ort_ms']:.2f}; {r['unsplit_blas']}) |")
     ratios = [r["ratio"] for r in results]
     geo = float(np.exp(np.mean(np.log(ratios))))
     geo_min = float(np.exp(np.mean([np.log(r["hetero_min_ms"] / r["ort_min_ms"])
@@ -133,13 +153,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--markdown", help="write the table to this file")
+    parser.add_argument("--machine", choices=("default", "all"), default="default",
+                        help="default: the machine compile picks (workers the graph can use); "
+                             "all: one CPU worker per detected core")
     args = parser.parse_args(argv)
     machine = hetero.Machine.detect()
     results = []
     for name in args.models.split(","):
-        r = bench_model(name, machine, args.runs, args.warmup, args.profile, args.rounds)
+        r = bench_model(name, machine, args.runs, args.warmup, args.profile, args.rounds,
+                        default_machine=args.machine == "default")
         results.append(r)
-        print(f"{name:<14} hetero {r['hetero_ms']:8.1f} ms  onnxruntime {r['ort_ms']:8.1f} ms  "
+        print(f"{name:<14} {r['workers']} x {r['intra']}  hetero {r['hetero_ms']:8.1f} ms  "
+              f"unsplit {r['unsplit_ms']:8.1f} ms  onnxruntime {r['ort_ms']:8.1f} ms  "
               f"ratio {r['ratio']:5.2f}  err {r['error']:.1e}", flush=True)
         for op, s, share in r.get("top_ops", []):
             print(f"    {op:<16} {s * 1e3:8.1f} ms  {share:5.1%}")

@@ -20,7 +20,7 @@ from hetero import reference
 from hetero.devices import Machine
 from hetero.errors import ExecutionError
 from hetero.executor import Executor
-from hetero.ops import nn
+from hetero.ops import linalg, nn
 from hetero.ops.registry import lookup
 from tests.graphs import Builder, cnn, inputs_for, mlp
 from tests.test_memory import make_plan
@@ -30,12 +30,15 @@ from tests.test_ops_nn import ref_conv
 @contextmanager
 def small_pieces():
     """Cut even tiny convolutions, so that small test shapes take every path of the cut."""
-    saved = nn.SPLIT_MIN_FLOPS, nn.SPLIT_MIN_PIXELS, nn.SPLIT_MIN_CHANNELS
+    saved = (nn.SPLIT_MIN_FLOPS, nn.SPLIT_MIN_PIXELS, nn.SPLIT_MIN_CHANNELS,
+             linalg.GEMM_MIN_COLUMNS, linalg.GEMM_BAND_ALIGN)
     nn.SPLIT_MIN_FLOPS, nn.SPLIT_MIN_PIXELS, nn.SPLIT_MIN_CHANNELS = 0, 8, 4
+    linalg.GEMM_MIN_COLUMNS, linalg.GEMM_BAND_ALIGN = 3, 1
     try:
         yield
     finally:
-        nn.SPLIT_MIN_FLOPS, nn.SPLIT_MIN_PIXELS, nn.SPLIT_MIN_CHANNELS = saved
+        (nn.SPLIT_MIN_FLOPS, nn.SPLIT_MIN_PIXELS, nn.SPLIT_MIN_CHANNELS,
+         linalg.GEMM_MIN_COLUMNS, linalg.GEMM_BAND_ALIGN) = saved
 
 
 def reference_run(graph, xs, ex):
@@ -175,6 +178,42 @@ def test_cut_winograd_equals_one_thread_and_the_direct_conv(n, c, o, h, pad, bia
     np.testing.assert_array_equal(two, one)
     want = np.maximum(ref_conv(x, w, b[0] if b else None, (1, 1), (pad,) * 4, (1, 1), 1), 0)
     np.testing.assert_allclose(one, want, rtol=1e-4, atol=1e-4 * (1 + np.abs(want).max()))
+
+
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(1, 5), k=st.integers(1, 30), n=st.integers(1, 40), trans_a=st.booleans(),
+       trans_b=st.booleans(), c=st.sampled_from([None, "row", "column", "full", "scalar"]),
+       alpha=st.sampled_from([1.0, 0.5]), beta=st.sampled_from([1.0, 0.0, -2.0]),
+       seed=st.integers(0, 2**16))
+def test_cut_gemm_equals_one_thread_and_float64(m, k, n, trans_a, trans_b, c, alpha, beta, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    shapes = {"row": (n,), "column": (m, 1), "full": (m, n), "scalar": ()}
+    ins = [a, b] + ([] if c is None else [rng.standard_normal(shapes[c]).astype(np.float32)])
+    attrs = dict(trans_a=int(trans_a), trans_b=int(trans_b), alpha=alpha, beta=beta)
+    with small_pieces():
+        one = run_kernel("gemm", ins, 1, **attrs)
+        two = run_kernel("gemm", ins, 2, **attrs)
+    np.testing.assert_array_equal(two, one)
+    want = alpha * (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
+    if c is not None:
+        want = want + beta * ins[2]
+    np.testing.assert_allclose(one, want, rtol=1e-4, atol=1e-4 * (1 + np.abs(want).max()))
+
+
+def test_batch_one_fully_connected_gemm_cut_equals_the_whole_product():
+    """At the real thresholds a batch-1 FC layer is cut on 64-column edges, which OpenBLAS
+    computes bit for bit as the uncut product (so imported models give what they gave)."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((1, 2048)).astype(np.float32)
+    b = rng.standard_normal((1000, 2048)).astype(np.float32)
+    c = rng.standard_normal(1000).astype(np.float32)
+    got = run_kernel("gemm", [a, b, c], 2, trans_b=1)
+    np.testing.assert_allclose(got, a.astype(np.float64) @ b.T + c, rtol=1e-5, atol=1e-4)
+    uniform = np.full((1000, 2048), 0.02, np.float32)  # equal weights: equal logits
+    same = run_kernel("gemm", [np.abs(a) * 1e6, uniform], 2, trans_b=1)
+    assert (same == same[0, 0]).all()
 
 
 def test_resnet_sized_conv_is_cut_and_matches_one_thread(monkeypatch):

@@ -3,10 +3,14 @@
 Both kernels call ``xp.matmul(..., out=)`` so the BLAS (or cuBLAS) writes straight into the
 preallocated output; transposes are strided views, never copies made here. ``gemm`` applies
 ``alpha`` and adds ``beta * c`` in place on the output, skipping the passes for ``alpha == 1``,
-``beta == 1`` and a missing ``c``.
+``beta == 1`` and a missing ``c``. On the CPU a large ``gemm`` (a CNN's fully connected layer)
+is cut into column bands that ``hetero.ops.nn.parallel_for`` runs on the intra-op threads the
+executor grants (see hetero/ops/nn.py); the cut depends on the shapes only.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from hetero.errors import ShapeError
 from hetero.graph import TensorSpec
@@ -97,20 +101,55 @@ def _gemm_cost(ins, outs, attrs):
                 bytes=float(sum(s.nbytes for s in ins) + outs[0].nbytes))
 
 
+#: A gemm is cut into column bands of at least this many output columns (see ``_gemm_kernel``).
+GEMM_MIN_COLUMNS = 256
+#: Band edges fall on multiples of this many columns.
+GEMM_BAND_ALIGN = 64
+
+
 def _gemm_kernel(xp, ins, attrs, outs):
     out = outs[0]
     a, b = ins[0], ins[1]
-    xp.matmul(a.T if attrs["trans_a"] else a, b.T if attrs["trans_b"] else b, out=out)
+    a, b = a.T if attrs["trans_a"] else a, b.T if attrs["trans_b"] else b
+    c = ins[2] if len(ins) == 3 else None
+    m, n = out.shape
+    from hetero.ops import nn
+
+    bands = min(nn.SPLIT_MAX_PIECES, n // GEMM_MIN_COLUMNS)
+    if (xp is np and bands >= 2 and out.dtype.kind == "f"
+            and 2.0 * m * n * a.shape[1] >= nn.SPLIT_MIN_FLOPS):
+        # column bands (a fully connected layer's output features), each one single-threaded
+        # GEMM on its slice of b and of the output, run by nn.parallel_for on the intra-op
+        # threads; cut by the shapes only, so the result does not depend on the thread count.
+        # Band edges on multiples of 64 columns: OpenBLAS then computes every column as the
+        # whole product does (bit for bit, measured for batch 1), so the cut changes no result.
+        full_c = None if c is None else np.broadcast_to(c, (m, n))
+        edges = [0, *(i * n // bands // GEMM_BAND_ALIGN * GEMM_BAND_ALIGN
+                      for i in range(1, bands)), n]
+
+        def band(i):
+            cols = slice(edges[i], edges[i + 1])
+            dst = out[:, cols]
+            np.matmul(a, b[:, cols], out=dst)
+            _gemm_epilogue(dst, None if full_c is None else full_c[:, cols], attrs)
+
+        nn.parallel_for(bands, band)
+        return
+    xp.matmul(a, b, out=out)
+    _gemm_epilogue(out, c, attrs)
+
+
+def _gemm_epilogue(out, c, attrs):
     alpha = attrs["alpha"]
     if alpha != 1:
         out *= out.dtype.type(alpha)
-    if len(ins) == 3:
+    if c is not None:
         beta = attrs["beta"]
         if beta == 1:
-            out += ins[2]
+            out += c
         elif beta != 0:
             # beta * c costs one pass over c only (c is usually a bias row, much smaller)
-            out += ins[2] * ins[2].dtype.type(beta)
+            out += c * c.dtype.type(beta)
 
 
 register(Op("gemm", _gemm_infer, _gemm_kernel, arity=(2, 3), cost=_gemm_cost, op_class="matmul",

@@ -63,8 +63,9 @@ ACTIVATIONS = {"none": 0, "relu": 0, "leaky_relu": 1, "sigmoid": 0, "tanh": 0, "
 # ----------------------------------------------------------------------------------------------
 # Intra-op parallelism
 
-#: Ops whose CPU kernel splits its own work over ``intra_op_threads()`` threads.
-SPLITTING_OPS = frozenset({"conv2d", "conv2d_add", "conv2d_winograd"})
+#: Ops whose CPU kernel splits its own work over ``intra_op_threads()`` threads (gemm, in
+#: hetero.ops.linalg, by column bands: the fully connected layers of a CNN).
+SPLITTING_OPS = frozenset({"conv2d", "conv2d_add", "conv2d_winograd", "gemm"})
 
 #: A conv with fewer flops than this runs whole: handing pieces to a helper costs ~10-50 us.
 SPLIT_MIN_FLOPS = 4e6
