@@ -193,18 +193,6 @@ def test_static_arguments_are_part_of_the_signature(caplog):
     assert "argument k changed value 2.0 -> 3.0" in caplog.text
 
 
-def test_many_traces_warn():
-    @ht.function
-    def f(x):
-        return x + 1
-
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
-        for n in range(1, 8):
-            f(np.ones(n, np.float32))
-    assert any("traced 6 times" in str(w.message) for w in rec)
-
-
 def test_function_with_options_and_graph_without_running():
     ran = []
 
@@ -409,7 +397,7 @@ def test_function_called_inside_another_is_inlined():
     np.testing.assert_allclose(outer(x).numpy(), np.maximum(x, 0) * 2 + 1, rtol=1e-6)
 
 
-def test_retrace_warning_points_at_the_callers_line():
+def test_many_traces_warn_at_the_callers_line():
     @ht.function
     def f(x):
         return x + 1
