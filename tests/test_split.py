@@ -119,6 +119,7 @@ def test_intra_op_is_scoped():
 
 conv_cases = st.fixed_dictionaries({
     "n": st.integers(1, 2), "c": st.integers(1, 12), "o": st.integers(1, 20),
+    "groups": st.sampled_from([1, 1, 2, 3]),
     "h": st.integers(3, 14), "k": st.sampled_from([1, 3]), "s": st.integers(1, 2),
     "p": st.integers(0, 1), "act": st.sampled_from(["none", "relu", "sigmoid", "clip"]),
     "bias": st.booleans(), "residual": st.booleans(), "seed": st.integers(0, 2**16)})
@@ -128,13 +129,14 @@ conv_cases = st.fixed_dictionaries({
 @given(case=conv_cases)
 def test_cut_conv_equals_one_thread_and_the_float64_reference(case):
     rng = np.random.default_rng(case["seed"])
-    n, c, o, h, k = case["n"], case["c"], case["o"], case["h"], case["k"]
+    n, h, k, groups = case["n"], case["h"], case["k"], case["groups"]
+    c, o = case["c"] * groups, case["o"] * groups
     x = rng.standard_normal((n, c, h, h)).astype(np.float32)
-    w = rng.standard_normal((o, c, k, k)).astype(np.float32)
+    w = rng.standard_normal((o, c // groups, k, k)).astype(np.float32)
     ins = [x, w] + ([rng.standard_normal(o).astype(np.float32)] if case["bias"] else [])
     params = (-0.5, 0.5) if case["act"] == "clip" else ()
     attrs = dict(strides=(case["s"],) * 2, pads=(case["p"],) * 4, activation=case["act"],
-                 activation_params=params)
+                 activation_params=params, groups=groups)
     name = "conv2d"
     if case["residual"]:
         if not case["bias"]:
@@ -149,7 +151,7 @@ def test_cut_conv_equals_one_thread_and_the_float64_reference(case):
     np.testing.assert_array_equal(two, one)
     np.testing.assert_array_equal(three, one)
     want = ref_conv(x, w, ins[2] if len(ins) > 2 else None, (case["s"],) * 2, (case["p"],) * 4,
-                    (1, 1), 1)
+                    (1, 1), groups)
     if case["residual"]:
         want = want + ins[3]
     if case["act"] == "relu":
