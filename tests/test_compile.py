@@ -265,3 +265,19 @@ def test_default_machine_follows_the_graphs_parallelism(monkeypatch):
 def test_compare_policies_is_exported_at_the_top_level(machine):
     assert ht.compare_policies is compare_policies
     assert set(ht.compare_policies(G.tiny_ops(n=2), machine)) >= {"heft", "lower_bound"}
+
+
+def test_cpu_only_machines_get_winograd_and_gpu_machines_plain_convs():
+    """A 3x3 convolution with many channels runs as Winograd on a CPU-only machine (faster
+    there), and stays a conv2d for cuDNN on a machine with a GPU; both equal the reference."""
+    from hetero import ops
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 128, 14, 14)).astype(np.float32)
+    w = (rng.standard_normal((128, 128, 3, 3)) * 0.05).astype(np.float32)
+    g = ht.function(lambda a: ops.relu(ops.conv2d(a, w, pads=(1, 1, 1, 1)))).graph(x)
+    (want,) = reference.run(g, [x])
+    for spec, op in (("cpu:2", "conv2d_winograd"), ("cpu:2,sim:1", "conv2d")):
+        plan = compile(g, machine=spec)
+        assert op in {n.op for n in plan.graph.nodes}, spec
+        np.testing.assert_allclose(plan.run(x)[0], want, rtol=1e-4, atol=1e-4)
