@@ -155,6 +155,22 @@ def test_conv2d_property(n, cg, og, groups, h, w, kh, kw, sh, sw, dh, dw, pads, 
     close(run_op("conv2d", ins, **attrs), ref_conv(x, wt, b, **attrs))
 
 
+@given(n=st.integers(1, 2), c=st.integers(1, 40), mult=st.integers(1, 2), h=st.integers(1, 16),
+       w=st.integers(1, 16), k=st.integers(1, 5), s=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       d=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       pads=st.tuples(*[st.integers(0, 3)] * 4), act=st.sampled_from(["none", "relu"]))
+@settings(max_examples=25, deadline=None)
+def test_depthwise_conv_property(n, c, mult, h, w, k, s, d, pads, act):
+    """The channels-last depthwise kernel (one input channel per group, any multiplier)."""
+    if h + pads[0] + pads[2] < d[0] * (k - 1) + 1 or w + pads[1] + pads[3] < d[1] * (k - 1) + 1:
+        return
+    x, wt, b = rand(n, c, h, w), rand(c * mult, 1, k, k), rand(c * mult)
+    attrs = dict(strides=s, pads=pads, dilations=d, groups=c)
+    want = ref_conv(x, wt, b, **attrs)
+    close(run_op("conv2d", [x, wt, b], activation=act, **attrs),
+          np.maximum(want, 0) if act == "relu" else want)
+
+
 @pytest.mark.parametrize("act, params, fn", [
     ("relu", (), lambda y: np.maximum(y, 0)),
     ("leaky_relu", (0.2,), lambda y: np.where(y >= 0, y, 0.2 * y)),
