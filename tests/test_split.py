@@ -320,3 +320,33 @@ def test_residual_conv_chain_through_compile_equals_the_reference(monkeypatch):
     xs = inputs_for(g)
     with small_pieces():
         np.testing.assert_array_equal(ex.run(xs)[0], reference_run(g, xs, ex)[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# channel bands: depthwise convolutions and pools
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 2), c=st.integers(1, 40), mult=st.integers(1, 2), h=st.integers(3, 12),
+       s=st.integers(1, 2), threads=st.integers(2, 4))
+def test_depthwise_and_pools_cut_into_channel_bands(n, c, mult, h, s, threads):
+    """Cut into channel bands (any work size here), each equals its one-thread run exactly."""
+    saved = nn.CHANNEL_SPLIT_MIN_TAPS
+    nn.CHANNEL_SPLIT_MIN_TAPS = 1
+    try:
+        x, w = np.random.rand(n, c, h, h).astype(np.float32), np.random.rand(c * mult, 1, 3, 3)
+        w = w.astype(np.float32)
+        conv = dict(strides=(s, s), pads=(1, 1, 1, 1), groups=c)
+        pool = dict(kernel_shape=(3, 3), strides=(s, s), pads=(1, 0, 1, 1))
+        cases = [("conv2d", [x, w], conv), ("max_pool2d", [x], pool), ("avg_pool2d", [x], pool),
+                 ("avg_pool2d", [x], dict(pool, count_include_pad=1, ceil_mode=1))]
+        with nn.intra_op(threads):
+            assert (nn._channel_bands(np, c, 10 ** 6) > 1) == (c >= 16)
+        assert nn._channel_bands(np, c, 10 ** 6) == 1  # no intra-op threads outside a run
+        for name, ins, attrs in cases:
+            got = run_kernel(name, ins, threads, **attrs)
+            np.testing.assert_array_equal(got, run_kernel(name, ins, 1, **attrs))
+        np.testing.assert_allclose(run_kernel("conv2d", [x, w], threads, **conv),
+                                   ref_conv(x, w, **conv), rtol=1e-5, atol=1e-5)
+    finally:
+        nn.CHANNEL_SPLIT_MIN_TAPS = saved
