@@ -460,3 +460,23 @@ def test_conv2d_kernel_is_thread_safe():
         results = list(pool.map(lambda c: run_op("conv2d", [c[0], c[1]], **c[2]), cases))
     for (x, w, attrs), got in zip(cases, results):
         close(got, ref_conv(x, w, **attrs))
+
+
+@given(size=st.integers(1, 9000), nan=st.booleans(), strided=st.booleans(),
+       act=st.sampled_from([("relu", ()), ("clip", (-0.25, 0.5)), ("clip", (None, 0.1))]))
+@settings(max_examples=30, deadline=None)
+def test_activation_bounds_match_numpy(size, nan, strided, act):
+    """relu and clip go through constant rows on NumPy (fast path): same values, NaN kept,
+    contiguous (any length, cut into rows) or not."""
+    from hetero.ops.nn import apply_activation
+
+    base = np.random.default_rng(size).standard_normal((size, 2)).astype(np.float32)
+    if nan:
+        base[size // 2, :] = np.nan
+    x = base[:, 0] if strided else base.reshape(-1)
+    want = x.copy()
+    name, params = act
+    want = np.maximum(want, 0) if name == "relu" else np.clip(
+        want, -np.inf if params[0] is None else params[0], params[1])
+    apply_activation(np, x, name, params)
+    np.testing.assert_array_equal(x, want)
