@@ -392,6 +392,25 @@ def test_residual_not_fused_across_devices_or_broadcasts():
     assert fuse_residual(g.graph(y)).nodes == g.graph(y).nodes
 
 
+@pytest.mark.parametrize("inputs", [2, 3])
+def test_residual_add_n_of_two_fuses(inputs):
+    """ONNX Sum (add_n), how Caffe2 exports (ResNet-50, ShuffleNet) write the residual add, fuses
+    like add when it sums two values; a sum of three is left alone."""
+    g = GraphBuilder()
+    x = g.input("x", (1, 4, 5, 5))
+    c = g.op("conv", "conv2d", [x, g.const("w", rand(4, 4, 3, 3))], pads=(1, 1, 1, 1))
+    y = g.op("sum", "add_n", [c, x, x][:inputs])
+    y = g.op("out", "relu", [y])
+    graph = g.graph(y)
+    fused = optimize(graph, residual=True)
+    check(fused)
+    ops = [n.op for n in fused.nodes if n.op not in ("input", "constant")]
+    assert ops == (["conv2d_add"] if inputs == 2 else ["conv2d", "add_n", "relu"]), ops
+    xs = [rand(1, 4, 5, 5)]
+    np.testing.assert_allclose(reference.run(fused, xs)[0], reference.run(graph, xs)[0],
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_caffe2_batch_norm_mul_add_fold():
     """DenseNet-style: batch_norm(1, 0) -> mul(s [C,1,1]) -> add(b [C,1,1]) -> relu -> conv ->
     mul(s2) becomes batch_norm -> relu -> conv (weights scaled)."""

@@ -21,9 +21,9 @@ nothing changes:
 6. ``eliminate_dead``: nodes no graph output depends on are dropped (graph inputs stay).
 
 With ``residual=True`` (also for CPUs: a GPU runs conv2d through cuDNN), ``fuse_residual`` turns
-``add(conv2d(x, w, b), z)`` (``z`` any value of the same spec, the shortcut of a residual block)
-into ``conv2d_add``, placed where the add was, and the relu that usually follows then fuses as
-its activation.
+``add(conv2d(x, w, b), z)`` or ``add_n`` of the two (``z`` any value of the same spec, the shortcut
+of a residual block) into ``conv2d_add``, placed where the add was, and the relu that usually
+follows then fuses as its activation.
 
 Then, with ``winograd=True`` (for graphs that run on CPUs: a GPU has cuDNN's own algorithms),
 ``use_winograd`` turns each 3x3, stride-1, ungrouped conv2d with constant weights where it pays
@@ -433,11 +433,14 @@ def fuse_activation(graph: Graph) -> Graph:
 
 def fuse_residual(graph: Graph) -> Graph:
     """``add(conv2d(x, w[, b]), z)`` -> ``conv2d_add(x, w, b, z)`` where the add was (``z`` may
-    be produced after the conv; the add comes after both)."""
+    be produced after the conv; the add comes after both); ``add_n`` of two values counts as an
+    add."""
     rw = _Rewrite(graph)
     readers = graph.consumers()
     for add in graph.nodes:
-        if add.op != "add" or add.name in rw.taken or add.inputs[0].node == add.inputs[1].node:
+        # add_n of two values (ONNX Sum, what Caffe2 exports write for a residual add) is an add
+        if (add.op not in ("add", "add_n") or len(add.inputs) != 2 or add.name in rw.taken
+                or add.inputs[0].node == add.inputs[1].node):
             continue
         for pos in (0, 1):
             conv, other = graph.node(add.inputs[pos].node), add.inputs[1 - pos]
