@@ -328,6 +328,29 @@ def test_pools_property(kh, kw, sh, sw, h, w, pads, ceil_mode, count_include_pad
           ref_pool(x, "avg", (kh, kw), (sh, sw), pads, (dil, dil), ceil_mode, count_include_pad))
 
 
+@given(k=st.tuples(st.integers(1, 4), st.integers(1, 4)), s=st.integers(1, 3),
+       n=st.integers(1, 2), c=st.integers(1, 5), h=st.integers(1, 15), w=st.integers(1, 15),
+       pads=st.tuples(*[st.integers(0, 2)] * 4), ceil_mode=st.integers(0, 1),
+       count_include_pad=st.integers(0, 1), dil=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       contiguous=st.booleans())
+@settings(max_examples=40, deadline=None)
+def test_pools_equal_strides_property(k, s, n, c, h, w, pads, ceil_mode, count_include_pad, dil,
+                                      contiguous):
+    """Equal strides take the flattened-tensor pool (and its fallback for a non-contiguous
+    input without padding)."""
+    if h + pads[0] + pads[2] < dil[0] * (k[0] - 1) + 1 or \
+            w + pads[1] + pads[3] < dil[1] * (k[1] - 1) + 1:
+        return
+    x = rand(n, c, h, w) if contiguous else rand(n, c, w, h).transpose(0, 1, 3, 2)
+    geo = dict(kernel_shape=k, strides=(s, s), pads=pads, dilations=dil, ceil_mode=ceil_mode)
+    want = ref_pool(x, "max", k, (s, s), pads, dil, ceil_mode)
+    if want is None:
+        return
+    close(run_op("max_pool2d", [x], **geo), want)
+    close(run_op("avg_pool2d", [x], **geo, count_include_pad=count_include_pad),
+          ref_pool(x, "avg", k, (s, s), pads, dil, ceil_mode, count_include_pad))
+
+
 def test_global_pools():
     x = rand(2, 5, 4, 3)
     close(run_op("global_avg_pool", [x]), x.astype(np.float64).mean(axis=(2, 3), keepdims=True))

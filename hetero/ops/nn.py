@@ -923,10 +923,75 @@ def _split_pool(kernel_fn):
     return split
 
 
+def _flat_pool(xp, x, out, kernel, stride, pads, dilations, fill, combine) -> bool:
+    """Pool with equal strides over the whole tensor read as one line: pad ``x`` into a
+    buffer ``(N, C, Hb, Wb)`` with ``Hb`` and ``Wb`` multiples of ``stride``; then tap
+    ``(i, j)`` of output ``(r, q)`` of every plane sits at ``stride*(r*Wb + q) + i*dh*Wb +
+    j*dw``. The row pass reads ``buf[stride*k + j*dw]`` for every ``k`` of the tensor, the
+    column pass combines that at offsets ``i*dh*Wb/stride``, each a single long NumPy operation
+    (the separable pool's ops run over ``OW``-long rows: 3x3 average, stride 1, 576 channels
+    on 14x14: 0.23 -> 0.15 ms on one core; 3x3/1 max pool, 1024 channels on 7x7: 0.26 -> 0.09
+    ms; on maps of 112x112 it ties). Positions that straddle two rows or planes are computed
+    and dropped by the final copy into ``out``. False (nothing done) where it would not pay
+    or the unpadded input is not contiguous."""
+    n, c, h, w = x.shape
+    _, _, oh, ow = out.shape
+    s, (dh, dw) = stride, dilations
+    top, left = pads[0], pads[1]
+    hb = -(-max(_needed(oh, kernel[0], s, dh), top + h) // s) * s
+    wb = -(-max(_needed(ow, kernel[1], s, dw), left + w) // s) * s
+    if top == 0 and left == 0 and (hb, wb) == (h, w):
+        if not x.flags.c_contiguous:
+            return False
+        buf = x
+    elif s > 1 and top == 0 and left == 0 and hb - h < s and wb - w < s and h * w > 4096:
+        # a large map that needs no padding but for the rounding up: the copy would cost what
+        # the long operations save (3x3/2 max pool of 64 channels at 111x111: 0.42 -> 0.50 ms)
+        return False
+    else:
+        buf = xp.empty((n, c, hb, wb), x.dtype)
+        buf[:, :, :top] = fill
+        buf[:, :, top + h:] = fill
+        buf[:, :, top:top + h, :left] = fill
+        buf[:, :, top:top + h, left + w:] = fill
+        buf[:, :, top:top + h, left:left + w] = x
+    flat = buf.reshape(-1)
+    total = flat.size // s  # positions k = r*Wb + q (per plane) of both passes
+    step = dh * wb // s  # one tap row down, in positions k
+    length = (n * c - 1) * (hb * wb // s) + (oh - 1) * wb + ow  # up to the last output
+    span = length + (kernel[0] - 1) * step  # what the column pass reads
+    rows = xp.empty(total, x.dtype)
+    head = rows[:span]
+
+    def tap(j):
+        off = j * dw
+        return flat[off:off + s * (span - 1) + 1:s]
+
+    if kernel[1] == 1:
+        head[...] = tap(0)
+    else:
+        combine(tap(0), tap(1), out=head)
+        for j in range(2, kernel[1]):
+            combine(head, tap(j), out=head)
+    cols = xp.empty(total, x.dtype)
+    cols_head = cols[:length]
+    if kernel[0] == 1:
+        cols_head[...] = rows[:length]
+    else:
+        combine(rows[:length], rows[step:step + length], out=cols_head)
+        for i in range(2, kernel[0]):
+            combine(cols_head, rows[i * step:i * step + length], out=cols_head)
+    out[...] = cols.reshape(n, c, hb // s, wb)[:, :, :oh, :ow]
+    return True
+
+
 def _max_pool_kernel(xp, ins, attrs, outs):
     x, out = ins[0], outs[0]
     kernel, strides, pads, dilations, _ = _pool_geometry(attrs, "max_pool2d")
     _, _, oh, ow = out.shape
+    if strides[0] == strides[1] and _flat_pool(xp, x, out, kernel, strides[0], pads, dilations,
+                                               -math.inf, xp.maximum):
+        return
     buf = _padded(xp, x, pads, _needed(oh, kernel[0], strides[0], dilations[0]),
                   _needed(ow, kernel[1], strides[1], dilations[1]), -math.inf)
     _separable_pool(xp, buf, out, kernel, strides, dilations, xp.maximum)
@@ -941,11 +1006,13 @@ def _window_counts(out_size, k, s, d, lo, hi):
 def _avg_pool_kernel(xp, ins, attrs, outs):
     x, out = ins[0], outs[0]
     kernel, strides, pads, dilations, _ = _pool_geometry(attrs, "avg_pool2d")
-    _, _, h, w = x.shape
+    n, c, h, w = x.shape
     _, _, oh, ow = out.shape
-    buf = _padded(xp, x, pads, _needed(oh, kernel[0], strides[0], dilations[0]),
-                  _needed(ow, kernel[1], strides[1], dilations[1]), 0.0)
-    _separable_pool(xp, buf, out, kernel, strides, dilations, xp.add)
+    if not (strides[0] == strides[1] and _flat_pool(xp, x, out, kernel, strides[0], pads,
+                                                    dilations, 0.0, xp.add)):
+        buf = _padded(xp, x, pads, _needed(oh, kernel[0], strides[0], dilations[0]),
+                      _needed(ow, kernel[1], strides[1], dilations[1]), 0.0)
+        _separable_pool(xp, buf, out, kernel, strides, dilations, xp.add)
     # buffer coordinates: the input occupies [top, top + h); explicit pads end at top + h + bottom
     if attrs["count_include_pad"]:
         ch = _window_counts(oh, kernel[0], strides[0], dilations[0], 0, pads[0] + h + pads[2])
@@ -953,8 +1020,10 @@ def _avg_pool_kernel(xp, ins, attrs, outs):
     else:
         ch = _window_counts(oh, kernel[0], strides[0], dilations[0], pads[0], pads[0] + h)
         cw = _window_counts(ow, kernel[1], strides[1], dilations[1], pads[1], pads[1] + w)
-    inv = 1.0 / np.maximum(ch[:, None] * cw[None, :], 1)
-    out *= xp.asarray(inv.astype(out.dtype))
+    inv = (1.0 / np.maximum(ch[:, None] * cw[None, :], 1)).astype(out.dtype).reshape(-1)
+    # (N*C, OH*OW) against one (OH*OW,) row: a contiguous-by-contiguous NumPy loop
+    planes = out.reshape(n * c, oh * ow) if out.flags.c_contiguous else out
+    planes *= xp.asarray(inv if planes is not out else inv.reshape(oh, ow))
 
 
 _POOL_ATTRS = {"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "ceil_mode": 0}
