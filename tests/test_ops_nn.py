@@ -388,6 +388,16 @@ def test_batch_norm():
         lookup("batch_norm").infer_specs(
             tuple(TensorSpec.of(a) for a in (x, scale, bias, mean, rand(3))),
             lookup("batch_norm").normalize_attrs({}))
+    # fused activation; a non-contiguous input takes the 4-D broadcast
+    close(run_op("batch_norm", [x, scale, bias, mean, var], epsilon=1e-3, activation="relu"),
+          np.maximum(want, 0))
+    xt = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    close(run_op("batch_norm", [xt, scale, bias, mean, var], epsilon=1e-3,
+                 activation="clip", activation_params=(-0.5, 0.5)), np.clip(want, -0.5, 0.5))
+    with pytest.raises(ShapeError, match="unknown activation"):
+        lookup("batch_norm").infer_specs(
+            tuple(TensorSpec.of(a) for a in (x, scale, bias, mean, var)),
+            lookup("batch_norm").normalize_attrs({"activation": "gelu"}))
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 5])

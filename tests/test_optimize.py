@@ -411,9 +411,52 @@ def test_residual_add_n_of_two_fuses(inputs):
                                rtol=1e-4, atol=1e-5)
 
 
+def test_batch_norm_relu_fuses_and_hands_activation_to_a_conv():
+    """DenseNet: concat -> batch_norm -> relu -> conv becomes batch_norm(relu) -> conv; a
+    conv -> batch_norm(relu) pair folds into one conv with the relu."""
+    g = GraphBuilder()
+    x = g.input("x", (1, 4, 5, 5))
+
+    def bn(name, v, c):
+        return g.op(name, "batch_norm", [v, g.const(f"{name}_s", rand(c)),
+                                         g.const(f"{name}_b", rand(c)),
+                                         g.const(f"{name}_m", rand(c)),
+                                         g.const(f"{name}_v", np.abs(rand(c)) + 0.5)])
+
+    y = g.op("r1", "relu", [bn("bn1", x, 4)])
+    y = g.op("conv", "conv2d", [y, g.const("w", rand(6, 4, 3, 3))], pads=(1, 1, 1, 1))
+    y = g.op("r2", "relu", [bn("bn2", y, 6)])
+    y = g.op("out", "mul", [bn("bn3", y, 6), g.const("k", rand(1, 6, 1, 1))])
+    graph = g.graph(y)
+    opt = optimize(graph)
+    check(opt)
+    nodes = [n for n in opt.nodes if n.op not in ("input", "constant")]
+    assert [n.op for n in nodes] == ["batch_norm", "conv2d", "batch_norm"], nodes
+    assert nodes[0].attrs["activation"] == "relu" and nodes[1].attrs["activation"] == "relu"
+    assert nodes[2].attrs.get("activation", "none") == "none"  # its mul folded, no relu after
+    xs = [rand(1, 4, 5, 5)]
+    np.testing.assert_allclose(reference.run(opt, xs)[0], reference.run(graph, xs)[0],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_mul_after_an_activated_batch_norm_does_not_fold():
+    g = GraphBuilder()
+    x = g.input("x", (1, 3, 4, 4))
+    y = g.op("bn", "batch_norm", [x, g.const("s", rand(3)), g.const("b", rand(3)),
+                                  g.const("m", rand(3)), g.const("v", np.abs(rand(3)) + 0.5)],
+             activation="relu")
+    y = g.op("out", "mul", [y, g.const("k", -np.abs(rand(1, 3, 1, 1)))])
+    graph = g.graph(y)
+    opt = optimize(graph)
+    assert [n.op for n in opt.nodes if n.op not in ("input", "constant")] == ["batch_norm", "mul"]
+    xs = [rand(1, 3, 4, 4)]
+    np.testing.assert_allclose(reference.run(opt, xs)[0], reference.run(graph, xs)[0],
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_caffe2_batch_norm_mul_add_fold():
     """DenseNet-style: batch_norm(1, 0) -> mul(s [C,1,1]) -> add(b [C,1,1]) -> relu -> conv ->
-    mul(s2) becomes batch_norm -> relu -> conv (weights scaled)."""
+    mul(s2) becomes batch_norm(relu) -> conv (weights scaled)."""
     g = GraphBuilder()
     x = g.input("x", (1, 4, 5, 5))
     ones, zeros = np.ones(4, np.float32), np.zeros(4, np.float32)
@@ -427,8 +470,9 @@ def test_caffe2_batch_norm_mul_add_fold():
     graph = g.graph(y)
     opt = optimize(graph)
     check(opt)
-    assert [n.op for n in opt.nodes if n.op not in ("input", "constant")] == \
-        ["batch_norm", "relu", "conv2d"]
+    nodes = [n for n in opt.nodes if n.op not in ("input", "constant")]
+    assert [n.op for n in nodes] == ["batch_norm", "conv2d"]  # the relu fused into the bn
+    assert nodes[0].attrs["activation"] == "relu"
     inputs = [rand(1, 4, 5, 5)]
     np.testing.assert_allclose(reference.run(opt, inputs)[0], reference.run(graph, inputs)[0],
                                rtol=1e-4, atol=1e-5)

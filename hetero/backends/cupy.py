@@ -961,7 +961,7 @@ def _batch_norm_override(shared):
         x, scale, bias, mean, var = ins
         out = outs[0]
         usable = (x.ndim == 4 and x.dtype in (np.float32, np.float16) and out.dtype == x.dtype
-                  and _contiguous(x, out))
+                  and _contiguous(x, out) and attrs.get("activation", "none") == "none")
         if not usable or not _batch_norm_cudnn(x, scale, bias, mean, var, out,
                                                float(attrs.get("epsilon", 1e-5))):
             return shared(xp, ins, attrs, outs)

@@ -1117,7 +1117,20 @@ def _infer_batch_norm(ins, attrs):
         if spec.shape != (c,):
             raise ShapeError(f"batch_norm: {name} must have shape ({c},) for {c} channels, got "
                              f"{spec.shape}")
+    _check_activation("batch_norm", attrs)
     return (x,)
+
+
+def _check_activation(opname: str, attrs) -> None:
+    from hetero.errors import ShapeError
+
+    act = attrs["activation"]
+    if act not in ACTIVATIONS:
+        raise ShapeError(f"{opname}: unknown activation {act!r} (known: {', '.join(ACTIVATIONS)})")
+    params = tuple(attrs["activation_params"] or ())
+    if act != "none" and len(params) not in (0, ACTIVATIONS[act]):
+        raise ShapeError(f"{opname}: activation {act} takes {ACTIVATIONS[act]} activation_params, "
+                         f"got {params}")
 
 
 def batch_norm_affine(xp, scale, bias, mean, var, epsilon):
@@ -1129,23 +1142,36 @@ def batch_norm_affine(xp, scale, bias, mean, var, epsilon):
 def _batch_norm_kernel(xp, ins, attrs, outs):
     x, out = ins[0], outs[0]
     a, b = batch_norm_affine(xp, *ins[1:], attrs["epsilon"])
-    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
-    xp.multiply(x, a.reshape(shape), out=out)
-    out += b.reshape(shape)
+    n, c = x.shape[:2]
+    if x.flags.c_contiguous and out.flags.c_contiguous:
+        # (N, C, rest) against (C, 1): NumPy's broadcast loop runs over the whole map, not
+        # its last axis only
+        x3, out3 = x.reshape(n, c, -1), out.reshape(n, c, -1)
+        xp.multiply(x3, a.reshape(c, 1), out=out3)
+        out3 += b.reshape(c, 1)
+    else:
+        shape = (1, c) + (1,) * (x.ndim - 2)
+        xp.multiply(x, a.reshape(shape), out=out)
+        out += b.reshape(shape)
+    apply_activation(xp, out, attrs["activation"], attrs["activation_params"])
 
 
 register(Op("batch_norm", _infer_batch_norm, _accumulate_wide(_batch_norm_kernel), arity=(5, 5),
-            attrs={"epsilon": 1e-5},
+            attrs={"epsilon": 1e-5, "activation": "none", "activation_params": ()},
             cost=lambda ins, outs, attrs: Cost(2.0 * ins[0].size,
                                                float(ins[0].nbytes + outs[0].nbytes)),
-            op_class="norm", doc="inference batch normalisation (ONNX BatchNormalization)"))
+            op_class="norm",
+            doc="inference batch normalisation (ONNX BatchNormalization), optional fused "
+                "activation"))
 
 
-def batch_norm(x, scale, bias, mean, var, *, epsilon=1e-5, device=None):
+def batch_norm(x, scale, bias, mean, var, *, epsilon=1e-5, activation="none",
+               activation_params=(), device=None):
     """Inference batch normalisation over axis 1:
-    ``(x - mean) / sqrt(var + epsilon) * scale + bias``."""
-    return apply("batch_norm", (x, scale, bias, mean, var), {"epsilon": float(epsilon)},
-                 device=device)
+    ``(x - mean) / sqrt(var + epsilon) * scale + bias``, then ``activation`` (as conv2d's)."""
+    return apply("batch_norm", (x, scale, bias, mean, var),
+                 {"epsilon": float(epsilon), "activation": activation,
+                  "activation_params": tuple(activation_params)}, device=device)
 
 
 def _infer_lrn(ins, attrs):

@@ -17,7 +17,9 @@ nothing changes:
    bias; ``add(gemm(a, b[, c]), d)`` and ``add(matmul(a, b), d)`` (2-D) with a constant ``d``
    become one ``gemm`` with ``d`` in its ``c``.
 5. ``fuse_activation``: ``relu``, ``leaky_relu``, ``sigmoid``, ``tanh`` or ``clip`` of a conv2d
-   output becomes the conv's ``activation``.
+   or batch_norm output becomes its ``activation`` (DenseNet's batch_norm -> relu before each
+   conv: one pass over the map and one node fewer; a batch_norm that later folds into a conv
+   hands its activation on).
 6. ``eliminate_dead``: nodes no graph output depends on are dropped (graph inputs stay).
 
 With ``residual=True`` (also for CPUs: a GPU runs conv2d through cuDNN), ``fuse_residual`` turns
@@ -63,7 +65,7 @@ WINOGRAD_MIN_PIXELS = 100
 
 _STRUCTURAL = frozenset({"input", "constant", "transfer"})
 _CONVS = frozenset({"conv2d", "conv2d_winograd"})
-_ACTIVATED = _CONVS | {"conv2d_add"}  # ops with a fused ``activation`` attribute
+_ACTIVATED = _CONVS | {"conv2d_add", "batch_norm"}  # ops with a fused ``activation`` attribute
 
 
 def optimize(graph: Graph, *, residual: bool = False, winograd: bool = False,
@@ -265,7 +267,9 @@ def fold_batch_norm(graph: Graph) -> Graph:
         per_channel = a.reshape(-1, 1, 1, 1) if conv.op == "conv2d" else a.reshape(1, -1, 1)
         new_w = rw.constant(w_node, (w * per_channel).astype(w.dtype), f"{conv.name}_w")
         new_b = rw.constant(w_node, bias.astype(w.dtype), f"{conv.name}_b")
-        merged = conv.replace(inputs=(conv.inputs[0], new_w.value(), new_b.value()),
+        act = {k: bn.attrs[k] for k in ("activation", "activation_params") if k in bn.attrs}
+        attrs = conv.attrs.set(**act) if act.get("activation", "none") != "none" else conv.attrs
+        merged = conv.replace(inputs=(conv.inputs[0], new_w.value(), new_b.value()), attrs=attrs,
                               **_merged_annotations(conv, bn))
         rw.merge(conv, bn, merged, (new_w, new_b))
     return rw.build()
@@ -279,8 +283,8 @@ def fold_channel_affine(graph: Graph) -> Graph:
     for node in graph.nodes:
         if node.op not in ("batch_norm", *_CONVS) or node.name in rw.taken:
             continue
-        if node.op in _CONVS and node.attrs["activation"] != "none":
-            continue
+        if node.attrs.get("activation", "none") != "none":
+            continue  # the mul or add comes after the activation
         follower = _sole_reader(graph, readers, node)
         if follower is None or follower.op not in ("mul", "add") or not _mergeable(node, follower):
             continue
@@ -410,11 +414,13 @@ _ACTIVATIONS: dict[str, tuple[str, Callable]] = {
 
 
 def fuse_activation(graph: Graph) -> Graph:
-    """``relu(conv2d(...))`` (and leaky_relu, sigmoid, tanh, clip) -> conv2d with activation."""
+    """``relu(conv2d(...))`` (and leaky_relu, sigmoid, tanh, clip; also of a batch_norm) -> the
+    producer with that activation."""
     rw = _Rewrite(graph)
     readers = graph.consumers()
     for conv in graph.nodes:
-        if conv.op not in _ACTIVATED or conv.name in rw.taken or conv.attrs["activation"] != "none":
+        if (conv.op not in _ACTIVATED or conv.name in rw.taken
+                or conv.attrs.get("activation", "none") != "none"):
             continue
         act = _sole_reader(graph, readers, conv)
         if act is None or act.op not in _ACTIVATIONS or not _mergeable(conv, act):
