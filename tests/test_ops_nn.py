@@ -212,6 +212,50 @@ def test_conv2d_add_fuses_the_residual():
                        op.normalize_attrs({"pads": (1, 1, 1, 1)}))
 
 
+@given(n=st.integers(1, 2), o=st.integers(1, 8), extra_c=st.integers(0, 8),
+       h=st.integers(1, 12), w=st.integers(1, 12), kh=st.integers(1, 3), kw=st.integers(1, 3),
+       d=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       pads=st.tuples(*[st.integers(0, 2)] * 4), bias=st.booleans(), residual=st.booleans(),
+       act=st.sampled_from(["none", "relu"]))
+@settings(max_examples=30, deadline=None)
+def test_conv2d_stacked_taps_property(n, o, extra_c, h, w, kh, kw, d, pads, bias, residual,
+                                      act):
+    """Stride-1 convs with few output channels per input channel: one GEMM of the stacked tap
+    weights and shifted adds (any size here: the pixel threshold is lowered)."""
+    c = 2 * o + extra_c
+    if h + pads[0] + pads[2] < d[0] * (kh - 1) + 1 or w + pads[1] + pads[3] < d[1] * (kw - 1) + 1:
+        return
+    x, wt, b = rand(n, c, h, w), rand(o, c, kh, kw), rand(o)
+    attrs = dict(pads=pads, dilations=d, activation=act)
+    want = ref_conv(x, wt, b if bias or residual else None, pads=pads, dilations=d)
+    saved, nn.STACKED_MIN_PIXELS = nn.STACKED_MIN_PIXELS, 1
+    try:
+        if residual:
+            z = rand(*want.shape)
+            got = run_op("conv2d_add", [x, wt, b, z], **attrs)
+            want = want + z
+        else:
+            got = run_op("conv2d", [x, wt, b] if bias else [x, wt], **attrs)
+    finally:
+        nn.STACKED_MIN_PIXELS = saved
+    close(got, np.maximum(want, 0) if act == "relu" else want)
+
+
+@pytest.fixture
+def monkeypatch_pixels(monkeypatch):
+    monkeypatch.setattr(nn, "STACKED_MIN_PIXELS", 1)
+    calls = []
+    real = nn._stacked_taps
+    monkeypatch.setattr(nn, "_stacked_taps", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def test_conv2d_stacked_taps_is_taken(monkeypatch_pixels):
+    x, w = rand(1, 8, 14, 14), rand(4, 8, 3, 3)
+    close(run_op("conv2d", [x, w], pads=(1, 1, 1, 1)), ref_conv(x, w, pads=(1, 1, 1, 1)))
+    assert monkeypatch_pixels
+
+
 def test_conv2d_writes_into_a_non_contiguous_output():
     x, w = rand(1, 3, 5, 5), rand(4, 3, 3, 3)
     op = lookup("conv2d")

@@ -350,3 +350,24 @@ def test_depthwise_and_pools_cut_into_channel_bands(n, c, mult, h, s, threads):
                                    ref_conv(x, w, **conv), rtol=1e-5, atol=1e-5)
     finally:
         nn.CHANNEL_SPLIT_MIN_TAPS = saved
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 2), o=st.integers(1, 70), h=st.integers(3, 16), threads=st.integers(2, 4),
+       bias=st.booleans())
+def test_stacked_tap_conv_bands_equal_one_thread(n, o, h, threads, bias):
+    """The stacked-tap conv cuts output channels into bands by shape only: any thread count
+    gives the one-thread result bit for bit."""
+    saved = nn.STACKED_MIN_PIXELS
+    nn.STACKED_MIN_PIXELS = 1
+    try:
+        x = np.random.rand(n, 2 * o, h, h).astype(np.float32)
+        w = np.random.rand(o, 2 * o, 3, 3).astype(np.float32)
+        ins = [x, w, np.random.rand(o).astype(np.float32)] if bias else [x, w]
+        attrs = dict(pads=(1, 1, 1, 1), activation="relu")
+        got = run_kernel("conv2d", ins, threads, **attrs)
+        np.testing.assert_array_equal(got, run_kernel("conv2d", ins, 1, **attrs))
+        want = np.maximum(ref_conv(*ins, pads=(1, 1, 1, 1)), 0)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    finally:
+        nn.STACKED_MIN_PIXELS = saved

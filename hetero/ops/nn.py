@@ -402,6 +402,11 @@ def _conv_kernel(xp, ins, attrs, outs):
     # a C-contiguous output can be written in place through reshaped views
     target = out if out.flags.c_contiguous else xp.empty(out.shape, out.dtype)
 
+    if groups == 1 and _stacked_taps(xp, x, w, ins[2:], attrs, target, strides, pads,
+                                     dilations):
+        if target is not out:
+            out[...] = target
+        return
     if xp is np and target is out and (
             _split_conv(x, w, ins[2:], attrs, out, strides, pads, dilations) if groups == 1
             else cg > 1 and _split_groups(x, w, ins[2:], attrs, out, strides, pads, dilations,
@@ -433,6 +438,72 @@ def _conv_kernel(xp, ins, attrs, outs):
     apply_activation(xp, target, attrs["activation"], attrs["activation_params"])
     if target is not out:
         out[...] = target
+
+
+#: A stride-1 conv with at most this many output channels per input channel, on maps of at
+#: least ``STACKED_MIN_PIXELS`` output pixels, takes ``_stacked_taps`` instead of im2col.
+STACKED_MAX_OUT_PER_IN = 0.5
+STACKED_MIN_PIXELS = 196
+
+
+def _stacked_taps(xp, x, w, extra, attrs, out, strides, pads, dilations) -> bool:
+    """A stride-1, ungrouped conv with few output channels (DenseNet's 128 -> 32 3x3 convs)
+    without im2col: the taps' weights stacked as one ``(KH*KW*O, C)`` matrix multiply the padded
+    input itself, read as ``(C, Hb*Wb)``, in one GEMM; output ``(r, q)`` of tap ``(i, j)`` is
+    column ``r*Wb + q + i*dh*Wb + j*dw`` of that tap's rows, so the taps are summed by
+    ``KH*KW`` shifted adds over ``(O, (OH-1)*Wb + OW)`` runs, and one copy drops the ``Wb - OW``
+    wrap-around columns. The product holds ``KH*KW*O`` rows per pixel where im2col's patches hold
+    ``KH*KW*C``: less memory traffic when ``O < C``. Measured (one thread, AVX-512 OpenBLAS):
+    128 -> 32 at 56x56 1.79 -> 1.24 ms (two threads 1.41 -> 0.73), 192 -> 64 at 56x56 3.9 ->
+    3.4 ms, 256 -> 128 at 14x14 0.93 -> 0.82 ms; 96 -> 96 at 28x28 ties; 512 -> 128 at 7x7
+    and 16 -> 64 at 55x55 lose, hence ``STACKED_MAX_OUT_PER_IN`` and ``STACKED_MIN_PIXELS``.
+    On NumPy the output channels are cut into bands run by ``parallel_for`` (the cut depends
+    on the shapes only). False (nothing done) where it does not apply."""
+    n, c, _, _ = x.shape
+    o, _, kh, kw = w.shape
+    _, _, oh, ow = out.shape
+    if (strides != (1, 1) or kh * kw == 1 or o > STACKED_MAX_OUT_PER_IN * c
+            or oh * ow < STACKED_MIN_PIXELS):
+        return False
+    buf = _padded(xp, x, pads, _needed(oh, kh, 1, dilations[0]),
+                  _needed(ow, kw, 1, dilations[1]), 0.0)
+    if not buf.flags.c_contiguous:
+        buf = xp.ascontiguousarray(buf)
+    hb, wb = buf.shape[2:]
+    flat = buf.reshape(n, c, hb * wb)
+    length = (oh - 1) * wb + ow
+    taps = [(i * dilations[0] * wb + j * dilations[1]) for i in range(kh) for j in range(kw)]
+    w3 = w.transpose(2, 3, 0, 1).reshape(kh * kw, o, c)  # (tap, O, C)
+    bias = extra[0].reshape(o, 1) if extra else None
+    z = extra[1].reshape(n, o, oh, ow) if len(extra) > 1 else None
+    activation, params = attrs["activation"], attrs["activation_params"]
+    bands = max(1, min(SPLIT_MAX_PIECES, o // SPLIT_MIN_CHANNELS)) if xp is np else 1
+
+    def piece(k):
+        img, b = divmod(k, bands)
+        rows = slice(b * o // bands, (b + 1) * o // bands)
+        ob = rows.stop - rows.start
+        stacked = xp.ascontiguousarray(w3[:, rows]).reshape(kh * kw * ob, c)
+        y = xp.matmul(stacked, flat[img])  # (tap*ob, Hb*Wb)
+        acc = xp.empty((ob, oh * wb), out.dtype)
+        head = acc[:, :length]
+        head[...] = y[:ob, taps[0]:taps[0] + length]
+        for t in range(1, kh * kw):
+            head += y[t * ob:(t + 1) * ob, taps[t]:taps[t] + length]
+        dst = out[img, rows]
+        dst[...] = acc.reshape(ob, oh, wb)[:, :, :ow]
+        if bias is not None:
+            dst.reshape(ob, oh * ow)[...] += bias[rows]
+        if z is not None:
+            dst += z[img, rows]
+        apply_activation(xp, dst, activation, params)
+
+    if xp is np:
+        parallel_for(n * bands, piece)
+    else:
+        for k in range(n * bands):
+            piece(k)
+    return True
 
 
 #: Output pixels per row band at least; smaller maps are cut by output channels instead.
