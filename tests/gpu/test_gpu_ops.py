@@ -411,3 +411,28 @@ def test_graphs_on_the_gpu_equal_the_reference(build, where):
         assert isinstance(got, np.ndarray)
         scale = max(float(np.max(np.abs(ref))), 1.0) if ref.size else 1.0
         np.testing.assert_allclose(got, ref, rtol=5e-3, atol=5e-3 * scale)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("build", ["mlp", "cnn"])
+def test_steady_state_runs_allocate_no_new_gpu_memory(build, cp):
+    """After the first run of a plan placed on the GPU, later runs take no new memory from
+    CuPy's pool: every value lives in the plan's arena (issue 5's steady-state check)."""
+    from hetero.devices import Machine
+    from hetero.executor import Executor
+    from tests import graphs
+    from tests.test_memory import make_plan
+
+    g = getattr(graphs, build)()
+    xs = graphs.inputs_for(g)
+    executor = Executor(make_plan(g, Machine.detect(), lambda node: "gpu:0"))
+    pool = cp.get_default_memory_pool()
+    executor.run(xs)
+    executor.run(xs)
+    cp.cuda.Device(0).synchronize()
+    total_before, used_before = pool.total_bytes(), pool.used_bytes()
+    for _ in range(3):
+        executor.run(xs)
+    cp.cuda.Device(0).synchronize()
+    assert pool.total_bytes() == total_before, "a steady-state run grew CuPy's memory pool"
+    assert pool.used_bytes() <= used_before, "a steady-state run kept new GPU memory"
