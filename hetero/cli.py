@@ -582,7 +582,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         for dev in targets:
             if not registry.has_kernel(node.op, dev.backend):
                 continue
-            key = costs.history_key(node, ins, dev)
+            key = cost.key(node, dev, ins)  # under the threads calibrate timed with
             if key in entries:
                 if entries[key][0] is not node:
                     entries[key][2] += 1
@@ -604,8 +604,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         est = roofline.compute(node, dev, costs.input_specs(graph, node))
         name = "cpu:*" if dev.kind == "cpu" and shared_cpu else dev.name
         rows.append([node.name + (f" (+{count - 1})" if count > 1 else ""), node.op, name,
-                     fmt_time(entry["mean"]), "simulated" if sim else "timed", fmt_time(est),
-                     f"{entry['mean'] / est:.2f}x" if est > 0 else "-"])
+                     fmt_time(entry[cost.statistic]), "simulated" if sim else "timed",
+                     fmt_time(est), f"{entry[cost.statistic] / est:.2f}x" if est > 0 else "-"])
     if rows:
         print("\n".join(text_table(["node", "op", "device", "time", "how", "roofline",
                                      "ratio"], rows, right=(3, 5, 6))))

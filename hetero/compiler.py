@@ -118,7 +118,7 @@ def compile(fn_or_graph: Any, machine: Any = None, policy: str | None = None, co
         graph = optimizer(graph, residual=cpu_only, winograd=cpu_only)
         if checks:
             check(graph)
-    cost = resolve_cost(cost, machine)
+    cost = resolve_cost(cost, machine, graph)  # a measured model: this plan's threads
     placement = place(graph, machine, cost, policy=policy)
     parted = partition(graph, placement, machine)
     if checks:

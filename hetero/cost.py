@@ -15,18 +15,27 @@ Devices may be given as ``Device`` objects or names. Three models:
 - ``RooflineCost(machine)``: from the machine's specs: ``launch_overhead + max(flops /
   peak_flops[op_class], bytes / mem_bandwidth)``.
 - ``MeasuredCost(machine)``: StarPU-style history. Each (op, input shapes, dtypes, attrs, device)
-  is timed once by running its kernel on that device (``calibrate``) or fed by the executor's
-  measurements (``record``); the running mean is cached as JSON in the user cache directory
-  (``$HETERO_CACHE_DIR``, else ``$XDG_CACHE_HOME/hetero``, else ``~/.cache/hetero``). Anything
-  not measured falls back to the roofline.
+  is timed by running its kernel on that device (``calibrate``) or fed by the executor's
+  measurements (``record``); every sample, from either source, updates one entry's running mean
+  and minimum, and the model reads one of them (``statistic``, the mean by default). A CPU
+  kernel's time depends on the threads it may use, so CPU entries are kept per thread condition
+  (BLAS threads, intra-op threads per worker): ``record`` files a run's times under the
+  executor's thread policy, ``measure`` times under the condition the model looks up, and
+  ``compile`` sets that condition to the policy the executor will choose for the plan
+  (``plan_threads``); a kernel measured only under another condition (or in an older cache,
+  under an unknown one) borrows that time before the roofline. The history is cached as JSON in
+  the user cache directory (``$HETERO_CACHE_DIR``, else ``$XDG_CACHE_HOME/hetero``, else
+  ``~/.cache/hetero``). Anything not measured falls back to the roofline.
 - ``TableCost(table)``: user-supplied seconds per (node name | op, device name | device kind).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -203,12 +212,60 @@ def _device_signature(device: Any) -> str:
     return f"{name}|{device.backend}|{model}"
 
 
-def history_key(node: Node, ins: Specs | None, device: Any) -> str:
-    """The history entry of a node on a device: op, input shapes and dtypes, attrs, device."""
+Threads = tuple[int, int]  # (BLAS threads, intra-op threads) per CPU worker
+
+
+def thread_tag(threads: Threads) -> str:
+    """How a thread condition is written in a history key: ``"blas=2,intra=1"``."""
+    blas, intra = threads
+    return f"blas={int(blas)},intra={int(intra)}"
+
+
+def _parse_tag(tag: Any) -> Threads | None:
+    match = re.fullmatch(r"blas=(\d+),intra=(\d+)", tag) if isinstance(tag, str) else None
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def plan_threads(machine: Any, graph: Graph | None = None) -> Threads:
+    """The (BLAS, intra-op) threads per CPU worker the executor will choose for a plan of
+    ``graph`` on ``machine`` on an idle host (``hetero.executor``): its host compute threads are
+    the CPU workers and simulated GPUs, BLAS gets the cores over them, and where a CPU may run a
+    splitting kernel (a conv) those kernels get the cores instead and BLAS one thread. The
+    executor may choose fewer (workers left empty by placement, cores busy elsewhere, a fixed
+    ``blas_threads``); its profiled runs then record under what it chose."""
+    from hetero.executor import blas_threads, cpu_cores
+    from hetero.ops.nn import SPLITTING_OPS
+
+    workers = sum(1 for d in machine.devices if d.kind == "cpu" or d.backend == "sim")
+    blas = blas_threads(max(1, workers), cpu_cores())
+    splits = graph is not None and any(n.op in SPLITTING_OPS for n in graph.nodes)
+    if splits and blas > 1:
+        return 1, blas
+    return blas, 1
+
+
+def history_key(node: Node, ins: Specs | None, device: Any, threads: Threads | None = None) -> str:
+    """The history entry of a node on a device: op, input shapes and dtypes, attrs, device, and
+    for a CPU device the thread condition (``threads``) it ran under. Without ``threads`` (and
+    for other devices) the key has the form older caches used, which leaves it unknown."""
     specs = ins if ins is not None else ()
     attrs = {k: node.attrs[k] for k in node.attrs}
-    return json.dumps([node.op, [list(s.shape) for s in specs], [s.dtype.name for s in specs],
-                       repr(sorted(attrs.items())), _device_signature(device)])
+    parts = [node.op, [list(s.shape) for s in specs], [s.dtype.name for s in specs],
+             repr(sorted(attrs.items())), _device_signature(device)]
+    if threads is not None and device.kind == "cpu":
+        parts.append(thread_tag(threads))
+    return json.dumps(parts)
+
+
+def _split_key(key: str) -> tuple[str, Threads | None]:
+    """A history key's untagged form and its thread condition (None: none or unknown)."""
+    try:
+        parts = json.loads(key)
+    except ValueError:
+        return key, None
+    if isinstance(parts, list) and len(parts) == 6:
+        return json.dumps(parts[:5]), _parse_tag(parts[5])
+    return key, None
 
 
 def _sample(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
@@ -220,25 +277,51 @@ def _sample(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
 
 
 class MeasuredCost:
-    """History-based costs (as StarPU's): measured once, cached as JSON, roofline otherwise.
+    """History-based costs (as StarPU's): measured, cached as JSON, roofline otherwise.
+
+    Each entry keeps ``n`` samples' running ``mean`` and their ``min``; ``measure`` (calibration)
+    and ``record`` (profiled runs) add samples to the same statistics, and ``compute`` reads one
+    of them (``statistic``). CPU entries are per thread condition (see the module docstring).
 
     Args:
         machine: the Machine whose devices are timed.
         path: the JSON cache file (default ``cache_dir()/costs.json``).
         fallback: model for anything not measured (default ``RooflineCost(machine)``).
-        repeats: timed runs per measurement (the fastest is kept), after one warm-up run.
+        repeats: timed runs per measurement (each one a sample), after one warm-up run.
+        statistic: what ``compute`` returns of an entry: "mean" (default: what runs take on
+            average, as the executor observes them) or "min" (the fastest sample).
+        threads: the (BLAS, intra-op) threads per CPU worker that ``compute`` looks up and
+            ``measure`` times under; fixed when given, else ``plan_threads(machine)`` until
+            ``compile`` or ``calibrate`` sets the policy of the plan (``use_threads``).
     """
 
     def __init__(self, machine: Any, *, path: str | None = None, fallback: Any = None,
-                 repeats: int = 3) -> None:
+                 repeats: int = 3, statistic: str = "mean",
+                 threads: Threads | None = None) -> None:
+        if statistic not in ("mean", "min"):
+            raise HeteroError(f"MeasuredCost statistic must be 'mean' or 'min', got {statistic!r}")
         self.machine = machine
         self.path = path or os.path.join(cache_dir(), "costs.json")
         self.fallback = fallback if fallback is not None else RooflineCost(machine)
         self.repeats = max(1, int(repeats))
+        self.statistic = statistic
+        self.fixed_threads = None if threads is None else (int(threads[0]), int(threads[1]))
+        self.threads: Threads = self.fixed_threads or plan_threads(machine)
         self.history: dict[str, dict[str, float]] = {}
         self.failed: dict[str, str] = {}
         self.dirty = False  # history changed since the last load or save
+        self._conditions: dict[str, dict[Threads | None, str]] = {}  # untagged key -> keys
         self._load()
+
+    def use_threads(self, threads: Threads) -> None:
+        """Look CPU kernels up (and measure them) under ``threads`` from now on, unless the
+        model was given fixed threads."""
+        if self.fixed_threads is None:
+            self.threads = (int(threads[0]), int(threads[1]))
+
+    def _index(self, key: str) -> None:
+        base, threads = _split_key(key)
+        self._conditions.setdefault(base, {})[threads] = key
 
     def _load(self) -> None:
         try:
@@ -252,7 +335,10 @@ class MeasuredCost:
             return
         for key, entry in data.get("entries", {}).items():
             if isinstance(entry, dict) and "mean" in entry and "n" in entry:
-                self.history[key] = {"mean": float(entry["mean"]), "n": int(entry["n"])}
+                mean = float(entry["mean"])  # format 1 kept no minimum: the mean stands in
+                self.history[key] = {"mean": mean, "n": int(entry["n"]),
+                                     "min": float(entry.get("min", mean))}
+                self._index(key)
 
     def save(self) -> str:
         """Write the history to ``self.path`` atomically; returns the path."""
@@ -266,23 +352,60 @@ class MeasuredCost:
         self.dirty = False
         return self.path
 
+    def key(self, node: Node, device: Any, ins: Specs | None = None,
+            threads: Threads | None = None) -> str:
+        """The entry ``measure`` and ``record`` file a sample of ``node`` on ``device`` under:
+        tagged with ``threads`` (default ``self.threads``) on a CPU."""
+        device = _resolve(self.machine, device)
+        return history_key(node, ins, device, threads or self.threads)
+
+    def entry(self, node: Node, device: Any, ins: Specs | None = None) -> dict[str, float] | None:
+        """The entry ``compute`` reads: on a CPU the one under ``self.threads``, else the one
+        under the nearest other thread count (fewest threads on a tie), else one from an older
+        cache (condition unknown); None when the kernel was never measured."""
+        device = _resolve(self.machine, device)
+        exact = self.history.get(history_key(node, ins, device, self.threads))
+        if exact is not None or device.kind != "cpu":
+            return exact
+        found = self._conditions.get(history_key(node, ins, device), {})
+        want = self.threads[0] * self.threads[1]
+        tagged = sorted((abs(t[0] * t[1] - want), t[0] * t[1], t) for t in found if t is not None)
+        key = found[tagged[0][2]] if tagged else found.get(None)
+        return None if key is None else self.history.get(key)
+
     def has(self, node: Node, device: Any, ins: Specs | None = None) -> bool:
-        return history_key(node, ins, _resolve(self.machine, device)) in self.history
+        """Whether ``compute`` answers from a measurement (not the fallback)."""
+        return self.entry(node, device, ins) is not None
 
     def compute(self, node: Node, device: Any, ins: Specs | None = None) -> float:
         device = _resolve(self.machine, device)
         if node.op in registry.STRUCTURAL_OPS or not _kernel_exists(node, device):
             return self.fallback.compute(node, device, ins)
-        entry = self.history.get(history_key(node, ins, device))
+        entry = self.entry(node, device, ins)
         if entry is None:
             return self.fallback.compute(node, device, ins)
-        return entry["mean"]
+        return entry[self.statistic]
 
     def transfer(self, nbytes: float, src: Any, dst: Any) -> float:
         return self.fallback.transfer(nbytes, src, dst)
 
-    def record(self, node: Node, device: Any, seconds: float, ins: Specs | None = None) -> bool:
-        """Add one observed run time (the executor's profile feeds this); keeps a running mean.
+    def _add(self, key: str, seconds: float) -> dict[str, float]:
+        """One more sample of ``key``: running mean, minimum and count."""
+        entry = self.history.get(key)
+        if entry is None:
+            entry = self.history[key] = {"mean": 0.0, "n": 0, "min": math.inf}
+            self._index(key)
+        n = entry["n"] + 1
+        entry["mean"] += (float(seconds) - entry["mean"]) / n
+        entry["min"] = min(entry["min"], float(seconds))
+        entry["n"] = n
+        self.dirty = True
+        return entry
+
+    def record(self, node: Node, device: Any, seconds: float, ins: Specs | None = None,
+               threads: Threads | None = None) -> bool:
+        """Add one observed run time (the executor's profile feeds this, with ``threads`` the
+        executor's (BLAS, intra-op) threads per worker; default ``self.threads``).
 
         Returns whether it was recorded: a simulated GPU's observed times are not (its kernels
         run on this host's NumPy and its stream paces them to the simulated duration, so what a
@@ -291,39 +414,46 @@ class MeasuredCost:
         device = _resolve(self.machine, device)
         if device.backend == "sim" or node.op in registry.STRUCTURAL_OPS:
             return False
-        key = history_key(node, ins, device)
-        entry = self.history.setdefault(key, {"mean": 0.0, "n": 0})
-        n = entry["n"] + 1
-        entry["mean"] += (float(seconds) - entry["mean"]) / n
-        entry["n"] = n
-        self.dirty = True
+        self._add(self.key(node, device, ins, threads), seconds)
         return True
 
     def measure(self, node: Node, device: Any, ins: Specs, *, seed: int = 0) -> float:
-        """Run ``node``'s kernel on ``device`` on random inputs; record and return the fastest
-        of ``repeats`` timed runs after one warm-up (the minimum: other load on the machine only
-        ever adds time). A simulated GPU is not run: its simulated duration is recorded."""
+        """Run ``node``'s kernel on ``device`` on random inputs: one warm-up, then ``repeats``
+        timed runs, each added as a sample; returns the entry's ``statistic``. A CPU kernel runs
+        under ``self.threads`` (BLAS limited and intra-op threads set as the executor sets them),
+        so its samples are comparable with a profiled run's. A simulated GPU is not run: its
+        simulated duration is the entry."""
         device = _resolve(self.machine, device)
         op = registry.lookup(node.op, node)
-        key = history_key(node, ins, device)
+        key = self.key(node, device, ins)
         if device.backend == "sim":
             seconds = float(device.kernel_time(op, ins, node.outputs, node.attrs))
-            self.history[key] = {"mean": seconds, "n": 1}
+            self.history[key] = {"mean": seconds, "n": 1, "min": seconds}
+            self._index(key)
             self.dirty = True
             return seconds
         rng = np.random.default_rng(seed)
         arrays = [device.from_host(_sample(s, rng)) for s in ins]
         outs = [device.empty(s) for s in node.outputs]
-        device.run_kernel(op, arrays, node.attrs, outs)  # warm-up: caches, lazy init
-        times = []
-        for _ in range(self.repeats):
-            t0 = time.perf_counter()
-            device.run_kernel(op, arrays, node.attrs, outs)
-            times.append(time.perf_counter() - t0)
-        seconds = min(times)
-        self.history[key] = {"mean": seconds, "n": len(times)}
-        self.dirty = True
-        return seconds
+        with contextlib.ExitStack() as stack:
+            if device.kind == "cpu":
+                from hetero.executor import _blas_limit
+                from hetero.ops.nn import intra_op
+
+                blas, intra = self.threads
+                limit = _blas_limit(1 if intra > 1 else blas)
+                if limit is not None:
+                    stack.enter_context(limit)
+                stack.enter_context(intra_op(intra))
+            device.run_kernel(op, arrays, node.attrs, outs)  # warm-up: caches, lazy init
+            times = []
+            for _ in range(self.repeats):
+                t0 = time.perf_counter()
+                device.run_kernel(op, arrays, node.attrs, outs)
+                times.append(time.perf_counter() - t0)
+        for seconds in times:
+            entry = self._add(key, seconds)
+        return entry[self.statistic]
 
 
 class _StderrBar:
@@ -361,7 +491,9 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
 def calibrate(graph: Any, machine: Any, cost: MeasuredCost | None = None,
               progress: bool = True, devices: Iterable[str] | None = None, *,
               optimize: bool = True, example_inputs: Any = None) -> MeasuredCost:
-    """Time every distinct (op, shapes, dtypes, attrs, device) of ``graph`` not measured yet.
+    """Time every distinct (op, shapes, dtypes, attrs, device) of ``graph`` not measured yet
+    (on a CPU: not under the thread condition a plan of ``graph`` on ``machine`` runs with,
+    ``plan_threads``, which is the condition its kernels are timed under).
 
     The graph is first optimized as ``compile`` optimizes it (fused convolutions, folded
     batch-norms), so what is timed is what compile will place and look up. Each kernel is run
@@ -394,6 +526,7 @@ def calibrate(graph: Any, machine: Any, cost: MeasuredCost | None = None,
         optimizer = _optional("hetero.passes.optimize", "optimize")
         if optimizer is not None:
             graph = optimizer(graph)
+    cost.use_threads(plan_threads(machine, graph))  # the condition compile will look up
     targets = [machine.device(d) for d in devices] if devices else list(machine.devices)
     todo: dict[str, tuple[Node, Any, Specs]] = {}
     for node in graph.nodes:
@@ -403,7 +536,7 @@ def calibrate(graph: Any, machine: Any, cost: MeasuredCost | None = None,
         for dev in targets:
             if not _kernel_exists(node, dev):
                 continue
-            key = history_key(node, ins, dev)
+            key = cost.key(node, dev, ins)
             if key not in cost.history and key not in todo:
                 todo[key] = (node, dev, ins)
     bar = _progress(len(todo), f"calibrating {graph.name}", progress)
@@ -426,14 +559,19 @@ def calibrate(graph: Any, machine: Any, cost: MeasuredCost | None = None,
     return cost
 
 
-def resolve_cost(cost: Any, machine: Any) -> Any:
+def resolve_cost(cost: Any, machine: Any, graph: Graph | None = None) -> Any:
     """A cost model from ``cost``: None or "roofline" (the machine's specs), "measured" (the
     ``MeasuredCost`` cached for this machine, which profiled runs of the plan keep learning), or
-    a cost model object, returned as it is."""
+    a cost model object, returned as it is. Given the ``graph`` to be placed, a ``MeasuredCost``
+    looks CPU kernels up under the thread policy a plan of it runs with (``plan_threads``)."""
     if cost is None or cost == "roofline":
         return RooflineCost(machine)
     if cost == "measured":
-        return MeasuredCost(machine)
+        cost = MeasuredCost(machine)
+    if isinstance(cost, MeasuredCost):
+        if graph is not None:
+            cost.use_threads(plan_threads(machine, graph))
+        return cost
     if isinstance(cost, str):
         raise HeteroError(f"unknown cost model {cost!r} (known: 'roofline', 'measured', or a "
                           "cost model object such as ht.TableCost(...))")
@@ -449,4 +587,5 @@ def node_time(cost: Any, graph: Graph, node: Node, device: Any) -> float:
 
 
 __all__ = ["CPU_SYNC", "CostModel", "MeasuredCost", "RooflineCost", "TableCost", "cache_dir",
-           "calibrate", "history_key", "input_specs", "node_time", "resolve_cost"]
+           "calibrate", "history_key", "input_specs", "node_time", "plan_threads", "resolve_cost",
+           "thread_tag"]

@@ -581,7 +581,8 @@ class Executor:
     def _learn(self, prof: Any) -> None:
         """Record a profiled run's kernel times into the measured cost model and save it, so
         that the next compile with that model places with what really ran (see Plan.cost)."""
-        if prof.feed(self.cost) and getattr(self.cost, "dirty", True):
+        if prof.feed(self.cost, threads=(self._blas, self._intra)) and getattr(
+                self.cost, "dirty", True):
             save = getattr(self.cost, "save", None)
             if save is not None:
                 try:

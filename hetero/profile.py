@@ -172,18 +172,22 @@ class Profile:
     def __str__(self) -> str:
         return self.table()
 
-    def feed(self, cost: Any) -> int:
+    def feed(self, cost: Any, threads: tuple[int, int] | None = None) -> int:
         """Record every measured compute time into a measured cost model (``cost.record``);
         returns how many were recorded (a model may decline some: ``MeasuredCost`` keeps a
-        simulated GPU's simulated durations, not what the host observed)."""
+        simulated GPU's simulated durations, not what the host observed). ``threads``: the
+        (BLAS, intra-op) threads per CPU worker the run used (the executor passes its own), so
+        that a model that keeps CPU times per thread condition files them under it."""
         graph = self.plan.graph
+        extra = {"threads": threads} if threads is not None and _takes(cost.record,
+                                                                       "threads") else {}
         n = 0
         for s in self.spans:
             if s.is_transfer:
                 continue
             node = graph.node(s.node)
             ins = tuple(graph.spec(v) for v in node.inputs)
-            if cost.record(node, s.device, s.duration, ins) is not False:
+            if cost.record(node, s.device, s.duration, ins, **extra) is not False:
                 n += 1
         return n
 
@@ -264,6 +268,17 @@ class Profile:
     def __repr__(self) -> str:
         return (f"Profile({self.plan.graph.name!r}, {len(self.spans)} spans, "
                 f"{self.makespan * 1e3:.3f} ms)")
+
+
+def _takes(fn: Any, name: str) -> bool:
+    """Whether ``fn`` accepts the keyword argument ``name``."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def _jsonable(x: Any) -> Any:

@@ -194,10 +194,11 @@ def test_profiled_runs_feed_the_measured_model_and_placement_follows(monkeypatch
     np.testing.assert_array_equal(out[0], reference.run(g, xs)[0])
     saved = MeasuredCost(m)  # what the next process would read
     by_key: dict[str, list[float]] = {}
+    ran = (plan._executor.blas_threads, plan._executor.intra_op_threads)  # filed under these
     for n in kernels:
         ins = input_specs(plan.graph, n)
         span = next(s for s in prof.spans if s.node == n.name)
-        by_key.setdefault(history_key(n, ins, m.device("cpu:0")), []).append(span.duration)
+        by_key.setdefault(history_key(n, ins, m.device("cpu:0"), ran), []).append(span.duration)
     assert set(saved.history) == set(by_key)
     for key, durations in by_key.items():
         assert saved.history[key]["n"] == len(durations)

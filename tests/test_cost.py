@@ -21,6 +21,7 @@ from hetero.cost import (
     calibrate,
     history_key,
     input_specs,
+    plan_threads,
 )
 from hetero.errors import HeteroError
 from hetero.graph import Node, TensorSpec, Value
@@ -130,12 +131,12 @@ def test_calibrate_measures_caches_and_reloads(monkeypatch, tmp_path, capsys):
     data = json.loads(path.read_text())
     g = optimize(g)  # what compile places, and so what calibrate times
     computing = [n for n in g.nodes if n.op not in ("input", "constant")]
-    distinct = {history_key(n, input_specs(g, n), d) for n in computing for d in m.devices}
+    distinct = {cost.key(n, d, input_specs(g, n)) for n in computing for d in m.devices}
     assert set(data["entries"]) == distinct
     node = computing[0]
     ins = input_specs(g, node)
     measured = cost.compute(node, "cpu:0", ins)
-    assert measured == data["entries"][history_key(node, ins, m.device("cpu:0"))]["mean"] > 0
+    assert measured == data["entries"][cost.key(node, "cpu:0", ins)]["mean"] > 0
     # a second model reads the cache; nothing is measured again
     again = MeasuredCost(m)
     assert again.compute(node, "cpu:0", ins) == measured
@@ -232,12 +233,139 @@ def test_observed_times_on_a_simulated_gpu_are_not_recorded(machine, tmp_path):
     assert cost.record(node, "cpu:0", 5.0, ins) is True and cost.dirty
 
 
-def test_measure_keeps_the_fastest_repeat(machine, tmp_path, monkeypatch):
-    cost = MeasuredCost(machine, path=str(tmp_path / "c.json"), repeats=3)
+def test_measure_and_record_update_one_mean_and_min(machine, tmp_path, monkeypatch):
+    """Every timed repeat is a sample of the same running mean and minimum that profiled runs
+    update; the model reads one statistic of it (the mean unless told the min)."""
+    path = str(tmp_path / "c.json")
+    cost = MeasuredCost(machine, path=path, repeats=3)
     node, ins = matmul_node(8)
     ticks = iter([0.0, 0.5, 1.0, 1.1, 2.0, 2.3])  # runs of 0.5 s, 0.1 s and 0.3 s
     monkeypatch.setattr("hetero.cost.time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
-    assert cost.measure(node, "cpu:0", ins) == pytest.approx(0.1)
+    assert cost.measure(node, "cpu:0", ins) == pytest.approx(0.3)
+    entry = cost.history[cost.key(node, "cpu:0", ins)]
+    assert entry["n"] == 3 and entry["mean"] == pytest.approx(0.3)
+    assert entry["min"] == pytest.approx(0.1)
+    cost.record(node, "cpu:1", 0.7, ins)  # a profiled run: the same entry, the same statistics
+    assert entry["n"] == 4 and entry["mean"] == pytest.approx(0.4)
+    assert entry["min"] == pytest.approx(0.1)
+    assert cost.compute(node, "cpu:0", ins) == pytest.approx(0.4)
+    cost.save()
+    fastest = MeasuredCost(machine, path=path, statistic="min")
+    assert fastest.compute(node, "cpu:0", ins) == pytest.approx(0.1)
+    with pytest.raises(HeteroError, match="statistic must be"):
+        MeasuredCost(machine, path=path, statistic="median")
+
+
+def test_measure_runs_cpu_kernels_under_the_model_threads(machine, tmp_path, monkeypatch):
+    """measure times a CPU kernel with BLAS limited and intra-op threads set as the executor
+    sets them for the condition it files the time under, not with every thread of the
+    process."""
+    from threadpoolctl import threadpool_info
+
+    from hetero.devices import CpuDevice
+    from hetero.ops import nn
+
+    seen = []
+    real = CpuDevice.run_kernel
+
+    def spy(self, op, ins, attrs, outs):
+        blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        seen.append((max(blas, default=1), nn.intra_op_threads()))
+        return real(self, op, ins, attrs, outs)
+
+    monkeypatch.setattr(CpuDevice, "run_kernel", spy)
+    cost = MeasuredCost(machine, path=str(tmp_path / "c.json"), threads=(1, 3), repeats=2)
+    node, ins = matmul_node(16)
+    cost.measure(node, "cpu:0", ins)
+    assert seen == [(1, 3)] * 3  # warm-up and two repeats
+    assert nn.intra_op_threads() == 1  # restored afterwards
+    assert list(cost.history) == [history_key(node, ins, machine.device("cpu:0"), (1, 3))]
+    assert json.loads(next(iter(cost.history)))[-1] == "blas=1,intra=3"
+    cost.use_threads((2, 1))  # fixed threads stay fixed
+    assert cost.threads == (1, 3)
+
+
+def test_cpu_entries_are_kept_per_thread_condition(machine, tmp_path):
+    """A CPU time is filed under the threads it ran with; the model reads the entry of its own
+    condition, else the nearest other one, else the roofline. GPUs have no condition."""
+    cost = MeasuredCost(machine, path=str(tmp_path / "c.json"))
+    node, ins = matmul_node(32)
+    roofline = RooflineCost(machine).compute(node, "cpu:0", ins)
+    cost.use_threads((3, 1))
+    assert not cost.has(node, "cpu:0", ins)
+    assert cost.compute(node, "cpu:0", ins) == roofline
+    cost.record(node, "cpu:0", 1.0, ins, threads=(1, 1))
+    cost.record(node, "cpu:1", 4.0, ins, threads=(2, 1))
+    cost.record(node, "cpu:1", 6.0, ins, threads=(2, 1))
+    assert len(cost.history) == 2
+    assert cost.has(node, "cpu:0", ins)
+    assert cost.compute(node, "cpu:0", ins) == pytest.approx(5.0)  # nearest: 2 threads
+    cost.use_threads((1, 1))
+    assert cost.compute(node, "cpu:1", ins) == pytest.approx(1.0)
+    cost.use_threads((2, 1))
+    assert cost.compute(node, "cpu:1", ins) == pytest.approx(5.0)
+    cost.use_threads((1, 2))  # as many threads, in a conv's helpers: the nearest
+    assert cost.compute(node, "cpu:0", ins) == pytest.approx(5.0)
+    cost.record(node, "cpu:0", 9.0, ins)  # no threads given: the model's own condition
+    assert cost.compute(node, "cpu:0", ins) == pytest.approx(9.0)
+    assert cost.compute(node, "gpu:0", ins) == RooflineCost(machine).compute(node, "gpu:0", ins)
+    cost.save()
+    again = MeasuredCost(machine, path=str(tmp_path / "c.json"), threads=(1, 1))
+    assert again.compute(node, "cpu:0", ins) == pytest.approx(1.0)
+
+
+def test_old_cache_files_still_load(machine, tmp_path):
+    """A cache written before entries had a minimum and a thread condition loads: its CPU
+    entries (condition unknown) answer until one of the model's own condition exists, and
+    saving keeps them."""
+    node, ins = matmul_node(32)
+    old_cpu = history_key(node, ins, machine.device("cpu:0"))
+    old_gpu = history_key(node, ins, machine.device("gpu:0"))
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps({"format": "hetero.costs/1", "entries": {
+        old_cpu: {"mean": 2.0, "n": 5}, old_gpu: {"mean": 0.5, "n": 1}}}))
+    cost = MeasuredCost(machine, path=str(path))
+    assert cost.history[old_cpu] == {"mean": 2.0, "n": 5, "min": 2.0}
+    assert cost.compute(node, "cpu:1", ins) == 2.0 and cost.has(node, "cpu:0", ins)
+    assert cost.compute(node, "gpu:0", ins) == 0.5
+    cost.record(node, "cpu:0", 3.0, ins, threads=cost.threads)
+    assert cost.compute(node, "cpu:0", ins) == 3.0
+    assert cost.history[old_cpu]["n"] == 5  # the old entry is not mixed into the new one
+    cost.save()
+    entries = json.loads(path.read_text())["entries"]
+    assert entries[old_cpu] == {"mean": 2.0, "n": 5, "min": 2.0} and len(entries) == 3
+
+
+def test_plan_threads_follow_the_executor_policy(monkeypatch):
+    monkeypatch.setattr("hetero.executor.cpu_cores", lambda: 4)
+    chain = G.tiny_ops(n=2)
+    assert plan_threads(ht.Machine.parse("cpu:1"), chain) == (4, 1)
+    assert plan_threads(ht.Machine.parse("cpu:2"), chain) == (2, 1)
+    assert plan_threads(ht.Machine.parse("cpu:2,sim:1"), chain) == (1, 1)  # 3 host threads
+    assert plan_threads(ht.Machine.parse("cpu:1"), G.cnn()) == (1, 4)  # convs split instead
+    assert plan_threads(ht.Machine.parse("cpu:4"), G.cnn()) == (1, 1)
+
+
+def test_calibrated_and_profiled_times_meet_only_under_one_condition(tmp_path):
+    """Calibration times kernels under the plan's thread policy; a profiled run under that
+    policy adds to those entries, a run under another one files its times apart."""
+    from hetero.executor import Executor
+
+    m = ht.Machine.parse("cpu:1")
+    g = G.mlp(batch=4, sizes=(8, 16, 4))
+    cost = calibrate(g, m, MeasuredCost(m, path=str(tmp_path / "c.json"), repeats=2),
+                     progress=False)
+    calibrated = {k: dict(e) for k, e in cost.history.items()}
+    plan = ht.compile(g, m, cost=cost)
+    blas, intra = cost.threads
+    xs = G.inputs_for(g)
+    Executor(plan, cost=cost, blas_threads=blas, intra_op_threads=intra).run(xs, profile=True)
+    assert set(cost.history) == set(calibrated)
+    assert all(cost.history[k]["n"] == e["n"] + 1 for k, e in calibrated.items())
+    Executor(plan, cost=cost, blas_threads=blas + 1, intra_op_threads=1).run(xs, profile=True)
+    apart = set(cost.history) - set(calibrated)
+    assert apart and all(json.loads(k)[-1] == f"blas={blas + 1},intra=1" for k in apart)
+    assert all(cost.history[k]["n"] == e["n"] + 1 for k, e in calibrated.items())
 
 
 def test_calibrate_a_function_as_compile_takes_it(tmp_path):
