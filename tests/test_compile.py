@@ -218,6 +218,30 @@ def test_profiled_runs_feed_the_measured_model_and_placement_follows(monkeypatch
     assert isinstance(again.cost, MeasuredCost) and again.cost.path == moved.cost.path
 
 
+def test_compile_looks_up_the_measured_times_of_its_plans_thread_policy(monkeypatch, tmp_path):
+    """A CPU kernel's measured time depends on its threads: compile reads the entry of the
+    (BLAS, intra-op) threads the executor will give the plan's workers, so the same history
+    costs a kernel differently on one worker with every core than on four with one each."""
+    from hetero.cost import MeasuredCost, input_specs, plan_threads
+
+    monkeypatch.setattr("hetero.executor.cpu_cores", lambda: 4)
+    g = G.tiny_ops(n=2)
+    cost = MeasuredCost(ht.Machine.parse("cpu:4"), path=str(tmp_path / "c.json"))
+    plan = compile(g, "cpu:1", cost=cost, optimize=False)
+    kernels = [n for n in plan.graph.nodes if n.op not in ("input", "constant", "transfer")]
+    for threads, seconds in (((4, 1), 1e-3), ((2, 1), 2e-3), ((1, 1), 3e-3)):
+        for n in kernels:
+            cost.record(n, "cpu:0", seconds, input_specs(plan.graph, n), threads=threads)
+    for spec, threads, seconds in (("cpu:1", (4, 1), 1e-3), ("cpu:2", (2, 1), 2e-3),
+                                   ("cpu:4", (1, 1), 3e-3)):
+        m = ht.Machine.parse(spec)
+        plan = compile(g, m, cost=cost, optimize=False)
+        assert plan_threads(m, g) == threads and cost.threads == threads
+        for n in kernels:
+            start, end = plan.estimates[n.name]
+            assert end - start == pytest.approx(seconds)
+
+
 def test_cost_argument_names_and_errors(machine):
     from hetero.cost import RooflineCost
 
