@@ -223,3 +223,67 @@ def test_every_misc_op_is_covered_here():
                        if getattr(op.kernel, "__module__", None) == misc.__name__}
     assert len(registered_here) >= 20  # the check sees misc.py's ops
     assert registered_here - covered == set(), sorted(registered_here - covered)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attribute types: a wrong type is a ShapeError naming the node, never a TypeError in a kernel
+
+
+def _attr_case_inputs(name):
+    x = np.ones((1, 2, 5, 5), np.float32)
+    special = {
+        "gather": [x, np.zeros((1, 2, 5, 5), np.int64)],
+        "gather_elements": [x, np.zeros((1, 2, 5, 5), np.int64)],
+        "where": [x > 0.5, x, x],
+        "conv2d": [x, np.ones((3, 2, 3, 3), np.float32)],
+        "conv2d_winograd": [x, np.ones((3, 2, 3, 3), np.float32)],
+        "conv2d_add": [x, np.ones((3, 2, 3, 3), np.float32), np.ones(3, np.float32),
+                       np.ones((1, 3, 3, 3), np.float32)],
+        "batch_norm": [x] + [np.ones(2, np.float32)] * 4,
+        "instance_norm": [x, np.ones(2, np.float32), np.ones(2, np.float32)],
+        "layer_norm": [x, np.ones(5, np.float32)],
+        "prelu": [x, np.ones(1, np.float32)],
+        "gemm": [np.ones((3, 4), np.float32), np.ones((4, 5), np.float32)],
+    }
+    return special.get(name, [x] * REGISTRY[name].arity[0])
+
+
+_GOOD = {"kernel_shape": (2, 2), "axis": 1, "shape": (1, 50), "size": 3, "pads": (0,) * 8,
+         "starts": (0,), "ends": (1,), "sizes": (1, 1), "repeats": (1, 1, 1, 1), "axes": (0,)}
+_BAD = ["a", 1.5, (1.5,), ("a", "b"), {"x": 1}, 10**20, object()]
+
+
+@pytest.mark.parametrize("name", sorted(n for n in REGISTRY
+                                         if REGISTRY[n].attrs and n != "transfer"))
+def test_wrong_attribute_types_are_shape_errors(name):
+    from hetero.ops.registry import REQUIRED
+    from hetero.tracing import apply
+
+    op = REGISTRY[name]
+    ins = _attr_case_inputs(name)
+    required = {k: _GOOD.get(k, 1) for k, d in op.attrs.items() if d is REQUIRED}
+    for key, default in op.attrs.items():
+        if isinstance(default, str) or key in ("min", "max"):
+            continue  # strings (modes, dtypes) and clip bounds take other types on purpose
+        for bad in _BAD:
+            if isinstance(default, float) and isinstance(bad, (int, float)):
+                continue  # any number is a valid float attribute
+            if key == "activation_params" and bad == (1.5,):
+                continue
+            with pytest.raises(ht.ShapeError, match=rf"{name} \({name}, from test_ops_misc"):
+                apply(name, ins, {**required, key: bad})
+
+
+def test_public_wrappers_do_not_coerce_attributes():
+    ops = ht.ops
+    x = ht.tensor(np.ones((2, 3), np.float32))
+    with pytest.raises(ht.ShapeError, match="'axis' must be an integer, got 'a'"):
+        ops.softmax(x, axis="a")
+    with pytest.raises(ht.ShapeError, match="'k' must be an integer, got 1.5"):
+        ops.trilu(x, k=1.5)
+    with pytest.raises(ht.ShapeError, match="shape must be a tuple of integers"):
+        ops.reshape(x, (3, 2.0))
+    with pytest.raises(ht.ShapeError, match="axis must be an integer"):
+        ops.split(x, 2, axis="a")
+    np.testing.assert_array_equal(x.sum(axis=np.int64(0)).numpy(), [2, 2, 2])
+    np.testing.assert_array_equal(ops.concat(x, x, axis=np.int32(1)).shape, (2, 6))

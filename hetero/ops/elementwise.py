@@ -519,7 +519,7 @@ def ceil(x, *, device=None):
 
 def leaky_relu(x, alpha=0.01, *, device=None):
     """Elementwise ``x if x >= 0 else alpha * x``."""
-    return apply("leaky_relu", (x,), {"alpha": float(alpha)}, device=device)
+    return apply("leaky_relu", (x,), {"alpha": alpha}, device=device)
 
 
 def gelu(x, approximate="none", *, device=None):

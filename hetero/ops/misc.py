@@ -554,4 +554,4 @@ def gather_elements(x, indices, axis: int = 0, *, device=None):
 
 def trilu(x, upper: bool = True, k: int = 0, *, device=None):
     """The upper (or lower) triangle of the last two dims of ``x``, from diagonal ``k``."""
-    return apply("trilu", (x,), {"upper": int(upper), "k": int(k)}, device=device)
+    return apply("trilu", (x,), {"upper": upper, "k": k}, device=device)

@@ -1279,5 +1279,5 @@ register(Op("lrn", _infer_lrn, _accumulate_wide(_lrn_kernel),
 def lrn(x, size, alpha=1e-4, beta=0.75, bias=1.0, *, device=None):
     """Local response normalisation across channels (ONNX LRN):
     ``x / (bias + alpha / size * sum of x**2 over `size` neighbouring channels) ** beta``."""
-    return apply("lrn", (x,), {"size": int(size), "alpha": float(alpha), "beta": float(beta),
-                               "bias": float(bias)}, device=device)
+    return apply("lrn", (x,), {"size": size, "alpha": alpha, "beta": beta, "bias": bias},
+                 device=device)

@@ -163,7 +163,7 @@ def _one_of(axis, axes):
 
 def _reduce_attrs(axis, keepdims) -> dict:
     if axis is not None:
-        axis = (int(axis),) if isinstance(axis, (int, np.integer)) else tuple(int(a) for a in axis)
+        axis = (axis,) if isinstance(axis, (int, np.integer)) else axis
     return {"axes": axis, "keepdims": int(builtins.bool(keepdims))}
 
 
@@ -193,9 +193,9 @@ def min(x, axis=None, keepdims=False, *, axes=None, device=None):
 
 def softmax(x, axis=-1, *, device=None):
     """``exp(x) / sum(exp(x))`` along ``axis``."""
-    return apply("softmax", (x,), {"axis": int(axis)}, device=device)
+    return apply("softmax", (x,), {"axis": axis}, device=device)
 
 
 def log_softmax(x, axis=-1, *, device=None):
     """``log(softmax(x))`` along ``axis``, computed without forming ``softmax``."""
-    return apply("log_softmax", (x,), {"axis": int(axis)}, device=device)
+    return apply("log_softmax", (x,), {"axis": axis}, device=device)

@@ -104,7 +104,7 @@ class Op:
         out = {}
         for key, default in self.attrs.items():
             if key in attrs and attrs[key] is not None:
-                out[key] = attrs[key]
+                out[key] = _check_attr(who, key, attrs[key], default)
             elif default is REQUIRED:
                 raise ShapeError(f"{who}: missing required attribute {key!r}")
             else:
@@ -121,6 +121,56 @@ class Op:
     def cost_of(self, ins: tuple[TensorSpec, ...], outs: tuple[TensorSpec, ...],
                 attrs: Attrs) -> Cost:
         return self.cost(ins, outs, attrs)
+
+
+#: Attributes that are integers or sequences of integers whatever their default says (their
+#: default is REQUIRED or None, so it cannot tell).
+_INT_ATTRS = frozenset({"axis", "size", "k", "groups", "keepdims"})
+_INT_SEQ_ATTRS = frozenset({"kernel_shape", "strides", "pads", "dilations", "shape", "starts",
+                            "ends", "axes", "steps", "sizes", "repeats", "perm"})
+_REAL_SEQ_ATTRS = frozenset({"activation_params"})
+_INT64 = 2 ** 63
+
+
+def _as_int(who: str, key: str, v: Any) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise ShapeError(f"{who}: attribute {key!r} must be an integer, got {v!r}")
+    v = int(v)
+    if not -_INT64 <= v < _INT64:
+        raise ShapeError(f"{who}: attribute {key!r} = {v} does not fit in 64 bits")
+    return v
+
+
+def _as_real(who: str, key: str, v: Any) -> float | int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise ShapeError(f"{who}: attribute {key!r} must be a number, got {v!r}")
+    return v
+
+
+def _check_attr(who: str, key: str, v: Any, default: Any) -> Any:
+    """``v`` checked against the type the attribute's default (or its well-known name) implies,
+    so a string, a float or a tuple where an integer belongs is a ShapeError naming the node
+    rather than a TypeError deep in a kernel. Types it cannot tell are passed through."""
+    int_default = isinstance(default, int) and not isinstance(default, bool)
+    if key in _INT_SEQ_ATTRS or (isinstance(default, tuple) and default
+                                 and all(isinstance(d, int) for d in default)):
+        if isinstance(v, (str, bytes)) or not isinstance(v, (tuple, list, np.ndarray)):
+            raise ShapeError(f"{who}: attribute {key!r} must be a sequence of integers, "
+                             f"got {v!r}")
+        return tuple(_as_int(who, key, x) for x in (v.tolist() if isinstance(v, np.ndarray)
+                                                    else v))
+    if key in _REAL_SEQ_ATTRS:
+        if isinstance(v, (str, bytes)) or not isinstance(v, (tuple, list, np.ndarray)):
+            raise ShapeError(f"{who}: attribute {key!r} must be a sequence of numbers, got {v!r}")
+        return tuple(_as_real(who, key, x) for x in (v.tolist() if isinstance(v, np.ndarray)
+                                                     else v))
+    if key in _INT_ATTRS or int_default:
+        if isinstance(v, (bool, np.bool_)):
+            return int(v)
+        return _as_int(who, key, v)
+    if isinstance(default, float):
+        return _as_real(who, key, v)
+    return v
 
 
 REGISTRY: dict[str, Op] = {}
@@ -195,6 +245,8 @@ def require_float(spec: TensorSpec, opname: str) -> None:
 
 
 def normalize_axis(axis: int, ndim: int, opname: str = "") -> int:
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        raise ShapeError(f"{opname} axis must be an integer, got {axis!r}")
     if not -ndim <= axis < max(ndim, 1):
         raise ShapeError(f"{opname} axis {axis} is out of range for rank {ndim}")
     return axis % max(ndim, 1)

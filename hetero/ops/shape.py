@@ -385,12 +385,12 @@ def reshape(x, shape, *, device=None):
     """``x`` with a new shape; one entry may be -1 (inferred)."""
     if isinstance(shape, (int, np.integer)):
         shape = (shape,)
-    return apply("reshape", (x,), {"shape": tuple(int(d) for d in shape)}, device=device)
+    return apply("reshape", (x,), {"shape": _ints(shape, "shape", "reshape")}, device=device)
 
 
 def transpose(x, perm=None, *, device=None):
     """``x`` with its axes permuted by ``perm`` (reversed if None)."""
-    attrs = {"perm": None if perm is None else tuple(int(p) for p in perm)}
+    attrs = {"perm": None if perm is None else _ints(perm, "perm", "transpose")}
     return apply("transpose", (x,), attrs, device=device)
 
 
@@ -398,7 +398,7 @@ def concat(*xs, axis=0, device=None):
     """Join tensors along an existing ``axis``: ``concat(a, b, axis=1)`` or ``concat([a, b])``."""
     if len(xs) == 1 and isinstance(xs[0], (list, tuple)):
         xs = tuple(xs[0])
-    return apply("concat", xs, {"axis": int(axis)}, device=device)
+    return apply("concat", xs, {"axis": axis}, device=device)
 
 
 def split(x, sizes, axis=0, *, device=None):
@@ -415,7 +415,7 @@ def split(x, sizes, axis=0, *, device=None):
             raise ShapeError(f"split into {n} pieces: the number must be positive")
         chunk = -(-dim // n)
         sizes = tuple(min(chunk, max(dim - i * chunk, 0)) for i in range(n))
-    out = apply("split", (x,), {"axis": int(axis), "sizes": tuple(int(s) for s in sizes)},
+    out = apply("split", (x,), {"axis": axis, "sizes": _ints(sizes, "sizes", "split")},
                 device=device)
     return out if isinstance(out, tuple) else (out,)
 
@@ -430,7 +430,7 @@ def slice(x, starts, ends, axes=None, steps=None, *, device=None):
 
 def flatten(x, axis=1, *, device=None):
     """2-D view of ``x``: dimensions before ``axis`` times dimensions from ``axis`` on."""
-    return apply("flatten", (x,), {"axis": int(axis)}, device=device)
+    return apply("flatten", (x,), {"axis": axis}, device=device)
 
 
 def squeeze(x, axes=None, *, device=None):
@@ -456,7 +456,7 @@ def pad(x, pads, mode="constant", value=0.0, *, device=None):
 
 def gather(x, indices, axis=0, *, device=None):
     """Entries of ``x`` at integer ``indices`` along ``axis`` (negative indices count back)."""
-    return apply("gather", (x, indices), {"axis": int(axis)}, device=device)
+    return apply("gather", (x, indices), {"axis": axis}, device=device)
 
 
 def constant(array, *, dtype=None):
