@@ -416,6 +416,17 @@ def promote_operands(*xs: Any) -> tuple[Any, ...]:
     return tuple(out)
 
 
+#: dtype kinds a tensor may have: bool, signed and unsigned integers, floats
+_DTYPE_KINDS = "biuf"
+
+
+def check_dtype(dtype: np.dtype, who: str) -> None:
+    """Refuse a dtype no op has kernels for (complex, object, strings, datetimes, void)."""
+    if dtype.kind not in _DTYPE_KINDS:
+        raise ShapeError(f"{who}: dtype {dtype.name} is not supported (hetero tensors are bool, "
+                         "integer or floating-point)")
+
+
 def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     """An eager tensor from an array-like, on ``device`` (or the innermost device scope, or cpu:0).
 
@@ -423,7 +434,12 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     """
     if isinstance(data, Tensor):
         data = data.numpy()
-    arr = np.asarray(data, dtype=dtype)
+    try:
+        arr = np.asarray(data, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ShapeError(f"{user_line()}: ht.tensor cannot make an array of {type(data).__name__}"
+                         f" (dtype {dtype!r}): {exc}") from None
+    check_dtype(arr.dtype, f"{user_line()}: ht.tensor")
     if dtype is None and arr.dtype == np.float64 and not isinstance(data, np.ndarray):
         arr = arr.astype(np.float32)
     from hetero.config import config
@@ -512,7 +528,17 @@ def _weak_dtype(inputs: Sequence[Any]) -> np.dtype | None:
     return None
 
 
-def _scalar_array(x: Any, like: np.dtype | None) -> np.ndarray:
+def _scalar_array(x: Any, like: np.dtype | None, who: str = "") -> np.ndarray:
+    if not isinstance(x, (bool, int, float, np.generic, list, tuple)):
+        raise ShapeError(f"{who}: an input must be a Tensor, a NumPy array, a number or a list of "
+                         f"numbers, got {type(x).__name__}")
+    try:
+        return _scalar_array_of(x, like)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ShapeError(f"{who}: cannot make an array of {x!r:.60}: {exc}") from None
+
+
+def _scalar_array_of(x: Any, like: np.dtype | None) -> np.ndarray:
     if like is not None and not (isinstance(x, float) and like.kind in "iub"):
         return np.asarray(x, dtype=like)
     if isinstance(x, bool):
@@ -582,7 +608,9 @@ def _record(trace: Trace, op, inputs, attrs: Attrs, dev, soft, col, where) -> An
             values.append(v)
             specs.append(x.spec)
         else:
-            arr = x if isinstance(x, np.ndarray) else _scalar_array(x, like)
+            arr = (x if isinstance(x, np.ndarray)
+                   else _scalar_array(x, like, node_label(op.name, op.name, where)))
+            check_dtype(arr.dtype, node_label(op.name, op.name, where))
             v = trace.add_constant(arr, where)
             values.append(v)
             specs.append(TensorSpec.of(arr))
@@ -622,12 +650,15 @@ def _run_eager(op, inputs, attrs: Attrs, dev: str | None, where: str | None, *,
         if isinstance(x, Tensor):
             arrays.append(_move(x, target, machine, op.name, where))
         elif isinstance(x, np.ndarray):
+            check_dtype(x.dtype, node_label(op.name, op.name, where))
             if x.ndim and target.memory_space != "host":
                 _guard_transfer(f"{node_label(op.name, op.name, where)}: implicit copy of "
                                 f"{TensorSpec.of(x)} from a NumPy array to {target.name}")
             arrays.append(target.from_host(x))
         else:
-            arrays.append(target.from_host(_scalar_array(x, like)))
+            arr = _scalar_array(x, like, node_label(op.name, op.name, where))
+            check_dtype(arr.dtype, node_label(op.name, op.name, where))
+            arrays.append(target.from_host(arr))
     specs = tuple(TensorSpec.of(a) for a in arrays)
     try:
         out_specs = op.infer_specs(specs, attrs)
@@ -637,7 +668,14 @@ def _run_eager(op, inputs, attrs: Attrs, dev: str | None, where: str | None, *,
     if not kernel_ok:
         raise DeviceError(f"{node_label(op.name, op.name, where)}: op {op.name} has no kernel on "
                           f"{target.name} ({target.backend})")
-    outs = [target.empty(s) for s in out_specs]
+    try:
+        outs = [target.empty(s) for s in out_specs]
+    except (MemoryError, ValueError) as exc:
+        from hetero.errors import OutOfMemoryError
+
+        raise OutOfMemoryError(f"{node_label(op.name, op.name, where)}: cannot allocate its "
+                               f"output {', '.join(map(str, out_specs))} on {target.name}: "
+                               f"{exc}") from None
     try:
         target.run_kernel(op, arrays, attrs, outs)
     except HeteroError:

@@ -287,3 +287,13 @@ def test_public_wrappers_do_not_coerce_attributes():
         ops.split(x, 2, axis="a")
     np.testing.assert_array_equal(x.sum(axis=np.int64(0)).numpy(), [2, 2, 2])
     np.testing.assert_array_equal(ops.concat(x, x, axis=np.int32(1)).shape, (2, 6))
+
+
+def test_rank_zero_and_bool_inputs_are_shape_errors():
+    s = ht.tensor(np.float32(2.0))
+    for fn in (lambda: ht.ops.argmax(s), lambda: ht.ops.argmin(s),
+               lambda: ht.ops.gather_elements(s, np.int64(0)),
+               lambda: ht.ops.slice(s, (0,), (1,)),
+               lambda: ht.ops.sign(ht.tensor(np.array([True, False])))):
+        with pytest.raises(ht.ShapeError, match="from test_ops_misc.py"):
+            fn()

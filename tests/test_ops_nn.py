@@ -557,3 +557,12 @@ def test_activation_bounds_match_numpy(size, nan, strided, act):
         want, -np.inf if params[0] is None else params[0], params[1])
     apply_activation(np, x, name, params)
     np.testing.assert_array_equal(x, want)
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (0, 3, 4, 4)])
+def test_batch_norm_of_an_empty_batch(shape):
+    from hetero.tracing import apply
+
+    p = np.ones(3, np.float32)
+    out = apply("batch_norm", [np.zeros(shape, np.float32), p, p, p, p])
+    assert out.shape == shape

@@ -587,3 +587,44 @@ def test_tensor_methods_flatten_squeeze_to():
         np.testing.assert_array_equal(moved.numpy(), x)
     finally:
         config._machine = old
+
+
+# ----------------------------------------------------------------------------------------------
+# Hostile inputs: a HeteroError naming the op and the user's line, never a NumPy error
+
+
+@pytest.mark.parametrize("data", [np.ones(3, np.complex64), np.array([1, "a"], dtype=object),
+                                  np.array(["a"]), None, [[1, 2], [3]]])
+def test_tensor_refuses_unsupported_data(data):
+    with pytest.raises(ht.ShapeError, match="test_tracing.py"):
+        ht.tensor(data)
+
+
+@pytest.mark.parametrize("other", [np.ones(3, np.complex64), None, "a", {"a": 1}, object()])
+def test_ops_refuse_unsupported_operands_eager_and_traced(other):
+    x = ht.tensor(np.ones(3, np.float32))
+    with pytest.raises(ht.ShapeError, match=r"add \(add, from test_tracing.py:\d+\)"):
+        apply("add", [x, other])
+
+    @ht.function
+    def f(a):
+        return apply("add", [a, other])
+
+    with pytest.raises(ht.ShapeError, match=r"add_?\d* \(add, from test_tracing.py:\d+\)"):
+        f.graph(np.ones(3, np.float32))
+
+
+def test_huge_eager_output_is_an_out_of_memory_error():
+    x = ht.tensor(np.ones((1, 1), np.float32))
+    with pytest.raises(ht.OutOfMemoryError, match=r"expand \(expand, from test_tracing.py"):
+        ops.expand(x, (10**6, 10**6))
+    with pytest.raises(ht.OutOfMemoryError, match="tile"):
+        ops.tile(ht.tensor(np.ones((10, 10), np.float32)), (10**9, 10**9))
+
+
+def test_non_contiguous_and_read_only_inputs_compute_correctly():
+    a = np.arange(24, dtype=np.float32).reshape(4, 6)[:, ::2]
+    ro = np.arange(12, dtype=np.float32).reshape(4, 3)
+    ro.setflags(write=False)
+    np.testing.assert_array_equal(ops.add(ht.tensor(a), ro).numpy(), a + ro)
+    np.testing.assert_array_equal((ht.tensor(ro) @ a.T).numpy(), ro @ a.T)

@@ -121,7 +121,13 @@ register(Op("hard_sigmoid", _same_float("hard_sigmoid"), _hard_sigmoid_kernel,
             attrs={"alpha": 0.2, "beta": 0.5}, doc="clip(alpha * x + beta, 0, 1)"))
 register(Op("softplus", _same_float("softplus"), _softplus_kernel, doc="log(1 + exp(x))"))
 register(Op("softsign", _same_float("softsign"), _softsign_kernel, doc="x / (1 + |x|)"))
-register(Op("sign", _same, _sign_kernel, doc="-1, 0 or 1 by the sign of x"))
+def _infer_sign(ins, attrs):
+    if ins[0].dtype.kind not in "iuf":
+        raise ShapeError(f"sign needs a numeric input, got {ins[0].dtype.name}")
+    return (ins[0],)
+
+
+register(Op("sign", _infer_sign, _sign_kernel, doc="-1, 0 or 1 by the sign of x"))
 
 
 def _infer_prelu(ins, attrs):
@@ -325,6 +331,8 @@ register(Op("cos", _same_float("cos"), _ufunc_kernel("cos"), doc="cosine"))
 
 def _infer_arg(ins, attrs):
     x = ins[0]
+    if x.ndim == 0:
+        raise ShapeError("argmax/argmin of a rank-0 tensor: it has no axis to reduce")
     if not -x.ndim <= attrs["axis"] < max(x.ndim, 1):
         raise ShapeError(f"axis {attrs['axis']} is out of range for rank {x.ndim}")
     axis = attrs["axis"] % max(x.ndim, 1)
@@ -363,7 +371,7 @@ def _infer_gather_elements(ins, attrs):
     x, idx = ins
     if idx.dtype.kind not in "iu":
         raise ShapeError(f"gather_elements indices must be integers, got {idx.dtype}")
-    if idx.ndim != x.ndim or not -x.ndim <= attrs["axis"] < max(x.ndim, 1):
+    if x.ndim == 0 or idx.ndim != x.ndim or not -x.ndim <= attrs["axis"] < x.ndim:
         raise ShapeError(f"gather_elements needs indices of x's rank {x.ndim} and an axis in "
                          f"range, got {idx.shape} and axis {attrs['axis']}")
     return (TensorSpec(idx.shape, x.dtype),)

@@ -1212,7 +1212,8 @@ def _batch_norm_kernel(xp, ins, attrs, outs):
     if x.flags.c_contiguous and out.flags.c_contiguous:
         # (N, C, rest) against (C, 1): NumPy's broadcast loop runs over the whole map, not
         # its last axis only
-        x3, out3 = x.reshape(n, c, -1), out.reshape(n, c, -1)
+        rest = int(np.prod(x.shape[2:], dtype=np.int64))  # not -1: N may be 0
+        x3, out3 = x.reshape(n, c, rest), out.reshape(n, c, rest)
         xp.multiply(x3, a.reshape(c, 1), out=out3)
         out3 += b.reshape(c, 1)
     else:

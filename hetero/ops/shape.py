@@ -233,6 +233,8 @@ def _slice_plan(shape: tuple[int, ...], starts: tuple[int, ...], ends: tuple[int
     if len(axes) != len(starts) or len(steps) != len(starts):
         raise ShapeError(f"slice starts, ends, axes and steps must have one entry per sliced "
                          f"axis; got {len(starts)}, {len(ends)}, {len(axes)}, {len(steps)}")
+    if ndim == 0 and starts:
+        raise ShapeError("slice of a rank-0 tensor: it has no axis to slice")
     index = [_builtin_slice(None)] * ndim
     out = list(shape)
     seen = set()
