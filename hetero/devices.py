@@ -746,6 +746,10 @@ SPEC_GRAMMAR = (
     "Cards: " + ", ".join(CARDS) + "\n"
     "examples: 'cpu:2,gpu:1', 'cpu:2,sim:1', 'cpu:4,sim:2@a100'")
 
+#: The most devices of one kind a spec may ask for: a typo such as "cpu:99999999" must be an error,
+#: not a machine that starts a hundred million worker threads.
+MAX_SPEC_COUNT = 1024
+
 _ITEM_RE = re.compile(r"^(cpu|gpu|sim)(?::(\d+))?(?:@([a-z0-9][a-z0-9_.-]*))?$")
 
 
@@ -973,6 +977,9 @@ class Machine:
                 raise DeviceError(f"unknown card {card_key!r} in machine spec {spec!r} "
                                   f"(known: {', '.join(CARDS)})\n{SPEC_GRAMMAR}")
             n = None if count is None else int(count)
+            if n is not None and n > MAX_SPEC_COUNT:
+                raise DeviceError(f"{raw.strip()!r} in machine spec {spec!r} asks for {n} "
+                                  f"devices; at most {MAX_SPEC_COUNT} of a kind\n{SPEC_GRAMMAR}")
             if n == 0 and kind != "cpu":
                 raise DeviceError(f"{raw.strip()!r} in machine spec {spec!r} asks for no "
                                   f"{'simulated ' if kind == 'sim' else ''}GPU: the number is a "

@@ -1035,5 +1035,8 @@ def function(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
     Use as ``@function`` or ``@function(machine=..., policy=...)``.
     """
     if fn is None:
-        return lambda f: Function(f, **options)
+        return lambda f: function(f, **options)
+    if not callable(fn):
+        raise TraceError(f"{user_line()}: @function decorates a function, got "
+                         f"{type(fn).__name__} {fn!r:.60}")
     return Function(fn, **options)

@@ -386,3 +386,9 @@ def test_link_and_simspec_are_exported():
 def test_zero_gpus_in_a_spec_is_refused_as_a_count_not_an_index(spec):
     with pytest.raises(ht.DeviceError, match="count, not an index"):
         ht.Machine.parse(spec)
+
+
+@pytest.mark.parametrize("spec", ["cpu:99999999", "cpu:2,sim:5000", "gpu:100000"])
+def test_parse_refuses_absurd_device_counts(spec):
+    with pytest.raises(ht.DeviceError, match="at most 1024 of a kind"):
+        ht.Machine.parse(spec)

@@ -628,3 +628,11 @@ def test_non_contiguous_and_read_only_inputs_compute_correctly():
     ro.setflags(write=False)
     np.testing.assert_array_equal(ops.add(ht.tensor(a), ro).numpy(), a + ro)
     np.testing.assert_array_equal((ht.tensor(ro) @ a.T).numpy(), ro @ a.T)
+
+
+@pytest.mark.parametrize("bad", [3, "f", [lambda x: x]])
+def test_function_refuses_non_callables(bad):
+    with pytest.raises(ht.TraceError, match="decorates a function"):
+        ht.function(bad)
+    with pytest.raises(ht.TraceError, match="decorates a function"):
+        ht.function(machine="cpu:1")(bad)
