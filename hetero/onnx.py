@@ -170,6 +170,13 @@ class _Ctx:
     def fail(self, message: str) -> ModelError:
         return ModelError(f"{self.where} ({self.op_type}): {message}")
 
+    def axis(self, axis: int, ndim: int) -> int:
+        """``axis`` in ``[-ndim, ndim)`` made non-negative; out of range is a ModelError (a rank-0
+        input takes axis 0 or -1)."""
+        if not -max(ndim, 1) <= axis < max(ndim, 1):
+            raise self.fail(f"axis {axis} is out of range for rank {ndim}")
+        return axis % max(ndim, 1)
+
     def inp(self, i: int) -> _Val:
         if i >= len(self.ins) or self.ins[i] is None:
             raise self.fail(f"input {i} is required")
@@ -318,7 +325,7 @@ def _arg_converter(onnx_op: str, op: str) -> None:
     @_converts(onnx_op, needs=(op,))
     def convert(ctx: _Ctx) -> list[_Val]:
         x = ctx.inp(0)
-        return [ctx.emit(op, [x], axis=int(ctx.attr("axis", 0)) % max(x.spec.ndim, 1),
+        return [ctx.emit(op, [x], axis=ctx.axis(int(ctx.attr("axis", 0)), x.spec.ndim),
                          keepdims=int(ctx.attr("keepdims", 1)),
                          select_last_index=int(ctx.attr("select_last_index", 0)))]
 
@@ -492,7 +499,7 @@ def _reduce_converter(onnx_op: str, op: str, axes_input_since: int) -> None:
                 return [x]
             axes = None
         else:
-            axes = tuple(sorted(a % max(x.spec.ndim, 1) for a in axes))
+            axes = tuple(sorted(ctx.axis(a, x.spec.ndim) for a in axes))
         if x.spec.ndim == 0:
             return [x]
         return [ctx.emit(op, [x], axes=axes, keepdims=keepdims)]
@@ -508,9 +515,9 @@ def _softmax_converter(onnx_op: str, op: str) -> None:
         x = ctx.inp(0)
         nd = x.spec.ndim
         if ctx.opset >= 13:
-            return [ctx.emit(op, [x], axis=int(ctx.attr("axis", -1)) % max(nd, 1))]
+            return [ctx.emit(op, [x], axis=ctx.axis(int(ctx.attr("axis", -1)), nd))]
         # before opset 13 the input is seen as 2-D: dims before `axis` x dims from `axis` on
-        axis = int(ctx.attr("axis", 1)) % max(nd, 1)
+        axis = ctx.axis(int(ctx.attr("axis", 1)), nd)
         if axis == nd - 1:
             return [ctx.emit(op, [x], axis=axis)]
         shape = x.spec.shape
@@ -581,13 +588,13 @@ def _concat(ctx: _Ctx) -> list[_Val]:
     nd = ins[0].spec.ndim
     if len(ins) == 1:
         return [ins[0]]
-    return [ctx.emit("concat", ins, axis=int(axis) % max(nd, 1))]
+    return [ctx.emit("concat", ins, axis=ctx.axis(int(axis), nd))]
 
 
 @_converts("Split", needs=("split",))
 def _split(ctx: _Ctx) -> list[_Val]:
     x = ctx.inp(0)
-    axis = int(ctx.attr("axis", 0)) % max(x.spec.ndim, 1)
+    axis = ctx.axis(int(ctx.attr("axis", 0)), x.spec.ndim)
     dim = x.spec.shape[axis]
     if ctx.opset >= 13:
         arr = ctx.const(1, "split")
@@ -638,7 +645,7 @@ def _squeeze(ctx: _Ctx) -> list[_Val]:
     x = ctx.inp(0)
     axes = _axes_arg(ctx, 13)
     if axes is not None:
-        axes = tuple(sorted(a % max(x.spec.ndim, 1) for a in axes))
+        axes = tuple(sorted(ctx.axis(a, x.spec.ndim) for a in axes))
     return [ctx.emit("squeeze", [x], axes=axes)]
 
 
@@ -666,7 +673,7 @@ def _pad(ctx: _Ctx) -> list[_Val]:
         value = 0.0 if cv is None or cv.size == 0 else cv.reshape(-1)[0].item()
         axes_arr = ctx.const(3, "axes")
         if axes_arr is not None:
-            axes = [int(a) % nd for a in axes_arr.reshape(-1)]
+            axes = [ctx.axis(int(a), nd) for a in axes_arr.reshape(-1)]
             full = [0] * (2 * nd)
             for k, a in enumerate(axes):
                 full[a], full[a + nd] = pads[k], pads[k + len(axes)]
@@ -683,7 +690,7 @@ def _pad(ctx: _Ctx) -> list[_Val]:
 @_converts("Gather", needs=("gather",))
 def _gather(ctx: _Ctx) -> list[_Val]:
     x, idx = ctx.inp(0), ctx.inp(1)
-    axis = int(ctx.attr("axis", 0)) % max(x.spec.ndim, 1)
+    axis = ctx.axis(int(ctx.attr("axis", 0)), x.spec.ndim)
     if idx.is_const:  # negative indices count from the end (ONNX); normalise them here
         arr = idx.array.astype(np.int64)
         idx = ctx.const_val(np.where(arr < 0, arr + x.spec.shape[axis], arr))
@@ -693,7 +700,7 @@ def _gather(ctx: _Ctx) -> list[_Val]:
 @_converts("GatherElements", needs=("gather_elements",))
 def _gather_elements(ctx: _Ctx) -> list[_Val]:
     x = ctx.inp(0)
-    axis = int(ctx.attr("axis", 0)) % max(x.spec.ndim, 1)
+    axis = ctx.axis(int(ctx.attr("axis", 0)), x.spec.ndim)
     return [ctx.emit("gather_elements", [x, ctx.inp(1)], axis=axis)]
 
 
@@ -1171,10 +1178,14 @@ def _read_model(model: Any) -> tuple[Any, str, str | None]:
     if not isinstance(model, (str, os.PathLike)):
         raise ModelError(f"load() takes a path or an onnx.ModelProto, got {type(model).__name__}")
     path = os.fspath(model)
+    if os.path.isdir(path):
+        raise ModelError(f"{path}: is a directory, not a model file")
     if not os.path.isfile(path):
         raise ModelError(f"{path}: no such model file")
     try:
         proto = onnx.load(path, load_external_data=False)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model file: {exc.strerror or exc}") from None
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise ModelError(f"{path}: not a valid ONNX model: {exc}") from None
     return proto, os.path.basename(path), os.path.dirname(os.path.abspath(path))

@@ -477,3 +477,29 @@ def test_misc_other_ops_against_numpy():
     np.testing.assert_array_equal(hetero.ops.trilu(m, upper=False, k=1).numpy(), np.tril(m, 1))
     with pytest.raises(hetero.ShapeError, match="one shape"):
         hetero.ops.add_n(randn(2), randn(3))
+
+
+@pytest.mark.parametrize("op_type,attrs,extra_in", [
+    ("Softmax", {"axis": 7}, []), ("LogSoftmax", {"axis": -3}, []),
+    ("ArgMax", {"axis": 2}, []), ("Concat", {"axis": 5}, ["x"]),
+])
+def test_out_of_range_axis_is_a_model_error_not_wrapped(op_type, attrs, extra_in):
+    node = helper.make_node(op_type, ["x"] + extra_in, ["y"], **attrs)
+    model = make_model([node], [vi("x", (2, 3))], [vi("y", None)])
+    with pytest.raises(ModelError, match=rf"{op_type}#0 \({op_type}\): axis -?\d+ is out of "
+                                         r"range for rank 2"):
+        ho.load(model)
+
+
+def test_directory_truncated_and_empty_files_are_model_errors(tmp_path):
+    with pytest.raises(ModelError, match="is a directory"):
+        ho.load(tmp_path)
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", (2, 3))],
+                       [vi("y", (2, 3))])
+    data = model.SerializeToString()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="cut.onnx: not a valid ONNX model"):
+        ho.load(tmp_path / "cut.onnx")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(ModelError, match="empty.onnx"):
+        ho.load(tmp_path / "empty.onnx")
