@@ -41,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from hetero.errors import HeteroError, ModelError
+from hetero.errors import HeteroError, ModelError, OutOfMemoryError
+from hetero.graph import TensorSpec
 
 PROG = "hetero"
 POLICIES = ("heft", "peft", "cpu", "gpu", "annotated")
@@ -434,13 +435,22 @@ def _run_inputs(graph: Any, given: Sequence[InputArg], seed: int) -> list[np.nda
                                  f"{arr.dtype}{list(arr.shape)}, the model takes "
                                  f"{spec.dtype}{list(spec.shape)}")
             arrays.append(arr)
-        elif spec.dtype.kind == "f":
-            arrays.append(rng.standard_normal(spec.shape).astype(spec.dtype))
-        elif spec.dtype.kind == "b":
-            arrays.append(rng.integers(0, 2, spec.shape).astype(bool))
-        else:  # integer inputs are usually indices: zeros are valid for any table size
-            arrays.append(np.zeros(spec.shape, spec.dtype))
+        else:
+            try:
+                arrays.append(_random_input(rng, spec))
+            except (MemoryError, ValueError) as exc:
+                raise OutOfMemoryError(f"input {name} ({spec}): cannot allocate it on the "
+                                       f"host: {exc}") from None
     return arrays
+
+
+def _random_input(rng: np.random.Generator, spec: TensorSpec) -> np.ndarray:
+    if spec.dtype.kind == "f":
+        return rng.standard_normal(spec.shape).astype(spec.dtype)
+    if spec.dtype.kind == "b":
+        return rng.integers(0, 2, spec.shape).astype(bool)
+    # integer inputs are usually indices: zeros are valid for any table size
+    return np.zeros(spec.shape, spec.dtype)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -801,6 +811,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError:
             pass
         return 0
+    except MemoryError as exc:
+        print(f"{PROG}: error: out of host memory: {_one_line(str(exc), hint=False)}",
+              file=sys.stderr)
+        return 1
     except Exception as exc:
         debug = getattr(args, "debug", False)
         if debug:

@@ -491,3 +491,11 @@ def test_debug_shows_the_traceback():
         proc = hetero_cmd(*args)
         assert proc.returncode == 1
         assert "Traceback" in proc.stderr and "ModelError" in proc.stderr
+
+
+def test_run_with_an_input_too_big_for_the_host_is_an_error_not_internal(capsys):
+    code, _, err = _main(["run", ex("cnn.onnx"), "--input", "image=99999x3x9999x9999",
+                          "--repeat", "1"], capsys)
+    assert code == 1
+    assert "error: input image (f32[99999,3,9999,9999]): cannot allocate" in err
+    assert "internal error" not in err
