@@ -97,7 +97,10 @@ def device(name: Any, *, soft: bool = False) -> Iterator[None]:
     if name is None:
         soft = False
     else:
-        name = normalize_device(name)
+        try:
+            name = normalize_device(name)
+        except DeviceError as exc:
+            raise DeviceError(f"ht.device (from {user_line()}): {exc}") from None
     stack = _scopes()
     _, _, col = stack[-1] if stack else (None, False, None)
     stack.append((name, soft, col))
@@ -111,7 +114,8 @@ def device(name: Any, *, soft: bool = False) -> Iterator[None]:
 def colocate(group: str) -> Iterator[None]:
     """Nodes created inside share one device, whatever the placer decides."""
     if not isinstance(group, str) or not group:
-        raise HeteroError(f"a colocation group is a non-empty string, got {group!r}")
+        raise HeteroError(f"ht.colocate (from {user_line()}): a colocation group is a non-empty "
+                          f"string, got {group!r}")
     stack = _scopes()
     dev, soft, _ = stack[-1] if stack else (None, False, None)
     stack.append((dev, soft, group))

@@ -636,3 +636,12 @@ def test_function_refuses_non_callables(bad):
         ht.function(bad)
     with pytest.raises(ht.TraceError, match="decorates a function"):
         ht.function(machine="cpu:1")(bad)
+
+
+def test_bad_scopes_name_the_user_line():
+    with pytest.raises(ht.DeviceError, match=r"ht.device \(from test_tracing.py:\d+\): unknown"):
+        with ht.device("tpu:0"):
+            pass
+    with pytest.raises(ht.HeteroError, match=r"ht.colocate \(from test_tracing.py:\d+\)"):
+        with ht.colocate(""):
+            pass
