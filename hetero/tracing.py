@@ -226,6 +226,9 @@ class Tensor:
     def __index__(self) -> int:
         if self._trace is not None:
             raise self._no_value("using a tensor as an index")
+        if self.dtype.kind not in "iu" or self.ndim:
+            raise TypeError(f"only a rank-0 integer tensor can be used as an index, "
+                            f"got {self.spec}")  # TypeError: what __index__ must raise
         return int(self.numpy())
 
     def __len__(self) -> int:

@@ -424,3 +424,17 @@ def test_split_and_flatten_match_onnxruntime(shape, axis, sizes):
     for a in range(-len(shape), len(shape) + 1):
         (w,) = run_onnxruntime("Flatten", [x], {"axis": a})
         np.testing.assert_array_equal(ops.flatten(x, a).numpy(), w)
+
+
+def test_hostile_getitem_cast_and_empty_pool_are_shape_errors():
+    x = ht.tensor(np.ones((2, 3), np.float32))
+    with pytest.raises(ht.ShapeError, match="slice step cannot be zero"):
+        x[::0]
+    for dtype in (np.complex64, object, "U"):
+        with pytest.raises(ht.ShapeError, match=r"cast \(cast, from test_ops_shape.py"):
+            ops.cast(x, dtype)
+    with pytest.raises(ht.ShapeError, match="maximum of an empty map"):
+        ops.global_max_pool(ht.tensor(np.ones((1, 2, 0, 0), np.float32)))
+    with pytest.raises(TypeError, match="rank-0 integer tensor"):
+        [1, 2, 3][ht.tensor(np.float32(1))]
+    assert [1, 2, 3][ht.tensor(np.int64(1))] == 2

@@ -354,6 +354,9 @@ def _cast_infer(ins, attrs):
         dtype = np.dtype(attrs["to"])
     except TypeError:
         raise ShapeError(f"cast: {attrs['to']!r} is not a dtype name") from None
+    if dtype.kind not in "biuf":
+        raise ShapeError(f"cast to {dtype.name} is not supported (hetero tensors are bool, "
+                         "integer or floating-point)")
     return (TensorSpec(ins[0].shape, dtype),)
 
 
@@ -536,7 +539,7 @@ def cast(x, dtype, *, device=None):
     """``x`` converted to ``dtype`` (a NumPy dtype or its name); float to bool is ``x != 0``."""
     try:
         name = np.dtype(dtype).name
-    except TypeError:
+    except (TypeError, ValueError):
         raise ShapeError(f"cast: {dtype!r} is not a dtype") from None
     return apply("cast", (x,), {"to": name}, device=device)
 

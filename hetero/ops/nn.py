@@ -1133,6 +1133,8 @@ def _infer_global(opname):
         if x.ndim < 3:
             raise ShapeError(f"{opname}: input must be (N, C, spatial...), got shape {x.shape}")
         require_float(x, opname)
+        if opname == "global_max_pool" and 0 in x.shape[2:]:
+            raise ShapeError(f"{opname}: the maximum of an empty map, input shape {x.shape}")
         return (TensorSpec(x.shape[:2] + (1,) * (x.ndim - 2), x.dtype),)
     return infer
 

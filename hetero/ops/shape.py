@@ -539,6 +539,8 @@ def getitem(x, key, *, device=None):
             continue
         dim = spec.shape[axis]
         if isinstance(k, _builtin_slice):
+            if k.step == 0:
+                raise ShapeError(f"getitem: slice step cannot be zero in {k}")
             start, stop, step = k.indices(dim)
             n = len(range(start, stop, step))
             if not (step == 1 and n == dim):  # a full slice needs no node
