@@ -91,7 +91,7 @@ from typing import Any
 
 import numpy as np
 
-from hetero.errors import ExecutionError, HeteroError
+from hetero.errors import ExecutionError, HeteroError, OutOfMemoryError
 from hetero.graph import Graph, Node, TensorSpec, Value
 from hetero.passes.memory import issue_stream, value_space
 
@@ -419,8 +419,12 @@ class Executor:
             if space == "host":
                 pinned = next((g for g in gpus if hasattr(g, "pinned_empty")), None)
                 # pinned host memory lets copies to and from a GPU run asynchronously
-                buf = pinned.pinned_empty(spec) if pinned is not None else np.empty(nbytes,
-                                                                                    _UINT8)
+                try:
+                    buf = pinned.pinned_empty(spec) if pinned is not None else np.empty(nbytes,
+                                                                                        _UINT8)
+                except (MemoryError, ValueError) as exc:
+                    raise OutOfMemoryError(f"the plan's host arena of {nbytes} bytes cannot be "
+                                           f"allocated: {exc}") from None
             else:
                 dev = next(d for d in self.machine.devices if d.memory_space == space)
                 buf = dev.empty(spec)
@@ -607,7 +611,11 @@ class Executor:
             if keep and v in self._kept:
                 values[v] = self._kept[v].empty(node.outputs[v.index])
             elif space == "host":
-                values[v] = np.empty(node.outputs[v.index].shape, node.outputs[v.index].dtype)
+                try:
+                    values[v] = np.empty(node.outputs[v.index].shape, node.outputs[v.index].dtype)
+                except (MemoryError, ValueError) as exc:
+                    raise OutOfMemoryError(f"{node.label}: cannot allocate its output "
+                                           f"{node.outputs[v.index]} on the host: {exc}") from None
             else:
                 dev = next(d for d in self.machine.devices if d.memory_space == space)
                 values[v] = dev.empty(node.outputs[v.index])

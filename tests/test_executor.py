@@ -506,3 +506,21 @@ def test_a_plan_that_would_deadlock_is_refused_at_load():
     assert isinstance(bad, Plan)
     with pytest.raises(Exception, match="deadlock"):
         Executor(bad)
+
+
+def test_host_allocations_past_memory_are_out_of_memory_errors():
+    import hetero as ht
+
+    x = np.ones((1, 1), np.float32)
+
+    def out(x):
+        return ht.ops.expand(x, (10**6, 10**6))
+
+    def middle(x):
+        return ht.ops.expand(x, (10**6, 10**6)).sum()
+
+    plan = ht.compile(ht.function(out).graph(x), machine="cpu:2")
+    with pytest.raises(ht.OutOfMemoryError, match=r"expand_0 \(expand, from test_executor.py"):
+        plan.run(x)
+    with pytest.raises(ht.OutOfMemoryError, match="host arena"):
+        ht.compile(ht.function(middle).graph(x), machine="cpu:2").run(x)
