@@ -1044,7 +1044,7 @@ class _Importer:
         self.model = model
         self.source = source
         self.folder = folder
-        self.input_shapes = dict(input_shapes or {})
+        self.input_shapes = _check_input_shapes(model, input_shapes)
         self.static_inputs = {k: np.array(v, copy=True) for k, v in (static_inputs or {}).items()}
         self.builder = _Builder()
         self.opset = _opset(model)
@@ -1189,6 +1189,29 @@ def _read_model(model: Any) -> tuple[Any, str, str | None]:
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise ModelError(f"{path}: not a valid ONNX model: {exc}") from None
     return proto, os.path.basename(path), os.path.dirname(os.path.abspath(path))
+
+
+def _check_input_shapes(proto: Any, input_shapes: Mapping[str, Any] | None
+                        ) -> dict[str, tuple[int, ...]]:
+    """``input_shapes`` as tuples of non-negative ints, each naming a graph input."""
+    if input_shapes is None:
+        return {}
+    if not isinstance(input_shapes, Mapping):
+        raise ModelError(f"input_shapes is a dict of input name -> shape, got "
+                         f"{type(input_shapes).__name__}")
+    names = [vi.name for vi in proto.graph.input]
+    out = {}
+    for name, shape in input_shapes.items():
+        if name not in names:
+            raise ModelError(f"input_shapes names {name!r}, which is not a graph input "
+                             f"(inputs: {', '.join(names) or 'none'})")
+        if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list, np.ndarray)) \
+                or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 0
+                       for d in shape):
+            raise ModelError(f"input_shapes[{name!r}] must be a tuple of non-negative ints, "
+                             f"got {shape!r}")
+        out[name] = tuple(int(d) for d in shape)
+    return out
 
 
 def load(model: Any, *, input_shapes: Mapping[str, Sequence[int]] | None = None,

@@ -205,8 +205,18 @@ class Plan:
     @classmethod
     def from_json(cls, data: Mapping[str, Any], machine: Any = None) -> Plan:
         """Read a plan written by ``to_json``; ``machine`` overrides the recorded one."""
+        if not isinstance(data, Mapping):
+            raise HeteroError(f"Plan.from_json takes the dict to_json wrote (json.load it first), "
+                              f"got {type(data).__name__}")
         if data.get("format") != "hetero.plan/1":
             raise HeteroError(f"not a hetero plan (format {data.get('format')!r})")
+        try:
+            return cls._from_json(data, machine)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise HeteroError(f"a malformed hetero plan: {type(exc).__name__}: {exc}") from None
+
+    @classmethod
+    def _from_json(cls, data: Mapping[str, Any], machine: Any) -> Plan:
         if machine is None:
             machine = _machine_from_json(data["machine"])
         memory = None

@@ -306,3 +306,12 @@ def test_cpu_only_machines_get_winograd_and_gpu_machines_plain_convs():
         plan = compile(g, machine=spec)
         assert op in {n.op for n in plan.graph.nodes}, spec
         np.testing.assert_allclose(plan.run(x)[0], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("data", ["{}", None, {"format": "hetero.plan/1"},
+                                  {"format": "hetero.plan/1", "machine": 5}])
+def test_plan_from_malformed_json_is_a_hetero_error(data):
+    from hetero.plan import Plan
+
+    with pytest.raises(HeteroError, match="hetero plan|Plan.from_json takes"):
+        Plan.from_json(data)

@@ -503,3 +503,16 @@ def test_directory_truncated_and_empty_files_are_model_errors(tmp_path):
     (tmp_path / "empty.onnx").write_bytes(b"")
     with pytest.raises(ModelError, match="empty.onnx"):
         ho.load(tmp_path / "empty.onnx")
+
+
+@pytest.mark.parametrize("shapes,match", [
+    ({"nope": (1, 3)}, "not a graph input"), ({"x": "abc"}, "tuple of non-negative ints"),
+    ({"x": (-1, 3)}, "tuple of non-negative ints"), ({"x": (2.5, 3)}, "non-negative ints"),
+])
+def test_bad_input_shapes_are_model_errors(shapes, match):
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", ("N", 3))],
+                       [vi("y", None)])
+    with pytest.raises(ModelError, match=match):
+        ho.load(model, input_shapes=shapes)
+    assert ho.load(model, input_shapes={"x": (4, 3)}).spec(ho.load(
+        model, input_shapes={"x": (4, 3)}).outputs[0]).shape == (4, 3)
