@@ -1203,7 +1203,7 @@ def _check_input_shapes(proto: Any, input_shapes: Mapping[str, Any] | None
     out = {}
     for name, shape in input_shapes.items():
         if name not in names:
-            raise ModelError(f"input_shapes names {name!r}, which is not a graph input "
+            raise ModelError(f"input_shapes: no graph input named {name!r} "
                              f"(inputs: {', '.join(names) or 'none'})")
         if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list, np.ndarray)) \
                 or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 0

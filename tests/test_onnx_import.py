@@ -506,7 +506,7 @@ def test_directory_truncated_and_empty_files_are_model_errors(tmp_path):
 
 
 @pytest.mark.parametrize("shapes,match", [
-    ({"nope": (1, 3)}, "not a graph input"), ({"x": "abc"}, "tuple of non-negative ints"),
+    ({"nope": (1, 3)}, "no graph input named 'nope'"), ({"x": "abc"}, "tuple of non-negative ints"),
     ({"x": (-1, 3)}, "tuple of non-negative ints"), ({"x": (2.5, 3)}, "non-negative ints"),
 ])
 def test_bad_input_shapes_are_model_errors(shapes, match):
