@@ -309,7 +309,7 @@ class Graph:
 def check(obj: Any, **kwargs: Any) -> None:
     """Verify every invariant of a Graph (or, once registered, a Plan); raise ``GraphError``
     naming the node, its op and source line, with the neighbourhood printed."""
-    raise TypeError(f"check() does not know {type(obj).__name__}")
+    raise GraphError(f"check() takes a Graph or a Plan, got {type(obj).__name__}")
 
 
 def neighbourhood(graph: Graph, name: str, radius: int = 2) -> str:

@@ -179,3 +179,9 @@ def test_no_check_or_trace_mutates_its_input():
     assert (g.nodes, g.inputs, g.outputs, dict(g.constants)) == before
     with pytest.raises(dataclasses.FrozenInstanceError):
         g.nodes = ()  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("obj", [None, "graph", 3])
+def test_check_of_a_non_graph_is_a_graph_error(obj):
+    with pytest.raises(ht.GraphError, match="check\\(\\) takes a Graph or a Plan"):
+        ht.check(obj)
