@@ -176,6 +176,10 @@ def load_model(model: str, inputs: Sequence[InputArg] = ()) -> Any:
     Raises:
         ModelError: no such file, not a model, unknown function, missing or unknown inputs.
     """
+    names = [a.name for a in inputs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ModelError(f"--input {', '.join(twice)} given more than once")
     py = _split_python_model(model)
     if py is not None:
         return _trace_python(py[0], py[1], inputs)

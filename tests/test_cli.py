@@ -499,3 +499,9 @@ def test_run_with_an_input_too_big_for_the_host_is_an_error_not_internal(capsys)
     assert code == 1
     assert "error: input image (f32[99999,3,9999,9999]): cannot allocate" in err
     assert "internal error" not in err
+
+
+def test_an_input_given_twice_is_an_error(capsys):
+    code, _, err = _main(["place", ex("cnn.onnx"), "--input", "image=1x3x64x64",
+                          "--input", "image=2x3x64x64"], capsys)
+    assert code == 1 and "--input image given more than once" in err
