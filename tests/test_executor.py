@@ -453,10 +453,9 @@ def test_blas_threads_leave_out_cores_busy_elsewhere(monkeypatch):
     assert Executor(plan).blas_threads == 3
 
 
-def test_a_busy_host_limits_blas_for_a_single_worker(monkeypatch):
+def _blas_threads_seen_by_relu(monkeypatch) -> list[int]:
+    """Make every relu kernel record the BLAS threads it runs under; return that record."""
     from threadpoolctl import threadpool_info
-
-    from hetero import executor
 
     seen = []
     op = registry.lookup("relu")
@@ -468,6 +467,13 @@ def test_a_busy_host_limits_blas_for_a_single_worker(monkeypatch):
         original(xp, ins, attrs, outs)
 
     monkeypatch.setattr(op, "kernel", kernel)
+    return seen
+
+
+def test_a_busy_host_limits_blas_for_a_single_worker(monkeypatch):
+    from hetero import executor
+
+    seen = _blas_threads_seen_by_relu(monkeypatch)
     monkeypatch.setattr(executor, "busy_elsewhere", lambda: 64)
     g = mlp(batch=4, sizes=(8, 8, 4))
     Executor(make_plan(g, Machine.parse("cpu:1"), lambda n: "cpu:0")).run(inputs_for(g))
@@ -475,18 +481,7 @@ def test_a_busy_host_limits_blas_for_a_single_worker(monkeypatch):
 
 
 def test_blas_is_limited_while_several_workers_run(monkeypatch):
-    from threadpoolctl import threadpool_info
-
-    seen = []
-    op = registry.lookup("relu")
-    original = op.kernel
-
-    def kernel(xp, ins, attrs, outs):
-        seen.append(max((i["num_threads"] for i in threadpool_info()
-                         if i["user_api"] == "blas"), default=1))
-        original(xp, ins, attrs, outs)
-
-    monkeypatch.setattr(op, "kernel", kernel)
+    seen = _blas_threads_seen_by_relu(monkeypatch)
     g = mlp(batch=4, sizes=(8, 8, 8, 4))
     machine = Machine.parse("cpu:2")
     Executor(make_plan(g, machine, random_placement(1, ("cpu:0", "cpu:1")))).run(inputs_for(g))
