@@ -1,6 +1,6 @@
 """hetero: run one computation graph on every processor of a machine at once."""
 
-from hetero import ops
+from hetero import backends, ops  # noqa: F401  (backends register the GPU device classes)
 from hetero.config import config
 from hetero.devices import Device, Link, Machine, SimSpec
 from hetero.errors import (
@@ -16,30 +16,32 @@ from hetero.errors import (
     TransferGuardError,
     UnknownOpError,
 )
-from hetero.graph import Attrs, Graph, Node, TensorSpec, Value, check
-from hetero.tracing import Function, Tensor, colocate, device, function, tensor
+from hetero.function import Function, function
+from hetero.graph import Attrs, Graph, Node, NodeKind, TensorSpec, Value
+from hetero.tracing import Tensor, colocate, device, tensor
+from hetero.version import __version__  # noqa: F401
 
-__version__ = "0.1.0"
-
-# Later stages load on first use, so `import hetero` stays light (NumPy and networkx only).
+# The pipeline and later stages load on first use, so `import hetero` stays light (it imports
+# NumPy and threadpoolctl, not networkx).
 _LAZY = {
     "scheduling": ("hetero.scheduling", None),
     "onnx": ("hetero.onnx", None),
-    "place": ("hetero.passes.place", "place"),
+    "place": ("hetero.pipeline", "place"),
     "partition": ("hetero.passes.partition", "partition"),
     "schedule": ("hetero.passes.schedule", "schedule"),
     "plan_memory": ("hetero.passes.memory", "plan_memory"),
     "compile": ("hetero.compiler", "compile"),
-    "calibrate": ("hetero.cost", "calibrate"),
-    "Placement": ("hetero.plan", "Placement"),
-    "Reason": ("hetero.plan", "Reason"),
+    "calibrate": ("hetero.compiler", "calibrate"),
+    "Placement": ("hetero.passes.place", "Placement"),
+    "Reason": ("hetero.passes.place", "Reason"),
     "Plan": ("hetero.plan", "Plan"),
     "Profile": ("hetero.profile", "Profile"),
     "Executor": ("hetero.executor", "Executor"),
     "RooflineCost": ("hetero.cost", "RooflineCost"),
     "MeasuredCost": ("hetero.cost", "MeasuredCost"),
     "TableCost": ("hetero.cost", "TableCost"),
-    "compare_policies": ("hetero.passes.place", "compare_policies"),
+    "compare_policies": ("hetero.pipeline", "compare_policies"),
+    "check": ("hetero.verify", "check"),
 }
 
 
@@ -56,7 +58,8 @@ def __getattr__(name: str):
 
 __all__ = [
     "Attrs", "Device", "DeviceError", "ExecutionError", "Function", "Graph", "GraphError",
-    "HeteroError", "Link", "Machine", "ModelError", "Node", "OutOfMemoryError", "PlacementError",
+    "HeteroError", "Link", "Machine", "ModelError", "Node", "NodeKind", "OutOfMemoryError",
+    "PlacementError",
     "ShapeError", "SimSpec", "Tensor", "TensorSpec", "TraceError", "TransferGuardError",
     "UnknownOpError", "Value", "check", "colocate", "config", "device", "function", "ops",
     "tensor",

@@ -41,8 +41,17 @@ from typing import Any
 
 import numpy as np
 
+from hetero import cost as costs
+from hetero import ops, reference, report
+from hetero.devices import SPEC_GRAMMAR, Machine
 from hetero.errors import HeteroError, ModelError, OutOfMemoryError
+from hetero.function import Function
 from hetero.graph import TensorSpec
+from hetero.ops import registry
+from hetero.passes.optimize import optimize
+from hetero.pipeline import compile_graph, optimize_for
+from hetero.report import fmt_bytes, fmt_time, text_table
+from hetero.version import __version__
 
 PROG = "hetero"
 POLICIES = ("heft", "peft", "cpu", "gpu", "annotated")
@@ -81,8 +90,6 @@ def _one_line(text: str, *, items: int = 4, hint: bool = True) -> str:
 
 def machine_arg(spec: str) -> Any:
     """``--devices SPEC`` -> Machine (argparse type)."""
-    from hetero.devices import SPEC_GRAMMAR, Machine
-
     try:
         return Machine.parse(spec)
     except HeteroError as exc:
@@ -254,8 +261,6 @@ def _import_file(path: str) -> Any:
 
 
 def _trace_python(path: str, func: str, inputs: Sequence[InputArg]) -> Any:
-    from hetero.tracing import Function
-
     module = _import_file(path)
     fn = getattr(module, func, None)
     if fn is None or not callable(fn):
@@ -304,17 +309,13 @@ def _trace_python(path: str, func: str, inputs: Sequence[InputArg]) -> Any:
 def _machine(args: argparse.Namespace) -> Any:
     if args.devices is not None:
         return args.devices
-    from hetero.devices import Machine
-
     return Machine.detect()
 
 
 def _cost(args: argparse.Namespace, machine: Any) -> Any:
-    from hetero.cost import MeasuredCost, RooflineCost
-
     if getattr(args, "cost", "roofline") == "measured":
-        return MeasuredCost(machine, path=args.cost_file)
-    return RooflineCost(machine)
+        return costs.MeasuredCost(machine, path=args.cost_file)
+    return costs.RooflineCost(machine)
 
 
 def _write(text: str, path: str | None) -> None:
@@ -333,17 +334,14 @@ def _write(text: str, path: str | None) -> None:
         raise HeteroError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def _compile(args: argparse.Namespace, graph: Any, machine: Any, cost: Any) -> Any:
-    from hetero.compiler import compile as compile_plan
-
-    return compile_plan(graph, machine=machine, policy=args.policy, cost=cost)
+def _compile(args: argparse.Namespace, graph: Any, machine: Any, cost: Any,
+             optimize: bool = True) -> Any:
+    return compile_graph(graph, machine, args.policy, cost, optimize=optimize)
 
 
 def _measured_note(plan: Any) -> str | None:
     """With ``--cost measured``: how many of the plan's nodes were costed from measured times."""
-    from hetero.report import _cost_model_json
-
-    cost = _cost_model_json(plan)
+    cost = report._cost_model_json(plan)
     if cost is None or cost["model"] != "measured":
         return None
     hit, total = cost["measured_nodes"], cost["nodes"]
@@ -361,8 +359,6 @@ def _rate(value: float) -> str:
 
 def devices_table(machine: Any) -> str:
     """The devices of ``machine`` with their rates, and the links between memory spaces."""
-    from hetero.report import fmt_bytes, fmt_time, text_table
-
     rows = []
     for d in machine.devices:
         p = d.peak_flops
@@ -402,15 +398,13 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_place(args: argparse.Namespace) -> int:
-    from hetero import report
-
     machine = _machine(args)
     cost = _cost(args, machine)
-    graph = load_model(args.model, args.input)
-    plan = _compile(args, graph, machine, cost)
+    graph = optimize_for(load_model(args.model, args.input), machine)  # once, for every policy
+    plan = _compile(args, graph, machine, cost, optimize=False)
     policies = None
     if not args.no_compare:
-        policies = report.compare_policies(graph, machine, cost,
+        policies = report.policy_makespans(graph, machine, cost,
                                            [p for p in ("cpu", "gpu") if p != args.policy])
     doc = report.build(plan, source=args.model, policies=policies)
     _write(report.render(doc, args.format), args.output)
@@ -458,8 +452,6 @@ def _random_input(rng: np.random.Generator, spec: TensorSpec) -> np.ndarray:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from hetero.report import fmt_time
-
     machine = _machine(args)
     cost = _cost(args, machine)
     graph = load_model(args.model, args.input)
@@ -472,7 +464,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         outputs = plan.run(*arrays)
         times.append(time.perf_counter() - t0)
     median = statistics.median(times)
-    used = sorted({n.device for n in plan.graph.nodes if n.op not in ("input", "constant")})
+    used = sorted({n.device for n in plan.graph.nodes if n.computes or n.is_transfer})
     print(f"model {graph.name} ({args.model})  machine {machine.spec}  policy {plan.policy}")
     print(f"devices used: {', '.join(used) or 'none'}; "
           f"{len(plan.transfers())} transfer(s) per run")
@@ -490,8 +482,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         arr = np.asarray(out)
         print(f"output {v.node}: {arr.dtype}{list(arr.shape)}")
     if args.check:
-        from hetero import reference
-
         expected = reference.run(graph, arrays)
         worst = 0.0
         for got, want in zip(outputs, expected):
@@ -502,7 +492,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"check against the reference executor: max relative error {worst:.3g}")
     if args.profile:
         history = getattr(plan.cost, "history", None) if note is not None else None
-        seen = {k: e["n"] for k, e in history.items()} if history is not None else {}
+        seen = {k: e.n for k, e in history.items()} if history is not None else {}
         _, prof = plan.run(*arrays, profile=True)  # a measured plan.cost records and saves
         try:
             prof.save(args.profile)
@@ -511,7 +501,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"wrote Chrome trace of one profiled run ({fmt_time(prof.makespan)}) to "
               f"{args.profile} (open in chrome://tracing or https://ui.perfetto.dev)")
         if history is not None:
-            added = sum(e["n"] - seen.get(k, 0) for k, e in history.items())
+            added = sum(e.n - seen.get(k, 0) for k, e in history.items())
             new = len(set(history) - set(seen))
             if added:
                 print(f"recorded {added} kernel time(s) of the profiled run into "
@@ -530,9 +520,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 def probe_graph() -> Any:
     """A small graph with one kernel of each op class at sizes typical of real models: what
     ``hetero calibrate`` times when no MODEL is given."""
-    from hetero import ops
-    from hetero.tracing import Function
-
     def probe(a, b, image, weight):
         m = a @ b
         act = ops.relu(m + m)
@@ -559,19 +546,12 @@ def _check_writable(path: str) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from hetero import cost as costs
-    from hetero.compiler import _optional
-    from hetero.ops import registry
-    from hetero.report import fmt_time, text_table
-
     machine = _machine(args)
     graph = load_model(args.model, args.input) if args.model else probe_graph()
     # time the kernels that compile will place: those of the optimized graph (fused
     # convolutions, folded batch-norms), or the measurements would never be looked up; the
-    # table below needs that graph too, so calibrate is told not to optimize it again
-    optimize = _optional("hetero.passes.optimize", "optimize")
-    if optimize is not None:
-        graph = optimize(graph)
+    # table below needs that graph too
+    graph = optimize(graph)
     _check_writable(args.cost_file or os.path.join(costs.cache_dir(), "costs.json"))
     cost = costs.MeasuredCost(machine, path=args.cost_file, repeats=args.repeats)
     before = set(cost.history)
@@ -580,17 +560,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     skipped = [d.name for d in machine.devices if d not in targets]
     try:
         with np.errstate(all="ignore"):  # random inputs: a negative variance is not our concern
-            costs.calibrate(graph, machine, cost=cost, progress=not args.no_progress,
-                            devices=[d.name for d in targets], optimize=False)
+            costs.calibrate_graph(graph, machine, cost=cost, progress=not args.no_progress,
+                                  devices=[d.name for d in targets])
     except OSError as exc:  # saving the history
         raise HeteroError(f"cannot write {cost.path}: {exc.strerror or exc}") from None
     # One row per history entry: CPU workers share theirs (the same cores), and nodes with the
     # same op, shapes and attributes share one too.
     cpus = [d for d in targets if d.kind == "cpu"]
     shared_cpu = len(cpus) > 1
-    entries: dict[str, list[Any]] = {}  # key -> [first node, device, node count]
+    entries: dict[costs.HistoryKey, list[Any]] = {}  # key -> [first node, device, node count]
     for node in graph.nodes:
-        if node.op in registry.STRUCTURAL_OPS:
+        if not node.computes:
             continue
         ins = costs.input_specs(graph, node)
         for dev in targets:
@@ -618,8 +598,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         est = roofline.compute(node, dev, costs.input_specs(graph, node))
         name = "cpu:*" if dev.kind == "cpu" and shared_cpu else dev.name
         rows.append([node.name + (f" (+{count - 1})" if count > 1 else ""), node.op, name,
-                     fmt_time(entry[cost.statistic]), "simulated" if sim else "timed",
-                     fmt_time(est), f"{entry[cost.statistic] / est:.2f}x" if est > 0 else "-"])
+                     fmt_time(getattr(entry, cost.statistic)), "simulated" if sim else "timed",
+                     fmt_time(est),
+                     f"{getattr(entry, cost.statistic) / est:.2f}x" if est > 0 else "-"])
     if rows:
         print("\n".join(text_table(["node", "op", "device", "time", "how", "roofline",
                                      "ratio"], rows, right=(3, 5, 6))))
@@ -670,8 +651,6 @@ def _wrap(text: str) -> str:
 
 
 def _spec_help() -> str:
-    from hetero.devices import SPEC_GRAMMAR
-
     return SPEC_GRAMMAR
 
 
@@ -691,8 +670,6 @@ _RUN_HELP = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``hetero`` command (every subcommand has ``--help``)."""
-    import hetero
-
     # --debug is accepted before and after the subcommand; SUPPRESS keeps a subcommand's default
     # from overwriting a --debug given before it
     common = argparse.ArgumentParser(add_help=False)
@@ -734,7 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
                "exit status: 0 ok, 1 model/placement/run error, 2 usage error")
     parser.add_argument("--debug", action="store_true",
                         help="show the full error message and traceback on failure")
-    parser.add_argument("--version", action="version", version=f"hetero {hetero.__version__}")
+    parser.add_argument("--version", action="version", version=f"hetero {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("devices", parents=[common, machine], formatter_class=_Formatter,

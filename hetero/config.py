@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from hetero.devices import Machine
+from hetero.errors import HeteroError
+
 _GUARDS = ("allow", "log", "disallow")
 
 
@@ -42,8 +45,6 @@ class Config:
     @transfer_guard.setter
     def transfer_guard(self, value: str) -> None:
         if value not in _GUARDS:
-            from hetero.errors import HeteroError
-
             raise HeteroError(f"transfer_guard (or HETERO_TRANSFER_GUARD) must be one of "
                               f"{', '.join(_GUARDS)}, got {value!r}")
         self._transfer_guard = value
@@ -51,8 +52,6 @@ class Config:
     @property
     def machine(self) -> Any:
         if self._machine is None:
-            from hetero.devices import Machine
-
             self._machine = self._detected = Machine.detect()
         return self._machine
 
@@ -69,10 +68,15 @@ class Config:
     @machine.setter
     def machine(self, value: Any) -> None:
         if isinstance(value, str):
-            from hetero.devices import Machine
-
             value = Machine.parse(value)
         self._machine = value
 
 
 config = Config()
+
+
+def resolve_machine(machine: Any) -> Machine:
+    """A Machine from ``None`` (``config.machine``), a spec string, or a Machine."""
+    if machine is None:
+        return config.machine
+    return Machine.parse(machine)

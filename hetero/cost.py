@@ -32,6 +32,7 @@ Devices may be given as ``Device`` objects or names. Three models:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -40,13 +41,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from hetero.config import resolve_machine
 from hetero.errors import HeteroError
-from hetero.graph import Graph, Node, TensorSpec
+from hetero.graph import Graph, Node, NodeKind, TensorSpec
 from hetero.ops import registry
+from hetero.threads import Threads, blas_limit, choose, intra_op
 
 #: Seconds for a value to change hands between two CPU workers: an event and a thread wake-up.
 CPU_SYNC = 2e-6
@@ -88,11 +92,7 @@ def _link_time(machine: Any, nbytes: float, src: Any, dst: Any, cpu_sync: float)
         return 0.0
     if src.memory_space == dst.memory_space:
         return cpu_sync
-    link = getattr(machine, "link", None)
-    if link is not None:
-        return float(link(src.memory_space, dst.memory_space).time(nbytes))
-    gpu = dst if dst.kind == "gpu" else src
-    return float(gpu.host_link.time(nbytes))
+    return float(machine.link(src.memory_space, dst.memory_space).time(nbytes))
 
 
 class RooflineCost:
@@ -111,9 +111,9 @@ class RooflineCost:
     def compute(self, node: Node, device: Any, ins: Specs | None = None) -> float:
         """Estimated seconds of ``node`` on ``device`` (inf where it has no kernel)."""
         device = _resolve(self.machine, device)
-        if node.op in ("input", "constant"):
+        if node.kind in (NodeKind.INPUT, NodeKind.CONSTANT):
             return 0.0
-        if node.op == "transfer":
+        if node.kind is NodeKind.TRANSFER:
             nbytes = sum(s.nbytes for s in node.outputs)
             return self.transfer(nbytes, node.attrs["src"], node.attrs["dst"])
         if not _kernel_exists(node, device):
@@ -156,9 +156,9 @@ class TableCost:
 
     def compute(self, node: Node, device: Any, ins: Specs | None = None) -> float:
         device = self._device(device)
-        if node.op in ("input", "constant"):
+        if node.kind in (NodeKind.INPUT, NodeKind.CONSTANT):
             return 0.0
-        if node.op == "transfer":
+        if node.kind is NodeKind.TRANSFER:
             return self.transfer(sum(s.nbytes for s in node.outputs), node.attrs["src"],
                                  node.attrs["dst"])
         if not _kernel_exists(node, device):
@@ -207,12 +207,8 @@ def _device_signature(device: Any) -> str:
     measured worker would look slower than an unmeasured one costed by the roofline); a GPU is
     keyed by its own name too (two cards may differ). CPU entries keep the form they had when
     keyed per worker, as cpu:0's, so older caches stay valid."""
-    model = getattr(device, "model", "")
     name = "cpu:0" if device.kind == "cpu" else device.name
-    return f"{name}|{device.backend}|{model}"
-
-
-Threads = tuple[int, int]  # (BLAS threads, intra-op threads) per CPU worker
+    return f"{name}|{device.backend}|{device.model}"
 
 
 def thread_tag(threads: Threads) -> str:
@@ -223,49 +219,100 @@ def thread_tag(threads: Threads) -> str:
 
 def _parse_tag(tag: Any) -> Threads | None:
     match = re.fullmatch(r"blas=(\d+),intra=(\d+)", tag) if isinstance(tag, str) else None
-    return (int(match[1]), int(match[2])) if match else None
+    return Threads(int(match[1]), int(match[2])) if match else None
 
 
 def plan_threads(machine: Any, graph: Graph | None = None) -> Threads:
     """The (BLAS, intra-op) threads per CPU worker the executor will choose for a plan of
-    ``graph`` on ``machine`` on an idle host (``hetero.executor``): its host compute threads are
-    the CPU workers and simulated GPUs, BLAS gets the cores over them, and where a CPU may run a
-    splitting kernel (a conv) those kernels get the cores instead and BLAS one thread. The
-    executor may choose fewer (workers left empty by placement, cores busy elsewhere, a fixed
-    ``blas_threads``); its profiled runs then record under what it chose."""
-    from hetero.executor import blas_threads, cpu_cores
-    from hetero.ops.nn import SPLITTING_OPS
-
+    ``graph`` on ``machine`` on an idle host (``hetero.threads.choose``): its host compute
+    threads are the CPU workers and simulated GPUs, and where a CPU may run a splitting kernel (a
+    conv) those kernels get the cores and BLAS one thread. The executor may choose fewer (workers
+    left empty by placement, cores busy elsewhere, a fixed ``blas_threads``); its profiled runs
+    then record under what it chose."""
     workers = sum(1 for d in machine.devices if d.kind == "cpu" or d.backend == "sim")
-    blas = blas_threads(max(1, workers), cpu_cores())
-    splits = graph is not None and any(n.op in SPLITTING_OPS for n in graph.nodes)
-    if splits and blas > 1:
-        return 1, blas
-    return blas, 1
+    splits = graph is not None and any(n.computes and registry.lookup(n.op, n).splits
+                                       for n in graph.nodes)
+    return choose(max(1, workers), splits)
 
 
-def history_key(node: Node, ins: Specs | None, device: Any, threads: Threads | None = None) -> str:
+@dataclass(frozen=True, slots=True)
+class HistoryKey:
+    """What a history entry is a time of: op, input shapes and dtypes, attrs (their sorted
+    ``repr``), the device's signature, and for a CPU device the thread condition it ran under
+    (None: not a CPU, or unknown, as in caches older than thread conditions). On disk it is the
+    JSON list ``[op, shapes, dtypes, attrs, device(, "blas=B,intra=I")]``."""
+
+    op: str
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[str, ...]
+    attrs: str
+    device: str
+    threads: Threads | None = None
+
+    def untagged(self) -> HistoryKey:
+        """This key without its thread condition."""
+        return dataclasses.replace(self, threads=None)
+
+    def to_json(self) -> str:
+        parts: list[Any] = [self.op, [list(s) for s in self.shapes], list(self.dtypes),
+                            self.attrs, self.device]
+        if self.threads is not None:
+            parts.append(thread_tag(self.threads))
+        return json.dumps(parts)
+
+    @classmethod
+    def from_json(cls, text: str) -> HistoryKey | None:
+        """The key ``to_json`` wrote, or None for text that is not one."""
+        try:
+            parts = json.loads(text)
+            op, shapes, dtypes, attrs, device = parts[:5]
+            key = cls(str(op), tuple(tuple(int(d) for d in s) for s in shapes),
+                      tuple(str(d) for d in dtypes), str(attrs), str(device))
+        except (ValueError, TypeError, IndexError):
+            return None
+        if len(parts) == 6:
+            threads = _parse_tag(parts[5])
+            return None if threads is None else dataclasses.replace(key, threads=threads)
+        return key if len(parts) == 5 else None
+
+
+@dataclass(slots=True)
+class Timing:
+    """One history entry: ``n`` samples' running ``mean`` and their ``min`` (seconds)."""
+
+    mean: float = 0.0
+    n: int = 0
+    min: float = math.inf
+
+    def add(self, seconds: float) -> None:
+        """One more sample."""
+        self.n += 1
+        self.mean += (float(seconds) - self.mean) / self.n
+        self.min = min(self.min, float(seconds))
+
+    def to_json(self) -> dict[str, float]:
+        return {"mean": self.mean, "n": self.n, "min": self.min}
+
+    @classmethod
+    def from_json(cls, entry: Any) -> Timing | None:
+        if not (isinstance(entry, dict) and "mean" in entry and "n" in entry):
+            return None
+        mean = float(entry["mean"])  # format 1 kept no minimum: the mean stands in
+        return cls(mean, int(entry["n"]), float(entry.get("min", mean)))
+
+
+def history_key(node: Node, ins: Specs | None, device: Any,
+                threads: Threads | None = None) -> HistoryKey:
     """The history entry of a node on a device: op, input shapes and dtypes, attrs, device, and
     for a CPU device the thread condition (``threads``) it ran under. Without ``threads`` (and
-    for other devices) the key has the form older caches used, which leaves it unknown."""
+    for other devices) the key leaves the condition unknown, as older caches did."""
     specs = ins if ins is not None else ()
     attrs = {k: node.attrs[k] for k in node.attrs}
-    parts = [node.op, [list(s.shape) for s in specs], [s.dtype.name for s in specs],
-             repr(sorted(attrs.items())), _device_signature(device)]
-    if threads is not None and device.kind == "cpu":
-        parts.append(thread_tag(threads))
-    return json.dumps(parts)
-
-
-def _split_key(key: str) -> tuple[str, Threads | None]:
-    """A history key's untagged form and its thread condition (None: none or unknown)."""
-    try:
-        parts = json.loads(key)
-    except ValueError:
-        return key, None
-    if isinstance(parts, list) and len(parts) == 6:
-        return json.dumps(parts[:5]), _parse_tag(parts[5])
-    return key, None
+    tagged = threads is not None and device.kind == "cpu"
+    return HistoryKey(node.op, tuple(tuple(s.shape) for s in specs),
+                      tuple(s.dtype.name for s in specs), repr(sorted(attrs.items())),
+                      _device_signature(device),
+                      Threads(int(threads[0]), int(threads[1])) if tagged else None)
 
 
 def _sample(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
@@ -279,9 +326,10 @@ def _sample(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
 class MeasuredCost:
     """History-based costs (as StarPU's): measured, cached as JSON, roofline otherwise.
 
-    Each entry keeps ``n`` samples' running ``mean`` and their ``min``; ``measure`` (calibration)
-    and ``record`` (profiled runs) add samples to the same statistics, and ``compute`` reads one
-    of them (``statistic``). CPU entries are per thread condition (see the module docstring).
+    The history maps a ``HistoryKey`` to a ``Timing`` (``n`` samples' running ``mean`` and their
+    ``min``); ``measure`` (calibration) and ``record`` (profiled runs) add samples to the same
+    statistics, and ``compute`` reads one of them (``statistic``). CPU entries are per thread
+    condition (see the module docstring).
 
     Args:
         machine: the Machine whose devices are timed.
@@ -305,23 +353,24 @@ class MeasuredCost:
         self.fallback = fallback if fallback is not None else RooflineCost(machine)
         self.repeats = max(1, int(repeats))
         self.statistic = statistic
-        self.fixed_threads = None if threads is None else (int(threads[0]), int(threads[1]))
+        self.fixed_threads = None if threads is None else Threads(int(threads[0]),
+                                                                  int(threads[1]))
         self.threads: Threads = self.fixed_threads or plan_threads(machine)
-        self.history: dict[str, dict[str, float]] = {}
-        self.failed: dict[str, str] = {}
+        self.history: dict[HistoryKey, Timing] = {}
+        self.failed: dict[HistoryKey, str] = {}
         self.dirty = False  # history changed since the last load or save
-        self._conditions: dict[str, dict[Threads | None, str]] = {}  # untagged key -> keys
+        # untagged key -> thread condition -> the entry's key
+        self._conditions: dict[HistoryKey, dict[Threads | None, HistoryKey]] = {}
         self._load()
 
     def use_threads(self, threads: Threads) -> None:
         """Look CPU kernels up (and measure them) under ``threads`` from now on, unless the
         model was given fixed threads."""
         if self.fixed_threads is None:
-            self.threads = (int(threads[0]), int(threads[1]))
+            self.threads = Threads(int(threads[0]), int(threads[1]))
 
-    def _index(self, key: str) -> None:
-        base, threads = _split_key(key)
-        self._conditions.setdefault(base, {})[threads] = key
+    def _index(self, key: HistoryKey) -> None:
+        self._conditions.setdefault(key.untagged(), {})[key.threads] = key
 
     def _load(self) -> None:
         try:
@@ -333,11 +382,10 @@ class MeasuredCost:
             # a damaged cache is not worth failing a compile for; it is rebuilt on save
             print(f"hetero: ignoring unreadable cost cache {self.path}: {exc}", file=sys.stderr)
             return
-        for key, entry in data.get("entries", {}).items():
-            if isinstance(entry, dict) and "mean" in entry and "n" in entry:
-                mean = float(entry["mean"])  # format 1 kept no minimum: the mean stands in
-                self.history[key] = {"mean": mean, "n": int(entry["n"]),
-                                     "min": float(entry.get("min", mean))}
+        for text, entry in data.get("entries", {}).items():
+            key, timing = HistoryKey.from_json(text), Timing.from_json(entry)
+            if key is not None and timing is not None:
+                self.history[key] = timing
                 self._index(key)
 
     def save(self) -> str:
@@ -345,21 +393,22 @@ class MeasuredCost:
         folder = os.path.dirname(self.path) or "."
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".costs.", suffix=".json", dir=folder)
+        entries = {k.to_json(): t.to_json() for k, t in self.history.items()}
         with os.fdopen(fd, "w") as f:
-            json.dump({"format": "hetero.costs/1", "entries": self.history}, f, indent=0,
+            json.dump({"format": "hetero.costs/1", "entries": entries}, f, indent=0,
                       sort_keys=True)
         os.replace(tmp, self.path)
         self.dirty = False
         return self.path
 
     def key(self, node: Node, device: Any, ins: Specs | None = None,
-            threads: Threads | None = None) -> str:
+            threads: Threads | None = None) -> HistoryKey:
         """The entry ``measure`` and ``record`` file a sample of ``node`` on ``device`` under:
         tagged with ``threads`` (default ``self.threads``) on a CPU."""
         device = _resolve(self.machine, device)
         return history_key(node, ins, device, threads or self.threads)
 
-    def entry(self, node: Node, device: Any, ins: Specs | None = None) -> dict[str, float] | None:
+    def entry(self, node: Node, device: Any, ins: Specs | None = None) -> Timing | None:
         """The entry ``compute`` reads: on a CPU the one under ``self.threads``, else the one
         under the nearest other thread count (fewest threads on a tie), else one from an older
         cache (condition unknown); None when the kernel was never measured."""
@@ -379,26 +428,23 @@ class MeasuredCost:
 
     def compute(self, node: Node, device: Any, ins: Specs | None = None) -> float:
         device = _resolve(self.machine, device)
-        if node.op in registry.STRUCTURAL_OPS or not _kernel_exists(node, device):
+        if not node.computes or not _kernel_exists(node, device):
             return self.fallback.compute(node, device, ins)
         entry = self.entry(node, device, ins)
         if entry is None:
             return self.fallback.compute(node, device, ins)
-        return entry[self.statistic]
+        return getattr(entry, self.statistic)
 
     def transfer(self, nbytes: float, src: Any, dst: Any) -> float:
         return self.fallback.transfer(nbytes, src, dst)
 
-    def _add(self, key: str, seconds: float) -> dict[str, float]:
-        """One more sample of ``key``: running mean, minimum and count."""
+    def _add(self, key: HistoryKey, seconds: float) -> Timing:
+        """One more sample of ``key``."""
         entry = self.history.get(key)
         if entry is None:
-            entry = self.history[key] = {"mean": 0.0, "n": 0, "min": math.inf}
+            entry = self.history[key] = Timing()
             self._index(key)
-        n = entry["n"] + 1
-        entry["mean"] += (float(seconds) - entry["mean"]) / n
-        entry["min"] = min(entry["min"], float(seconds))
-        entry["n"] = n
+        entry.add(seconds)
         self.dirty = True
         return entry
 
@@ -412,7 +458,7 @@ class MeasuredCost:
         run observes there is host contention, not the simulated card; ``compute`` keeps using
         the simulated duration)."""
         device = _resolve(self.machine, device)
-        if device.backend == "sim" or node.op in registry.STRUCTURAL_OPS:
+        if device.backend == "sim" or not node.computes:
             return False
         self._add(self.key(node, device, ins, threads), seconds)
         return True
@@ -428,7 +474,7 @@ class MeasuredCost:
         key = self.key(node, device, ins)
         if device.backend == "sim":
             seconds = float(device.kernel_time(op, ins, node.outputs, node.attrs))
-            self.history[key] = {"mean": seconds, "n": 1, "min": seconds}
+            self.history[key] = Timing(seconds, 1, seconds)
             self._index(key)
             self.dirty = True
             return seconds
@@ -437,11 +483,8 @@ class MeasuredCost:
         outs = [device.empty(s) for s in node.outputs]
         with contextlib.ExitStack() as stack:
             if device.kind == "cpu":
-                from hetero.executor import _blas_limit
-                from hetero.ops.nn import intra_op
-
                 blas, intra = self.threads
-                limit = _blas_limit(1 if intra > 1 else blas)
+                limit = blas_limit(1 if intra > 1 else blas)
                 if limit is not None:
                     stack.enter_context(limit)
                 stack.enter_context(intra_op(intra))
@@ -453,7 +496,7 @@ class MeasuredCost:
                 times.append(time.perf_counter() - t0)
         for seconds in times:
             entry = self._add(key, seconds)
-        return entry[self.statistic]
+        return getattr(entry, self.statistic)
 
 
 class _StderrBar:
@@ -488,49 +531,32 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="kernel")
 
 
-def calibrate(graph: Any, machine: Any, cost: MeasuredCost | None = None,
-              progress: bool = True, devices: Iterable[str] | None = None, *,
-              optimize: bool = True, example_inputs: Any = None) -> MeasuredCost:
-    """Time every distinct (op, shapes, dtypes, attrs, device) of ``graph`` not measured yet
-    (on a CPU: not under the thread condition a plan of ``graph`` on ``machine`` runs with,
+def calibrate_graph(graph: Graph, machine: Any, cost: MeasuredCost | None = None, *,
+                    progress: bool = True, devices: Iterable[str] | None = None) -> MeasuredCost:
+    """Time every distinct (op, shapes, dtypes, attrs, device) of ``graph`` as it stands (the
+    graph compile places: ``hetero.compiler.calibrate`` optimizes it first) that is not measured
+    yet (on a CPU: not under the thread condition a plan of ``graph`` on ``machine`` runs with,
     ``plan_threads``, which is the condition its kernels are timed under).
 
-    The graph is first optimized as ``compile`` optimizes it (fused convolutions, folded
-    batch-norms), so what is timed is what compile will place and look up. Each kernel is run
-    once per device that has a kernel for it (a simulated GPU is not run: its simulated duration
-    is recorded), the history is saved to the cache, and the MeasuredCost is returned (pass it as
-    ``cost=`` to ``place`` or ``compile``). A kernel that fails on random inputs is skipped (it
-    keeps the roofline estimate) and listed in ``cost.failed``.
+    Each kernel is run once per device that has a kernel for it (a simulated GPU is not run: its
+    simulated duration is recorded), the history is saved to the cache, and the MeasuredCost is
+    returned. A kernel that fails on random inputs is skipped (it keeps the roofline estimate)
+    and listed in ``cost.failed``.
 
     Args:
-        graph: the graph whose kernels to time, or a function (``@ht.function`` or plain) traced
-            on ``example_inputs``, as ``compile`` takes it.
+        graph: the graph whose kernels to time.
         machine: a Machine or spec string.
         cost: the MeasuredCost to extend (default: the one cached for ``machine``).
         progress: show a progress bar (tqdm if installed) on stderr.
         devices: device names to time on (default: all of the machine's).
-        optimize: optimize the graph first, as ``compile(..., optimize=True)`` does.
-        example_inputs: arrays to trace a function with.
     """
-    from hetero.compiler import as_graph
-
-    graph = as_graph(graph, example_inputs)
-    if isinstance(machine, str):
-        from hetero.devices import Machine
-
-        machine = Machine.parse(machine)
+    machine = resolve_machine(machine)
     cost = cost if cost is not None else MeasuredCost(machine)
-    if optimize:
-        from hetero.compiler import _optional
-
-        optimizer = _optional("hetero.passes.optimize", "optimize")
-        if optimizer is not None:
-            graph = optimizer(graph)
     cost.use_threads(plan_threads(machine, graph))  # the condition compile will look up
     targets = [machine.device(d) for d in devices] if devices else list(machine.devices)
-    todo: dict[str, tuple[Node, Any, Specs]] = {}
+    todo: dict[HistoryKey, tuple[Node, Any, Specs]] = {}
     for node in graph.nodes:
-        if node.op in registry.STRUCTURAL_OPS:
+        if not node.computes:
             continue
         ins = tuple(graph.spec(v) for v in node.inputs)
         for dev in targets:
@@ -586,6 +612,6 @@ def node_time(cost: Any, graph: Graph, node: Node, device: Any) -> float:
     return float(cost.compute(node, device, input_specs(graph, node)))
 
 
-__all__ = ["CPU_SYNC", "CostModel", "MeasuredCost", "RooflineCost", "TableCost", "cache_dir",
-           "calibrate", "history_key", "input_specs", "node_time", "plan_threads", "resolve_cost",
-           "thread_tag"]
+__all__ = ["CPU_SYNC", "CostModel", "HistoryKey", "MeasuredCost", "RooflineCost", "TableCost",
+           "Timing", "cache_dir", "calibrate_graph", "history_key", "input_specs", "node_time",
+           "plan_threads", "resolve_cost", "thread_tag"]

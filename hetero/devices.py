@@ -23,7 +23,7 @@ Every device:
   ``memory_space`` ("host" for CPU workers, the device name for a GPU), ``backend``
   "numpy" | "cupy" | "sim", ``model`` (card or CPU name, text).
 - Rates: ``capacity`` (bytes of its memory space), ``peak_flops`` (mapping op class -> FLOP/s for
-  every class of ``hetero.ops.registry.OP_CLASSES``: elementwise matmul conv reduce data norm),
+  every class of ``OP_CLASSES``: elementwise matmul conv reduce data norm),
   ``mem_bandwidth`` (B/s), ``launch_overhead`` (s per kernel), ``host_link`` (``Link`` between its
   space and "host"), ``peer_link`` (``Link`` to another GPU of the same machine, or None).
   ``roofline(cost, op_class)`` -> seconds = launch_overhead + flops/peak + bytes/bandwidth.
@@ -54,11 +54,13 @@ GPU-like devices (``kind == "gpu"``: sim and cupy) additionally:
 - ``launch_kernel`` (CUDA: on the compute stream) and ``copy_*`` may also be called from any host
   thread; each stream keeps the order in which work was enqueued.
 
-Construction of a real GPU: ``Machine.detect()`` asks cuda-python for each GPU (``GpuInfo``) and
-builds ``hetero.backends.cupy.CudaDevice.from_index(ordinal, name="gpu:<ordinal>")``, which sets
-its attributes itself (it need not call ``Device.__init__``; the class attributes below are the
-defaults for what it leaves out); then ``_adopt_rates`` gives it the links of ``rates_for(info)``
-and, for a card in ``CARDS``, its published peak rates.
+Backends register their device class here (``register_backend``; ``hetero.backends`` registers
+"sim" and, loaded on first use, "cupy"), so this module constructs GPUs without importing a
+backend. Construction of a real GPU: ``Machine.detect()`` asks cuda-python for each GPU
+(``GpuInfo``) and builds ``device_class("cupy").from_index(ordinal, name="gpu:<ordinal>")``,
+which sets its attributes itself (it need not call ``Device.__init__``; the class attributes below
+are the defaults for what it leaves out); then ``_adopt_rates`` gives it the links of
+``rates_for(info)`` and, for a card in ``CARDS``, its published peak rates.
 """
 
 from __future__ import annotations
@@ -75,12 +77,11 @@ from typing import Any
 import numpy as np
 
 from hetero.errors import DeviceError
+from hetero.graph import OP_CLASSES, TensorSpec
+from hetero.threads import cpu_cores
 
 log = logging.getLogger("hetero.devices")
 
-#: Op classes rated separately (the tuple of ``hetero.ops.registry.OP_CLASSES``, repeated here so
-#: that this module does not import the op registry; tests check that the two agree).
-OP_CLASSES = ("elementwise", "matmul", "conv", "reduce", "data", "norm")
 
 _DEVICE_RE = re.compile(r"^(cpu|gpu)(?::(\d+))?$")
 
@@ -97,6 +98,28 @@ def normalize_device(name: str | Device) -> str:
         raise DeviceError(f"unknown device string {name!r}: expected 'cpu:N' or 'gpu:N' "
                           "(e.g. 'cpu:0', 'gpu:1')")
     return f"{m.group(1)}:{int(m.group(2) or 0)}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Backends register their GPU device classes
+
+#: backend name -> a function returning its Device class (a backend loads on first use).
+_BACKENDS: dict[str, Any] = {}
+
+
+def register_backend(name: str, load: Any) -> None:
+    """Register GPU backend ``name``: ``load()`` returns its Device class (importing it then)."""
+    _BACKENDS[name] = load
+
+
+def device_class(backend: str) -> Any:
+    """The Device class of GPU backend ``backend`` ("sim", "cupy"), loaded on first use."""
+    load = _BACKENDS.get(backend)
+    if load is None:
+        raise DeviceError(f"no GPU backend {backend!r} is registered (known: "
+                          f"{', '.join(sorted(_BACKENDS)) or 'none'}; hetero.backends registers "
+                          "them)")
+    return load()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,19 +277,11 @@ class Device:
 
     def kernel_time(self, op: Any, ins: Sequence[Any], outs: Sequence[Any], attrs: Any) -> float:
         """``roofline`` of one kernel of ``op`` on arrays (or TensorSpecs) ``ins`` -> ``outs``."""
-        from hetero.graph import TensorSpec
-
         def spec(a: Any) -> TensorSpec:
             return a if isinstance(a, TensorSpec) else TensorSpec.of(a)
 
         cost = op.cost_of(tuple(spec(a) for a in ins), tuple(spec(a) for a in outs), attrs)
         return self.roofline(cost, op.op_class)
-
-    def has_kernel(self, op: Any) -> bool:
-        """Does ``op`` (an ``Op`` or a registry name) have a kernel on this device's backend?"""
-        from hetero.ops.registry import has_kernel
-
-        return has_kernel(op if isinstance(op, str) else op.name, self.backend)
 
     # -- memory and kernels (each backend implements these) ----------------------------------
 
@@ -400,14 +415,6 @@ class CpuDevice(Device):
 
     def synchronize(self) -> None:
         """Nothing to wait for: a CPU worker runs kernels synchronously."""
-
-
-def cpu_count() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def host_memory() -> int:
@@ -618,7 +625,7 @@ def _cuda_devices(infos: Sequence[GpuInfo]) -> list[Device]:
     if not infos:
         return []
     try:
-        from hetero.backends.cupy import CudaDevice
+        cuda_device = device_class("cupy")
     except Exception as exc:
         log.warning("found %d CUDA GPU(s) but cannot use them: %s: %s (install cupy)",
                     len(infos), type(exc).__name__, exc)
@@ -627,7 +634,7 @@ def _cuda_devices(infos: Sequence[GpuInfo]) -> list[Device]:
     for info in infos:
         try:
             # named by CUDA ordinal, as its memory space is (and as space_of names CuPy arrays)
-            dev = CudaDevice.from_index(info.index, name=f"gpu:{info.index}")
+            dev = cuda_device.from_index(info.index, name=f"gpu:{info.index}")
             _adopt_rates(dev, info)
             out.append(dev)
         except Exception as exc:
@@ -892,9 +899,7 @@ class Machine:
             return dst.from_host(array)
         if dst.kind == "cpu":
             return src.to_host(array)
-        if src.backend == dst.backend and hasattr(dst, "copy_peer"):
-            from hetero.graph import TensorSpec
-
+        if src.backend == dst.backend:
             out = dst.empty(TensorSpec.of(array))
             src.synchronize()  # the source's pending writes come first
             dst.copy_peer(out, array, dst.h2d_stream)
@@ -938,11 +943,10 @@ class Machine:
                                   f"'sim:{want}' for simulated ones\n{SPEC_GRAMMAR}")
             devices += real
         if sims:
-            from hetero.backends.sim import SimDevice
-
+            sim_device = device_class("sim")
             start = 1 + max((int(d.name.split(":")[1]) for d in devices if d.kind == "gpu"),
                             default=-1)
-            devices += [SimDevice(start + i, s) for i, s in enumerate(sims)]
+            devices += [sim_device(start + i, s) for i, s in enumerate(sims)]
         return cls(devices, links=links, spec=spec)
 
     @classmethod
@@ -1014,8 +1018,7 @@ class Machine:
     def from_json(cls, data: Mapping[str, Any]) -> Machine:
         """The machine ``to_json`` wrote, with the same names and rates. A real GPU becomes the
         real GPU of that index where this host has it, else a simulated GPU of its rates."""
-        from hetero.backends.sim import SimDevice
-
+        sim_device = device_class("sim")
         infos = None
         devices: list[Device] = []
         for d in data["devices"]:
@@ -1037,10 +1040,11 @@ class Machine:
                 log.warning("%s (%s) is not on this host; simulating it", d["name"],
                             d.get("model"))
             peer = d.get("peer_link")
-            devices.append(SimDevice(index, None, capacity=d["capacity"],
-                                     host_link=Link.from_json(d["host_link"]),
-                                     peer_link=Link.from_json(peer) if peer else None,
-                                     model=d.get("model", ""), info=d.get("info", {}), **rates))
+            devices.append(sim_device(index, None, capacity=d["capacity"],
+                                      host_link=Link.from_json(d["host_link"]),
+                                      peer_link=Link.from_json(peer) if peer else None,
+                                      model=d.get("model", ""), info=d.get("info", {}),
+                                      **rates))
         links = {(lk["src"], lk["dst"]): Link.from_json(lk) for lk in data.get("links", ())}
         return cls(devices, links=links, spec=data.get("spec"))
 
@@ -1064,7 +1068,7 @@ class Machine:
 
 def _cpu_devices(n: int | None, peak: Mapping[str, float] | float | None = None,
                  bandwidth: float | None = None) -> list[Device]:
-    n = cpu_count() if n is None else int(n)
+    n = cpu_cores() if n is None else int(n)
     if n < 1:
         raise DeviceError(f"a machine needs at least one CPU worker, got {n}")
     model = cpu_model()
@@ -1078,5 +1082,6 @@ def _cpu_devices(n: int | None, peak: Mapping[str, float] | float | None = None,
 
 __all__ = [
     "CARDS", "Card", "CpuDevice", "Device", "Event", "GpuInfo", "Link", "Machine", "SimSpec",
-    "Stream", "card", "card_for_model", "detect_gpus", "normalize_device", "rates_for", "space_of",
+    "Stream", "card", "card_for_model", "detect_gpus", "device_class", "normalize_device",
+    "rates_for", "register_backend", "space_of",
 ]

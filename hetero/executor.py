@@ -21,16 +21,17 @@ Threads
       overlap compute.
 
 Load time (``Executor(plan)``), done once per plan
-    * arenas: one buffer per memory space of the plan's ``MemoryPlan`` (``plan_memory`` runs here
-      if the plan has none); every planned value is a typed view of its arena at its offset.
+    * arenas: one buffer per memory space of the plan's ``MemoryPlan``; every planned value is a
+      typed view of its arena at its offset.
     * constants: uploaded once into the memory space of each constant node.
-    * each queue is compiled into a flat list of instructions, one tuple per node:
-      ``(kernel, xp, ins, attrs, outs, waits, signal, node index)`` on a CPU worker, with
-      ``ins`` and ``outs`` lists of the very buffers the kernel reads and writes, so the hot loop
-      does no dictionary look-up and no allocation; on a GPU ``(launch, None, ins, attrs, outs,
-      waits, signal, node index, stream, stream waits, event slot)``, where ``launch`` enqueues
-      the kernel (or the copy) on the stream, with its simulated duration precomputed on a
-      simulated GPU. ``waits`` are ``(done flag, event slot or -1)`` pairs.
+    * each queue is compiled into a flat list of instructions, one frozen record per node: a
+      ``CpuStep`` on a CPU worker (its kernel, the lists ``ins`` and ``outs`` of the very buffers
+      the kernel reads and writes, so the hot loop does no dictionary look-up and no allocation,
+      its waits and signal), a ``GpuStep`` on a GPU (``launch`` enqueues the kernel or the copy on
+      its stream, with its simulated duration precomputed on a simulated GPU; the stream, the
+      events the stream waits for, the event slot it records). ``waits`` are ``(done flag, event
+      slot or -1)`` pairs. The CPU hot loop unpacks the records' fields from plain tuples (a
+      NamedTuple unpacks 60 ns slower per node in CPython 3.11).
 
 State of a run (all of it; reset at the start of each run)
     ``slots``
@@ -67,7 +68,7 @@ Policy
       oversubscribed host slows down 20-100x, waiting on descheduled helper threads. On an idle
       host a plan with one worker keeps every BLAS thread. The count is fixed per Executor, so
       its runs are bit-for-bit repeatable (``Executor(plan, blas_threads=n)`` fixes it).
-    * Intra-op threads: when a plan with convolutions (``hetero.ops.nn.SPLITTING_OPS``) leaves
+    * Intra-op threads: when a plan with convolutions (ops whose registry entry ``splits``) leaves
       cores over per CPU worker (a chain: one worker), those kernels split their own work over
       ``cores // w`` threads (``intra_op_threads``) and BLAS runs one thread: the pieces are
       handed out dynamically, so a core that other processes hold costs at most a piece, where
@@ -82,144 +83,62 @@ Synchronous mode (``run(..., sync=True)``)
 
 from __future__ import annotations
 
-import heapq
-import os
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from hetero import threads
+from hetero.backends.sim import raw
+from hetero.config import config
 from hetero.errors import ExecutionError, HeteroError, OutOfMemoryError
-from hetero.graph import Graph, Node, TensorSpec, Value
-from hetero.passes.memory import issue_stream, value_space
+from hetero.graph import Attrs, Graph, Node, NodeKind, TensorSpec, Value, toposort
+from hetero.ops.registry import lookup
+from hetero.profile import Profile
+from hetero.reference import check_inputs
+from hetero.spaces import output_space, stream_of
+from hetero.verify import check
 
-__all__ = ["Executor", "blas_threads", "busy_elsewhere", "default_cpu_workers"]
+__all__ = ["CpuStep", "Executor", "GpuStep"]
 
 _UINT8 = np.dtype(np.uint8)
+#: Node kinds that exist before a run starts: nothing waits for them.
+_BEFORE_RUN = frozenset({NodeKind.INPUT, NodeKind.CONSTANT})
 
-# ----------------------------------------------------------------------------------------------
-# Worker count and BLAS threads
-
-
-def cpu_cores() -> int:
-    """Cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+#: (done flag, event slot or -1): what a step waits for before it runs.
+Wait = tuple[threading.Event, int]
 
 
-#: Nodes with less work (flops + bytes) than this hold the GIL for their whole (short) kernel,
-#: so they cannot run in parallel on two workers; they count as no work for parallelism.
-GIL_BOUND_WORK = 1 << 16
+class CpuStep(NamedTuple):
+    """One node on a CPU worker: its kernel bound to the buffers it reads and writes."""
+
+    kernel: Callable[..., None]
+    xp: Any
+    ins: list[Any]
+    attrs: Attrs
+    outs: list[Any]
+    waits: tuple[Wait, ...]
+    signal: threading.Event | None
+    index: int  # the node's position in the graph
 
 
-def default_cpu_workers(graph: Graph, cores: int | None = None) -> int:
-    """How many CPU workers suit ``graph``: its average parallelism (total work over the work on
-    the critical path, work = flops + bytes of each op), capped by the widest level of the graph
-    and by the cores. A chain gets one worker (with every BLAS thread); a wide graph of heavy ops
-    several; a graph of tiny ops one (tiny kernels hold the GIL, so workers would only take
-    turns)."""
-    from hetero.ops.registry import STRUCTURAL_OPS, lookup
+class GpuStep(NamedTuple):
+    """One node on a GPU: ``launch(ins, attrs, outs, stream, report)`` enqueues it on
+    ``stream`` after the events ``stream_waits``; ``record`` is its event slot (or -1)."""
 
-    cores = cores or cpu_cores()
-    work: dict[str, float] = {}
-    level: dict[str, int] = {}
-    longest: dict[str, float] = {}
-    width: dict[int, int] = {}
-    for node in graph.nodes:
-        preds = {v.node for v in node.inputs}
-        if node.op in STRUCTURAL_OPS:
-            w = 0.0
-        else:
-            op = lookup(node.op, node)
-            ins = tuple(graph.spec(v) for v in node.inputs)
-            c = op.cost_of(ins, node.outputs, node.attrs)
-            w = c.flops + c.bytes
-            if w < GIL_BOUND_WORK:
-                w = 0.0
-        work[node.name] = w
-        longest[node.name] = w + max((longest[p] for p in preds), default=0.0)
-        if w > 0:
-            lv = 1 + max((level[p] for p in preds), default=0)
-            width[lv] = width.get(lv, 0) + 1
-        else:
-            lv = max((level[p] for p in preds), default=0)
-        level[node.name] = lv
-    total = sum(work.values())
-    critical = max(longest.values(), default=0.0)
-    if critical <= 0:
-        return 1
-    parallelism = total / critical
-    return max(1, min(cores, int(parallelism + 0.5), max(width.values(), default=1)))
-
-
-def blas_threads(workers: int, cores: int | None = None, busy: int = 0) -> int:
-    """BLAS threads per worker so that workers x BLAS threads <= the cores not ``busy`` with
-    other processes' threads (at least one)."""
-    cores = cores or cpu_cores()
-    free = max(1, cores - max(0, busy))
-    return max(1, min(cores, free) // max(1, workers))
-
-
-def _runnable_threads(path: str) -> int:
-    with open(path, "rb") as f:
-        data = f.read()
-    return 1 if data[data.rfind(b")") + 2:data.rfind(b")") + 3] == b"R" else 0
-
-
-def busy_elsewhere(samples: int = 3, gap_s: float = 5e-4) -> int:
-    """Threads of other processes running or ready to run (Linux ``/proc``; 0 where it cannot
-    tell): the median of a few samples of the system's runnable count less this process's own.
-    """
-    counts = []
-    for k in range(samples):
-        if k:
-            time.sleep(gap_s)
-        try:
-            with open("/proc/loadavg") as f:
-                running = int(f.read().split()[3].split("/")[0])
-            own = 0
-            for tid in os.listdir("/proc/self/task"):
-                try:
-                    own += _runnable_threads(f"/proc/self/task/{tid}/stat")
-                except OSError:  # the thread ended meanwhile
-                    pass
-        except (OSError, ValueError, IndexError):
-            return 0
-        counts.append(max(0, running - own))
-    counts.sort()
-    return counts[len(counts) // 2]
-
-
-_controller: Any = None
-
-
-def _intra_op(threads: int) -> Any:
-    from hetero.ops.nn import intra_op
-
-    return intra_op(threads)
-
-
-def _blas_limit(threads: int) -> Any:
-    """A context manager that limits BLAS to ``threads`` (threadpoolctl), or None if BLAS
-    already uses no more."""
-    global _controller
-    try:
-        if _controller is None:
-            from threadpoolctl import ThreadpoolController
-
-            _controller = ThreadpoolController()
-        current = max((i["num_threads"] for i in _controller.info()
-                       if i["user_api"] == "blas"), default=0)
-    except Exception:  # threadpoolctl cannot see this BLAS: nothing to coordinate
-        return None
-    if current <= threads:
-        return None
-    return _controller.limit(limits=threads, user_api="blas")
-
+    launch: Callable[..., None]
+    ins: list[Any]
+    attrs: Attrs
+    outs: list[Any]
+    waits: tuple[Wait, ...]
+    signal: threading.Event | None
+    index: int
+    stream: Any
+    stream_waits: tuple[int, ...]
+    record: int
 
 # ----------------------------------------------------------------------------------------------
 # Per-run state
@@ -250,12 +169,13 @@ class _Run:
 
 
 class _Thread:
-    """Everything one host thread runs: its device, instructions and their patch sites."""
+    """Everything one host thread runs: its device and its instructions."""
 
     def __init__(self, device: Any, graph: Graph) -> None:
         self.device = device
         self.graph = graph
-        self.instrs: list[tuple] = []
+        self.instrs: list[Any] = []  # CpuStep or GpuStep
+        self.fields: list[tuple] = []  # the same steps as plain tuples, for the CPU hot loop
 
     def __repr__(self) -> str:
         return f"_Thread({self.device.name}, {len(self.instrs)} nodes)"
@@ -269,7 +189,7 @@ class Executor:
     """Runs a Plan: every device's queue concurrently (see the module docstring).
 
     Args:
-        plan: the Plan to run. Its MemoryPlan is computed here if ``plan.memory`` is None.
+        plan: the Plan to run, with its MemoryPlan (``compile`` and ``Plan.run`` see to it).
         blas_threads: BLAS threads per host compute thread during runs (default: the cores
             over the host compute threads, less cores other processes keep busy at load).
         intra_op_threads: threads a splitting kernel (a conv) may use per worker (default:
@@ -282,15 +202,14 @@ class Executor:
 
     def __init__(self, plan: Any, *, cost: Any = None, blas_threads: int | None = None,
                  intra_op_threads: int | None = None) -> None:
-        from hetero.passes.memory import plan_memory
-
         if plan.memory is None:
-            plan = plan_memory(plan)
+            raise HeteroError("the plan has no memory plan: run hetero.passes.memory.plan_memory "
+                              "on it first (compile and Plan.run do)")
         self.plan = plan
         self.graph: Graph = plan.graph
         self.machine = plan.machine
         if cost is None:  # a plan compiled with a measured model carries it
-            cost = getattr(plan, "cost", None)
+            cost = plan.cost
         self.cost = cost if hasattr(cost, "record") else None
         self._fixed_blas = blas_threads
         self._fixed_intra = intra_op_threads
@@ -304,11 +223,7 @@ class Executor:
 
     def _load(self) -> None:
         """Everything a run needs that does not change between runs (see the module docstring)."""
-        from hetero.config import config
-
         if config.checks:
-            from hetero.graph import check
-
             check(self.plan)
         graph, plan = self.graph, self.plan
         self._node_index = {n.name: i for i, n in enumerate(graph.nodes)}
@@ -329,11 +244,11 @@ class Executor:
         fixed: dict[Value, Any] = {}
         dynamic: dict[Value, list[tuple[list, int]]] = {}
         for node in graph.nodes:
-            if node.op == "input":
+            if node.is_input:
                 dynamic[Value(node.name, 0)] = []
                 continue
             dev = self._device(node.device or self._owner.get(node.name, "cpu:0"))
-            if node.op == "constant":
+            if node.is_constant:
                 fixed[Value(node.name, 0)] = dev.from_host(graph.constants[node.name])
                 continue
             for i, spec in enumerate(node.outputs):
@@ -344,15 +259,15 @@ class Executor:
                     fixed[v] = self._arena_view(v, spec, node)
         self._fixed = fixed
         self._dynamic = dynamic
-        self._output_space = {v: value_space(graph.node(v.node), self._spaces)
-                              for v in self._outputs if graph.node(v.node).op != "input"}
+        self._output_space = {v: output_space(graph.node(v.node), self._spaces)
+                              for v in self._outputs if not graph.node(v.node).is_input}
         # outputs that a device-to-host copy brings home for no one but the caller: with
         # outputs="device" that copy becomes a copy inside the GPU into a fresh buffer there
         read = {v for n in graph.nodes for v in n.inputs}
         self._kept = {}
         for v in self._outputs:
             node = graph.node(v.node)
-            if node.op == "transfer" and node.attrs["kind"] == "d2h" and v not in read:
+            if node.is_transfer and node.attrs["kind"] == "d2h" and v not in read:
                 self._kept[v] = self._device(node.attrs["src"])
 
     def _plan_synchronisation(self) -> None:
@@ -361,7 +276,7 @@ class Executor:
         graph = self.graph
         thread_of = {}  # node -> (device, stream)
         for name, dev in self._owner.items():
-            thread_of[name] = (dev, issue_stream(graph.node(name), self._device(dev).kind))
+            thread_of[name] = (dev, stream_of(graph.node(name), self._device(dev).kind))
         self._thread_of = thread_of
         consumers_elsewhere: set[str] = set()
         needs_event: set[str] = set()
@@ -370,7 +285,7 @@ class Executor:
                 continue
             dev, stream = thread_of[node.name]
             for v in node.inputs:
-                if graph.node(v.node).op in ("input", "constant"):
+                if graph.node(v.node).kind in _BEFORE_RUN:
                     continue
                 pdev, pstream = thread_of[v.node]
                 if pdev != dev:
@@ -388,27 +303,24 @@ class Executor:
     def _compile_queues(self) -> None:
         """One ``_Thread`` per device with work, its queue compiled into instructions; the first
         CPU worker first (the calling thread runs the first one)."""
-        from hetero.ops.registry import lookup
-
         self._threads: list[_Thread] = []
         for dev, queue in self.plan.queues.items():
             device = self._device(dev)
             th = _Thread(device, self.graph)
             for name in queue:
                 node = self.graph.node(name)
-                if node.op == "constant":  # uploaded at load time
+                if node.is_constant:  # uploaded at load time
                     continue
-                op = None if node.op == "transfer" else lookup(node.op, node)
+                op = None if node.is_transfer else lookup(node.op, node)
                 th.instrs.append(self._compile(node, device, op, self._dynamic))
+            # CPython unpacks a plain tuple 60 ns faster than a NamedTuple (a tuple subclass)
+            th.fields = [tuple(step) for step in th.instrs]
             if th.instrs:
                 self._threads.append(th)
         self._threads.sort(key=lambda t: (t.device.kind != "cpu", t.device.name))
         self._host_compute = sum(1 for t in self._threads
                                  if t.device.kind == "cpu" or t.device.backend == "sim")
-        self._blas = self._choose_blas_threads()
-        self._intra = self._choose_intra_op_threads()
-        if self._intra > 1:
-            self._blas = 1
+        self._blas, self._intra = self._choose_threads()
 
     def _allocate_arenas(self, memory: Any) -> dict[str, Any]:
         arenas = {}
@@ -417,7 +329,7 @@ class Executor:
             nbytes = max(arena.arena_bytes, 1)
             spec = TensorSpec((nbytes,), _UINT8)
             if space == "host":
-                pinned = next((g for g in gpus if hasattr(g, "pinned_empty")), None)
+                pinned = gpus[0] if gpus else None
                 # pinned host memory lets copies to and from a GPU run asynchronously
                 try:
                     buf = pinned.pinned_empty(spec) if pinned is not None else np.empty(nbytes,
@@ -433,7 +345,7 @@ class Executor:
 
     def _arena_view(self, v: Value, spec: TensorSpec, node: Node) -> Any:
         loc = self.plan.memory.location(v)
-        space = value_space(node, self._spaces)
+        space = output_space(node, self._spaces)
         if loc is None or loc[0] != space:
             dev = next(d for d in self.machine.devices if d.memory_space == space)
             return dev.empty(spec)
@@ -461,7 +373,7 @@ class Executor:
         stream_waits: list[int] = []
         for p_name in dict.fromkeys(v.node for v in node.inputs):
             p = self.graph.node(p_name)
-            if p.op in ("input", "constant"):
+            if p.kind in _BEFORE_RUN:
                 continue
             pdev, pstream = self._thread_of[p_name]
             pgpu = self._device(pdev).kind == "gpu"
@@ -479,7 +391,8 @@ class Executor:
         record = self._event_slot.get(node.name, -1)
         if device.kind != "gpu":
             kernel = _host_kernel(node, op, device)
-            return (kernel, device.xp, ins, node.attrs, outs, tuple(host_waits), signal, idx)
+            return CpuStep(kernel, device.xp, ins, node.attrs, outs, tuple(host_waits), signal,
+                           idx)
         streams = {"compute": device.compute_stream, "h2d": device.h2d_stream,
                    "d2h": device.d2h_stream}
         if op is not None and any(a is None for a in ins + outs):
@@ -487,46 +400,35 @@ class Executor:
                                  "output directly; the partition must copy it through the host")
         launch = _gpu_launch(node, op, device, ins, outs,
                              keepable=Value(node.name, 0) in self._kept)
-        return (launch, None, ins, node.attrs, outs, tuple(host_waits), signal, idx,
-                streams[stream], tuple(stream_waits), record)
+        return GpuStep(launch, ins, node.attrs, outs, tuple(host_waits), signal, idx,
+                       streams[stream], tuple(stream_waits), record)
 
     def _sync_order(self) -> list[str]:
-        """One order of the queued nodes that respects data edges and every queue's order."""
-        graph = self.graph
-        pos = self._node_index
-        est = self.plan.estimates
-        succ: dict[str, set[str]] = {n: set() for n in self._owner}
-        indeg = dict.fromkeys(self._owner, 0)
-        for node in graph.nodes:
-            if node.name not in succ:
-                continue
-            for v in node.inputs:
-                if v.node in succ and node.name not in succ[v.node]:
-                    succ[v.node].add(node.name)
-                    indeg[node.name] += 1
+        """One order of the queued nodes that respects data edges and every queue's order,
+        earliest estimated start first."""
+        names = list(self._owner)
+        at = {n: i for i, n in enumerate(names)}
+        succ: list[set[int]] = [set() for _ in names]
+        for node in self.graph.nodes:
+            if node.name in at:
+                succ_of = at[node.name]
+                for v in node.inputs:
+                    if v.node in at:
+                        succ[at[v.node]].add(succ_of)
         for queue in self.plan.queues.values():
             for a, b in zip(queue, queue[1:]):
-                if b not in succ[a]:
-                    succ[a].add(b)
-                    indeg[b] += 1
+                succ[at[a]].add(at[b])
+        pos, est = self._node_index, self.plan.estimates
 
-        def key(n: str) -> tuple:
+        def key(i: int) -> tuple[float, int]:
+            n = names[i]
             return (est[n][0] if n in est else 0.0, pos[n])
 
-        heap = [(key(n), n) for n, d in indeg.items() if d == 0]
-        heapq.heapify(heap)
-        order = []
-        while heap:
-            _, n = heapq.heappop(heap)
-            order.append(n)
-            for m in succ[n]:
-                indeg[m] -= 1
-                if indeg[m] == 0:
-                    heapq.heappush(heap, (key(m), m))
-        if len(order) != len(succ):
+        order = toposort(len(names), succ, key)
+        if order is None:
             raise ExecutionError("the plan's queues contradict its data dependencies; it "
                                  "would deadlock (check(plan) says where)")
-        return order
+        return [names[i] for i in order]
 
     # -- run time ----------------------------------------------------------------------------
 
@@ -544,8 +446,6 @@ class Executor:
         Returns:
             The list of outputs, or ``(outputs, profile)`` when ``profile`` is true.
         """
-        from hetero.reference import check_inputs
-
         if outputs not in ("host", "device"):
             raise HeteroError(f"outputs must be 'host' or 'device', got {outputs!r}")
         arrays = check_inputs(self.graph, inputs)
@@ -554,7 +454,7 @@ class Executor:
             limit = self._blas_limit()
             if limit is not None:
                 limit.__enter__()
-            intra = _intra_op(self._intra)
+            intra = threads.intra_op(self._intra)
             intra.__enter__()
             try:
                 self._bind(arrays, keep=outputs == "device")
@@ -574,8 +474,6 @@ class Executor:
                 self._unbind()
         if not profile:
             return result
-        from hetero.profile import Profile
-
         kept = frozenset(v.node for v in self._kept) if outputs == "device" else frozenset()
         prof = Profile.from_run(self.plan, run.trace or [], t0, t1, kept)
         if self.cost is not None:
@@ -592,8 +490,6 @@ class Executor:
                 try:
                     save()
                 except OSError as exc:  # a read-only cache must not fail a finished run
-                    import warnings
-
                     warnings.warn(f"hetero: could not save measured costs: {exc}", stacklevel=3)
 
     def _bind(self, arrays: list[np.ndarray], keep: bool = False) -> None:
@@ -638,16 +534,16 @@ class Executor:
         result = []
         for v in graph.outputs:
             node = graph.node(v.node)
-            if node.op == "input":
+            if node.is_input:
                 result.append(np.array(self._bound[v], copy=True))
                 continue
-            if node.op == "constant":
+            if node.is_constant:
                 result.append(np.array(graph.constants[node.name], copy=True))
                 continue
             arr = self._bound[v]
             if where == "device" and v in self._kept:
                 pass  # computed into a buffer on its GPU by the run itself
-            elif where == "device" and node.op == "transfer" and node.attrs["kind"] == "d2h":
+            elif where == "device" and node.is_transfer and node.attrs["kind"] == "d2h":
                 # also read on the host: it came home anyway; the caller gets a GPU copy
                 src = node.inputs[0]
                 dev = self._device(node.attrs["src"])
@@ -699,39 +595,28 @@ class Executor:
         product)."""
         return self._blas
 
-    def _choose_blas_threads(self) -> int:
-        """The cores over the host compute threads; cores that other processes keep busy when
-        the plan is loaded are left out: multithreaded OpenBLAS on an oversubscribed host waits
-        on its descheduled helper threads (measured: a 5 ms CNN took 250-800 ms per run next to
-        two busy processes on 2 cores, and 12 ms with one BLAS thread)."""
-        if self._fixed_blas is not None:
-            return max(1, int(self._fixed_blas))
-        cores = cpu_cores()
-        most = blas_threads(self._host_compute, cores)
-        if most <= 1:
-            return 1
-        # /proc/loadavg counts every CPU of the host; share its load out over the ones we use
-        busy = busy_elsewhere() * cores / max(cores, os.cpu_count() or cores)
-        return blas_threads(self._host_compute, cores, int(busy + 0.5))
+    def _choose_threads(self) -> threads.Threads:
+        """The thread policy of this plan's runs (``hetero.threads.choose``): cores that other
+        processes keep busy when the plan is loaded are left out of BLAS's share, because
+        multithreaded OpenBLAS on an oversubscribed host waits on its descheduled helper threads
+        (measured: a 5 ms CNN took 250-800 ms per run next to two busy processes on 2 cores, and
+        12 ms with one BLAS thread); splitting kernels on a CPU worker get intra-op threads."""
+        host = self._host_compute
+        busy = 0
+        if self._fixed_blas is None and threads.blas_threads(host) > 1:
+            busy = threads.busy_cores()
+        splits = any(lookup(self.graph.node(name).op).splits
+                     for th in self._threads if th.device.kind == "cpu"
+                     for name in self.plan.queues[th.device.name]
+                     if self.graph.node(name).kind is NodeKind.COMPUTE)
+        return threads.choose(host, splits, busy=busy, fixed_blas=self._fixed_blas,
+                              fixed_intra=self._fixed_intra)
 
     @property
     def intra_op_threads(self) -> int:
-        """Threads each splitting kernel (``hetero.ops.nn.SPLITTING_OPS``) uses during runs."""
+        """Threads each splitting kernel (an op whose registry entry ``splits``) uses during
+        runs."""
         return self._intra
-
-    def _choose_intra_op_threads(self) -> int:
-        """The cores over the host compute threads, for plans whose CPU workers run a splitting
-        kernel; 1 when the caller fixed ``blas_threads`` or no such kernel runs on a CPU."""
-        from hetero.ops.nn import SPLITTING_OPS
-
-        if self._fixed_intra is not None:
-            return max(1, int(self._fixed_intra))
-        if self._fixed_blas is not None:
-            return 1
-        splits = any(self.graph.node(name).op in SPLITTING_OPS
-                     for th in self._threads if th.device.kind == "cpu"
-                     for name in self.plan.queues[th.device.name])
-        return blas_threads(self._host_compute, cpu_cores()) if splits else 1
 
     def _time_bases(self) -> dict[str, tuple[Any, float]]:
         """Per CUDA GPU: an event recorded on its idle compute stream now, and the host time."""
@@ -746,7 +631,7 @@ class Executor:
 
     def _blas_limit(self) -> Any:
         # sync mode keeps the same limit, so that it computes what the concurrent run computes
-        return _blas_limit(self._blas)
+        return threads.blas_limit(self._blas)
 
     def _synchronize_streams(self, run: _Run) -> None:
         """Wait for every stream this plan uses; a stream's own error becomes the run's."""
@@ -762,18 +647,18 @@ class Executor:
     def _run_sync(self, run: _Run) -> None:
         by_name = {}
         for th in self._threads:
-            for ins in th.instrs:
-                by_name[self.graph.nodes[ins[7]].name] = (th, ins)
+            for step in th.instrs:
+                by_name[self.graph.nodes[step.index].name] = (th, step)
         try:
             for name in self._order:
                 if name not in by_name:
                     continue
-                th, ins = by_name[name]
+                th, step = by_name[name]
                 if th.device.kind == "gpu":
-                    _gpu_step(th, ins, run, wait=False)
-                    ins[8].synchronize()
+                    _gpu_step(th, step, run, wait=False)
+                    step.stream.synchronize()
                 else:
-                    _cpu_step(th, ins, run)
+                    _cpu_step(th, step, run)
                 if run.aborted:
                     break
         except BaseException as exc:
@@ -861,10 +746,7 @@ def _gpu_launch(node: Node, op: Any, device: Any, ins: list, outs: list, *,
         except BaseException as exc:
             report[0].fail(exc, node, name)
 
-    timed = getattr(device.compute_stream, "launch_timed", None)
-    if device.backend == "sim" and timed is not None:
-        from hetero.backends.sim import raw
-
+    if device.backend == "sim":
         duration = device.kernel_time(op, [TensorSpec.of(a) for a in ins],
                                       [TensorSpec.of(a) for a in outs], node.attrs)
         raw_ins, raw_outs = [raw(a) for a in ins], [raw(a) for a in outs]
@@ -882,8 +764,6 @@ def _copy_on_device(device: Any, dst: Any, src: Any, stream: Any) -> None:
     """Enqueue ``dst[...] = src`` within one GPU's memory on ``stream`` (a simulated GPU paces
     it to reading and writing the bytes at its memory bandwidth)."""
     if device.backend == "sim":
-        from hetero.backends.sim import raw
-
         seconds = 2.0 * src.nbytes / device.mem_bandwidth
         stream.launch_timed(seconds, "copy on device", np.copyto, raw(dst), raw(src))
     else:
@@ -896,7 +776,7 @@ def _copy_on_device(device: Any, dst: Any, src: Any, stream: Any) -> None:
 
 def _cpu_loop(th: _Thread, run: _Run) -> None:
     """Run one CPU worker's queue; on the first error report it through ``run.fail``."""
-    instrs = th.instrs
+    instrs = th.fields  # the CpuSteps' fields, unpacked in CpuStep's order
     events = run.events
     trace = run.trace
     clock = time.perf_counter
@@ -976,7 +856,7 @@ def _node_of(th: _Thread, index: int) -> Node:
     return th.graph.nodes[index]
 
 
-def _cpu_step(th: _Thread, instr: tuple, run: _Run) -> None:
+def _cpu_step(th: _Thread, instr: CpuStep, run: _Run) -> None:
     kernel, xp, ins, attrs, outs, waits, signal, i = instr
     t0 = time.perf_counter()
     try:
@@ -990,19 +870,19 @@ def _cpu_step(th: _Thread, instr: tuple, run: _Run) -> None:
 
 def _gpu_loop(th: _Thread, run: _Run) -> None:
     """Enqueue one GPU's queue on its streams; on the first error report it."""
-    instr: tuple = ()
+    instr: GpuStep | None = None
     try:
         for instr in th.instrs:
             if run.aborted:
                 return
             _gpu_step(th, instr, run, wait=True)
     except BaseException as exc:
-        node = _node_of(th, instr[7]) if instr else None
+        node = _node_of(th, instr.index) if instr is not None else None
         run.fail(exc, node, th.device.name)
 
 
-def _gpu_step(th: _Thread, instr: tuple, run: _Run, wait: bool) -> None:
-    launch, _, ins, attrs, outs, waits, signal, i, stream, stream_waits, record = instr
+def _gpu_step(th: _Thread, instr: GpuStep, run: _Run, wait: bool) -> None:
+    launch, ins, attrs, outs, waits, signal, i, stream, stream_waits, record = instr
     events = run.events
     if wait:
         for flag, _ in waits:

@@ -1,19 +1,24 @@
-"""The IR: TensorSpec, Value, Node, Graph, and the verifier ``check``.
+"""The IR: TensorSpec, Value, Node, Graph (the verifier of every stage is ``hetero.verify``).
 
 Everything here is immutable. A pass never edits a node or a graph; it builds new ones with
-``replace``. Nodes refer to their inputs by ``Value(node_name, index)``, so a pass that rewrites one
-node does not have to rebuild its consumers.
+``replace`` (or with ``hetero.builder.GraphBuilder``). Nodes refer to their inputs by
+``Value(node_name, index)``, so a pass that rewrites one node does not have to rebuild its
+consumers.
 
-Graph inputs are nodes of op ``"input"``; constants are nodes of op ``"constant"`` whose array
-lives in ``Graph.constants`` under the node's name (arrays are not hashable, so they stay out
-of ``attrs``).
+Three ops are part of a graph's structure rather than computation, and every node says which of
+these it is (``Node.kind``): graph inputs are nodes of op ``"input"``; constants are nodes of op
+``"constant"`` whose array lives in ``Graph.constants`` under the node's name (arrays are not
+hashable, so they stay out of ``attrs``); copies between memory spaces, which only partitioning
+inserts, are nodes of op ``"transfer"``. Every other node computes (``NodeKind.COMPUTE``) with the
+op registry's kernel of its op.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Iterable, Iterator, Mapping
+import enum
+import heapq
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -21,6 +26,34 @@ from typing import Any
 import numpy as np
 
 from hetero.errors import GraphError, node_label
+
+# ----------------------------------------------------------------------------------------------
+# Node kinds
+
+
+class NodeKind(enum.Enum):
+    """What a node is to the pipeline: one of the three structural ops, or a computation."""
+
+    INPUT = "input"
+    CONSTANT = "constant"
+    TRANSFER = "transfer"
+    COMPUTE = "compute"
+
+
+#: The op names of the structural node kinds.
+INPUT, CONSTANT, TRANSFER = "input", "constant", "transfer"
+STRUCTURAL_OPS = frozenset({INPUT, CONSTANT, TRANSFER})
+_KIND_OF = {INPUT: NodeKind.INPUT, CONSTANT: NodeKind.CONSTANT, TRANSFER: NodeKind.TRANSFER}
+
+
+#: Op classes: every registry op is of one (``Op.op_class``); devices have a peak rate per class,
+#: and the cost model and the simulated GPU rate an op by its class.
+OP_CLASSES = ("elementwise", "matmul", "conv", "reduce", "data", "norm")
+
+
+def kind_of(op: str) -> NodeKind:
+    """The node kind of an op name."""
+    return _KIND_OF.get(op, NodeKind.COMPUTE)
 
 # ----------------------------------------------------------------------------------------------
 # Attributes
@@ -152,7 +185,8 @@ class Node:
 
     Attributes:
         name: unique within its graph.
-        op: registry name of the operation ("matmul", "conv2d", "input", "constant", "transfer").
+        op: registry name of the operation ("matmul", "conv2d"), or one of the structural ops
+            "input", "constant", "transfer".
         inputs: the values it reads.
         attrs: op attributes (immutable).
         outputs: the specs of what it produces.
@@ -160,6 +194,7 @@ class Node:
         soft: the placer may override ``device``.
         colocate: nodes with the same group name must share a device.
         where: the user's source line that created the node ("model.py:42").
+        kind: what the node is (``NodeKind``), derived from ``op``.
     """
 
     name: str
@@ -171,8 +206,10 @@ class Node:
     soft: bool = False
     colocate: str | None = None
     where: str | None = None
+    kind: NodeKind = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", kind_of(self.op))
         if not isinstance(self.attrs, Attrs):
             object.__setattr__(self, "attrs", Attrs(self.attrs))
         object.__setattr__(self, "inputs", tuple(self.inputs))
@@ -180,6 +217,12 @@ class Node:
 
     def replace(self, **changes: Any) -> Node:
         return dataclasses.replace(self, **changes)
+
+    is_input = property(lambda self: self.kind is NodeKind.INPUT, doc="A graph input?")
+    is_constant = property(lambda self: self.kind is NodeKind.CONSTANT, doc="A constant?")
+    is_transfer = property(lambda self: self.kind is NodeKind.TRANSFER, doc="A copy?")
+    computes = property(lambda self: self.kind is NodeKind.COMPUTE,
+                        doc="Does it run a kernel of its op (not an input, constant or transfer)?")
 
     @property
     def label(self) -> str:
@@ -294,129 +337,51 @@ class Graph:
 
     def __str__(self) -> str:
         ins = ", ".join(f"%{n}: {self.node(n).outputs[0]}" for n in self.inputs)
-        body = "\n".join(
-            "  " + str(n) for n in self.nodes if n.op != "input"
-        )
+        body = "\n".join("  " + str(n) for n in self.nodes if not n.is_input)
         outs = ", ".join(str(v) for v in self.outputs)
         return f"graph {self.name}({ins}) {{\n{body}\n  return {outs}\n}}"
 
 
-# ----------------------------------------------------------------------------------------------
-# Verifier
-
-
-@functools.singledispatch
-def check(obj: Any, **kwargs: Any) -> None:
-    """Verify every invariant of a Graph (or, once registered, a Plan); raise ``GraphError``
-    naming the node, its op and source line, with the neighbourhood printed."""
-    raise GraphError(f"check() takes a Graph or a Plan, got {type(obj).__name__}")
-
 
 def neighbourhood(graph: Graph, name: str, radius: int = 2) -> str:
     """The lines of the printed graph around node ``name``, the culprit marked with ``>>``."""
-    i = graph._index.get(name)
-    if i is None:
+    if name not in graph:
         return ""
+    i = graph.position(name)
     lo, hi = max(0, i - radius), min(len(graph.nodes), i + radius + 1)
     return "\n".join(
         ("  >> " if j == i else "     ") + str(graph.nodes[j]) for j in range(lo, hi)
     )
 
 
-def _fail(graph: Graph, node: Node, message: str) -> GraphError:
+def node_error(graph: Graph, node: Node, message: str) -> GraphError:
+    """A GraphError naming ``node`` (name, op, source line) with its neighbourhood printed."""
     near = neighbourhood(graph, node.name)
     return GraphError(f"{node.label}: {message}" + (f"\n{near}" if near else ""))
 
 
-@check.register
-def _check_graph(graph: Graph, *, machine: Any = None) -> None:
-    from hetero.ops import registry
-
-    seen: dict[str, Node] = {}
-    names = {n.name for n in graph.nodes}
-    if len(names) != len(graph.nodes):
-        dup = [n for n in graph.nodes if sum(m.name == n.name for m in graph.nodes) > 1][0]
-        raise _fail(graph, dup, "node name is used more than once")
-    for node in graph.nodes:
-        for pos, v in enumerate(node.inputs):
-            if v.node not in names:
-                raise _fail(graph, node, f"input {pos} reads {v}, which no node of the graph "
-                                         "produces (dangling input)")
-            if v.node not in seen:
-                _raise_cycle_or_order(graph, node, v)
-            producer = seen[v.node]
-            if not 0 <= v.index < len(producer.outputs):
-                raise _fail(graph, node, f"input {pos} reads output {v.index} of "
-                                         f"{producer.label}, which has {len(producer.outputs)}")
-        if node.device is not None:
-            _check_device_name(graph, node)
-        if node.op == "input":
-            if node.inputs or len(node.outputs) != 1:
-                raise _fail(graph, node, "an input node takes no inputs and has one output")
-            if node.name not in graph.inputs:
-                raise _fail(graph, node, "input node is not listed in graph.inputs (the graph "
-                                         "would have no value for it)")
-        elif node.op == "constant":
-            arr = graph.constants.get(node.name)
-            if arr is None:
-                raise _fail(graph, node, "constant has no array in graph.constants")
-            if TensorSpec.of(arr) != node.outputs[0]:
-                raise _fail(graph, node, f"constant array is {TensorSpec.of(arr)} but the node "
-                                         f"says {node.outputs[0]}")
-        else:
-            op = registry.lookup(node.op, node)
-            in_specs = tuple(seen[v.node].outputs[v.index] for v in node.inputs)
-            try:
-                expected = op.infer_specs(in_specs, node.attrs)
-            except Exception as exc:  # the op's own message names what is wrong
-                raise _fail(graph, node, f"inputs {', '.join(map(str, in_specs))} are invalid: "
-                                         f"{exc}") from None
-            if tuple(expected) != node.outputs:
-                raise _fail(graph, node, "wrong output spec: node says "
-                            f"{', '.join(map(str, node.outputs))} but {node.op} of "
-                            f"{', '.join(map(str, in_specs))} gives "
-                            f"{', '.join(map(str, expected))}")
-        seen[node.name] = node
-    for n in graph.inputs:
-        if n not in names or graph.node(n).op != "input":
-            raise GraphError(f"graph input {n!r} is not an input node")
-    if len(set(graph.inputs)) != len(graph.inputs):
-        dup = sorted({n for n in graph.inputs if graph.inputs.count(n) > 1})
-        raise GraphError(f"graph inputs {', '.join(dup)} are listed more than once")
-    for v in graph.outputs:
-        if v.node not in names:
-            raise GraphError(f"graph output {v} is produced by no node")
-        if v.index >= len(graph.node(v.node).outputs):
-            raise GraphError(f"graph output {v} is out of range")
-    for hook in _GRAPH_CHECKS:
-        hook(graph, machine)
+# ----------------------------------------------------------------------------------------------
+# Topological order
 
 
-def _check_device_name(graph: Graph, node: Node) -> None:
-    from hetero.devices import normalize_device
-    from hetero.errors import DeviceError
-
-    try:
-        ok = normalize_device(node.device) == node.device
-    except DeviceError:
-        ok = False
-    if not ok:
-        raise _fail(graph, node, f"device annotation {node.device!r} is not a device name like "
-                                 "'cpu:0' or 'gpu:1'")
-
-
-# Stages that add invariants (partitioning: no op reads another memory space) register here.
-_GRAPH_CHECKS: list = []
-
-
-def _raise_cycle_or_order(graph: Graph, node: Node, v: Value) -> None:
-    import networkx as nx
-
-    g = graph.to_networkx()
-    try:
-        cycle = nx.find_cycle(g, source=node.name)
-    except nx.NetworkXNoCycle:
-        raise _fail(graph, node, f"reads {v} before it is produced (nodes are not in "
-                                 "topological order)") from None
-    path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
-    raise _fail(graph, node, f"the graph has a cycle: {path}")
+def toposort(count: int, successors: Sequence[Iterable[int]],
+             key: Callable[[int], Any] | None = None) -> list[int] | None:
+    """Kahn's algorithm over vertices ``0 .. count - 1``: an order in which every vertex comes
+    after its predecessors, taking among the ready vertices the one with the least ``key``
+    (default: the vertex itself). None when the edges have a cycle."""
+    rank = key or (lambda i: i)
+    indeg = [0] * count
+    for succ in successors:
+        for j in succ:
+            indeg[j] += 1
+    ready = [(rank(i), i) for i in range(count) if indeg[i] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        order.append(i)
+        for j in successors[i]:
+            indeg[j] -= 1
+            if indeg[j] == 0:
+                heapq.heappush(ready, (rank(j), j))
+    return order if len(order) == count else None

@@ -29,8 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from hetero.builder import GraphBuilder
+from hetero.config import resolve_machine
+from hetero.devices import Machine
 from hetero.errors import HeteroError, ModelError
 from hetero.graph import Graph, Node, TensorSpec, Value
+from hetero.ops.registry import REGISTRY, lookup
+from hetero.pipeline import compile_graph
 
 # Backend and BackendRep are built on first access (module __getattr__), so they are not listed.
 __all__ = ["load", "supported_ops", "prepare", "run_model", "run_node", "StaticInputError"]
@@ -64,52 +69,30 @@ class StaticInputError(ModelError):
 
 
 class _Builder:
-    """Collects nodes and constants; folds ops whose inputs are all constants."""
+    """The importer's side of a ``GraphBuilder``: every ONNX value is a constant array, known at
+    import and folded (an op whose inputs are all constants runs at once through its NumPy
+    kernel, ``Op.evaluate``), or a value of the graph being built."""
 
-    def __init__(self) -> None:
-        self.nodes: list[Node] = []
-        self.constants: dict[str, np.ndarray] = {}
-        self.used: set[str] = set()
-        self._const_nodes: dict[int, Value] = {}
-        self._keep: list[np.ndarray] = []
+    def __init__(self, name: str) -> None:
+        self.graph = GraphBuilder(name)
 
     def fresh(self, base: str) -> str:
-        base = base or "node"
-        name, k = base, 1
-        while name in self.used:
-            name, k = f"{base}_{k}", k + 1
-        self.used.add(name)
-        return name
+        return self.graph.fresh(base)
 
     def const(self, array: np.ndarray) -> _Val:
         array = np.asarray(array)
         return _Val(TensorSpec.of(array), array=array)
 
     def materialize(self, v: _Val, name: str, where: str | None) -> Value:
-        """The graph value of ``v``: a constant node (made once per array) if ``v`` is constant."""
+        """The graph value of ``v``: a constant node (made once per array) if ``v`` is constant.
+        Arrays made during import are the importer's alone: they are frozen, not copied."""
         if v.value is not None:
             return v.value
-        key = id(v.array)
-        got = self._const_nodes.get(key)
-        if got is not None:
-            return got
-        node = Node(self.fresh(_clean(v.hint or name)), "constant", outputs=(v.spec,),
-                    where=where)
-        arr = v.array
-        if arr.flags.writeable or not arr.flags.c_contiguous:
-            # arrays made during import are ours alone: freeze them instead of copying
-            arr = np.ascontiguousarray(arr) if arr.ndim else np.array(arr)
-            arr.flags.writeable = False
-        self.nodes.append(node)
-        self.constants[node.name] = arr
-        self._const_nodes[key] = node.value()
-        self._keep.append(v.array)  # keep id() unique while the import runs
-        return node.value()
+        return self.graph.constant(v.array, _clean(v.hint or name), copy=False, where=where,
+                                   soft=False)
 
     def emit(self, op_name: str, ins: Sequence[_Val], attrs: Mapping[str, Any], name: str,
              where: str, fold: bool = True) -> list[_Val]:
-        from hetero.ops.registry import lookup
-
         op = lookup(op_name)
         label = f"{where} ({op_name})"
         try:
@@ -118,16 +101,15 @@ class _Builder:
         except HeteroError as exc:
             raise ModelError(f"{where}: cannot convert to {op_name}: {exc}") from None
         if fold and all(v.is_const for v in ins):
-            outs = [np.empty(s.shape, s.dtype) for s in specs]
             try:
-                op.kernel_for("numpy")(np, [v.array for v in ins], attrs, outs)
+                outs = op.evaluate([v.array for v in ins], attrs, specs)
             except Exception as exc:
                 raise ModelError(f"{where}: folding {op_name} of constants failed: "
                                  f"{type(exc).__name__}: {exc}") from exc
             return [self.const(o) for o in outs]
         values = tuple(self.materialize(v, f"{name}_const{i}", where) for i, v in enumerate(ins))
-        node = Node(self.fresh(name), op_name, values, attrs, tuple(specs), where=where)
-        self.nodes.append(node)
+        node = self.graph.add(Node(self.fresh(name), op_name, values, attrs, tuple(specs),
+                                   where=where))
         sources = frozenset().union(*(v.sources for v in ins))
         return [_Val(s, value=node.value(i), sources=sources) for i, s in enumerate(specs)]
 
@@ -239,9 +221,6 @@ def _converts(*op_types: str, needs: tuple[str, ...] = ()):
 
 def supported_ops() -> list[str]:
     """ONNX op types this importer converts with the ops now in the registry."""
-    from hetero.ops.registry import REGISTRY, _ensure_loaded
-
-    _ensure_loaded()
     return sorted(t for t, (_, needs) in _CONVERTERS.items() if all(n in REGISTRY for n in needs))
 
 
@@ -294,14 +273,17 @@ for _t, _o in _UNARY.items():
     _unary_converter(_t, _o)
 
 
-@_converts("LeakyRelu", needs=("leaky_relu",))
-def _leaky_relu(ctx: _Ctx) -> list[_Val]:
-    return [ctx.emit("leaky_relu", [ctx.inp(0)], alpha=float(ctx.attr("alpha", 0.01)))]
+def _alpha_converter(onnx_op: str, op: str, alpha: float) -> None:
+    @_converts(onnx_op, needs=(op,))
+    def convert(ctx: _Ctx) -> list[_Val]:
+        return [ctx.emit(op, [ctx.inp(0)], alpha=float(ctx.attr("alpha", alpha)))]
 
 
-@_converts("Elu", needs=("elu",))
-def _elu(ctx: _Ctx) -> list[_Val]:
-    return [ctx.emit("elu", [ctx.inp(0)], alpha=float(ctx.attr("alpha", 1.0)))]
+# ONNX op -> (registry op, default alpha)
+for _t, (_o, _alpha) in {"LeakyRelu": ("leaky_relu", 0.01), "Elu": ("elu", 1.0),
+                         "Celu": ("celu", 1.0),
+                         "ThresholdedRelu": ("thresholded_relu", 1.0)}.items():
+    _alpha_converter(_t, _o, _alpha)
 
 
 @_converts("Selu", needs=("selu",))
@@ -309,16 +291,6 @@ def _selu(ctx: _Ctx) -> list[_Val]:
     alpha = float(ctx.attr("alpha", 1.67326319217681884765625))
     gamma = float(ctx.attr("gamma", 1.05070102214813232421875))
     return [ctx.emit("selu", [ctx.inp(0)], alpha=alpha, gamma=gamma)]
-
-
-@_converts("Celu", needs=("celu",))
-def _celu(ctx: _Ctx) -> list[_Val]:
-    return [ctx.emit("celu", [ctx.inp(0)], alpha=float(ctx.attr("alpha", 1.0)))]
-
-
-@_converts("ThresholdedRelu", needs=("thresholded_relu",))
-def _thresholded_relu(ctx: _Ctx) -> list[_Val]:
-    return [ctx.emit("thresholded_relu", [ctx.inp(0)], alpha=float(ctx.attr("alpha", 1.0)))]
 
 
 def _arg_converter(onnx_op: str, op: str) -> None:
@@ -1046,7 +1018,7 @@ class _Importer:
         self.folder = folder
         self.input_shapes = _check_input_shapes(model, input_shapes)
         self.static_inputs = {k: np.array(v, copy=True) for k, v in (static_inputs or {}).items()}
-        self.builder = _Builder()
+        self.builder = _Builder(_clean(model.graph.name or "onnx"))
         self.opset = _opset(model)
 
     def run(self) -> Graph:
@@ -1057,7 +1029,6 @@ class _Importer:
         for t in g.initializer:
             arr = _tensor_to_array(t, self.folder, f"{self.source}:{t.name}")
             env[t.name] = _Val(TensorSpec.of(arr), array=arr, hint=t.name)
-        inputs = []
         for vi in g.input:
             if vi.name in inits:
                 continue  # (IR < 4) an initializer listed as an input: a constant
@@ -1069,10 +1040,9 @@ class _Importer:
             name = self.builder.fresh(vi.name)
             if name != vi.name:
                 raise ModelError(f"{self.source}: graph input name {vi.name!r} is used twice")
-            node = Node(name, "input", outputs=(spec,), where=f"{self.source}:{vi.name}")
-            self.builder.nodes.append(node)
-            inputs.append(name)
-            env[vi.name] = _Val(spec, value=node.value(), sources=frozenset({vi.name}))
+            value = self.builder.graph.input(name, spec, soft=False,
+                                             where=f"{self.source}:{vi.name}")
+            env[vi.name] = _Val(spec, value=value, sources=frozenset({vi.name}))
         for index, node in enumerate(g.node):
             self._convert(node, index, env)
         outputs = []
@@ -1081,8 +1051,7 @@ class _Importer:
             if v is None:
                 raise ModelError(f"{self.source}: graph output {vo.name!r} is produced by no node")
             outputs.append(self.builder.materialize(v, vo.name, f"{self.source}:{vo.name}"))
-        return Graph(tuple(self.builder.nodes), tuple(inputs), tuple(outputs),
-                     self.builder.constants, name=_clean(g.name or "onnx"))
+        return self.builder.graph.build(outputs)
 
     def _input_spec(self, vi: Any) -> TensorSpec:
         where = f"{self.source}: graph input {vi.name!r}"
@@ -1150,9 +1119,6 @@ def _opset(model: Any) -> int:
 
 def _check_supported(model: Any, source: str) -> None:
     """Raise one ModelError listing every unsupported op type with its node names."""
-    from hetero.ops.registry import REGISTRY, _ensure_loaded
-
-    _ensure_loaded()
     missing: dict[str, list[str]] = {}
     for i, node in enumerate(model.graph.node):
         key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
@@ -1264,19 +1230,9 @@ def _outputs_untyped(proto: Any) -> bool:
 # Running imported graphs, and the onnx.backend Backend
 
 
-def _machine(machine: Any) -> Any:
-    from hetero.devices import Machine
-
-    if machine is None or isinstance(machine, Machine):
-        return machine
-    return Machine.parse(machine)
-
-
-def compile_graph(graph: Graph, machine: Any = None, **options: Any) -> Callable[..., list]:
+def runner(graph: Graph, machine: Any = None, **options: Any) -> Callable[..., list]:
     """A callable ``run(*arrays) -> list of arrays``: ``graph`` compiled for ``machine``."""
-    from hetero.compiler import compile as hetero_compile
-
-    plan = hetero_compile(graph, machine=_machine(machine), **options)
+    plan = compile_graph(graph, None if machine is None else resolve_machine(machine), **options)
     return lambda *arrays: list(plan.run(*arrays))
 
 
@@ -1343,7 +1299,7 @@ class _Runner:
                     raise
                 self.static_names |= exc.inputs
                 continue
-            return graph.inputs, compile_graph(graph, self.machine, **self.options)
+            return graph.inputs, runner(graph, self.machine, **self.options)
 
     def run(self, inputs: Any) -> list[np.ndarray]:
         if isinstance(inputs, Mapping):
@@ -1424,8 +1380,6 @@ def _backend_classes() -> tuple[type, type]:
                 return True
             if kind == "CUDA":
                 try:
-                    from hetero.devices import Machine
-
                     return bool(Machine.detect().gpus())
                 except Exception:
                     return False

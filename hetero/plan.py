@@ -1,13 +1,12 @@
-"""Placement and Plan: what the placer decided, and the immutable plan the executor runs.
+"""Plan: the immutable end of the compile pipeline, which the executor runs.
 
-``Reason`` says why a node landed on its device, ``Placement`` holds a device, a reason and an
-estimated start and finish per node (the result of ``hetero.passes.place.place``), and ``Plan`` is
-the end of the compile pipeline: the partitioned graph (every edge device-local, explicit
-``transfer`` nodes between memory spaces), one queue of node names per device in execution order,
-the estimates, the lower bound on the makespan and, once ``plan_memory`` ran, the arena layout.
+A ``Plan`` holds the partitioned graph (every edge device-local, explicit ``transfer`` nodes
+between memory spaces), the ``Placement`` it came from (``hetero.passes.place``: a device and a
+Reason per node), one queue of node names per device in execution order, the estimates, the lower
+bound on the makespan and the arena layout (``hetero.passes.memory``).
 
-All three are frozen. ``Plan.to_json()`` / ``Plan.from_json()`` round-trip a plan (constants
-included), and ``check(plan)`` (registered on ``hetero.graph.check``) states every invariant.
+``Plan.to_json()`` / ``Plan.from_json()`` round-trip a plan (constants included), and
+``check(plan)`` (``hetero.verify``) states every invariant.
 """
 
 from __future__ import annotations
@@ -21,97 +20,20 @@ from typing import Any
 
 import numpy as np
 
-from hetero.errors import GraphError, HeteroError
-from hetero.graph import Attrs, Graph, Node, TensorSpec, Value, check
+from hetero.cost import MeasuredCost
+from hetero.devices import Machine
+from hetero.errors import HeteroError
+from hetero.executor import Executor
+from hetero.graph import Attrs, Graph, Node, TensorSpec, Value
+from hetero.passes.memory import MemoryPlan, plan_memory
+from hetero.passes.place import Placement
+from hetero.verify import check, check_plan
 
-#: Every kind of reason a node can carry, in the words the report uses.
-REASON_KINDS = ("pinned", "soft-kept", "soft-overridden", "colocated", "no-kernel-elsewhere",
-                "cost", "capacity", "default", "input", "policy")
+__all__ = ["Plan", "graph_from_json", "graph_to_json"]
 
 
 def _frozen_map(m: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(m or {}))
-
-
-@dataclass(frozen=True, slots=True)
-class Reason:
-    """Why a node is on its device: ``kind`` (one of ``REASON_KINDS``) and a sentence of detail."""
-
-    kind: str
-    detail: str = ""
-
-    def __post_init__(self) -> None:
-        if self.kind not in REASON_KINDS:
-            raise HeteroError(f"unknown placement reason {self.kind!r} "
-                              f"(known: {', '.join(REASON_KINDS)})")
-
-    def __str__(self) -> str:
-        return f"{self.kind}: {self.detail}" if self.detail else self.kind
-
-    def to_json(self) -> dict[str, str]:
-        return {"kind": self.kind, "detail": self.detail}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, str]) -> Reason:
-        return cls(data["kind"], data.get("detail", ""))
-
-
-@dataclass(frozen=True)
-class Placement:
-    """A device, a Reason and an estimated start and finish (seconds) for every node.
-
-    Attributes:
-        device: node name -> device name.
-        reason: node name -> Reason.
-        start, finish: node name -> estimated seconds from the start of a run.
-        makespan: estimated finish of the last node.
-        policy: the policy that produced it ("heft", "peft", "cpu", "gpu", "annotated").
-    """
-
-    device: Mapping[str, str]
-    reason: Mapping[str, Reason]
-    start: Mapping[str, float] = field(default_factory=dict)
-    finish: Mapping[str, float] = field(default_factory=dict)
-    makespan: float = 0.0
-    policy: str = "heft"
-
-    def __post_init__(self) -> None:
-        for name in ("device", "reason", "start", "finish"):
-            object.__setattr__(self, name, _frozen_map(getattr(self, name)))
-        object.__setattr__(self, "makespan", float(self.makespan))
-
-    def __getitem__(self, node: str) -> str:
-        return self.device[node]
-
-    def devices_used(self) -> tuple[str, ...]:
-        """The devices at least one node is placed on, sorted."""
-        return tuple(sorted(set(self.device.values())))
-
-    def table(self) -> str:
-        """One line per node: name, device, reason, estimated start and finish (ms)."""
-        rows = []
-        for name, dev in self.device.items():
-            s, f = self.start.get(name, 0.0), self.finish.get(name, 0.0)
-            rows.append(f"{name:<24} {dev:<7} {s * 1e3:9.3f} {f * 1e3:9.3f}  {self.reason[name]}")
-        return "\n".join(rows)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "policy": self.policy,
-            "makespan": self.makespan,
-            "nodes": {n: {"device": d, "reason": self.reason[n].to_json(),
-                          "start": self.start.get(n, 0.0), "finish": self.finish.get(n, 0.0)}
-                      for n, d in self.device.items()},
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Placement:
-        nodes = data["nodes"]
-        return cls(device={n: v["device"] for n, v in nodes.items()},
-                   reason={n: Reason.from_json(v["reason"]) for n, v in nodes.items()},
-                   start={n: float(v["start"]) for n, v in nodes.items()},
-                   finish={n: float(v["finish"]) for n, v in nodes.items()},
-                   makespan=float(data["makespan"]), policy=data["policy"])
 
 
 @dataclass(frozen=True)
@@ -128,7 +50,8 @@ class Plan:
         makespan: estimated seconds for one run.
         lower_bound: no schedule of this graph on this machine can beat it (same cost model).
         policy: the placement policy.
-        memory: the MemoryPlan (one arena per device), or None before ``plan_memory``.
+        memory: the MemoryPlan (one arena per memory space), or None before ``plan_memory``
+            (which ``compile`` runs; the executor needs it).
         cost: the cost model the plan was compiled with. When it is a measured model
             (``MeasuredCost``), every ``plan.run(..., profile=True)`` records the measured kernel
             times into it and saves them, so the next ``compile(..., cost="measured")`` places
@@ -169,18 +92,14 @@ class Plan:
             outputs: "host" (NumPy arrays) or "device" (outputs computed on a GPU stay there).
             sync: run node by node on the calling thread (debugging; same results).
         """
-        from hetero.executor import Executor
-
         if self._executor is None:
-            object.__setattr__(self, "_executor", Executor(self))
+            plan = self if self.memory is not None else plan_memory(self)
+            object.__setattr__(self, "_executor", Executor(plan))
         return self._executor.run(list(inputs), profile=profile, outputs=outputs, sync=sync)
-
-    def node_device(self, name: str) -> str:
-        return self.graph.node(name).device  # type: ignore[return-value]
 
     def transfers(self) -> tuple[Node, ...]:
         """The transfer nodes of the plan, in graph order."""
-        return tuple(n for n in self.graph.nodes if n.op == "transfer")
+        return tuple(n for n in self.graph.nodes if n.is_transfer)
 
     # -- JSON ------------------------------------------------------------------------------------
 
@@ -197,8 +116,7 @@ class Plan:
             "makespan": self.makespan,
             "lower_bound": self.lower_bound,
             "policy": self.policy,
-            "memory": memory.to_json() if memory is not None and hasattr(memory, "to_json")
-            else None,
+            "memory": memory.to_json() if memory is not None else None,
             "cost": _cost_to_json(self.cost),
         }
 
@@ -221,8 +139,6 @@ class Plan:
             machine = _machine_from_json(data["machine"])
         memory = None
         if data.get("memory") is not None:
-            from hetero.passes.memory import MemoryPlan  # written by the memory pass
-
             memory = MemoryPlan.from_json(data["memory"])
         return cls(graph=graph_from_json(data["graph"]), machine=machine,
                    placement=Placement.from_json(data["placement"]),
@@ -235,8 +151,6 @@ class Plan:
 
 def _cost_to_json(cost: Any) -> Any:
     """Where a measured cost model lives (its cache file); other models are not kept."""
-    from hetero.cost import MeasuredCost
-
     if isinstance(cost, MeasuredCost):
         return {"model": "measured", "path": cost.path}
     return None
@@ -245,8 +159,6 @@ def _cost_to_json(cost: Any) -> Any:
 def _cost_from_json(data: Any, machine: Any) -> Any:
     if not data or data.get("model") != "measured" or machine is None:
         return None
-    from hetero.cost import MeasuredCost
-
     return MeasuredCost(machine, path=data["path"])
 
 
@@ -299,8 +211,6 @@ def graph_to_json(graph: Graph) -> dict[str, Any]:
 
 def graph_from_json(data: Mapping[str, Any]) -> Graph:
     """The Graph that ``graph_to_json`` wrote."""
-    import hetero.passes.partition  # noqa: F401  (registers the "transfer" op such graphs use)
-
     nodes = []
     for d in data["nodes"]:
         nodes.append(Node(
@@ -314,89 +224,12 @@ def graph_from_json(data: Mapping[str, Any]) -> Graph:
                  name=data["name"])
 
 
-def _machine_to_json(machine: Any) -> Any:
-    if machine is None:
-        return None
-    if hasattr(machine, "to_json"):
-        return machine.to_json()
-    return {"devices": [d.name for d in machine.devices]}
+def _machine_to_json(machine: Machine | None) -> Any:
+    return None if machine is None else machine.to_json()
 
 
-def _machine_from_json(data: Any) -> Any:
-    from hetero.devices import Machine
-
-    if data is None:
-        return None
-    if hasattr(Machine, "from_json"):
-        return Machine.from_json(data)
-    names = data["devices"] if isinstance(data, Mapping) else data
-    cpus = sum(n.startswith("cpu") for n in names)
-    gpus = sum(n.startswith("gpu") for n in names)
-    return Machine.parse(f"cpu:{cpus}" + (f",sim:{gpus}" if gpus else ""))
+def _machine_from_json(data: Any) -> Machine | None:
+    return None if data is None else Machine.from_json(data)
 
 
-# ----------------------------------------------------------------------------------------------
-# Verifier
-
-
-def _plan_error(plan: Plan, name: str | None, message: str) -> GraphError:
-    if name is not None and name in plan.graph:
-        from hetero.graph import neighbourhood
-
-        node = plan.graph.node(name)
-        near = neighbourhood(plan.graph, name)
-        return GraphError(f"{node.label}: {message}" + (f"\n{near}" if near else ""))
-    return GraphError(f"plan: {message}")
-
-
-@check.register
-def _check_plan(plan: Plan, **_: Any) -> None:
-    """Every invariant of a Plan: its graph is valid and device-local, every non-input node is in
-    exactly one queue (its device's), queues respect dependencies and together cannot deadlock,
-    every node has estimates, and the makespan is not below the lower bound."""
-    import networkx as nx
-
-    import hetero.passes.partition  # noqa: F401  (registers the device-locality check)
-
-    graph = plan.graph
-    check(graph, machine=plan.machine)
-    known = {d.name for d in plan.machine.devices} if plan.machine is not None else None
-    where: dict[str, tuple[str, int]] = {}
-    for dev, queue in plan.queues.items():
-        if known is not None and dev not in known:
-            raise _plan_error(plan, None, f"queue for {dev!r}, which is not in the machine "
-                                          f"({', '.join(sorted(known))})")
-        for i, name in enumerate(queue):
-            if name not in graph:
-                raise _plan_error(plan, None, f"queue {dev} holds {name!r}, which is not a node")
-            if name in where:
-                raise _plan_error(plan, name, f"is in queue {where[name][0]} and again in {dev}")
-            node = graph.node(name)
-            if node.op == "input":
-                raise _plan_error(plan, name, "an input node is in a queue")
-            if node.device != dev:
-                raise _plan_error(plan, name, f"is placed on {node.device} but queued on {dev}")
-            where[name] = (dev, i)
-    order = nx.DiGraph()
-    for node in graph.nodes:
-        if node.device is None:
-            raise _plan_error(plan, node.name, "has no device after partitioning")
-        if known is not None and node.device not in known:
-            raise _plan_error(plan, node.name, f"is placed on {node.device}, not in the machine")
-        if node.op != "input" and node.name not in where:
-            raise _plan_error(plan, node.name, "is in no queue")
-        if node.name not in plan.estimates and node.op != "input":
-            raise _plan_error(plan, node.name, "has no estimated start and finish")
-        order.add_node(node.name)
-        for v in node.inputs:
-            order.add_edge(v.node, node.name)
-    for queue in plan.queues.values():
-        order.add_edges_from(zip(queue, queue[1:]))
-    if not nx.is_directed_acyclic_graph(order):
-        cycle = nx.find_cycle(order)
-        path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
-        raise _plan_error(plan, cycle[0][0], "queue order contradicts the data dependencies "
-                                             f"(the run would deadlock): {path}")
-    if plan.makespan + 1e-12 < plan.lower_bound * (1 - 1e-9):
-        raise _plan_error(plan, None, f"makespan {plan.makespan:.6g}s is below the lower bound "
-                                      f"{plan.lower_bound:.6g}s")
+check.register(Plan, check_plan)

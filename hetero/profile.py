@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from hetero.graph import TRANSFER
+
 __all__ = ["Profile", "Span"]
 
 
@@ -43,7 +45,7 @@ class Span:
 
     @property
     def is_transfer(self) -> bool:
-        return self.op == "transfer"
+        return self.op == TRANSFER
 
 
 def _union(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -102,7 +104,7 @@ class Profile:
             if end is None:
                 start, end = start
             node = graph.nodes[index]
-            nbytes = sum(s.nbytes for s in node.outputs) if node.op == "transfer" else 0
+            nbytes = sum(s.nbytes for s in node.outputs) if node.is_transfer else 0
             if node.name in kept:
                 nbytes = 0
             spans.append(Span(node.name, node.op, device, stream, start - t0,
@@ -195,7 +197,7 @@ class Profile:
 
     def _reason(self, name: str) -> str:
         node = self.plan.graph.node(name)
-        if node.op == "transfer":
+        if node.is_transfer:
             a = node.attrs
             return f"transfer inserted by partition: {a['src']} -> {a['dst']} ({a['kind']})"
         reasons = getattr(getattr(self.plan, "placement", None), "reason", None) or {}

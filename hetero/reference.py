@@ -13,6 +13,7 @@ import numpy as np
 
 from hetero.errors import ExecutionError, HeteroError, ShapeError
 from hetero.graph import Graph, TensorSpec
+from hetero.ops.registry import lookup
 
 
 def check_inputs(graph: Graph, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -33,26 +34,23 @@ def check_inputs(graph: Graph, inputs: Sequence[np.ndarray]) -> list[np.ndarray]
 
 def run(graph: Graph, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Run ``graph`` on ``inputs`` and return its outputs as NumPy arrays."""
-    from hetero.ops.registry import lookup
-
     arrays = check_inputs(graph, inputs)
     env: dict[str, tuple[np.ndarray, ...]] = dict(
         zip(graph.inputs, ((a,) for a in arrays))
     )
     for node in graph.nodes:
-        if node.op == "input":
+        if node.is_input:
             continue
-        if node.op == "constant":
+        if node.is_constant:
             env[node.name] = (graph.constants[node.name],)
             continue
         ins = [env[v.node][v.index] for v in node.inputs]
-        if node.op == "transfer":
+        if node.is_transfer:
             env[node.name] = (np.array(ins[0], copy=True),)
             continue
         op = lookup(node.op, node)
-        outs = tuple(np.empty(s.shape, s.dtype) for s in node.outputs)
         try:
-            op.kernel_for("numpy")(np, ins, node.attrs, outs)
+            outs = tuple(op.evaluate(ins, node.attrs, node.outputs))
         except HeteroError:
             raise
         except Exception as exc:

@@ -20,7 +20,7 @@ renderer reads only that dict, so the four formats can never disagree:
 What the report holds: per node its op, device, lane, placement reason and estimated start,
 finish and time; per transfer its direction, bytes and consumers; per device its busy time, copy
 time and arena bytes; the estimated makespan next to the lower bound and to the makespans of the
-"cpu" and "gpu" policies (``compare_policies``); the cost model the estimates come from (for a
+"cpu" and "gpu" policies (``policy_makespans``); the cost model the estimates come from (for a
 measured one, its file and how many nodes it had a measured time for). Constants are listed
 only as totals: a plan uploads them once per memory space when it is built, so they cost nothing
 per run.
@@ -32,9 +32,17 @@ import html
 import json
 import math
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from typing import Any
 
-__all__ = ["FORMATS", "SCHEMA_VERSION", "build", "compare_policies", "device_colors",
+from hetero.cost import MeasuredCost, RooflineCost, TableCost, input_specs
+from hetero.errors import HeteroError
+from hetero.graph import toposort
+from hetero.pipeline import compare_policies
+from hetero.spaces import lane_of
+from hetero.version import __version__
+
+__all__ = ["FORMATS", "SCHEMA_VERSION", "build", "device_colors", "policy_makespans",
            "fmt_bytes", "fmt_time", "layout_graph", "render", "render_dot", "render_html",
            "render_json", "render_table", "schema", "text_table"]
 
@@ -115,25 +123,16 @@ def device_colors(devices: Sequence[Any]) -> dict[str, str]:
 # Policy comparison
 
 
-def compare_policies(graph: Any, machine: Any, cost: Any = None,
+def policy_makespans(graph: Any, machine: Any, cost: Any = None,
                      policies: Sequence[str] = ("cpu", "gpu")) -> dict[str, float | None]:
-    """Estimated makespan of full plans compiled with each policy (same pipeline and cost model
-    as the reported plan). None where the policy does not apply (no GPU in the machine for "gpu")
-    or cannot place the graph."""
-    from hetero.compiler import compile as compile_plan
-    from hetero.errors import PlacementError
-
+    """The report's comparison row: estimated makespan of the plan of ``graph`` (already
+    optimized, as compile placed it) under each policy (``hetero.pipeline.compare_policies``:
+    same pipeline and cost model as the reported plan). None where the policy does not apply
+    (no GPU in the machine for "gpu") or cannot place the graph."""
     has_gpu = any(d.kind != "cpu" for d in machine.devices)
-    result: dict[str, float | None] = {}
-    for p in policies:
-        if p == "gpu" and not has_gpu:
-            result[p] = None
-            continue
-        try:
-            result[p] = _finite(compile_plan(graph, machine=machine, policy=p, cost=cost).makespan)
-        except PlacementError:
-            result[p] = None
-    return result
+    wanted = [p for p in policies if p != "gpu" or has_gpu]
+    found = compare_policies(graph, machine, cost, wanted) if wanted else {}
+    return {p: _finite(found[p]) if p in wanted else None for p in policies}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,10 +150,8 @@ def build(plan: Any, *, source: str | None = None,
     Args:
         plan: a Plan from ``hetero.compile``.
         source: where the model came from (a file, ``file.py:function``), for the header.
-        policies: estimated makespans of other policies (``compare_policies``); None: not shown.
+        policies: estimated makespans of other policies (``policy_makespans``); None: not shown.
     """
-    import hetero
-    from hetero.passes.schedule import lane_of as _lane
 
     graph, machine = plan.graph, plan.machine
     est = plan.estimates
@@ -169,31 +166,31 @@ def build(plan: Any, *, source: str | None = None,
     nodes, transfers = [], []
     const_count, const_bytes = 0, 0
     for node in graph.nodes:
-        if node.op == "constant":
+        if node.is_constant:
             const_count += 1
             const_bytes += sum(s.nbytes for s in node.outputs)
             continue
         s, f = times(node.name)
-        if node.op == "transfer":
+        if node.is_transfer:
             a = node.attrs
             transfers.append({
                 "name": node.name, "value": node.inputs[0].node,
                 "direction": a["kind"], "src": a["src"], "dst": a["dst"],
-                "device": node.device, "lane": _lane(node),
+                "device": node.device, "lane": lane_of(node),
                 "bytes": int(sum(sp.nbytes for sp in node.outputs)),
                 "consumers": list(consumers.get(node.name, [])),
                 "start": s, "finish": f, "time": f - s})
             continue
         reason = reasons.get(node.name)
         if reason is None:
-            reason_json = {"kind": "input" if node.op == "input" else "default", "detail": ""}
+            reason_json = {"kind": "input" if node.is_input else "default", "detail": ""}
         else:
             reason_json = reason.to_json()
         nodes.append({
-            "name": node.name, "op": node.op, "device": node.device, "lane": _lane(node),
+            "name": node.name, "op": node.op, "device": node.device, "lane": lane_of(node),
             "reason": reason_json, "start": s, "finish": f, "time": f - s,
             "where": node.where,
-            "inputs": [v.node for v in node.inputs if graph.node(v.node).op != "constant"],
+            "inputs": [v.node for v in node.inputs if not graph.node(v.node).is_constant],
             "outputs": [_spec_json(sp) for sp in node.outputs]})
 
     shown = {n["name"] for n in nodes} | {t["name"] for t in transfers}
@@ -221,8 +218,8 @@ def build(plan: Any, *, source: str | None = None,
     devices = []
     for d in machine.devices:
         queue = plan.queues.get(d.name, ())
-        compute = [n for n in queue if graph.node(n).op not in ("transfer", "constant")]
-        copies = [n for n in queue if graph.node(n).op == "transfer"]
+        compute = [n for n in queue if graph.node(n).computes]
+        copies = [n for n in queue if graph.node(n).is_transfer]
         busy = sum(times(n)[1] - times(n)[0] for n in compute)
         copy_busy = sum(times(n)[1] - times(n)[0] for n in copies)
         devices.append({
@@ -238,7 +235,7 @@ def build(plan: Any, *, source: str | None = None,
     return {
         "schema": SCHEMA_ID,
         "schema_version": SCHEMA_VERSION,
-        "generator": f"hetero {hetero.__version__}",
+        "generator": f"hetero {__version__}",
         "model": {
             "name": graph.name, "source": source,
             "inputs": [{"name": n, **_spec_json(graph.node(n).outputs[0])} for n in graph.inputs],
@@ -265,10 +262,7 @@ def build(plan: Any, *, source: str | None = None,
 def _cost_model_json(plan: Any) -> dict[str, Any] | None:
     """Which cost model the estimates come from; for a measured one, its file and how many of
     the plan's computing nodes it had a measured time for (the roofline costs the others)."""
-    from hetero.cost import MeasuredCost, RooflineCost, TableCost, input_specs
-    from hetero.ops import registry
-
-    cost = getattr(plan, "cost", None)
+    cost = plan.cost
     if cost is None:
         return None
     kinds = ((MeasuredCost, "measured"), (RooflineCost, "roofline"), (TableCost, "table"))
@@ -276,7 +270,7 @@ def _cost_model_json(plan: Any) -> dict[str, Any] | None:
     doc: dict[str, Any] = {"model": kind}
     if isinstance(cost, MeasuredCost):
         graph = plan.graph
-        nodes = [n for n in graph.nodes if n.op not in registry.STRUCTURAL_OPS]
+        nodes = [n for n in graph.nodes if n.computes]
         doc["path"] = cost.path
         doc["nodes"] = len(nodes)
         doc["measured_nodes"] = sum(bool(cost.has(n, n.device, input_specs(graph, n)))
@@ -297,7 +291,7 @@ def _cost_model_text(cost: Mapping[str, Any] | None) -> str:
 def _produced_by(graph: Any, v: Any) -> str:
     """The node that computes an output (not the transfer that brings it to the host)."""
     node = graph.node(v.node)
-    while node.op == "transfer":
+    while node.is_transfer:
         node = graph.node(node.inputs[0].node)
     return node.name
 
@@ -313,7 +307,6 @@ def _device_json(d: Any, colors: Mapping[str, str]) -> dict[str, Any]:
 
 def schema() -> dict[str, Any]:
     """The JSON Schema of the report (``hetero/schemas/placement.schema.json``)."""
-    from importlib import resources
 
     text = resources.files("hetero").joinpath("schemas/placement.schema.json").read_text("utf-8")
     return json.loads(text)
@@ -491,23 +484,14 @@ def layout_graph(report: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
 
 
 def _topological(names: Sequence[str], preds: Mapping[str, list[str]]) -> list[str]:
-    pending = {n: len(set(preds[n])) for n in names}
-    succs: dict[str, set[str]] = {n: set() for n in names}
+    """``names`` in a topological order of ``preds``, ties by position."""
+    at = {n: i for i, n in enumerate(names)}
+    succs: list[set[int]] = [set() for _ in names]
     for n in names:
-        for p in set(preds[n]):
-            succs[p].add(n)
-    ready = [n for n in names if pending[n] == 0]
-    rank = {n: i for i, n in enumerate(names)}
-    out: list[str] = []
-    while ready:
-        ready.sort(key=rank.__getitem__)
-        n = ready.pop(0)
-        out.append(n)
-        for s in succs[n]:
-            pending[s] -= 1
-            if pending[s] == 0:
-                ready.append(s)
-    return out + [n for n in names if n not in set(out)]  # a cycle cannot occur in a plan
+        for p in preds[n]:
+            succs[at[p]].add(at[n])
+    order = toposort(len(names), succs)
+    return list(names) if order is None else [names[i] for i in order]  # plans are acyclic
 
 
 # ----------------------------------------------------------------------------------------------
@@ -838,7 +822,5 @@ def render(report: Mapping[str, Any], fmt: str) -> str:
     """The report in one of ``FORMATS``."""
     renderer = RENDERERS.get(fmt)
     if renderer is None:
-        from hetero.errors import HeteroError
-
         raise HeteroError(f"unknown report format {fmt!r} (known: {', '.join(FORMATS)})")
     return renderer(report)

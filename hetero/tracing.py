@@ -1,9 +1,11 @@
-"""Eager tensors, device and colocation scopes, and graph mode (``@function``).
+"""Eager tensors, device and colocation scopes, and how an op applies to tensors.
 
-One ``Tensor`` type serves both modes. An eager tensor holds a concrete array on a device; a traced
-tensor holds a ``Value`` of the graph being recorded. Every op goes through ``apply``: outside a
-trace it runs the op's kernel at once on the chosen device; inside a trace it records a ``Node``
-with the device annotation of the innermost scope and the user's source line.
+One ``Tensor`` type serves eager and graph mode. An eager tensor holds a concrete array on a
+device; a traced tensor holds a ``Value`` of the graph being recorded. Every op goes through
+``apply``: outside a trace it runs the op's kernel at once on the chosen device; inside a trace it
+records a ``Node`` with the device annotation of the innermost scope and the user's source line.
+Tensor's operators and array methods (``+``, ``x[...]``, ``.reshape``) are attached by
+``hetero.ops.methods``; graph mode's ``@function`` is ``hetero.function``.
 
 State: a thread-local stack of annotation scopes (device, soft, colocate) and a thread-local stack
 of active traces. A trace only records; it never runs kernels.
@@ -12,29 +14,31 @@ of active traces. A trace only records; it never runs kernels.
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
-import itertools
 import logging
 import os
 import sys
 import threading
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from hetero.builder import GraphBuilder
+from hetero.config import config
+from hetero.devices import Device, normalize_device
 from hetero.errors import (
     DeviceError,
+    ExecutionError,
     HeteroError,
+    OutOfMemoryError,
+    PlacementError,
     ShapeError,
     TraceError,
     TransferGuardError,
     node_label,
 )
 from hetero.graph import Attrs, Graph, Node, TensorSpec, Value
+from hetero.ops.registry import lookup
 
 log = logging.getLogger("hetero.tracing")
 
@@ -90,8 +94,6 @@ def device(name: Any, *, soft: bool = False) -> Iterator[None]:
     Scopes nest; the innermost wins. ``soft=True`` lets the placer override the annotation.
     ``ht.device(None)`` clears the device of the enclosing scopes (as ``tf.device(None)``).
     """
-    from hetero.devices import Device, normalize_device
-
     if isinstance(name, Device):
         name = name.name
     if name is None:
@@ -184,8 +186,6 @@ class Tensor:
         if self._trace is not None:
             raise TraceError(f"{user_line()}: .numpy() on a traced value: inside @function there "
                              "is no value yet; return the tensor from the function instead")
-        from hetero.config import config
-
         return config.machine.device(self._device).to_host(self._data)
 
     def __array__(self, dtype=None, copy=None):
@@ -208,24 +208,23 @@ class Tensor:
             "ht.ops.where(cond, a, b) to choose between values, or pass the flag as a plain "
             "Python argument.")
 
-    def __bool__(self) -> bool:
+    def _value_for(self, what: str) -> np.ndarray:
+        """The eager value, for a Python protocol that needs one (``what`` names it)."""
         if self._trace is not None:
-            raise self._no_value("bool() (an `if`, `while`, `and`/`or`)")
-        return bool(self.numpy())
+            raise self._no_value(what)
+        return self.numpy()
+
+    def __bool__(self) -> bool:
+        return bool(self._value_for("bool() (an `if`, `while`, `and`/`or`)"))
 
     def __int__(self) -> int:
-        if self._trace is not None:
-            raise self._no_value("int()")
-        return int(self.numpy())
+        return int(self._value_for("int()"))
 
     def __float__(self) -> float:
-        if self._trace is not None:
-            raise self._no_value("float()")
-        return float(self.numpy())
+        return float(self._value_for("float()"))
 
     def __index__(self) -> int:
-        if self._trace is not None:
-            raise self._no_value("using a tensor as an index")
+        self._value_for("using a tensor as an index")
         if self.dtype.kind not in "iu" or self.ndim:
             raise TypeError(f"only a rank-0 integer tensor can be used as an index, "
                             f"got {self.spec}")  # TypeError: what __index__ must raise
@@ -242,117 +241,6 @@ class Tensor:
         return (self[i] for i in range(self.shape[0]))
 
     __hash__ = object.__hash__
-
-    # -- operators ------------------------------------------------------------------------------
-
-    # Binary operators return NotImplemented for operands that are not array-like, so Python
-    # raises its usual TypeError; lists and tuples become NumPy arrays.
-    def __add__(self, o): return _binary("add", self, o)
-    def __radd__(self, o): return _binary("add", o, self)
-    def __sub__(self, o): return _binary("sub", self, o)
-    def __rsub__(self, o): return _binary("sub", o, self)
-    def __mul__(self, o): return _binary("mul", self, o)
-    def __rmul__(self, o): return _binary("mul", o, self)
-    def __truediv__(self, o): return _binary(_true_div, self, o)
-    def __rtruediv__(self, o): return _binary(_true_div, o, self)
-    def __floordiv__(self, o): return _binary(_floor_div, self, o)
-    def __rfloordiv__(self, o): return _binary(_floor_div, o, self)
-    def __mod__(self, o): return _binary("mod", self, o)
-    def __rmod__(self, o): return _binary("mod", o, self)
-    def __pow__(self, o): return _binary("pow", self, o)
-    def __rpow__(self, o): return _binary("pow", o, self)
-    def __matmul__(self, o): return _binary("matmul", self, o)
-    def __rmatmul__(self, o): return _binary("matmul", o, self)
-    def __and__(self, o): return _binary("logical_and", self, o)
-    def __rand__(self, o): return _binary("logical_and", o, self)
-    def __or__(self, o): return _binary("logical_or", self, o)
-    def __ror__(self, o): return _binary("logical_or", o, self)
-    def __xor__(self, o): return _binary("logical_xor", self, o)
-    def __rxor__(self, o): return _binary("logical_xor", o, self)
-    def __invert__(self): return _ops().logical_not(self)
-    def __neg__(self): return _ops().neg(self)
-    def __pos__(self): return self
-    def __abs__(self): return _ops().abs(self)
-    def __eq__(self, o): return _binary("equal", self, o)  # type: ignore[override]
-    def __ne__(self, o): return _binary("not_equal", self, o)  # type: ignore[override]
-    def __gt__(self, o): return _binary("greater", self, o)
-    def __lt__(self, o): return _binary("less", self, o)
-    def __ge__(self, o): return _binary("greater_equal", self, o)
-    def __le__(self, o): return _binary("less_equal", self, o)
-
-    @property
-    def T(self) -> Tensor:
-        return _ops().transpose(self)
-
-    def reshape(self, *shape) -> Tensor:
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
-        return _ops().reshape(self, shape)
-
-    def transpose(self, *perm) -> Tensor:
-        if len(perm) == 1 and isinstance(perm[0], (tuple, list)):
-            perm = tuple(perm[0])
-        return _ops().transpose(self, perm or None)
-
-    def sum(self, axis=None, keepdims: bool = False) -> Tensor:
-        return _ops().sum(self, axis=axis, keepdims=keepdims)
-
-    def mean(self, axis=None, keepdims: bool = False) -> Tensor:
-        return _ops().mean(self, axis=axis, keepdims=keepdims)
-
-    def max(self, axis=None, keepdims: bool = False) -> Tensor:
-        return _ops().max(self, axis=axis, keepdims=keepdims)
-
-    def min(self, axis=None, keepdims: bool = False) -> Tensor:
-        return _ops().min(self, axis=axis, keepdims=keepdims)
-
-    def astype(self, dtype) -> Tensor:
-        return _ops().cast(self, dtype)
-
-    def flatten(self) -> Tensor:
-        """A 1-D copy, as NumPy's ``flatten`` (``ht.ops.flatten`` is ONNX's 2-D Flatten)."""
-        return _ops().reshape(self, (-1,))
-
-    def squeeze(self, axis=None) -> Tensor:
-        axes = None if axis is None else ((axis,) if isinstance(axis, int) else tuple(axis))
-        return _ops().squeeze(self, axes)
-
-    def to(self, device: Any) -> Tensor:
-        """This tensor on ``device`` (``ht.ops.to_device``): an explicit move."""
-        return _ops().to_device(self, device)
-
-    def __getitem__(self, key) -> Tensor:
-        return _ops().getitem(self, key)
-
-
-def _ops():
-    import hetero.ops as ops
-
-    return ops
-
-
-_OPERAND_TYPES = (np.ndarray, np.generic, int, float, bool)
-
-
-def _binary(op: str | Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
-    """``op`` (an ``ht.ops`` function name or a function) on the operands of a Python operator,
-    or NotImplemented where one of them is not array-like."""
-    operands = []
-    for x in (a, b):
-        if isinstance(x, (list, tuple)):
-            try:
-                x = np.asarray(x)
-            except ValueError:
-                return NotImplemented
-            if x.dtype == object:
-                return NotImplemented
-        elif not isinstance(x, (Tensor, *_OPERAND_TYPES)):
-            return NotImplemented
-        operands.append(x)
-    if not (isinstance(op, str) and op.startswith("logical_")):
-        operands = list(promote_operands(*operands))
-    fn = getattr(_ops(), op) if isinstance(op, str) else op
-    return fn(*operands)
 
 
 def _kind(x: Any) -> str:
@@ -371,29 +259,10 @@ def _to_float(x: Any) -> Any:
     if _kind(x) in "fc":
         return x
     if isinstance(x, Tensor):
-        return _ops().cast(x, np.float32)
+        return apply("cast", (x,), {"to": "float32"})
     if isinstance(x, (np.ndarray, np.generic)):
         return np.asarray(x, dtype=np.float32)
     return float(x)
-
-
-def _true_div(a: Any, b: Any) -> Any:
-    """``a / b`` as Python means it: integer operands give a float32 quotient (``ht.ops.div``
-    keeps ONNX semantics, where integer division truncates)."""
-    if _kind(a) not in "fc" and _kind(b) not in "fc":
-        a, b = _to_float(a), _to_float(b)
-    return _ops().div(a, b)
-
-
-def _floor_div(a: Any, b: Any) -> Any:
-    """``a // b`` as Python means it: the quotient rounded down (integers stay integers)."""
-    ops = _ops()
-    if _kind(a) in "iu" and _kind(b) in "iu":
-        # a - a % b is an exact multiple of b (% takes the divisor's sign, as in Python), so the
-        # truncating integer division is exact
-        return ops.div(ops.sub(a, ops.mod(a, b)), b)
-    return ops.floor(ops.div(a, b))
-
 
 def promote_operands(*xs: Any) -> tuple[Any, ...]:
     """Operands of an elementwise op, with plain NumPy arrays and Python numbers made to fit the
@@ -449,15 +318,10 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     check_dtype(arr.dtype, f"{user_line()}: ht.tensor")
     if dtype is None and arr.dtype == np.float64 and not isinstance(data, np.ndarray):
         arr = arr.astype(np.float32)
-    from hetero.config import config
-    from hetero.devices import normalize_device
-
     scope, soft, _ = current_annotation()
     name = normalize_device(device) if device else (scope or "cpu:0")
     machine = config.machine
     if not device and soft and scope not in machine:
-        from hetero.errors import PlacementError
-
         if config.strict_placement:
             raise PlacementError(f"{user_line()}: soft device {scope} is not in this machine, "
                                  "and ht.config.strict_placement forbids falling back")
@@ -476,53 +340,34 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
 
 
 class Trace:
-    """A graph under construction: nodes in creation order (which is topological)."""
+    """A graph being recorded by ``@function``: a numbered ``GraphBuilder`` (``matmul_0``,
+    ``relu_1``, ...) whose inputs and constants are tensors of this trace."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.nodes: list[Node] = []
-        self.constants: dict[str, np.ndarray] = {}
-        self.inputs: list[str] = []
-        self._counter = itertools.count()
-        self._const_src: dict[int, tuple[np.ndarray, Value]] = {}
+        self.builder = GraphBuilder(name, numbered=True)
 
     def fresh(self, prefix: str) -> str:
         """A node name not used yet in this trace."""
-        return f"{prefix}_{next(self._counter)}"
+        return self.builder.fresh(prefix)
 
     def add_input(self, spec: TensorSpec, name: str, device: str | None) -> Tensor:
-        node = Node(name=name, op="input", outputs=(spec,), device=device,
-                    soft=True, where=None)
-        self.nodes.append(node)
-        self.inputs.append(node.name)
-        return Tensor(_trace=self, _value=node.value(), _spec=spec)
+        value = self.builder.input(name, spec, device=device)
+        return Tensor(_trace=self, _value=value, _spec=spec)
 
     def add_constant(self, array: np.ndarray, where: str | None) -> Value:
-        """A ``constant`` node holding a read-only copy of ``array``. The same array object used
-        again in this trace, unchanged, reuses the node (a weight read by several ops is stored
-        once)."""
-        seen = self._const_src.get(id(array))
-        if seen is not None:
-            src, value = seen
-            kept = self.constants[value.node]
-            if src is array and kept.dtype == array.dtype and kept.shape == array.shape and \
-                    np.array_equal(kept, array, equal_nan=kept.dtype.kind in "fc"):
-                return value
-        arr = np.array(array, copy=True)
-        arr.flags.writeable = False
-        dev, soft, col = current_annotation()
-        node = Node(name=self.fresh("constant"), op="constant", outputs=(TensorSpec.of(arr),),
-                    device=dev, soft=True, colocate=col, where=where)
-        self.nodes.append(node)
-        self.constants[node.name] = arr
-        value = node.value()
-        # keep the source alive, so that its id cannot be reused by another array in this trace
-        self._const_src[id(array)] = (array, value)
-        return value
+        """A ``constant`` node holding a read-only copy of ``array``, annotated as the innermost
+        scope says. The same array object used again in this trace, unchanged, reuses the node
+        (a weight read by several ops is stored once)."""
+        dev, _, col = current_annotation()
+        return self.builder.constant(array, "constant", where=where, device=dev, soft=True,
+                                     colocate=col)
+
+    def add(self, node: Node) -> Node:
+        return self.builder.add(node)
 
     def graph(self, outputs: Sequence[Value]) -> Graph:
-        return Graph(tuple(self.nodes), tuple(self.inputs), tuple(outputs), self.constants,
-                     name=self.name)
+        return self.builder.build(outputs)
 
 
 def _weak_dtype(inputs: Sequence[Any]) -> np.dtype | None:
@@ -561,15 +406,11 @@ def apply(op_name: str, inputs: Sequence[Any], attrs: dict[str, Any] | None = No
 
     Returns one Tensor, or a tuple of Tensors for ops with several outputs.
     """
-    from hetero.ops.registry import lookup
-
     op = lookup(op_name)
     inputs = _fit_float_arrays(inputs)
     where = user_line()
     dev, scope_soft, col = current_annotation()
     if device is not None:
-        from hetero.devices import normalize_device
-
         try:
             dev, scope_soft = normalize_device(device), False
         except DeviceError as exc:
@@ -628,7 +469,7 @@ def _record(trace: Trace, op, inputs, attrs: Attrs, dev, soft, col, where) -> An
         raise ShapeError(f"{node_label(name, op.name, where)}: {exc}") from None
     node = Node(name=name, op=op.name, inputs=tuple(values), attrs=attrs, outputs=out_specs,
                 device=dev, soft=soft if dev else False, colocate=col, where=where)
-    trace.nodes.append(node)
+    trace.add(node)
     outs = tuple(Tensor(_trace=trace, _value=Value(name, i), _spec=s)
                  for i, s in enumerate(out_specs))
     return outs[0] if len(outs) == 1 else outs
@@ -636,8 +477,6 @@ def _record(trace: Trace, op, inputs, attrs: Attrs, dev, soft, col, where) -> An
 
 def _run_eager(op, inputs, attrs: Attrs, dev: str | None, where: str | None, *,
                soft: bool = False) -> Any:
-    from hetero.config import config
-
     machine = config.machine
     home = next((x._device for x in inputs if isinstance(x, Tensor)), "cpu:0")
     if dev is None:
@@ -678,8 +517,6 @@ def _run_eager(op, inputs, attrs: Attrs, dev: str | None, where: str | None, *,
     try:
         outs = [target.empty(s) for s in out_specs]
     except (MemoryError, ValueError) as exc:
-        from hetero.errors import OutOfMemoryError
-
         raise OutOfMemoryError(f"{node_label(op.name, op.name, where)}: cannot allocate its "
                                f"output {', '.join(map(str, out_specs))} on {target.name}: "
                                f"{exc}") from None
@@ -688,8 +525,6 @@ def _run_eager(op, inputs, attrs: Attrs, dev: str | None, where: str | None, *,
     except HeteroError:
         raise
     except Exception as exc:
-        from hetero.errors import ExecutionError
-
         raise ExecutionError(f"{node_label(op.name, op.name, where)} failed on {target.name}: "
                              f"{type(exc).__name__}: {exc}") from exc
     result = tuple(Tensor(o, target.name, _spec=s) for o, s in zip(outs, out_specs))
@@ -700,9 +535,6 @@ def _soft_fallback(op, dev: str, home: str, machine, where: str | None, why: str
     """The device an eager op runs on when its soft annotation ``dev`` cannot be honoured: the
     device of its first tensor input, else cpu:0 (as TensorFlow's soft placement does), or a
     PlacementError under ``config.strict_placement``."""
-    from hetero.config import config
-    from hetero.errors import PlacementError
-
     label = node_label(op.name, op.name, where)
     if config.strict_placement:
         raise PlacementError(f"{label}: soft device {dev} {why}, and "
@@ -717,8 +549,6 @@ def _soft_fallback(op, dev: str, home: str, machine, where: str | None, why: str
 
 def _guard_transfer(msg: str) -> None:
     """Apply ``config.transfer_guard`` to the implicit copy that ``msg`` describes."""
-    from hetero.config import config
-
     guard = config.transfer_guard
     if guard == "disallow":
         raise TransferGuardError(msg + " (ht.config.transfer_guard is 'disallow'; move it "
@@ -741,309 +571,7 @@ def _move(x: Tensor, target, machine, opname: str, where: str | None) -> Any:
     return target.from_host(src.to_host(x._data))
 
 
-# ----------------------------------------------------------------------------------------------
-# Graph mode
-
-
-@dataclass(frozen=True)
-class _ArgSig:
-    kind: str  # "tensor" | "static"
-    shape: tuple[int, ...] | None = None
-    dtype: str | None = None
-    device: str | None = None
-    static: Any = None
-
-
-def _signature(args: Sequence[Any]) -> tuple[_ArgSig, ...]:
-    sig = []
-    for a in args:
-        if isinstance(a, Tensor):
-            if a._trace is not None:
-                raise TraceError("calling an @function with a traced value of another trace")
-            sig.append(_ArgSig("tensor", a.shape, a.dtype.name, a.device))
-        elif isinstance(a, (np.ndarray, np.generic)):  # NumPy scalars are 0-d inputs, as in JAX
-            sig.append(_ArgSig("tensor", tuple(a.shape), a.dtype.name, "cpu:0"))
-        else:
-            try:
-                hash(a)
-            except TypeError:
-                raise TraceError(f"argument {a!r} of type {type(a).__name__} is neither a tensor "
-                                 "nor a hashable static value") from None
-            sig.append(_ArgSig("static", static=a))
-    return tuple(sig)
-
-
-def _explain_retrace(old_names: Sequence[str], old: tuple[_ArgSig, ...],
-                     new_names: Sequence[str], new: tuple[_ArgSig, ...]) -> str:
-    """Which argument changed between two signatures, and how (shape, dtype, device, value)."""
-    changes = []
-    old_by_name = dict(zip(old_names, old))
-    for name, b in zip(new_names, new):
-        a = old_by_name.get(name)
-        if a is None:
-            changes.append(f"argument {name} is new")
-            continue
-        if a.kind != b.kind:
-            changes.append(f"argument {name} changed from {a.kind} to {b.kind}")
-            continue
-        for what in ("shape", "dtype", "device", "static"):
-            va, vb = getattr(a, what), getattr(b, what)
-            if va != vb:
-                noun = "value" if what == "static" else what
-                changes.append(f"argument {name} changed {noun} {va} -> {vb}")
-    gone = [n for n in old_names if n not in set(new_names)]
-    if gone:
-        changes.append(f"argument(s) {', '.join(gone)} no longer passed")
-    return "; ".join(changes) or "new signature"
-
-
-def _flatten(obj: Any) -> tuple[list[Any], Callable[[list[Any]], Any]]:
-    """Flatten nested tuples/lists/dicts of leaves; return leaves and a rebuild function."""
-    if isinstance(obj, (tuple, list)):
-        parts = [_flatten(o) for o in obj]
-        leaves = [leaf for p in parts for leaf in p[0]]
-        sizes = [len(p[0]) for p in parts]
-
-        def rebuild(xs):
-            out, i = [], 0
-            for (_, rb), n in zip(parts, sizes):
-                out.append(rb(xs[i:i + n]))
-                i += n
-            return type(obj)(out) if isinstance(obj, list) else tuple(out)
-        return leaves, rebuild
-    if isinstance(obj, dict):
-        keys = list(obj)
-        leaves, rb = _flatten([obj[k] for k in keys])
-        return leaves, lambda xs: dict(zip(keys, rb(xs)))
-    return [obj], lambda xs: xs[0]
-
-
-class _Traced:
-    """One entry of a Function's trace cache."""
-
-    def __init__(self, graph: Graph, rebuild: Callable[[list[Any]], Any],
-                 out_kinds: list[str]) -> None:
-        self.graph = graph
-        self.rebuild = rebuild
-        self.out_kinds = out_kinds
-        self.runner: Any = None
-
-
-class _Bound:
-    """One call's arguments, flattened in parameter order: ``names``, ``values``, and the
-    ``layout`` (parameter name, kind, count or keys) that ``rebuild`` uses to call the function
-    the way the user did."""
-
-    def __init__(self, names: list[str], values: list[Any],
-                 layout: list[tuple[str, Any, Any]]) -> None:
-        self.names = names
-        self.values = values
-        self.layout = layout
-
-    def rebuild(self, values: Sequence[Any]) -> tuple[list[Any], dict[str, Any]]:
-        args: list[Any] = []
-        kwargs: dict[str, Any] = {}
-        i = 0
-        for name, kind, extra in self.layout:
-            if kind is inspect.Parameter.VAR_POSITIONAL:
-                args += values[i:i + extra]
-                i += extra
-            elif kind is inspect.Parameter.VAR_KEYWORD:
-                kwargs.update(zip(extra, values[i:i + len(extra)]))
-                i += len(extra)
-            elif kind is inspect.Parameter.KEYWORD_ONLY:
-                kwargs[name] = values[i]
-                i += 1
-            else:
-                args.append(values[i])
-                i += 1
-        return args, kwargs
-
-
-def _user_stacklevel() -> int:
-    """The ``stacklevel`` for ``warnings.warn`` that points at the first frame outside hetero."""
-    frame = sys._getframe(1)
-    level = 1
-    while frame is not None and _internal(frame.f_code.co_filename) and \
-            "contextlib" not in frame.f_code.co_filename:
-        frame = frame.f_back
-        level += 1
-    return level
-
-
-class Function:
-    """A Python function in graph mode: traced once per input signature, then the graph runs.
-
-    Tensor arguments (``ht.Tensor``, NumPy arrays and scalars) become graph inputs; any other is a
-    static Python value that is part of the signature (a changed value retraces). Arguments may
-    be passed by position or by keyword, as the Python function takes them.
-    """
-
-    #: more traces than this of one function warn (as tf.function does)
-    max_traces = 5
-
-    def __init__(self, fn: Callable[..., Any], *, machine: Any = None, policy: str | None = None,
-                 name: str | None = None) -> None:
-        functools.update_wrapper(self, fn)
-        self.fn = fn
-        self.machine = machine
-        self.policy = policy
-        self.name = name or getattr(fn, "__name__", "function")
-        self._cache: dict[tuple[Any, ...], _Traced] = {}
-        self._lock = threading.Lock()
-        self.trace_count = 0
-        try:
-            self._sig: inspect.Signature | None = inspect.signature(fn)
-        except (TypeError, ValueError):
-            self._sig = None
-
-    def __get__(self, obj, objtype=None):
-        if obj is None:
-            return self
-        return functools.partial(self, obj)
-
-    def __repr__(self) -> str:
-        return f"<ht.function {self.name} ({self.trace_count} trace(s))>"
-
-    def _bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> _Bound:
-        """The call's arguments in the order of the function's parameters (defaults filled in),
-        with their names, and how to pass them back to the Python function."""
-        if self._sig is None:
-            if kwargs:
-                raise TraceError(f"@function {self.name}: its signature is unknown, so it takes "
-                                 "positional arguments only")
-            return _Bound([f"arg{i}" for i in range(len(args))], list(args),
-                          [("", inspect.Parameter.VAR_POSITIONAL, len(args))])
-        bound = self._sig.bind(*args, **kwargs)  # a TypeError, as Python gives, if they do not fit
-        bound.apply_defaults()
-        names: list[str] = []
-        values: list[Any] = []
-        layout: list[tuple[str, Any, Any]] = []
-        for pname, value in bound.arguments.items():
-            kind = self._sig.parameters[pname].kind
-            if kind is inspect.Parameter.VAR_POSITIONAL:
-                names += [f"{pname}_{i}" for i in range(len(value))]
-                values += list(value)
-                layout.append((pname, kind, len(value)))
-            elif kind is inspect.Parameter.VAR_KEYWORD:
-                keys = sorted(value)
-                names += keys
-                values += [value[k] for k in keys]
-                layout.append((pname, kind, keys))
-            else:
-                names.append(pname)
-                values.append(value)
-                layout.append((pname, kind, None))
-        return _Bound(names, values, layout)
-
-    def _traced(self, bound: _Bound) -> _Traced:
-        sig = (tuple(bound.names), _signature(bound.values))
-        entry = self._cache.get(sig)
-        if entry is not None:
-            return entry
-        with self._lock:
-            entry = self._cache.get(sig)
-            if entry is not None:
-                return entry
-            if self._cache:
-                def explain(old: tuple[Any, ...]) -> str:
-                    return _explain_retrace(old[0], old[1], sig[0], sig[1])
-
-                reason = explain(min(self._cache, key=lambda old: len(explain(old))))
-                log.info("retracing %s: %s", self.name, reason)
-            else:
-                reason = "first call"
-                log.debug("tracing %s: first call", self.name)
-            entry = self._trace(bound)
-            self._cache[sig] = entry
-            self.trace_count += 1
-            if self.trace_count > self.max_traces:
-                warnings.warn(
-                    f"@function {self.name} has been traced {self.trace_count} times (last "
-                    f"because {reason}); tracing is expensive. Pass tensors of fixed shape, "
-                    "or avoid passing changing Python values.", stacklevel=_user_stacklevel())
-        return entry
-
-    def _trace(self, bound: _Bound) -> _Traced:
-        trace = Trace(self.name)
-        call_values = []
-        for name, a in zip(bound.names, bound.values):
-            if isinstance(a, (Tensor, np.ndarray, np.generic)):
-                dev = a.device if isinstance(a, Tensor) else None
-                call_values.append(trace.add_input(TensorSpec.of(a), name, dev))
-            else:
-                call_values.append(a)
-        args, kwargs = bound.rebuild(call_values)
-        _traces().append(trace)
-        try:
-            result = self.fn(*args, **kwargs)
-        finally:
-            _traces().pop()
-        leaves, rebuild = _flatten(result)
-        outputs, kinds = [], []
-        for leaf in leaves:
-            if isinstance(leaf, Tensor) and leaf._trace is trace:
-                outputs.append(leaf._value)
-                kinds.append("tensor")
-            elif isinstance(leaf, (Tensor, np.ndarray)) or np.isscalar(leaf):
-                # a value that does not depend on the inputs still becomes a graph output
-                arr = leaf.numpy() if isinstance(leaf, Tensor) else np.asarray(leaf)
-                outputs.append(trace.add_constant(arr, None))
-                kinds.append("tensor")
-            else:
-                raise TraceError(f"@function {self.name} returned {type(leaf).__name__}; return "
-                                 "tensors (or tuples, lists, dicts of them)")
-        graph = trace.graph(outputs)
-        from hetero.config import config
-
-        if config.checks:
-            from hetero.graph import check
-
-            check(graph)
-        return _Traced(graph, rebuild, kinds)
-
-    def graph(self, *args: Any, **kwargs: Any) -> Graph:
-        """The traced Graph for these arguments, without running it."""
-        return self._traced(self._bind(args, kwargs)).graph
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if _traces():
-            # called from inside another trace: inline it, recording its ops into that trace
-            return self.fn(*args, **kwargs)
-        bound = self._bind(args, kwargs)
-        entry = self._traced(bound)
-        arrays = [a.numpy() if isinstance(a, Tensor) else np.asarray(a) for a in bound.values
-                  if isinstance(a, (Tensor, np.ndarray, np.generic))]
-        if entry.runner is None:
-            entry.runner = self._make_runner(entry.graph)
-        outs = entry.runner(arrays)
-        return entry.rebuild([tensor_from_host(o) for o in outs])
-
-    def _make_runner(self, graph: Graph) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
-        """How a traced graph runs: compiled into a Plan (optimize, place, partition, schedule,
-        memory) for this function's machine and policy, or ``ht.config.machine`` when the user
-        set one, or this host sized to the graph's parallelism; then run by the executor."""
-        from hetero.compiler import compile
-
-        plan = compile(graph, machine=self.machine, policy=self.policy or "heft")
-        return lambda arrays: list(plan.run(*arrays))
-
-
 def tensor_from_host(array: np.ndarray, device: str = "cpu:0") -> Tensor:
-    from hetero.config import config
-
+    """An eager tensor on ``device`` holding a copy of host array ``array``."""
     dev = config.machine.device(device)
     return Tensor(dev.from_host(np.asarray(array)), dev.name)
-
-
-def function(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
-    """Decorator: run ``fn`` in graph mode.
-
-    Use as ``@function`` or ``@function(machine=..., policy=...)``.
-    """
-    if fn is None:
-        return lambda f: function(f, **options)
-    if not callable(fn):
-        raise TraceError(f"{user_line()}: @function decorates a function, got "
-                         f"{type(fn).__name__} {fn!r:.60}")
-    return Function(fn, **options)

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from hetero.graph import Graph, Node, TensorSpec, Value, check
+from hetero.graph import Graph, Node, TensorSpec, Value
 from hetero.ops import registry
+from hetero.verify import check
 
 F32 = np.dtype(np.float32)
 

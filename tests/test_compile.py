@@ -12,9 +12,11 @@ import hetero as ht
 from hetero import reference
 from hetero.compiler import compile
 from hetero.errors import GraphError, HeteroError
-from hetero.passes.place import compare_policies
-from hetero.passes.schedule import lane_of, schedule
-from hetero.plan import Plan, Reason
+from hetero.passes.place import Reason
+from hetero.passes.schedule import schedule
+from hetero.pipeline import compare_policies
+from hetero.plan import Plan
+from hetero.spaces import lane_of
 from tests import graphs as G
 
 
@@ -201,8 +203,8 @@ def test_profiled_runs_feed_the_measured_model_and_placement_follows(monkeypatch
         by_key.setdefault(history_key(n, ins, m.device("cpu:0"), ran), []).append(span.duration)
     assert set(saved.history) == set(by_key)
     for key, durations in by_key.items():
-        assert saved.history[key]["n"] == len(durations)
-        assert saved.history[key]["mean"] == pytest.approx(np.mean(durations))
+        assert saved.history[key].n == len(durations)
+        assert saved.history[key].mean == pytest.approx(np.mean(durations))
     # later runs say these kernels take 5 ms each on the CPU (a loaded or slow host)
     for _ in range(3):
         for n in kernels:
@@ -224,7 +226,7 @@ def test_compile_looks_up_the_measured_times_of_its_plans_thread_policy(monkeypa
     costs a kernel differently on one worker with every core than on four with one each."""
     from hetero.cost import MeasuredCost, input_specs, plan_threads
 
-    monkeypatch.setattr("hetero.executor.cpu_cores", lambda: 4)
+    monkeypatch.setattr("hetero.threads.cpu_cores", lambda: 4)
     g = G.tiny_ops(n=2)
     cost = MeasuredCost(ht.Machine.parse("cpu:4"), path=str(tmp_path / "c.json"))
     plan = compile(g, "cpu:1", cost=cost, optimize=False)
@@ -261,12 +263,13 @@ def test_cost_argument_names_and_errors(machine):
 def test_default_machine_follows_the_graphs_parallelism(monkeypatch):
     """With no machine given (and none configured) a chain gets one CPU worker, and a graph of
     independent heavy branches as many as it can use (up to the cores)."""
-    from hetero import compiler, executor
+    from hetero import pipeline, threads
     from hetero.config import config
 
     monkeypatch.setattr(config, "_machine", None)
-    monkeypatch.setattr(executor, "cpu_cores", lambda: 4)
-    monkeypatch.setattr(compiler, "_host", ht.Machine.parse("cpu:4,sim:1"))
+    monkeypatch.setattr(threads, "cpu_cores", lambda: 4)
+    monkeypatch.setattr(pipeline, "cpu_cores", lambda: 4)
+    monkeypatch.setattr(pipeline, "_host", ht.Machine.parse("cpu:4,sim:1"))
     chain = compile(G.matmul_chain(n=128, depth=4))
     assert [d.name for d in chain.machine.devices] == ["cpu:0", "gpu:0"]
     wide = compile(G.parallel_branches(n=128, depth=3))

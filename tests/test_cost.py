@@ -11,14 +11,16 @@ import numpy as np
 import pytest
 
 import hetero as ht
+from hetero import threads as tpool
+from hetero.compiler import calibrate
 from hetero.cost import (
     CPU_SYNC,
     CostModel,
     MeasuredCost,
     RooflineCost,
     TableCost,
+    Timing,
     cache_dir,
-    calibrate,
     history_key,
     input_specs,
     plan_threads,
@@ -132,11 +134,11 @@ def test_calibrate_measures_caches_and_reloads(monkeypatch, tmp_path, capsys):
     g = optimize(g)  # what compile places, and so what calibrate times
     computing = [n for n in g.nodes if n.op not in ("input", "constant")]
     distinct = {cost.key(n, d, input_specs(g, n)) for n in computing for d in m.devices}
-    assert set(data["entries"]) == distinct
+    assert set(data["entries"]) == {k.to_json() for k in distinct}
     node = computing[0]
     ins = input_specs(g, node)
     measured = cost.compute(node, "cpu:0", ins)
-    assert measured == data["entries"][cost.key(node, "cpu:0", ins)]["mean"] > 0
+    assert measured == data["entries"][cost.key(node, "cpu:0", ins).to_json()]["mean"] > 0
     # a second model reads the cache; nothing is measured again
     again = MeasuredCost(m)
     assert again.compute(node, "cpu:0", ins) == measured
@@ -243,11 +245,11 @@ def test_measure_and_record_update_one_mean_and_min(machine, tmp_path, monkeypat
     monkeypatch.setattr("hetero.cost.time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
     assert cost.measure(node, "cpu:0", ins) == pytest.approx(0.3)
     entry = cost.history[cost.key(node, "cpu:0", ins)]
-    assert entry["n"] == 3 and entry["mean"] == pytest.approx(0.3)
-    assert entry["min"] == pytest.approx(0.1)
+    assert entry.n == 3 and entry.mean == pytest.approx(0.3)
+    assert entry.min == pytest.approx(0.1)
     cost.record(node, "cpu:1", 0.7, ins)  # a profiled run: the same entry, the same statistics
-    assert entry["n"] == 4 and entry["mean"] == pytest.approx(0.4)
-    assert entry["min"] == pytest.approx(0.1)
+    assert entry.n == 4 and entry.mean == pytest.approx(0.4)
+    assert entry.min == pytest.approx(0.1)
     assert cost.compute(node, "cpu:0", ins) == pytest.approx(0.4)
     cost.save()
     fastest = MeasuredCost(machine, path=path, statistic="min")
@@ -263,14 +265,13 @@ def test_measure_runs_cpu_kernels_under_the_model_threads(machine, tmp_path, mon
     from threadpoolctl import threadpool_info
 
     from hetero.devices import CpuDevice
-    from hetero.ops import nn
 
     seen = []
     real = CpuDevice.run_kernel
 
     def spy(self, op, ins, attrs, outs):
         blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
-        seen.append((max(blas, default=1), nn.intra_op_threads()))
+        seen.append((max(blas, default=1), tpool.intra_op_threads()))
         return real(self, op, ins, attrs, outs)
 
     monkeypatch.setattr(CpuDevice, "run_kernel", spy)
@@ -278,9 +279,10 @@ def test_measure_runs_cpu_kernels_under_the_model_threads(machine, tmp_path, mon
     node, ins = matmul_node(16)
     cost.measure(node, "cpu:0", ins)
     assert seen == [(1, 3)] * 3  # warm-up and two repeats
-    assert nn.intra_op_threads() == 1  # restored afterwards
+    assert tpool.intra_op_threads() == 1  # restored afterwards
     assert list(cost.history) == [history_key(node, ins, machine.device("cpu:0"), (1, 3))]
-    assert json.loads(next(iter(cost.history)))[-1] == "blas=1,intra=3"
+    assert next(iter(cost.history)).threads == (1, 3)
+    assert json.loads(next(iter(cost.history)).to_json())[-1] == "blas=1,intra=3"
     cost.use_threads((2, 1))  # fixed threads stay fixed
     assert cost.threads == (1, 3)
 
@@ -323,21 +325,22 @@ def test_old_cache_files_still_load(machine, tmp_path):
     old_gpu = history_key(node, ins, machine.device("gpu:0"))
     path = tmp_path / "costs.json"
     path.write_text(json.dumps({"format": "hetero.costs/1", "entries": {
-        old_cpu: {"mean": 2.0, "n": 5}, old_gpu: {"mean": 0.5, "n": 1}}}))
+        old_cpu.to_json(): {"mean": 2.0, "n": 5}, old_gpu.to_json(): {"mean": 0.5, "n": 1}}}))
     cost = MeasuredCost(machine, path=str(path))
-    assert cost.history[old_cpu] == {"mean": 2.0, "n": 5, "min": 2.0}
+    assert cost.history[old_cpu] == Timing(mean=2.0, n=5, min=2.0)
     assert cost.compute(node, "cpu:1", ins) == 2.0 and cost.has(node, "cpu:0", ins)
     assert cost.compute(node, "gpu:0", ins) == 0.5
     cost.record(node, "cpu:0", 3.0, ins, threads=cost.threads)
     assert cost.compute(node, "cpu:0", ins) == 3.0
-    assert cost.history[old_cpu]["n"] == 5  # the old entry is not mixed into the new one
+    assert cost.history[old_cpu].n == 5  # the old entry is not mixed into the new one
     cost.save()
     entries = json.loads(path.read_text())["entries"]
-    assert entries[old_cpu] == {"mean": 2.0, "n": 5, "min": 2.0} and len(entries) == 3
+    assert entries[old_cpu.to_json()] == {"mean": 2.0, "n": 5, "min": 2.0}
+    assert len(entries) == 3
 
 
 def test_plan_threads_follow_the_executor_policy(monkeypatch):
-    monkeypatch.setattr("hetero.executor.cpu_cores", lambda: 4)
+    monkeypatch.setattr("hetero.threads.cpu_cores", lambda: 4)
     chain = G.tiny_ops(n=2)
     assert plan_threads(ht.Machine.parse("cpu:1"), chain) == (4, 1)
     assert plan_threads(ht.Machine.parse("cpu:2"), chain) == (2, 1)
@@ -355,17 +358,17 @@ def test_calibrated_and_profiled_times_meet_only_under_one_condition(tmp_path):
     g = G.mlp(batch=4, sizes=(8, 16, 4))
     cost = calibrate(g, m, MeasuredCost(m, path=str(tmp_path / "c.json"), repeats=2),
                      progress=False)
-    calibrated = {k: dict(e) for k, e in cost.history.items()}
+    calibrated = {k: e.n for k, e in cost.history.items()}
     plan = ht.compile(g, m, cost=cost)
     blas, intra = cost.threads
     xs = G.inputs_for(g)
     Executor(plan, cost=cost, blas_threads=blas, intra_op_threads=intra).run(xs, profile=True)
     assert set(cost.history) == set(calibrated)
-    assert all(cost.history[k]["n"] == e["n"] + 1 for k, e in calibrated.items())
+    assert all(cost.history[k].n == n + 1 for k, n in calibrated.items())
     Executor(plan, cost=cost, blas_threads=blas + 1, intra_op_threads=1).run(xs, profile=True)
     apart = set(cost.history) - set(calibrated)
-    assert apart and all(json.loads(k)[-1] == f"blas={blas + 1},intra=1" for k in apart)
-    assert all(cost.history[k]["n"] == e["n"] + 1 for k, e in calibrated.items())
+    assert apart and all(k.threads == (blas + 1, 1) for k in apart)
+    assert all(cost.history[k].n == n + 1 for k, n in calibrated.items())
 
 
 def test_calibrate_a_function_as_compile_takes_it(tmp_path):

@@ -55,7 +55,7 @@ def test_parse_card_uses_published_rates():
 
 def test_parse_defaults_to_one_worker_per_core():
     m = Machine.parse("sim:1")
-    assert len(m.cpus()) == dv.cpu_count()
+    assert len(m.cpus()) == dv.cpu_cores()
 
 
 @pytest.mark.parametrize("spec, fragment", [
@@ -198,7 +198,7 @@ def test_detect_without_gpu_is_cpu_only_fast_and_light():
                          check=True, cwd=ROOT).stdout.split()
     if int(out[0]):
         pytest.skip("this host has a usable CUDA GPU")
-    assert int(out[1]) == dv.cpu_count()
+    assert int(out[1]) == dv.cpu_cores()
     assert out[2] == "False"
     assert [d.name for d in Machine.detect(cpus=3).devices] == ["cpu:0", "cpu:1", "cpu:2"]
 

@@ -15,9 +15,11 @@ from threadpoolctl import threadpool_limits
 from hetero import reference
 from hetero.devices import Machine
 from hetero.errors import ExecutionError, ShapeError
-from hetero.executor import Executor, blas_threads, default_cpu_workers
+from hetero.executor import Executor
 from hetero.graph import Graph
 from hetero.ops import registry
+from hetero.pipeline import default_cpu_workers
+from hetero.threads import blas_threads
 from tests.graphs import Builder, cnn, inputs_for, mlp, parallel_branches, tiny_ops
 from tests.test_memory import make_plan, random_placement
 
@@ -430,7 +432,7 @@ def test_blas_threads_never_oversubscribe():
 def test_blas_threads_leave_out_cores_busy_elsewhere(monkeypatch):
     """Other processes' runnable threads take cores away from BLAS; a single worker on an idle
     host keeps every core; the choice is fixed per Executor (runs repeat bit for bit)."""
-    from hetero import executor
+    from hetero import threads as executor
 
     assert blas_threads(1, 8, busy=3) == 5 and blas_threads(2, 8, busy=3) == 2
     assert blas_threads(1, 2, busy=5) == 1 and blas_threads(1, 4, busy=0) == 4
@@ -471,7 +473,7 @@ def _blas_threads_seen_by_relu(monkeypatch) -> list[int]:
 
 
 def test_a_busy_host_limits_blas_for_a_single_worker(monkeypatch):
-    from hetero import executor
+    from hetero import threads as executor
 
     seen = _blas_threads_seen_by_relu(monkeypatch)
     monkeypatch.setattr(executor, "busy_elsewhere", lambda: 64)

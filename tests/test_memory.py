@@ -12,16 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hetero.devices import Machine
-from hetero.graph import Graph, check
-from hetero.passes.memory import (
-    MemoryPlan,
-    issue_stream,
-    layout,
-    plan_memory,
-    value_space,
-)
+from hetero.graph import Graph
+from hetero.passes.memory import MemoryPlan, layout, plan_memory
 from hetero.passes.partition import partition
-from hetero.plan import Placement, Plan, Reason
+from hetero.passes.place import Placement, Reason
+from hetero.plan import Plan
+from hetero.spaces import output_space as value_space
+from hetero.spaces import stream_of as issue_stream
+from hetero.verify import check
 from tests.graphs import Builder, cnn, inputs_for, mlp, random_layered, tiny_ops
 
 MACHINE = Machine.parse("cpu:2,sim:1")
@@ -40,7 +38,7 @@ def make_plan(graph: Graph, machine: Machine, assign, seed: int | None = None) -
     for name in order:
         queues.setdefault(g.node(name).device, []).append(name)
     est = {name: (float(i), float(i + 1)) for i, name in enumerate(order)}
-    plan = Plan(g, machine, placement, queues, est, float(len(order)))
+    plan = plan_memory(Plan(g, machine, placement, queues, est, float(len(order))))
     check(plan)
     return plan
 
@@ -118,6 +116,7 @@ def assert_valid(plan: Plan) -> None:
 def test_plan_memory_is_pure_and_reports_every_space():
     g = mlp(batch=8, sizes=(16, 32, 8))
     plan = make_plan(g, MACHINE, random_placement(1))
+    plan = plan.replace(memory=None)
     planned = plan_memory(plan)
     assert plan.memory is None and isinstance(planned.memory, MemoryPlan)
     assert set(planned.memory) == {"host", "gpu:0"}

@@ -7,7 +7,7 @@ import pytest
 
 import hetero as ht
 from hetero import reference
-from hetero.graph import Graph, Node, TensorSpec, Value, check
+from hetero.graph import Graph, Node, TensorSpec, Value
 from hetero.ops.registry import lookup
 from hetero.passes.optimize import (
     eliminate_dead,
@@ -18,6 +18,7 @@ from hetero.passes.optimize import (
     fuse_residual,
     optimize,
 )
+from hetero.verify import check
 
 RNG = np.random.default_rng(1)
 

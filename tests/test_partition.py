@@ -12,8 +12,9 @@ import hetero as ht
 from hetero import reference
 from hetero.errors import GraphError
 from hetero.graph import Graph, Value
-from hetero.passes.partition import memory_space, partition
-from hetero.passes.place import place
+from hetero.passes.partition import partition
+from hetero.pipeline import place
+from hetero.spaces import device_space as memory_space
 from tests import graphs as G
 
 

@@ -16,7 +16,8 @@ from hetero.config import config
 from hetero.cost import RooflineCost
 from hetero.devices import Machine, SimSpec
 from hetero.errors import PlacementError
-from hetero.passes.place import compare_policies, lower_bound, place, planned_peaks
+from hetero.passes.place import lower_bound, planned_peaks
+from hetero.pipeline import compare_policies, place
 from tests import graphs as G
 
 # The simulated GPU is ~140x a CPU worker at matmul and conv, 4x at elementwise work, but sits

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
 from hetero import reference
+from hetero import threads as tpool
 from hetero.devices import Machine
 from hetero.errors import ExecutionError
 from hetero.executor import Executor
@@ -54,7 +55,7 @@ def run_kernel(name, ins, threads, **attrs):
 
     specs = op.infer_specs(tuple(TensorSpec.of(a) for a in ins), attrs)
     out = np.full(specs[0].shape, np.nan, specs[0].dtype)
-    with nn.intra_op(threads):
+    with tpool.intra_op(threads):
         op.kernel_for("numpy")(np, list(ins), attrs, [out])
     return out
 
@@ -73,7 +74,7 @@ def test_parallel_for_runs_every_piece_once(count, threads):
         with lock:
             seen.append(i)
 
-    nn.parallel_for(count, piece, threads=threads)
+    tpool.parallel_for(count, piece, threads=threads)
     assert sorted(seen) == list(range(count))
 
 
@@ -86,8 +87,8 @@ def test_parallel_for_reraises_the_first_error_after_every_piece_settled():
         done.append(i)
 
     with pytest.raises(ValueError, match="piece 3"):
-        nn.parallel_for(8, piece, threads=2)
-    nn.parallel_for(4, done.append, threads=2)  # the helpers are still serving jobs
+        tpool.parallel_for(8, piece, threads=2)
+    tpool.parallel_for(4, done.append, threads=2)  # the helpers are still serving jobs
     assert sorted(done[-4:]) == [0, 1, 2, 3]
 
 
@@ -99,18 +100,18 @@ def test_nested_parallel_for_does_not_deadlock():
         with lock:
             total.append(i)
 
-    nn.parallel_for(4, lambda i: nn.parallel_for(5, inner, threads=2), threads=2)
+    tpool.parallel_for(4, lambda i: tpool.parallel_for(5, inner, threads=2), threads=2)
     assert sorted(total) == sorted(list(range(5)) * 4)
 
 
 def test_intra_op_is_scoped():
-    assert nn.intra_op_threads() == 1
-    with nn.intra_op(3):
-        assert nn.intra_op_threads() == 3
-        with nn.intra_op(0):
-            assert nn.intra_op_threads() == 1
-        assert nn.intra_op_threads() == 3
-    assert nn.intra_op_threads() == 1
+    assert tpool.intra_op_threads() == 1
+    with tpool.intra_op(3):
+        assert tpool.intra_op_threads() == 3
+        with tpool.intra_op(0):
+            assert tpool.intra_op_threads() == 1
+        assert tpool.intra_op_threads() == 3
+    assert tpool.intra_op_threads() == 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,13 +223,14 @@ def test_resnet_sized_conv_is_cut_and_matches_one_thread(monkeypatch):
     """ResNet-50 shapes at the real thresholds: row bands of a 28x28 map, channel bands of a
     7x7 one."""
     pieces = []
-    original = nn.parallel_for
+    original = tpool.parallel_for
 
     def counting(count, fn, threads=None):
         pieces.append(count)
         original(count, fn, threads)
 
     monkeypatch.setattr(nn, "parallel_for", counting)
+    monkeypatch.setattr(linalg, "parallel_for", counting)
     rng = np.random.default_rng(1)
     for c, h, o in ((128, 28, 128), (256, 7, 512)):
         x = rng.standard_normal((1, c, h, h)).astype(np.float32)
@@ -264,7 +266,7 @@ def test_a_failing_piece_fails_the_node_with_its_name(monkeypatch):
 
 
 def test_a_one_worker_conv_plan_splits_convs_and_equals_the_reference(monkeypatch):
-    from hetero import executor
+    from hetero import threads as executor
 
     monkeypatch.setattr(executor, "cpu_cores", lambda: 2)
     g = cnn(batch=2, channels=(3, 16, 32), hw=24)
@@ -277,11 +279,11 @@ def test_a_one_worker_conv_plan_splits_convs_and_equals_the_reference(monkeypatc
         for sync in (False, True):
             for got, ref in zip(ex.run(xs, sync=sync), want):
                 np.testing.assert_array_equal(got, ref)
-    assert nn.intra_op_threads() == 1  # restored after the run
+    assert tpool.intra_op_threads() == 1  # restored after the run
 
 
 def test_intra_op_threads_policy(monkeypatch):
-    from hetero import executor
+    from hetero import threads as executor
 
     monkeypatch.setattr(executor, "cpu_cores", lambda: 4)
     conv = cnn(batch=1, channels=(3, 8), hw=8)
@@ -300,7 +302,7 @@ def test_intra_op_threads_policy(monkeypatch):
 def test_residual_conv_chain_through_compile_equals_the_reference(monkeypatch):
     """conv2d_add and conv2d_winograd in a compiled plan (one worker, split on 2 threads)."""
     import hetero as ht
-    from hetero import executor
+    from hetero import threads as executor
     from hetero.passes.optimize import optimize
 
     monkeypatch.setattr(executor, "cpu_cores", lambda: 2)
@@ -340,7 +342,7 @@ def test_depthwise_and_pools_cut_into_channel_bands(n, c, mult, h, s, threads):
         pool = dict(kernel_shape=(3, 3), strides=(s, s), pads=(1, 0, 1, 1))
         cases = [("conv2d", [x, w], conv), ("max_pool2d", [x], pool), ("avg_pool2d", [x], pool),
                  ("avg_pool2d", [x], dict(pool, count_include_pad=1, ceil_mode=1))]
-        with nn.intra_op(threads):
+        with tpool.intra_op(threads):
             assert (nn._channel_bands(np, c, 10 ** 6) > 1) == (c >= 16)
         assert nn._channel_bands(np, c, 10 ** 6) == 1  # no intra-op threads outside a run
         for name, ins, attrs in cases:

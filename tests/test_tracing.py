@@ -505,18 +505,18 @@ def test_device_none_clears_the_scope_and_devices_work_as_names():
 def test_function_compiles_for_a_configured_machine(monkeypatch):
     """With ``ht.config.machine`` set by the user, graph mode places the graph on that machine
     and runs the plan (device annotations take effect); without one it compiles for this host."""
-    import hetero.compiler as compiler
+    import hetero.pipeline as pipeline
     from hetero.config import config
 
     compiled = []
-    real = compiler.compile
+    real = pipeline.compile_graph
 
     def spy(graph, **kwargs):
         plan = real(graph, **kwargs)
         compiled.append(plan)
         return plan
 
-    monkeypatch.setattr(compiler, "compile", spy)
+    monkeypatch.setattr(pipeline, "compile_graph", spy)
 
     def fn(x, w):
         with ht.device("gpu:0"):

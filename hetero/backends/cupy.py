@@ -46,7 +46,8 @@ import numpy as np
 from hetero.devices import Device
 from hetero.devices import Event as _EventBase
 from hetero.devices import Stream as _StreamBase
-from hetero.errors import DeviceError, ExecutionError, OutOfMemoryError
+from hetero.errors import DeviceError, ExecutionError, OutOfMemoryError, UnknownOpError
+from hetero.ops.registry import lookup
 
 __all__ = [
     "ACTIVATIONS",
@@ -1045,9 +1046,6 @@ def register_kernels() -> tuple[str, ...]:
     Idempotent; ops registered later are picked up by a later call. Needs no GPU (the kernels only
     touch CuPy when they run). Returns the names of the ops that now have a CUDA override.
     """
-    from hetero.errors import UnknownOpError
-    from hetero.ops.registry import lookup
-
     with _REGISTER_LOCK:
         for name, make in _OVERRIDES.items():
             if name in _REGISTERED:

@@ -46,6 +46,7 @@ import numpy as np
 
 from hetero.devices import Device, Event, Link, SimSpec, Stream, space_of
 from hetero.errors import DeviceError, ExecutionError, OutOfMemoryError
+from hetero.graph import TensorSpec
 
 #: A stream sleeps off simulated time once it owes this much (smaller sleeps overshoot).
 SLEEP_QUANTUM_S = 1e-3
@@ -360,8 +361,6 @@ class SimDevice(Device):
             raise DeviceError(f"{self.name}.from_host got a buffer of memory space "
                               f"{space_of(array)!r}; copy it with machine.copy")
         src = np.asarray(array)
-        from hetero.graph import TensorSpec
-
         dst = self.empty(TensorSpec.of(src))
         self.copy_from_host(dst, src, self.h2d_stream)
         self.h2d_stream.synchronize()

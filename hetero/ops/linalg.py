@@ -4,7 +4,7 @@ Both kernels call ``xp.matmul(..., out=)`` so the BLAS (or cuBLAS) writes straig
 preallocated output; transposes are strided views, never copies made here. ``gemm`` applies
 ``alpha`` and adds ``beta * c`` in place on the output, skipping the passes for ``alpha == 1``,
 ``beta == 1`` and a missing ``c``. On the CPU a large ``gemm`` (a CNN's fully connected layer)
-is cut into column bands that ``hetero.ops.nn.parallel_for`` runs on the intra-op threads the
+is cut into column bands that ``hetero.threads.parallel_for`` runs on the intra-op threads the
 executor grants (see hetero/ops/nn.py); the cut depends on the shapes only.
 """
 
@@ -14,7 +14,9 @@ import numpy as np
 
 from hetero.errors import ShapeError
 from hetero.graph import TensorSpec
+from hetero.ops import nn
 from hetero.ops.registry import Cost, Op, broadcast_shapes, register, same_dtype
+from hetero.threads import parallel_for
 from hetero.tracing import apply, promote_operands
 
 __all__ = ["matmul", "gemm"]
@@ -113,8 +115,6 @@ def _gemm_kernel(xp, ins, attrs, outs):
     a, b = a.T if attrs["trans_a"] else a, b.T if attrs["trans_b"] else b
     c = ins[2] if len(ins) == 3 else None
     m, n = out.shape
-    from hetero.ops import nn
-
     bands = min(nn.SPLIT_MAX_PIECES, n // GEMM_MIN_COLUMNS)
     if (xp is np and bands >= 2 and out.dtype.kind == "f"
             and 2.0 * m * n * a.shape[1] >= nn.SPLIT_MIN_FLOPS):
@@ -133,7 +133,7 @@ def _gemm_kernel(xp, ins, attrs, outs):
             np.matmul(a, b[:, cols], out=dst)
             _gemm_epilogue(dst, None if full_c is None else full_c[:, cols], attrs)
 
-        nn.parallel_for(bands, band)
+        parallel_for(bands, band)
         return
     xp.matmul(a, b, out=out)
     _gemm_epilogue(out, c, attrs)
@@ -153,7 +153,7 @@ def _gemm_epilogue(out, c, attrs):
 
 
 register(Op("gemm", _gemm_infer, _gemm_kernel, arity=(2, 3), cost=_gemm_cost, op_class="matmul",
-            attrs={"alpha": 1.0, "beta": 1.0, "trans_a": 0, "trans_b": 0},
+            splits=True, attrs={"alpha": 1.0, "beta": 1.0, "trans_a": 0, "trans_b": 0},
             doc="alpha * a' @ b' + beta * c (ONNX Gemm)"))
 
 

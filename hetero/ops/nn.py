@@ -38,23 +38,19 @@ runs kernels on one thread, computes the very same bits.
 
 from __future__ import annotations
 
-import itertools
 import math
-import queue
-import threading
-import time
-from contextlib import contextmanager
 
 import numpy as np
 
+from hetero.errors import ShapeError
 from hetero.graph import TensorSpec
 from hetero.ops.registry import REQUIRED, Cost, Op, register, require_float, same_dtype
+from hetero.threads import intra_op_threads, parallel_for
 from hetero.tracing import apply
 
 __all__ = [
     "conv2d", "conv2d_add", "conv2d_winograd", "winograd_weights", "max_pool2d", "avg_pool2d",
     "global_avg_pool", "global_max_pool", "batch_norm", "lrn", "ACTIVATIONS",
-    "intra_op", "intra_op_threads", "parallel_for", "SPLITTING_OPS",
 ]
 
 #: Activations that conv2d can apply to its output in place (``activation=`` attribute), with the
@@ -62,111 +58,10 @@ __all__ = [
 ACTIVATIONS = {"none": 0, "relu": 0, "leaky_relu": 1, "sigmoid": 0, "tanh": 0, "clip": 2}
 
 # ----------------------------------------------------------------------------------------------
-# Intra-op parallelism
-
-#: Ops whose CPU kernel splits its own work over ``intra_op_threads()`` threads (gemm, in
-#: hetero.ops.linalg, by column bands: the fully connected layers of a CNN).
-SPLITTING_OPS = frozenset({"conv2d", "conv2d_add", "conv2d_winograd", "gemm"})
+# Intra-op parallelism (the pool itself is hetero.threads)
 
 #: A conv with fewer flops than this runs whole: handing pieces to a helper costs ~10-50 us.
 SPLIT_MIN_FLOPS = 4e6
-
-_intra = 1  # threads a splitting kernel may use; set by the executor through intra_op()
-_helpers: list[threading.Thread] = []
-_jobs: queue.SimpleQueue = queue.SimpleQueue()
-_helpers_lock = threading.Lock()
-
-
-def intra_op_threads() -> int:
-    """Threads a splitting kernel uses now (1 outside an executor run that sets more)."""
-    return _intra
-
-
-@contextmanager
-def intra_op(threads: int):
-    """Let splitting kernels use ``threads`` threads (the caller's plus helpers) meanwhile."""
-    global _intra
-    before, _intra = _intra, max(1, int(threads))
-    try:
-        yield
-    finally:
-        _intra = before
-
-
-class _Job:
-    """One ``parallel_for``: pieces are taken in order by whichever thread asks first."""
-
-    __slots__ = ("fn", "count", "next", "lock", "left", "finished", "error")
-
-    def __init__(self, fn, count: int) -> None:
-        self.fn, self.count = fn, count
-        self.next = itertools.count()  # next() is atomic under the GIL
-        self.lock = threading.Lock()
-        self.left = count
-        self.finished = threading.Event()
-        self.error: BaseException | None = None
-
-    def work(self) -> None:
-        while True:
-            i = next(self.next)
-            if i >= self.count:
-                return
-            try:
-                if self.error is None:
-                    self.fn(i)
-            except BaseException as exc:  # re-raised by the caller of parallel_for
-                self.error = self.error or exc
-            finally:
-                with self.lock:
-                    self.left -= 1
-                    if self.left == 0:
-                        self.finished.set()
-
-
-#: After a piece, a helper polls for the next job this long before it sleeps: the convs of a
-#: chain come back to back, and a sleeping helper on a loaded host may wait a time slice or more
-#: for a core, while a polling one (it yields the GIL and the core between polls) keeps its own.
-HELPER_SPIN_S = 2e-3
-
-
-def _helper_loop() -> None:
-    while True:
-        job = None
-        if HELPER_SPIN_S > 0:
-            deadline = time.perf_counter() + HELPER_SPIN_S
-            while job is None and time.perf_counter() < deadline:
-                try:
-                    job = _jobs.get_nowait()
-                except queue.Empty:
-                    time.sleep(0)  # lets the GIL go
-        if job is None:
-            job = _jobs.get()
-        job.work()
-
-
-def parallel_for(count: int, fn, threads: int | None = None) -> None:
-    """Call ``fn(i)`` for ``i`` in ``range(count)`` on up to ``threads`` threads (default
-    ``intra_op_threads()``): the calling thread and persistent helper threads take pieces as they
-    come free, so a helper that gets no core leaves its pieces to the others. Re-raises the
-    first exception of any piece."""
-    threads = min(count, _intra if threads is None else threads)
-    if threads <= 1:
-        for i in range(count):
-            fn(i)
-        return
-    with _helpers_lock:
-        while len(_helpers) < threads - 1:
-            t = threading.Thread(target=_helper_loop, name=f"hetero-intra-{len(_helpers)}",
-                                 daemon=True)
-            t.start()
-            _helpers.append(t)
-    job = _Job(fn, count)
-    for _ in range(threads - 1):
-        _jobs.put(job)
-    job.work()
-    job.finished.wait()
-    if job.error is not None:
-        raise job.error
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,16 +74,12 @@ def _pair(value, name: str, opname: str) -> tuple[int, int]:
     except TypeError:
         pair = (int(value), int(value))
     if len(pair) != 2:
-        from hetero.errors import ShapeError
-
         raise ShapeError(f"{opname}: {name} must have 2 entries (height, width), got {value!r}")
     return pair
 
 
 def _window_attrs(attrs, opname: str, kernel: tuple[int, int]):
     """Strides, pads (top, left, bottom, right) and dilations, validated."""
-    from hetero.errors import ShapeError
-
     strides = _pair(attrs.get("strides") or (1, 1), "strides", opname)
     dilations = _pair(attrs.get("dilations") or (1, 1), "dilations", opname)
     pads = tuple(int(p) for p in (attrs.get("pads") or (0, 0, 0, 0)))
@@ -219,8 +110,6 @@ def _out_size(size: int, k: int, s: int, d: int, p0: int, p1: int, ceil_mode: bo
 
 
 def _spatial_out(x: TensorSpec, kernel, strides, pads, dilations, ceil_mode, opname):
-    from hetero.errors import ShapeError
-
     _, _, h, w = x.shape
     oh = _out_size(h, kernel[0], strides[0], dilations[0], pads[0], pads[2], ceil_mode)
     ow = _out_size(w, kernel[1], strides[1], dilations[1], pads[1], pads[3], ceil_mode)
@@ -232,8 +121,6 @@ def _spatial_out(x: TensorSpec, kernel, strides, pads, dilations, ceil_mode, opn
 
 
 def _require_nchw(spec: TensorSpec, opname: str, what: str = "input") -> None:
-    from hetero.errors import ShapeError
-
     if spec.ndim != 4:
         raise ShapeError(f"{opname}: {what} must be 4-D NCHW, got shape {spec.shape}")
     require_float(spec, opname)
@@ -296,8 +183,6 @@ def _conv_attrs(attrs, kernel):
 
 
 def _infer_conv(ins, attrs):
-    from hetero.errors import ShapeError
-
     x, w = ins[0], ins[1]
     _require_nchw(x, "conv2d")
     _require_nchw(w, "conv2d", "weight")
@@ -314,13 +199,7 @@ def _infer_conv(ins, attrs):
         raise ShapeError(f"conv2d: {o} output channels are not divisible by groups={groups}")
     if len(ins) == 3 and ins[2].shape != (o,):
         raise ShapeError(f"conv2d: bias must have shape ({o},), got {ins[2].shape}")
-    act = attrs["activation"]
-    if act not in ACTIVATIONS:
-        raise ShapeError(f"conv2d: unknown activation {act!r} (known: {', '.join(ACTIVATIONS)})")
-    params = tuple(attrs["activation_params"] or ())
-    if act != "none" and len(params) not in (0, ACTIVATIONS[act]):
-        raise ShapeError(f"conv2d: activation {act} takes {ACTIVATIONS[act]} activation_params, "
-                         f"got {params}")
+    _check_activation("conv2d", attrs)
     oh, ow = _spatial_out(x, (kh, kw), strides, pads, dilations, False, "conv2d")
     return (TensorSpec((n, o, oh, ow), x.dtype),)
 
@@ -677,17 +556,15 @@ def _depthwise(xp, x, w, out, strides, pads, dilations, groups, split=True):
     out[...] = acc.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
 
 
+_CONV_ATTRS = {"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "groups": 1,
+               "activation": "none", "activation_params": ()}
 register(Op(
-    "conv2d", _infer_conv, _accumulate_wide(_conv_kernel), arity=(2, 3),
-    attrs={"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "groups": 1,
-           "activation": "none", "activation_params": ()},
-    cost=_conv_cost, op_class="conv",
+    "conv2d", _infer_conv, _accumulate_wide(_conv_kernel), arity=(2, 3), attrs=_CONV_ATTRS,
+    cost=_conv_cost, op_class="conv", splits=True,
     doc="2-D convolution (NCHW, OIHW), optional bias and fused activation"))
 
 
 def _infer_conv_add(ins, attrs):
-    from hetero.errors import ShapeError
-
     (out,) = _infer_conv(ins[:3], attrs)
     if ins[3] != out:
         raise ShapeError(f"conv2d_add: the residual must be {out} like the convolution's output, "
@@ -702,9 +579,7 @@ def _conv_add_cost(ins, outs, attrs):
 
 register(Op(
     "conv2d_add", _infer_conv_add, _accumulate_wide(_conv_kernel), arity=(4, 4),
-    attrs={"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "groups": 1,
-           "activation": "none", "activation_params": ()},
-    cost=_conv_add_cost, op_class="conv",
+    attrs=_CONV_ATTRS, cost=_conv_add_cost, op_class="conv", splits=True,
     doc="activation(conv2d(x, w, b) + z): a convolution with its residual add fused"))
 
 
@@ -764,8 +639,6 @@ def winograd_weights(w: np.ndarray) -> np.ndarray:
     ``conv2d_winograd`` takes (computed in float64, returned in ``w``'s dtype)."""
     w = np.asarray(w)
     if w.ndim != 4 or w.shape[2:] != (3, 3):
-        from hetero.errors import ShapeError
-
         raise ShapeError(f"winograd_weights: needs OIHW 3x3 weights, got shape {w.shape}")
     o, c = w.shape[:2]
     u = np.einsum("ik,ockl,jl->ijoc", _WINO_G, w.astype(np.float64), _WINO_G)
@@ -777,8 +650,6 @@ def _wino_pads(attrs):
 
 
 def _infer_winograd(ins, attrs):
-    from hetero.errors import ShapeError
-
     x, u = ins[0], ins[1]
     _require_nchw(x, "conv2d_winograd")
     same_dtype(ins, "conv2d_winograd inputs")
@@ -889,7 +760,7 @@ def _split_winograd(x, u, bias, attrs, out, view, tiles) -> None:
 register(Op(
     "conv2d_winograd", _infer_winograd, _accumulate_wide(_winograd_kernel), arity=(2, 3),
     attrs={"pads": (0, 0, 0, 0), "activation": "none", "activation_params": ()},
-    cost=_winograd_cost, op_class="conv",
+    cost=_winograd_cost, op_class="conv", splits=True,
     doc="3x3 stride-1 convolution by Winograd F(2x2,3x3); weights from winograd_weights()"))
 
 
@@ -919,8 +790,6 @@ def _pool_geometry(attrs, opname):
 
 def _pool_infer(opname):
     def infer(ins, attrs):
-        from hetero.errors import ShapeError
-
         x = ins[0]
         _require_nchw(x, opname)
         kernel, strides, pads, dilations, ceil_mode = _pool_geometry(attrs, opname)
@@ -1127,8 +996,6 @@ def avg_pool2d(x, kernel_shape, strides=None, pads=(0, 0, 0, 0), ceil_mode=0, co
 
 def _infer_global(opname):
     def infer(ins, attrs):
-        from hetero.errors import ShapeError
-
         x = ins[0]
         if x.ndim < 3:
             raise ShapeError(f"{opname}: input must be (N, C, spatial...), got shape {x.shape}")
@@ -1173,8 +1040,6 @@ def global_max_pool(x, *, device=None):
 
 
 def _infer_batch_norm(ins, attrs):
-    from hetero.errors import ShapeError
-
     x = ins[0]
     if x.ndim < 2:
         raise ShapeError(f"batch_norm: input must be (N, C, ...), got shape {x.shape}")
@@ -1190,8 +1055,6 @@ def _infer_batch_norm(ins, attrs):
 
 
 def _check_activation(opname: str, attrs) -> None:
-    from hetero.errors import ShapeError
-
     act = attrs["activation"]
     if act not in ACTIVATIONS:
         raise ShapeError(f"{opname}: unknown activation {act!r} (known: {', '.join(ACTIVATIONS)})")
@@ -1244,8 +1107,6 @@ def batch_norm(x, scale, bias, mean, var, *, epsilon=1e-5, activation="none",
 
 
 def _infer_lrn(ins, attrs):
-    from hetero.errors import ShapeError
-
     x = ins[0]
     if x.ndim < 3:
         raise ShapeError(f"lrn: input must be (N, C, spatial...), got shape {x.shape}")

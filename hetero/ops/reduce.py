@@ -126,23 +126,27 @@ def _softmax_cost(ins, outs, attrs):
     return Cost(flops=5.0 * ins[0].size, bytes=float(ins[0].nbytes + 2 * outs[0].nbytes))
 
 
-def _softmax_kernel(xp, ins, attrs, outs):
+def _shifted(xp, ins, attrs, outs) -> bool:
+    """``outs[0] = x - max(x)`` along the axis (what both softmaxes start from); False for an
+    empty ``x``."""
     x, out = ins[0], outs[0]
     if x.size == 0:
-        return
-    axis = attrs["axis"]
-    xp.subtract(x, xp.max(x, axis=axis, keepdims=True), out=out)
-    xp.exp(out, out=out)
-    out /= xp.sum(out, axis=axis, keepdims=True)
+        return False
+    xp.subtract(x, xp.max(x, axis=attrs["axis"], keepdims=True), out=out)
+    return True
+
+
+def _softmax_kernel(xp, ins, attrs, outs):
+    if _shifted(xp, ins, attrs, outs):
+        out = outs[0]
+        xp.exp(out, out=out)
+        out /= xp.sum(out, axis=attrs["axis"], keepdims=True)
 
 
 def _log_softmax_kernel(xp, ins, attrs, outs):
-    x, out = ins[0], outs[0]
-    if x.size == 0:
-        return
-    axis = attrs["axis"]
-    xp.subtract(x, xp.max(x, axis=axis, keepdims=True), out=out)
-    out -= xp.log(xp.sum(xp.exp(out), axis=axis, keepdims=True))
+    if _shifted(xp, ins, attrs, outs):
+        out = outs[0]
+        out -= xp.log(xp.sum(xp.exp(out), axis=attrs["axis"], keepdims=True))
 
 
 register(Op("softmax", _softmax_infer("softmax"), _softmax_kernel, attrs={"axis": -1},
@@ -167,28 +171,20 @@ def _reduce_attrs(axis, keepdims) -> dict:
     return {"axes": axis, "keepdims": int(builtins.bool(keepdims))}
 
 
-def sum(x, axis=None, keepdims=False, *, axes=None, device=None):
-    """Sum over ``axis`` (an int, a tuple of ints, or None for all axes; ``axes=`` is the
-    registry's name for it)."""
-    return apply("sum", (x,), _reduce_attrs(_one_of(axis, axes), keepdims), device=device)
+def _reduction(name: str, what: str):
+    def reduction(x, axis=None, keepdims=False, *, axes=None, device=None):
+        return apply(name, (x,), _reduce_attrs(_one_of(axis, axes), keepdims), device=device)
+
+    reduction.__name__ = reduction.__qualname__ = name
+    reduction.__doc__ = (f"{what} over ``axis`` (an int, a tuple of ints, or None for all axes; "
+                         "``axes=`` is the registry's name for it).")
+    return reduction
 
 
-def mean(x, axis=None, keepdims=False, *, axes=None, device=None):
-    """Mean over ``axis`` (an int, a tuple of ints, or None for all axes; ``axes=`` is the
-    registry's name for it)."""
-    return apply("mean", (x,), _reduce_attrs(_one_of(axis, axes), keepdims), device=device)
-
-
-def max(x, axis=None, keepdims=False, *, axes=None, device=None):
-    """Maximum over ``axis`` (an int, a tuple of ints, or None for all axes; ``axes=`` is the
-    registry's name for it)."""
-    return apply("max", (x,), _reduce_attrs(_one_of(axis, axes), keepdims), device=device)
-
-
-def min(x, axis=None, keepdims=False, *, axes=None, device=None):
-    """Minimum over ``axis`` (an int, a tuple of ints, or None for all axes; ``axes=`` is the
-    registry's name for it)."""
-    return apply("min", (x,), _reduce_attrs(_one_of(axis, axes), keepdims), device=device)
+sum = _reduction("sum", "Sum")
+mean = _reduction("mean", "Mean")
+max = _reduction("max", "Maximum")
+min = _reduction("min", "Minimum")
 
 
 def softmax(x, axis=-1, *, device=None):

@@ -22,15 +22,13 @@ from typing import Any
 import numpy as np
 
 from hetero.errors import ShapeError, UnknownOpError
-from hetero.graph import Attrs, Node, TensorSpec
+from hetero.graph import OP_CLASSES, STRUCTURAL_OPS, Attrs, Node, TensorSpec
 
 #: Every backend name the project knows. "sim" is the simulated GPU: it has the same kernel set as
 #: "cupy", so placement on a simulated machine is placement on a real one.
 BACKENDS = ("numpy", "cupy", "sim")
 GPU_BACKENDS = frozenset({"cupy", "sim"})
 
-#: Op classes: the simulated GPU and the roofline cost model rate each class separately.
-OP_CLASSES = ("elementwise", "matmul", "conv", "reduce", "data", "norm")
 
 Kernel = Callable[[Any, Sequence[Any], Attrs, Sequence[Any]], None]
 Infer = Callable[[tuple[TensorSpec, ...], Attrs], tuple[TensorSpec, ...]]
@@ -70,6 +68,9 @@ class Op:
         op_class: what the cost model and the simulated GPU rate this op as.
         backends: backends on which the op has a kernel.
         kernels: backend-specific kernels that replace ``kernel`` on that backend.
+        splits: its CPU kernel cuts its own work over the intra-op threads
+            (``hetero.threads.parallel_for``), so a plan that runs it on a CPU worker grants
+            intra-op threads (``hetero.threads.choose``).
         doc: one line for the docs.
     """
 
@@ -82,6 +83,7 @@ class Op:
     op_class: str = "elementwise"
     backends: frozenset[str] = frozenset(BACKENDS)
     kernels: dict[str, Kernel] = field(default_factory=dict)
+    splits: bool = False
     doc: str = ""
 
     def kernel_for(self, backend: str) -> Kernel | None:
@@ -121,6 +123,18 @@ class Op:
     def cost_of(self, ins: tuple[TensorSpec, ...], outs: tuple[TensorSpec, ...],
                 attrs: Attrs) -> Cost:
         return self.cost(ins, outs, attrs)
+
+    def evaluate(self, arrays: Sequence[np.ndarray], attrs: Attrs,
+                 specs: Sequence[TensorSpec]) -> list[np.ndarray]:
+        """Run the NumPy kernel now on host arrays ``arrays`` into fresh outputs of ``specs``:
+        how constants are folded (at import and by the optimizer) and how the reference executor
+        runs a node. Whatever the kernel raises propagates."""
+        kernel = self.kernel_for("numpy")
+        if kernel is None:
+            raise UnknownOpError(f"op {self.name} has no NumPy kernel")
+        outs = [np.empty(s.shape, s.dtype) for s in specs]
+        kernel(np, list(arrays), attrs, outs)
+        return outs
 
 
 #: Attributes that are integers or sequences of integers whatever their default says (their
@@ -190,10 +204,6 @@ def lookup(name: str, node: Node | None = None) -> Op:
     op = REGISTRY.get(name)
     if op is not None:
         return op
-    _ensure_loaded()
-    op = REGISTRY.get(name)
-    if op is not None:
-        return op
     close = difflib.get_close_matches(name, REGISTRY, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     who = f"{node.label}: " if node is not None else ""
@@ -201,19 +211,11 @@ def lookup(name: str, node: Node | None = None) -> Op:
 
 
 def has_kernel(op_name: str, backend: str) -> bool:
-    """Does ``op_name`` have a kernel on ``backend``? (Graph-level ops such as "input",
-    "constant" and "transfer" run everywhere.)"""
+    """Does ``op_name`` have a kernel on ``backend``? (The structural ops "input", "constant"
+    and "transfer" run everywhere.)"""
     if op_name in STRUCTURAL_OPS:
         return True
     return lookup(op_name).has_kernel(backend)
-
-
-#: Ops that are part of the graph's structure rather than computation; every device has them.
-STRUCTURAL_OPS = frozenset({"input", "constant", "transfer"})
-
-
-def _ensure_loaded() -> None:
-    import hetero.ops  # noqa: F401  (importing the package registers every op family)
 
 
 # ----------------------------------------------------------------------------------------------

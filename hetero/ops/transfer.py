@@ -1,10 +1,13 @@
-"""Explicit device moves: ``to_device(x, "gpu:0")``.
+"""Explicit device moves: ``to_device(x, "gpu:0")``, and the structural ``transfer`` op.
 
 Eager mode: a copy between memory spaces over the machine's link (``Machine.copy``), made on
 purpose, so ``config.transfer_guard`` does not apply to it. Within one memory space (two CPU
 workers) the tensor keeps its buffer and only changes device. Graph mode: an ``identity`` node
 pinned to the device (not soft), so the placer keeps it there and the partitioner inserts the
 transfer node in front of it.
+
+The ``transfer`` op is what partitioning inserts between memory spaces: the identity on its
+input's spec; the executor turns it into a copy on the issuing GPU's copy stream.
 """
 
 from __future__ import annotations
@@ -13,24 +16,37 @@ from typing import Any
 
 import numpy as np
 
-from hetero.errors import DeviceError
-from hetero.tracing import Tensor, _traces, apply, user_line
+from hetero.config import config
+from hetero.devices import normalize_device
+from hetero.errors import DeviceError, TraceError
+from hetero.graph import TRANSFER, Attrs, TensorSpec
+from hetero.ops.registry import REQUIRED, Cost, Op, register
+from hetero.tracing import Tensor, _traces, apply, tensor, user_line
 
 __all__ = ["to_device"]
+
+
+def _transfer_infer(ins: tuple[TensorSpec, ...], attrs: Attrs) -> tuple[TensorSpec, ...]:
+    return (ins[0],)
+
+
+def _transfer_kernel(xp, ins, attrs, outs) -> None:
+    outs[0][...] = ins[0]
+
+
+register(Op(TRANSFER, _transfer_infer, _transfer_kernel, arity=(1, 1),
+            attrs={"src": REQUIRED, "dst": REQUIRED, "kind": REQUIRED},
+            cost=lambda ins, outs, attrs: Cost(0.0, float(ins[0].nbytes)), op_class="data",
+            doc="copy one value between memory spaces (inserted by partition)"))
 
 
 def to_device(x: Any, device: str) -> Tensor:
     """``x`` on ``device`` ("cpu:1", "gpu:0"): an explicit copy, never blocked by the transfer
     guard. ``x`` may be a Tensor, a NumPy array or a Python scalar."""
-    from hetero.config import config
-    from hetero.devices import normalize_device
-
     name = normalize_device(device)
     if _traces():
         return apply("identity", (x,), device=name, soft=False)
     if isinstance(x, Tensor) and x.is_traced:
-        from hetero.errors import TraceError
-
         raise TraceError(f"{user_line()}: a traced value escaped its @function and is used "
                          "outside it (store results by returning them)")
     machine = config.machine
@@ -43,8 +59,6 @@ def to_device(x: Any, device: str) -> Tensor:
             return x
         src = machine.device(x.device)
         return Tensor(machine.copy(x._data, src, dst), dst.name, _spec=x.spec)
-    from hetero.tracing import tensor
-
     if isinstance(x, np.ndarray):
         return Tensor(dst.from_host(x), dst.name)
     return tensor(x, device=dst.name)

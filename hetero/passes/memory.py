@@ -38,35 +38,25 @@ Figures reported per memory space
 from __future__ import annotations
 
 import dataclasses
-import heapq
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from hetero.errors import GraphError
-from hetero.graph import Graph, Node, Value
+from hetero.graph import Graph, NodeKind, Value, toposort
+from hetero.spaces import output_space, stream_of
 
 HOST_ALIGNMENT = 64
 GPU_ALIGNMENT = 256
 
-#: ops whose outputs never live in an arena
-UNPLANNED_OPS = frozenset({"input", "constant"})
+#: node kinds whose outputs never live in an arena: they exist before a run starts
+UNPLANNED = frozenset({NodeKind.INPUT, NodeKind.CONSTANT})
 
 
 def align(nbytes: int, alignment: int) -> int:
     """``nbytes`` rounded up to a multiple of ``alignment``."""
     return -(-nbytes // alignment) * alignment
-
-
-def issue_stream(node: Node, device_kind: str) -> str:
-    """The sequential stream a node runs on: "worker" on a CPU; on a GPU "h2d" / "d2h" for copies
-    (a device-to-device copy runs on the receiving GPU's "h2d" stream) and "compute" otherwise."""
-    if device_kind != "gpu":
-        return "worker"
-    if node.op == "transfer":
-        return "d2h" if node.attrs.get("kind") == "d2h" else "h2d"
-    return "compute"
 
 
 @dataclass(frozen=True)
@@ -192,9 +182,9 @@ def layout(graph: Graph, queues: Mapping[str, Iterable[str]], kinds: Mapping[str
     values_by_space: dict[str, list[Value]] = {}
     outputs = set(graph.outputs)
     for node in graph.nodes:
-        if node.op in UNPLANNED_OPS:
+        if node.kind in UNPLANNED:
             continue
-        space = value_space(node, spaces)
+        space = output_space(node, spaces)
         for i, spec in enumerate(node.outputs):
             v = Value(node.name, i)
             if v in outputs or spec.nbytes == 0:
@@ -208,15 +198,6 @@ def layout(graph: Graph, queues: Mapping[str, Iterable[str]], kinds: Mapping[str
     return MemoryPlan(MappingProxyType(arenas), MappingProxyType(dict(spaces)))
 
 
-def value_space(node: Node, spaces: Mapping[str, str]) -> str:
-    """Memory space that holds a node's outputs (a transfer writes into its destination's)."""
-    if node.op == "transfer":
-        return spaces[node.attrs["dst"]]
-    if node.device is None:
-        return "host"
-    return spaces[node.device]
-
-
 class HappensBefore:
     """Reachability in the happens-before DAG (graph edges + sequential stream order), as one
     bitset of descendants per node."""
@@ -228,7 +209,7 @@ class HappensBefore:
         succ: list[set[int]] = [set() for _ in names]
         # inputs and constants exist before the run starts: they order nothing (the executor
         # does not wait for them), so they are no part of the happens-before relation
-        fixed = {n.name for n in graph.nodes if n.op in UNPLANNED_OPS}
+        fixed = {n.name for n in graph.nodes if n.kind in UNPLANNED}
         for node in graph.nodes:
             j = index[node.name]
             for v in node.inputs:
@@ -241,13 +222,19 @@ class HappensBefore:
                     raise GraphError(f"queue of {dev} names {name!r}, which is not in the graph")
                 if name in fixed:
                     continue
-                stream = issue_stream(graph.node(name), kinds.get(dev, "cpu"))
+                stream = stream_of(graph.node(name), kinds.get(dev, "cpu"))
                 j = index[name]
                 if stream in last:
                     succ[last[stream]].add(j)
                 last[stream] = j
         self.succ = succ
-        self.order = _toposort(names, succ)
+        order = toposort(len(names), succ)
+        if order is None:
+            stuck = _stuck(names, succ)
+            raise GraphError("the plan's queues contradict its data dependencies (a queue runs "
+                             "a node before one it depends on, so the plan would deadlock): "
+                             f"{', '.join(stuck)}")
+        self.order = order
         desc = [0] * len(names)
         for i in reversed(self.order):
             bits = 0
@@ -261,27 +248,20 @@ class HappensBefore:
         return bool(self.desc[self.index[a]] >> self.index[b] & 1)
 
 
-def _toposort(names: list[str], succ: list[set[int]]) -> list[int]:
+def _stuck(names: list[str], succ: list[set[int]]) -> list[str]:
+    """Up to five nodes on or behind a cycle of ``succ`` (those Kahn's algorithm never frees)."""
     indeg = [0] * len(names)
     for s in succ:
         for j in s:
             indeg[j] += 1
     ready = [i for i, d in enumerate(indeg) if d == 0]
-    heapq.heapify(ready)
-    order = []
     while ready:
-        i = heapq.heappop(ready)
-        order.append(i)
+        i = ready.pop()
         for j in succ[i]:
             indeg[j] -= 1
             if indeg[j] == 0:
-                heapq.heappush(ready, j)
-    if len(order) != len(names):
-        stuck = [names[i] for i, d in enumerate(indeg) if d > 0][:5]
-        raise GraphError("the plan's queues contradict its data dependencies (a queue runs a "
-                         f"node before one it depends on, so the plan would deadlock): "
-                         f"{', '.join(stuck)}")
-    return order
+                ready.append(j)
+    return [names[i] for i, d in enumerate(indeg) if d > 0][:5]
 
 
 def _layout_space(graph: Graph, hb: HappensBefore, space: str, values: list[Value],
@@ -339,23 +319,8 @@ def _consistent(order: list[str], hb: HappensBefore) -> list[str]:
     nodes early in ``order``)."""
     rank = {n: i for i, n in enumerate(order)}
     names = list(hb.index)
-    preds = [0] * len(names)
-    succ: list[list[int]] = [[] for _ in names]
-    for i in range(len(names)):
-        for j in hb.succ[i]:
-            succ[i].append(j)
-            preds[j] += 1
-    heap = [(rank.get(names[i], len(rank)), i) for i in range(len(names)) if preds[i] == 0]
-    heapq.heapify(heap)
-    out = []
-    while heap:
-        _, i = heapq.heappop(heap)
-        out.append(names[i])
-        for j in succ[i]:
-            preds[j] -= 1
-            if preds[j] == 0:
-                heapq.heappush(heap, (rank.get(names[j], len(rank)), j))
-    return out
+    topo = toposort(len(names), hb.succ, key=lambda i: (rank.get(names[i], len(rank)), i))
+    return [names[i] for i in topo or ()]
 
 
 def _peak_live(order: list[str], values: list[Value], producer: dict[Value, int],

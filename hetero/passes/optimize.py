@@ -46,8 +46,11 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from hetero.builder import GraphBuilder, frozen
 from hetero.errors import HeteroError
-from hetero.graph import Graph, Node, TensorSpec, Value
+from hetero.graph import CONSTANT, Graph, Node, TensorSpec, Value
+from hetero.ops.nn import winograd_weights
+from hetero.ops.registry import lookup
 
 __all__ = ["optimize", "fold_constants", "fold_batch_norm", "fuse_bias", "fuse_activation",
            "fuse_residual", "fold_channel_affine", "eliminate_dead", "use_winograd",
@@ -63,7 +66,6 @@ MAX_FOLD_BYTES = 64 << 20
 WINOGRAD_MIN_CHANNELS = 128
 WINOGRAD_MIN_PIXELS = 100
 
-_STRUCTURAL = frozenset({"input", "constant", "transfer"})
 _CONVS = frozenset({"conv2d", "conv2d_winograd"})
 _ACTIVATED = _CONVS | {"conv2d_add", "batch_norm"}  # ops with a fused ``activation`` attribute
 
@@ -98,7 +100,8 @@ def optimize(graph: Graph, *, residual: bool = False, winograd: bool = False,
 
 class _Rewrite:
     """The edits of one sweep: nodes replaced (with constants inserted before them), nodes
-    removed, and values renamed; ``build`` applies them all at once."""
+    removed, and values renamed; ``build`` applies them all at once through a ``GraphBuilder``
+    (whose ``fresh`` names the new constants)."""
 
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
@@ -107,22 +110,14 @@ class _Rewrite:
         self.alias: dict[Value, Value] = {}
         self.constants: dict[str, np.ndarray] = {}
         self.taken: set[str] = set()
-        self._names = {n.name for n in graph.nodes}
-
-    def fresh(self, base: str) -> str:
-        name, i = base, 1
-        while name in self._names:
-            name, i = f"{base}_{i}", i + 1
-        self._names.add(name)
-        return name
+        self.builder = GraphBuilder(graph.name, taken=(n.name for n in graph.nodes))
 
     def constant(self, like: Node, array: np.ndarray, base: str, *, exact: bool = False) -> Node:
         """A new constant node holding ``array``, annotated like ``like`` (named ``base`` itself
         with ``exact``, for a node that the constant replaces)."""
-        array = np.ascontiguousarray(array)
-        array.flags.writeable = False
-        name = base if exact else self.fresh(base)
-        node = Node(name, "constant", outputs=(TensorSpec.of(array),),
+        array = frozen(array, copy=False)
+        name = base if exact else self.builder.fresh(base)
+        node = Node(name, CONSTANT, outputs=(TensorSpec.of(array),),
                     device=like.device, soft=like.soft, colocate=like.colocate, where=like.where)
         self.constants[node.name] = array
         return node
@@ -147,19 +142,19 @@ class _Rewrite:
                 v = self.alias[v]
             return v
 
-        nodes = []
+        arrays = {**self.graph.constants, **self.constants}
+        out = self.builder
         for node in self.graph.nodes:
             if node.name in self.removed:
                 continue
             for new in self.replaced.get(node.name, [node]):
                 inputs = tuple(resolve(v) for v in new.inputs)
-                nodes.append(new if inputs == new.inputs else new.replace(inputs=inputs))
-        constants = {**self.graph.constants, **self.constants}
-        live = {n.name for n in nodes if n.op == "constant"}
-        constants = {k: v for k, v in constants.items() if k in live}
-        return self.graph.replace(nodes=tuple(nodes),
-                                  outputs=tuple(resolve(v) for v in self.graph.outputs),
-                                  constants=constants)
+                new = new if inputs == new.inputs else new.replace(inputs=inputs)
+                if new.is_constant:
+                    out.add_constant(new, arrays[new.name])
+                else:
+                    out.add(new)
+        return out.build(tuple(resolve(v) for v in self.graph.outputs), inputs=self.graph.inputs)
 
 
 def _mergeable(producer: Node, consumer: Node) -> bool:
@@ -190,13 +185,11 @@ def _sole_reader(graph: Graph, readers: Mapping[str, list[str]], producer: Node)
 
 def _const(graph: Graph, value: Value) -> np.ndarray | None:
     node = graph.node(value.node)
-    return graph.constants.get(node.name) if node.op == "constant" else None
+    return graph.constants.get(node.name) if node.is_constant else None
 
 
 def _infers(node: Node, ins: tuple[TensorSpec, ...]) -> bool:
     """Does ``node`` (a rewrite's product) infer exactly its recorded outputs from ``ins``?"""
-    from hetero.ops.registry import lookup
-
     try:
         return lookup(node.op).infer_specs(ins, node.attrs) == node.outputs
     except HeteroError:
@@ -209,24 +202,21 @@ def _infers(node: Node, ins: tuple[TensorSpec, ...]) -> bool:
 
 def fold_constants(graph: Graph) -> Graph:
     """Run every node whose inputs are all constants and make its outputs constants."""
-    from hetero.ops.registry import lookup
-
     rw = _Rewrite(graph)
     known: dict[Value, np.ndarray] = {
-        Value(n.name): graph.constants[n.name] for n in graph.nodes if n.op == "constant"}
+        Value(n.name): graph.constants[n.name] for n in graph.nodes if n.is_constant}
     for node in graph.nodes:
-        if node.op in _STRUCTURAL or not node.inputs:
+        if not node.computes or not node.inputs:
             continue
         if not all(v in known for v in node.inputs):
             continue
         if sum(s.nbytes for s in node.outputs) > MAX_FOLD_BYTES:
             continue
-        kernel = lookup(node.op, node).kernel_for("numpy")
-        if kernel is None:
+        op = lookup(node.op, node)
+        if not op.has_kernel("numpy"):
             continue
-        outs = [np.empty(s.shape, s.dtype) for s in node.outputs]
         try:
-            kernel(np, [known[v] for v in node.inputs], node.attrs, outs)
+            outs = op.evaluate([known[v] for v in node.inputs], node.attrs, node.outputs)
         except Exception:  # noqa: BLE001  (left in the graph; it fails, with its label, at run time)
             continue
         new = []
@@ -378,8 +368,6 @@ def _gemm_with_bias(graph, rw, node, d, const_node):
     if node.op == "matmul":
         if any(graph.spec(v).ndim != 2 for v in node.inputs):
             return None
-        from hetero.ops.registry import lookup
-
         attrs, c, beta = lookup("gemm").normalize_attrs({}), None, 1.0
     else:
         attrs, beta = node.attrs, float(node.attrs["beta"])
@@ -478,8 +466,6 @@ def fuse_residual(graph: Graph) -> Graph:
 
 def use_winograd(graph: Graph) -> Graph:
     """3x3 stride-1 conv2d nodes with constant weights -> conv2d_winograd, where it pays."""
-    from hetero.ops.nn import winograd_weights
-
     rw = _Rewrite(graph)
     for conv in graph.nodes:
         if conv.op != "conv2d" or (conv.device or "").startswith("gpu"):

@@ -52,36 +52,128 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import networkx as nx
 
 from hetero import scheduling
-from hetero.config import config
+from hetero.config import config, resolve_machine
 from hetero.cost import input_specs, resolve_cost
-from hetero.errors import PlacementError
-from hetero.graph import Graph, Node
+from hetero.errors import HeteroError, PlacementError
+from hetero.graph import Graph, Node, NodeKind
 from hetero.ops import registry
-from hetero.plan import Placement, Reason
+from hetero.spaces import INPUT_DEVICE, device_space
 
 log = logging.getLogger("hetero.place")
 
+__all__ = ["POLICIES", "REASON_KINDS", "Evaluate", "Placement", "Reason", "lower_bound", "place",
+           "planned_peaks"]
+
 POLICIES = ("heft", "peft", "cpu", "gpu", "annotated")
-HOST_DEVICE = "cpu:0"
+HOST_DEVICE = INPUT_DEVICE
 SINK = "__outputs__"
 
+#: ``evaluate(device per node) -> (start, finish, makespan)``: how a candidate placement would
+#: run, as the pipeline measures it (partitioned and scheduled, ``hetero.pipeline``).
+Evaluate = Callable[[Mapping[str, str]], tuple[Mapping[str, float], Mapping[str, float], float]]
 
-def resolve_machine(machine: Any) -> Any:
-    """A Machine from ``None`` (``config.machine``), a spec string, or a Machine."""
-    if machine is None:
-        return config.machine
-    if isinstance(machine, str):
-        from hetero.devices import Machine
 
-        return Machine.parse(machine)
-    return machine
+def _frozen_map(m: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(m or {}))
+
+
+# ----------------------------------------------------------------------------------------------
+# What placement decides
+
+#: Every kind of reason a node can carry, in the words the report uses.
+REASON_KINDS = ("pinned", "soft-kept", "soft-overridden", "colocated", "no-kernel-elsewhere",
+                "cost", "capacity", "default", "input", "policy")
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a node is on its device: ``kind`` (one of ``REASON_KINDS``) and a sentence of detail."""
+
+    kind: str
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in REASON_KINDS:
+            raise HeteroError(f"unknown placement reason {self.kind!r} "
+                              f"(known: {', '.join(REASON_KINDS)})")
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.detail}" if self.detail else self.kind
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": self.kind, "detail": self.detail}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, str]) -> Reason:
+        return cls(data["kind"], data.get("detail", ""))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A device, a Reason and an estimated start and finish (seconds) for every node.
+
+    Attributes:
+        device: node name -> device name.
+        reason: node name -> Reason.
+        start, finish: node name -> estimated seconds from the start of a run.
+        makespan: estimated finish of the last node.
+        policy: the policy that produced it ("heft", "peft", "cpu", "gpu", "annotated").
+    """
+
+    device: Mapping[str, str]
+    reason: Mapping[str, Reason]
+    start: Mapping[str, float] = field(default_factory=dict)
+    finish: Mapping[str, float] = field(default_factory=dict)
+    makespan: float = 0.0
+    policy: str = "heft"
+
+    def __post_init__(self) -> None:
+        for name in ("device", "reason", "start", "finish"):
+            object.__setattr__(self, name, _frozen_map(getattr(self, name)))
+        object.__setattr__(self, "makespan", float(self.makespan))
+
+    def __getitem__(self, node: str) -> str:
+        return self.device[node]
+
+    def devices_used(self) -> tuple[str, ...]:
+        """The devices at least one node is placed on, sorted."""
+        return tuple(sorted(set(self.device.values())))
+
+    def table(self) -> str:
+        """One line per node: name, device, reason, estimated start and finish (ms)."""
+        rows = []
+        for name, dev in self.device.items():
+            s, f = self.start.get(name, 0.0), self.finish.get(name, 0.0)
+            rows.append(f"{name:<24} {dev:<7} {s * 1e3:9.3f} {f * 1e3:9.3f}  {self.reason[name]}")
+        return "\n".join(rows)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "makespan": self.makespan,
+            "nodes": {n: {"device": d, "reason": self.reason[n].to_json(),
+                          "start": self.start.get(n, 0.0), "finish": self.finish.get(n, 0.0)}
+                      for n, d in self.device.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Placement:
+        nodes = data["nodes"]
+        return cls(device={n: v["device"] for n, v in nodes.items()},
+                   reason={n: Reason.from_json(v["reason"]) for n, v in nodes.items()},
+                   start={n: float(v["start"]) for n, v in nodes.items()},
+                   finish={n: float(v["finish"]) for n, v in nodes.items()},
+                   makespan=float(data["makespan"]), policy=data["policy"])
+
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,11 +201,11 @@ def _annotation_rules(graph: Graph, machine: Any, policy: str, strict: bool) -> 
     rules = _Rules()
     # under "annotated", an unannotated member of a group follows the group's annotated members
     annotated_groups = {n.colocate for n in graph.nodes
-                        if n.colocate and n.device is not None and n.op != "constant"}
+                        if n.colocate and n.device is not None and not n.is_constant}
     for node in graph.nodes:
-        if node.op == "constant":
+        if node.is_constant:
             continue
-        if node.op == "input":
+        if node.is_input:
             rules.allowed[node.name] = (HOST_DEVICE,)
             rules.fixed[node.name] = Reason("input", "graph inputs arrive on the host")
             continue
@@ -207,9 +299,9 @@ class _Tasks:
 def _build_tasks(graph: Graph, rules: _Rules, cost_of: Any, devices: Sequence[str]) -> _Tasks:
     groups: dict[str, list[str]] = {}
     for node in graph.nodes:
-        if node.colocate and node.op not in ("constant", "input"):
+        if node.colocate and node.kind not in (NodeKind.CONSTANT, NodeKind.INPUT):
             groups.setdefault(node.colocate, []).append(node.name)
-    task_of = {n.name: n.name for n in graph.nodes if n.op != "constant"}
+    task_of = {n.name: n.name for n in graph.nodes if not n.is_constant}
     members: dict[str, tuple[str, ...]] = {}
     group_device: dict[str, str] = {}
     for group, names in groups.items():
@@ -236,37 +328,32 @@ def _build_tasks(graph: Graph, rules: _Rules, cost_of: Any, devices: Sequence[st
                 rules.allowed[n] = (best,)
     dag = nx.DiGraph()
     for node in graph.nodes:
-        if node.op == "constant":
+        if node.is_constant:
             continue
         task = task_of[node.name]
         if task not in dag:
             dag.add_node(task, node=node)
         members[task] = members.get(task, ()) + (node.name,)
     for node in graph.nodes:
-        if node.op == "constant":
+        if node.is_constant:
             continue
         for v in dict.fromkeys(node.inputs):
-            src = task_of.get(v.node)
-            dst = task_of[node.name]
-            if src is None or src == dst:
-                continue
-            nbytes = graph.spec(v).nbytes
-            if dag.has_edge(src, dst):
-                dag[src][dst]["nbytes"] += nbytes
-            else:
-                dag.add_edge(src, dst, nbytes=nbytes)
+            _add_bytes(dag, task_of.get(v.node), task_of[node.name], graph.spec(v).nbytes)
     dag.add_node(SINK)
     members[SINK] = ()
     for v in dict.fromkeys(graph.outputs):
-        src = task_of.get(v.node)
-        if src is None:
-            continue
-        nbytes = graph.spec(v).nbytes
-        if dag.has_edge(src, SINK):
-            dag[src][SINK]["nbytes"] += nbytes
-        else:
-            dag.add_edge(src, SINK, nbytes=nbytes)
+        _add_bytes(dag, task_of.get(v.node), SINK, graph.spec(v).nbytes)
     return _Tasks(dag, members, task_of, group_device)
+
+
+def _add_bytes(dag: nx.DiGraph, src: str | None, dst: str, nbytes: int) -> None:
+    """Count ``nbytes`` on the edge ``src -> dst`` of the task DAG (none within one task)."""
+    if src is None or src == dst:
+        return
+    if dag.has_edge(src, dst):
+        dag[src][dst]["nbytes"] += nbytes
+    else:
+        dag.add_edge(src, dst, nbytes=nbytes)
 
 
 def _tasks_are_acyclic(graph: Graph, task_of: Mapping[str, str]) -> bool:
@@ -348,10 +435,8 @@ def planned_peaks(graph: Graph, device: Mapping[str, str], start: Mapping[str, f
     """Estimated peak bytes per GPU memory space under a schedule, and the node that produces the
     largest value live at that peak. Values live from their producer's start to the last finish
     of a reader in that space; constants for the whole run."""
-    from hetero.passes.partition import memory_space
-
     def space(dev: str) -> str:
-        return memory_space(dev, machine)
+        return device_space(dev, machine)
 
     events: dict[str, list[tuple[float, int, float, str]]] = {}
     makespan = max(finish.values(), default=0.0)
@@ -362,7 +447,7 @@ def planned_peaks(graph: Graph, device: Mapping[str, str], start: Mapping[str, f
         if nbytes == 0:
             continue
         readers = [graph.node(c) for c in consumers[node.name]]
-        if node.op == "constant":
+        if node.is_constant:
             for s in {space(device[r.name]) for r in readers}:
                 events.setdefault(s, []).append((0.0, 1, nbytes, node.name))
             continue
@@ -405,7 +490,8 @@ def planned_peaks(graph: Graph, device: Mapping[str, str], start: Mapping[str, f
 # place
 
 
-def place(graph: Graph, machine: Any = None, cost: Any = None, policy: str = "heft") -> Placement:
+def place(graph: Graph, machine: Any = None, cost: Any = None, policy: str = "heft", *,
+          evaluate: Evaluate) -> Placement:
     """Choose a device for every node of ``graph`` on ``machine`` (see the module docstring).
 
     Args:
@@ -413,6 +499,9 @@ def place(graph: Graph, machine: Any = None, cost: Any = None, policy: str = "he
         machine: a Machine or spec string ("cpu:2,sim:1"); default ``config.machine``.
         cost: a cost model, or "roofline" (default) or "measured" (``resolve_cost``).
         policy: "heft" (default), "peft", "cpu", "gpu" or "annotated".
+        evaluate: how a candidate placement runs (start and finish per node, makespan); the
+            pipeline partitions and schedules it (``hetero.pipeline.place`` supplies this and
+            keeps what it computed for the winner). Placement never runs a later stage itself.
 
     Returns:
         A Placement: device, Reason, estimated start and finish for every node, and the makespan.
@@ -431,7 +520,7 @@ def place(graph: Graph, machine: Any = None, cost: Any = None, policy: str = "he
     tasks = _build_tasks(graph, rules, ctx.node_cost, ctx.devices)
     capacity_moves: dict[str, str] = {}
     while True:
-        outcome = _best_schedule(ctx, rules, tasks, policy)
+        outcome = _best_schedule(ctx, rules, tasks, policy, evaluate)
         device, start, finish = outcome.device, outcome.start, outcome.finish
         over = _over_capacity(ctx, device, start, finish)
         if over is None:
@@ -463,7 +552,7 @@ class _Context:
         key = (name, dev)
         if key not in self._node:
             node = self.graph.node(name)
-            if node.op == "input":
+            if node.is_input:
                 self._node[key] = 0.0
             else:
                 self._node[key] = float(self.cost.compute(node, dev, input_specs(self.graph, node)))
@@ -478,7 +567,8 @@ class _Context:
         return self._comm[key]
 
 
-def _best_schedule(ctx: _Context, rules: _Rules, tasks: _Tasks, policy: str) -> _Outcome:
+def _best_schedule(ctx: _Context, rules: _Rules, tasks: _Tasks, policy: str,
+                   evaluate: Evaluate) -> _Outcome:
     """Schedule under the policy's candidates and keep the fastest on the plan-level estimate."""
     def task_cost(task: str, dev: str) -> float:
         return sum(ctx.node_cost(n, dev) for n in tasks.members[task])
@@ -507,26 +597,11 @@ def _best_schedule(ctx: _Context, rules: _Rules, tasks: _Tasks, policy: str) -> 
         if key in seen:  # the same placement as an earlier candidate
             continue
         seen.add(key)
-        start, finish, makespan = _evaluate(ctx, device)
+        start, finish, makespan = evaluate(device)
         if best is None or makespan < best.makespan * (1 - 1e-12):
             best = _Outcome(device, start, finish, makespan, label)
     assert best is not None
     return best
-
-
-def _evaluate(ctx: _Context, device: Mapping[str, str]
-              ) -> tuple[dict[str, float], dict[str, float], float]:
-    """Start, finish and makespan of a placement as the plan will run it: partitioned, with
-    transfers on the GPUs' copy engines (so copies over one link queue up)."""
-    from hetero.passes.partition import partition
-    from hetero.passes.schedule import schedule
-
-    parted = partition(ctx.graph, device, ctx.machine)
-    sched = schedule(parted, ctx.machine, ctx.cost)
-    est = sched.estimates
-    start = {n.name: est.get(n.name, (0.0, 0.0))[0] for n in ctx.graph.nodes}
-    finish = {n.name: est.get(n.name, (0.0, 0.0))[1] for n in ctx.graph.nodes}
-    return start, finish, sched.makespan
 
 
 def _expand(ctx: _Context, tasks: _Tasks, sched: scheduling.Schedule) -> dict[str, str]:
@@ -539,7 +614,7 @@ def _expand(ctx: _Context, tasks: _Tasks, sched: scheduling.Schedule) -> dict[st
                 device[n] = sched.device[task]
     consumers = ctx.graph.consumers()
     for node in ctx.graph.nodes:
-        if node.op == "constant":
+        if node.is_constant:
             readers = consumers[node.name]
             device[node.name] = device[readers[0]] if readers else HOST_DEVICE
     return {n.name: device[n.name] for n in ctx.graph.nodes}
@@ -578,7 +653,7 @@ def _relieve(ctx: _Context, rules: _Rules, tasks: _Tasks, device: Mapping[str, s
         movable.append((nbytes, task))
     if not movable:
         stuck = sorted((n for n in graph.nodes if device.get(n.name) == dev
-                        and n.op not in ("constant", "input")),
+                        and n.kind not in (NodeKind.CONSTANT, NodeKind.INPUT)),
                        key=lambda n: -sum(s.nbytes for s in n.outputs))
         names = ", ".join(n.label for n in stuck[:3]) + (" ..." if len(stuck) > 3 else "")
         peak_node = graph.node(who) if who in graph else None
@@ -610,7 +685,7 @@ def _reasons(ctx: _Context, rules: _Rules, tasks: _Tasks, device: Mapping[str, s
     reasons: dict[str, Reason] = {}
     for node in graph.nodes:
         name, dev = node.name, device[node.name]
-        if node.op == "constant":
+        if node.is_constant:
             readers = consumers[name]
             reasons[name] = Reason("default", f"constant follows its consumer {readers[0]}"
                                    if readers else "constant kept on the host")
@@ -685,23 +760,7 @@ def _log(graph: Graph, placement: Placement) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Comparing policies
-
-
-def compare_policies(graph: Graph, machine: Any = None, cost: Any = None,
-                     policies: Sequence[str] = POLICIES) -> dict[str, float]:
-    """Estimated makespan of each policy under one cost model and list scheduler, plus
-    ``"lower_bound"``. A policy that cannot place the graph maps to ``math.inf``."""
-    machine = resolve_machine(machine)
-    cost = resolve_cost(cost, machine)
-    result: dict[str, float] = {}
-    for p in policies:
-        try:
-            result[p] = place(graph, machine, cost, policy=p).makespan
-        except PlacementError:
-            result[p] = math.inf
-    result["lower_bound"] = lower_bound(graph, machine, cost)
-    return result
+# The lower bound
 
 
 def lower_bound(graph: Graph, machine: Any = None, cost: Any = None) -> float:
@@ -713,7 +772,7 @@ def lower_bound(graph: Graph, machine: Any = None, cost: Any = None) -> float:
     rules = _annotation_rules(graph, machine, "heft", strict=False)
     dag = nx.DiGraph()
     for node in graph.nodes:
-        if node.op != "constant":
+        if not node.is_constant:
             dag.add_node(node.name, node=node)
     for node in graph.nodes:
         for v in node.inputs:

@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from hetero import scheduling
+from hetero.config import resolve_machine
 from hetero.cost import RooflineCost, input_specs
-from hetero.errors import GraphError
-from hetero.graph import Graph, Node
-
-INPUT_LANE = "inputs"
+from hetero.graph import Graph, NodeKind
+from hetero.spaces import input_device, lane_of, output_device
 
 
 @dataclass(frozen=True)
@@ -44,27 +43,6 @@ class DeviceSchedule:
     lanes: Mapping[str, str]
 
 
-def lane_of(node: Node) -> str:
-    """The lane (device compute lane, GPU copy engine, or "inputs") a node occupies."""
-    if node.op == "input":
-        return INPUT_LANE
-    if node.op == "transfer":
-        engine = "d2h" if node.attrs["kind"] == "d2h" else "h2d"
-        return f"{node.device}/{engine}"
-    if node.device is None:
-        raise GraphError(f"{node.label}: has no device; partition the graph before scheduling")
-    return node.device
-
-
-def _side(node: Node, producer: bool) -> str:
-    """The device whose memory a node's output (producer) or input (consumer) is in."""
-    if node.op == "transfer":
-        return node.attrs["dst"] if producer else node.attrs["src"]
-    if node.op == "input":
-        return "cpu:0"
-    return node.device  # type: ignore[return-value]
-
-
 def schedule(graph: Graph, machine: Any = None, cost: Any = None) -> DeviceSchedule:
     """Estimate when every node of a partitioned graph runs, and order each device's queue.
 
@@ -73,17 +51,15 @@ def schedule(graph: Graph, machine: Any = None, cost: Any = None) -> DeviceSched
         machine: the Machine (default ``config.machine``).
         cost: the cost model (default ``RooflineCost(machine)``); use the one placement used.
     """
-    from hetero.passes.place import resolve_machine
-
     machine = resolve_machine(machine)
     cost = cost if cost is not None else RooflineCost(machine)
     dag = graph.to_networkx()
     lanes = {n.name: lane_of(n) for n in graph.nodes}
     durations: dict[str, float] = {}
     for node in graph.nodes:
-        if node.op in ("input", "constant"):
+        if node.kind in (NodeKind.INPUT, NodeKind.CONSTANT):
             durations[node.name] = 0.0
-        elif node.op == "transfer":
+        elif node.kind is NodeKind.TRANSFER:
             nbytes = sum(s.nbytes for s in node.outputs)
             durations[node.name] = float(cost.transfer(nbytes, node.attrs["src"],
                                                        node.attrs["dst"]))
@@ -95,8 +71,8 @@ def schedule(graph: Graph, machine: Any = None, cost: Any = None) -> DeviceSched
         return durations[task]
 
     def comm(u: str, v: str, p: str, q: str) -> float:
-        src = _side(graph.node(u), producer=True)
-        dst = _side(graph.node(v), producer=False)
+        src = output_device(graph.node(u))
+        dst = input_device(graph.node(v))
         if src == dst:
             return 0.0
         return float(cost.transfer(dag[u][v]["nbytes"], src, dst))
@@ -106,7 +82,7 @@ def schedule(graph: Graph, machine: Any = None, cost: Any = None) -> DeviceSched
     position = {n.name: i for i, n in enumerate(graph.nodes)}
     queues: dict[str, list[str]] = {d.name: [] for d in machine.devices}
     for node in graph.nodes:
-        if node.op != "input":
+        if not node.is_input:
             queues.setdefault(node.device, []).append(node.name)  # type: ignore[arg-type]
     ordered = {d: tuple(sorted(q, key=lambda n: (sched.start[n], position[n])))
                for d, q in queues.items()}
