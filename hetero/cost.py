@@ -118,10 +118,7 @@ class RooflineCost:
             return self.transfer(nbytes, node.attrs["src"], node.attrs["dst"])
         if not _kernel_exists(node, device):
             return math.inf
-        work = _work(node, ins)
-        op_class = registry.lookup(node.op, node).op_class
-        peak = device.peak_flops[op_class]
-        return device.launch_overhead + max(work.flops / peak, work.bytes / device.mem_bandwidth)
+        return device.roofline(_work(node, ins), registry.lookup(node.op, node).op_class)
 
     def transfer(self, nbytes: float, src: Any, dst: Any) -> float:
         """Estimated seconds to make ``nbytes`` produced on ``src`` readable on ``dst``."""

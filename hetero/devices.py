@@ -26,7 +26,7 @@ Every device:
   every class of ``OP_CLASSES``: elementwise matmul conv reduce data norm),
   ``mem_bandwidth`` (B/s), ``launch_overhead`` (s per kernel), ``host_link`` (``Link`` between its
   space and "host"), ``peer_link`` (``Link`` to another GPU of the same machine, or None).
-  ``roofline(cost, op_class)`` -> seconds = launch_overhead + flops/peak + bytes/bandwidth.
+  ``roofline(cost, op_class)`` -> seconds = launch_overhead + max(flops/peak, bytes/bandwidth).
 - ``xp``: the array namespace its kernels get (numpy for "numpy" and "sim", cupy for "cupy").
 - ``empty(spec)`` -> a buffer of this device for a ``TensorSpec``; may raise OutOfMemoryError.
 - ``from_host(ndarray)`` -> a buffer of this device holding a copy (CPU: the array itself),
@@ -268,12 +268,14 @@ class Device:
 
     def roofline(self, cost: Any, op_class: str = "elementwise") -> float:
         """Seconds for work of ``cost`` (``Cost(flops, bytes)``) of ``op_class`` on this device:
-        launch overhead + flops / peak + bytes / bandwidth."""
+        launch overhead + max(flops / peak, bytes / bandwidth), the roofline model. The cost
+        model estimates with it and a simulated GPU paces its kernels to it, so the placer's
+        estimate for a simulated GPU is what that device takes."""
         peak = self.peak_flops.get(op_class)
         if peak is None:
             raise DeviceError(f"{self.name}: unknown op class {op_class!r} "
                               f"(known: {', '.join(OP_CLASSES)})")
-        return self.launch_overhead + cost.flops / peak + cost.bytes / self.mem_bandwidth
+        return self.launch_overhead + max(cost.flops / peak, cost.bytes / self.mem_bandwidth)
 
     def kernel_time(self, op: Any, ins: Sequence[Any], outs: Sequence[Any], attrs: Any) -> float:
         """``roofline`` of one kernel of ``op`` on arrays (or TensorSpecs) ``ins`` -> ``outs``."""
@@ -649,7 +651,7 @@ def _adopt_rates(dev: Device, info: GpuInfo) -> None:
     rates = rates_for(info)
     values: dict[str, Any] = {"host_link": rates["host_link"], "peer_link": rates["peer_link"],
                               "model": info.model,
-                              "info": {**rates["info"], **dict(getattr(dev, "info", {}))}}
+                              "info": {**rates["info"], **dict(dev.info)}}
     if info.card is not None:
         values["peak_flops"] = rates["peak_flops"]
         values["mem_bandwidth"] = rates["mem_bandwidth"]

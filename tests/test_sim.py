@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hetero as ht
+from hetero import ops
 from hetero.backends import array_namespace
 from hetero.backends.sim import SimArray, SimDevice
 from hetero.devices import Machine, SimSpec
@@ -312,3 +313,39 @@ def test_record_wait_respects_every_dependency(program):
             assert position[j] < position[i], (j, i)
         earlier = [j for j in range(i) if program[j][0] == s]
         assert all(position[j] < position[i] for j in earlier)
+
+
+def test_the_placers_estimate_is_the_simulated_duration_for_every_op_class():
+    """One formula (Device.roofline): the roofline cost model's estimate for a node on a
+    simulated GPU equals the duration that GPU paces the node's kernel to, for every op class
+    (compute-bound and memory-bound sizes alike)."""
+    from hetero.cost import RooflineCost, input_specs
+    from hetero.graph import OP_CLASSES
+
+    def model(x, w, image, kernel):
+        m = x @ w                                                # matmul
+        e = ops.relu(m + 1.0)                                   # elementwise
+        r = ops.sum(e, axis=1)                                  # reduce
+        c = ops.conv2d(image, kernel, pads=(1, 1, 1, 1))        # conv
+        t = ops.transpose(e)                                    # data
+        n = ops.layer_norm(m, np.ones(m.shape[-1], F32))        # norm
+        return r, c, t, n
+
+    for n in (8, 512):
+        args = [np.ones((n, n), F32), np.ones((n, n), F32), np.ones((1, 8, n // 4, n // 4), F32),
+                np.ones((16, 8, 3, 3), F32)]
+        graph = ht.function(model).graph(*args)
+        for spec in ("cpu:1,sim:1@h100", "cpu:1,sim:1@t4", "cpu:1,sim:1"):
+            machine = Machine.parse(spec)
+            gpu = machine.device("gpu:0")
+            cost = RooflineCost(machine)
+            seen = set()
+            for node in graph.nodes:
+                if not node.computes:
+                    continue
+                op = lookup(node.op)
+                ins = input_specs(graph, node)
+                simulated = gpu.kernel_time(op, ins, node.outputs, node.attrs)
+                assert cost.compute(node, gpu, ins) == simulated, (spec, node.op)
+                seen.add(op.op_class)
+            assert seen == set(OP_CLASSES)

@@ -20,7 +20,8 @@ another stream's event has passed). The thread starts on first use and exits aft
 ``IDLE_EXIT_S`` idle seconds. Work on different streams overlaps, like CUDA streams.
 
 Time. A kernel's simulated duration is ``Device.roofline(op cost, op class)`` = launch overhead +
-flops / peak + bytes / memory bandwidth; a copy's is the link's ``latency + bytes / bandwidth``.
+max(flops / peak, bytes / memory bandwidth), the very estimate the cost model makes; a copy's is
+the link's ``latency + bytes / bandwidth``.
 The stream really computes (NumPy) and then owes the difference between the simulated and the
 real duration; it sleeps off what it owes before it passes any event (and whenever the debt
 exceeds ``SLEEP_QUANTUM_S``), so events fire no earlier than the simulated timeline says. A device
