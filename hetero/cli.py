@@ -48,7 +48,6 @@ from hetero.errors import HeteroError, ModelError, OutOfMemoryError
 from hetero.function import Function
 from hetero.graph import TensorSpec
 from hetero.ops import registry
-from hetero.passes.optimize import optimize
 from hetero.pipeline import compile_graph, optimize_for
 from hetero.report import fmt_bytes, fmt_time, text_table
 from hetero.version import __version__
@@ -365,7 +364,7 @@ def devices_table(machine: Any) -> str:
         rows.append([d.name, d.kind, d.backend, d.memory_space, fmt_bytes(d.capacity),
                      _rate(p.get("matmul", 0.0)), _rate(p.get("conv", 0.0)),
                      _rate(p.get("elementwise", 0.0)), f"{d.mem_bandwidth / 1e9:.4g} GB/s",
-                     fmt_time(d.launch_overhead), str(getattr(d, "model", "") or "")])
+                     fmt_time(d.launch_overhead), d.model])
     lines = [f"machine {machine.spec}  ({len(machine.cpus())} CPU worker(s), "
              f"{len(machine.gpus())} GPU(s))", ""]
     lines += text_table(["device", "kind", "backend", "memory", "capacity", "matmul/s", "conv/s",
@@ -548,10 +547,11 @@ def _check_writable(path: str) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     machine = _machine(args)
     graph = load_model(args.model, args.input) if args.model else probe_graph()
-    # time the kernels that compile will place: those of the optimized graph (fused
-    # convolutions, folded batch-norms), or the measurements would never be looked up; the
-    # table below needs that graph too
-    graph = optimize(graph)
+    # time the kernels that compile will place: those of the graph optimized as compile
+    # optimizes it for this machine (fused convolutions, folded batch-norms; residual adds and
+    # Winograd on a CPU-only machine), or the measurements would never be looked up; the table
+    # below needs that graph too
+    graph = optimize_for(graph, machine)
     _check_writable(args.cost_file or os.path.join(costs.cache_dir(), "costs.json"))
     cost = costs.MeasuredCost(machine, path=args.cost_file, repeats=args.repeats)
     before = set(cost.history)

@@ -17,8 +17,7 @@ from hetero.cost import MeasuredCost, calibrate_graph
 from hetero.errors import HeteroError
 from hetero.function import Function
 from hetero.graph import Graph
-from hetero.passes.optimize import optimize as optimize_graph
-from hetero.pipeline import compile_graph
+from hetero.pipeline import compile_graph, optimize_for
 from hetero.plan import Plan
 
 __all__ = ["as_graph", "calibrate", "compile"]
@@ -91,5 +90,5 @@ def calibrate(graph: Any, machine: Any, cost: MeasuredCost | None = None,
     graph = as_graph(graph, example_inputs)
     machine = resolve_machine(machine)
     if optimize:
-        graph = optimize_graph(graph)
+        graph = optimize_for(graph, machine)
     return calibrate_graph(graph, machine, cost, progress=progress, devices=devices)

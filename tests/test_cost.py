@@ -227,6 +227,26 @@ def test_calibrate_times_the_optimized_graph_that_compile_places(tmp_path):
     assert not all(cost.has(n, "cpu:0", input_specs(g, n)) for n in raw)
 
 
+def test_calibrate_on_a_cpu_machine_times_the_fused_residual_and_winograd_convs(tmp_path):
+    """On a machine without a GPU compile also fuses residual adds (conv2d_add) and runs large
+    3x3 convolutions as Winograd; calibrate optimizes exactly so, and times those kernels."""
+    rng = np.random.default_rng(0)
+    b = G.Builder("block")
+    x = b.input((1, 128, 12, 12))
+    w1 = b.const((0.05 * rng.standard_normal((128, 128, 3, 3))).astype(np.float32))
+    w2 = b.const((0.05 * rng.standard_normal((128, 128, 1, 1))).astype(np.float32))
+    y = b.op("relu", b.op("conv2d", x, w1, pads=(1, 1, 1, 1)))
+    g = b.build(b.op("relu", b.op("add", b.op("conv2d", y, w2), x)))
+    m = ht.Machine.parse("cpu:1")
+    cost = calibrate(g, m, MeasuredCost(m, path=str(tmp_path / "c.json"), repeats=1),
+                     progress=False)
+    plan = ht.compile(g, m, cost=cost)
+    ops_placed = {n.op for n in plan.graph.nodes if n.computes}
+    assert {"conv2d_add", "conv2d_winograd"} <= ops_placed
+    assert all(cost.has(n, n.device, input_specs(plan.graph, n))
+               for n in plan.graph.nodes if n.computes)
+
+
 def test_observed_times_on_a_simulated_gpu_are_not_recorded(machine, tmp_path):
     cost = MeasuredCost(machine, path=str(tmp_path / "c.json"))
     node, ins = matmul_node(32)
