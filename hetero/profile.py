@@ -153,7 +153,7 @@ class Profile:
             "transfer_s": t_time,
             "transfer_overlap": overlapped / t_time if t_time > 0 else 0.0,
             "measured_makespan": self.makespan,
-            "estimated_makespan": float(getattr(self.plan, "makespan", 0.0)),
+            "estimated_makespan": float(self.plan.makespan),
             "wall": self.wall,
         }
 
@@ -200,7 +200,7 @@ class Profile:
         if node.is_transfer:
             a = node.attrs
             return f"transfer inserted by partition: {a['src']} -> {a['dst']} ({a['kind']})"
-        reasons = getattr(getattr(self.plan, "placement", None), "reason", None) or {}
+        reasons = self.plan.placement.reason
         base = name.split("@", 1)[0]
         r = reasons.get(name) or reasons.get(base)
         return str(r) if r is not None else ""
@@ -208,7 +208,7 @@ class Profile:
     def to_chrome(self) -> dict[str, Any]:
         """The Chrome trace event format as a dict (``save`` writes it as JSON)."""
         graph = self.plan.graph
-        est = getattr(self.plan, "estimates", {}) or {}
+        est = self.plan.estimates
         devices = sorted({s.device for s in self.spans},
                          key=lambda d: (not d.startswith("cpu"), d))
         pid = {d: i + 1 for i, d in enumerate(devices)}

@@ -302,7 +302,7 @@ def _device_json(d: Any, colors: Mapping[str, str]) -> dict[str, Any]:
             "peak_flops": {k: float(v) for k, v in d.peak_flops.items()},
             "mem_bandwidth": float(d.mem_bandwidth),
             "launch_overhead": float(d.launch_overhead),
-            "model": str(getattr(d, "model", "") or ""), "color": colors[d.name]}
+            "model": str(d.model or ""), "color": colors[d.name]}
 
 
 def schema() -> dict[str, Any]:

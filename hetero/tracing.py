@@ -565,10 +565,7 @@ def _move(x: Tensor, target, machine, opname: str, where: str | None) -> Any:
         return x._data
     _guard_transfer(f"{node_label(opname, opname, where)}: implicit copy of {x.spec} from "
                     f"{src.name} to {target.name}")
-    copy = getattr(machine, "copy", None)
-    if copy is not None:
-        return copy(x._data, src, target)
-    return target.from_host(src.to_host(x._data))
+    return machine.copy(x._data, src, target)
 
 
 def tensor_from_host(array: np.ndarray, device: str = "cpu:0") -> Tensor:

@@ -162,7 +162,7 @@ def plan_memory(plan: Any) -> Any:
 
 
 def _estimated_order(plan: Any) -> list[str] | None:
-    est = getattr(plan, "estimates", None) or {}
+    est = plan.estimates
     if not est:
         return None
     pos = {n.name: i for i, n in enumerate(plan.graph.nodes)}

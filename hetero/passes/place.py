@@ -626,7 +626,7 @@ def _over_capacity(ctx: _Context, device: Mapping[str, str], start: Mapping[str,
     capacity, or None."""
     peaks = planned_peaks(ctx.graph, device, start, finish, ctx.machine)
     for dev in ctx.machine.devices:
-        if dev.kind == "cpu" or not getattr(dev, "capacity", 0):
+        if dev.kind == "cpu" or not dev.capacity:
             continue
         peak, who = peaks.get(dev.memory_space, (0.0, ""))
         if peak > dev.capacity:
