@@ -221,11 +221,11 @@ def _parse_tag(tag: Any) -> Threads | None:
 
 def plan_threads(machine: Any, graph: Graph | None = None) -> Threads:
     """The (BLAS, intra-op) threads per CPU worker the executor will choose for a plan of
-    ``graph`` on ``machine`` on an idle host (``hetero.threads.choose``): its host compute
-    threads are the CPU workers and simulated GPUs, and where a CPU may run a splitting kernel (a
-    conv) those kernels get the cores and BLAS one thread. The executor may choose fewer (workers
-    left empty by placement, cores busy elsewhere, a fixed ``blas_threads``); its profiled runs
-    then record under what it chose."""
+    ``graph`` on ``machine`` (``hetero.threads.choose``): BLAS one thread, and where a CPU may
+    run a splitting kernel (a product, a conv) the cores shared out over the host compute threads
+    (the CPU workers and simulated GPUs) as intra-op threads. The executor may choose fewer
+    (workers left empty by placement, a fixed ``blas_threads``); its profiled runs then record
+    under what it chose."""
     workers = sum(1 for d in machine.devices if d.kind == "cpu" or d.backend == "sim")
     splits = graph is not None and any(n.computes and registry.lookup(n.op, n).splits
                                        for n in graph.nodes)
@@ -481,9 +481,7 @@ class MeasuredCost:
         with contextlib.ExitStack() as stack:
             if device.kind == "cpu":
                 blas, intra = self.threads
-                limit = blas_limit(1 if intra > 1 else blas)
-                if limit is not None:
-                    stack.enter_context(limit)
+                stack.enter_context(blas_limit(1 if intra > 1 else blas))
                 stack.enter_context(intra_op(intra))
             device.run_kernel(op, arrays, node.attrs, outs)  # warm-up: caches, lazy init
             times = []

@@ -61,18 +61,14 @@ Policy
       stream, and raises ``ExecutionError`` naming the node, op, device and source line. A
       KeyboardInterrupt (in the calling thread or raised by a kernel) takes the same path and is
       re-raised. Afterwards no thread of the run is alive and the plan can run again.
-    * BLAS threads: while a run uses ``w`` host compute threads (CPU workers plus simulated GPUs,
-      whose kernels run on the host), BLAS is limited to ``free // w`` threads (threadpoolctl),
-      so workers x BLAS threads <= cores. ``free`` is the cores less those that other processes
-      keep busy when the plan is loaded (``busy_elsewhere``): multithreaded OpenBLAS on an
-      oversubscribed host slows down 20-100x, waiting on descheduled helper threads. On an idle
-      host a plan with one worker keeps every BLAS thread. The count is fixed per Executor, so
-      its runs are bit-for-bit repeatable (``Executor(plan, blas_threads=n)`` fixes it).
-    * Intra-op threads: when a plan with convolutions (ops whose registry entry ``splits``) leaves
-      cores over per CPU worker (a chain: one worker), those kernels split their own work over
-      ``cores // w`` threads (``intra_op_threads``) and BLAS runs one thread: the pieces are
-      handed out dynamically, so a core that other processes hold costs at most a piece, where
-      OpenBLAS's threads wait for each other (which is why BLAS is cut to the free cores).
+    * Threads (``hetero.threads``): BLAS runs one thread during a run (``blas_limit``, shared
+      with every other run of the process). With ``w`` host compute threads (CPU workers plus
+      simulated GPUs, whose kernels run on the host), a CPU worker's splitting kernels (ops
+      whose registry entry ``splits``: products and convolutions) cut their work into
+      shape-determined pieces run on ``cores // w`` intra-op threads, set in each worker thread
+      itself. So results are the same bits whatever the thread counts, the machine's load, or
+      the other plans running in the process. ``Executor(plan, blas_threads=n)`` fixes another
+      BLAS count (and no intra-op threads, unless given too).
 
 Synchronous mode (``run(..., sync=True)``)
     Runs every node on the calling thread, one at a time, on its device, in one order that
@@ -83,6 +79,7 @@ Synchronous mode (``run(..., sync=True)``)
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import warnings
@@ -147,12 +144,13 @@ class GpuStep(NamedTuple):
 class _Run:
     """Shared state of one run; ``fail`` is the only writer once the threads are started."""
 
-    __slots__ = ("aborted", "error", "lock", "flags", "events", "trace", "keep")
+    __slots__ = ("aborted", "error", "lock", "flags", "events", "trace", "keep", "intra")
 
     def __init__(self, flags: list[threading.Event], nevents: int, trace: bool,
-                 keep: bool = False) -> None:
+                 keep: bool = False, intra: int = 1) -> None:
         self.aborted = False
         self.keep = keep  # outputs="device": outputs computed on a GPU stay there
+        self.intra = intra  # intra-op threads of the CPU workers' splitting kernels
         self.error: tuple[BaseException, Node | None, str] | None = None
         self.lock = threading.Lock()
         self.flags = flags
@@ -450,12 +448,12 @@ class Executor:
             raise HeteroError(f"outputs must be 'host' or 'device', got {outputs!r}")
         arrays = check_inputs(self.graph, inputs)
         with self._run_lock:  # one run at a time: runs share the arenas
-            run = _Run(self._flags, len(self._event_slot), profile, outputs == "device")
-            limit = self._blas_limit()
-            if limit is not None:
-                limit.__enter__()
-            intra = threads.intra_op(self._intra)
-            intra.__enter__()
+            run = _Run(self._flags, len(self._event_slot), profile, outputs == "device",
+                       self._intra)
+            # sync mode keeps the same limits, so that it computes what the concurrent run does
+            limits = contextlib.ExitStack()
+            limits.enter_context(threads.blas_limit(self._blas))
+            limits.enter_context(threads.intra_op(self._intra))
             try:
                 self._bind(arrays, keep=outputs == "device")
                 bases = self._time_bases() if profile else {}
@@ -468,9 +466,7 @@ class Executor:
                 _resolve_times(run, bases)
                 result = self._collect(arrays, outputs)
             finally:
-                intra.__exit__(None, None, None)
-                if limit is not None:
-                    limit.__exit__(None, None, None)
+                limits.close()
                 self._unbind()
         if not profile:
             return result
@@ -590,26 +586,19 @@ class Executor:
 
     @property
     def blas_threads(self) -> int:
-        """BLAS threads per worker during every run of this executor (fixed at load, so that
-        runs are bit-for-bit repeatable: BLAS results depend on how many threads split a
-        product)."""
+        """BLAS threads during every run of this executor: one, unless the caller fixed another
+        count (``hetero.threads``: products split themselves over the intra-op threads)."""
         return self._blas
 
     def _choose_threads(self) -> threads.Threads:
-        """The thread policy of this plan's runs (``hetero.threads.choose``): cores that other
-        processes keep busy when the plan is loaded are left out of BLAS's share, because
-        multithreaded OpenBLAS on an oversubscribed host waits on its descheduled helper threads
-        (measured: a 5 ms CNN took 250-800 ms per run next to two busy processes on 2 cores, and
-        12 ms with one BLAS thread); splitting kernels on a CPU worker get intra-op threads."""
-        host = self._host_compute
-        busy = 0
-        if self._fixed_blas is None and threads.blas_threads(host) > 1:
-            busy = threads.busy_cores()
+        """The thread policy of this plan's runs (``hetero.threads.choose``): BLAS one thread,
+        and the cores shared out over the host compute threads as intra-op threads of the
+        splitting kernels that CPU workers run."""
         splits = any(lookup(self.graph.node(name).op).splits
                      for th in self._threads if th.device.kind == "cpu"
                      for name in self.plan.queues[th.device.name]
                      if self.graph.node(name).kind is NodeKind.COMPUTE)
-        return threads.choose(host, splits, busy=busy, fixed_blas=self._fixed_blas,
+        return threads.choose(self._host_compute, splits, fixed_blas=self._fixed_blas,
                               fixed_intra=self._fixed_intra)
 
     @property
@@ -628,10 +617,6 @@ class Executor:
                 ev.synchronize()
                 bases[d.name] = (ev, time.perf_counter())
         return bases
-
-    def _blas_limit(self) -> Any:
-        # sync mode keeps the same limit, so that it computes what the concurrent run computes
-        return threads.blas_limit(self._blas)
 
     def _synchronize_streams(self, run: _Run) -> None:
         """Wait for every stream this plan uses; a stream's own error becomes the run's."""
@@ -821,7 +806,8 @@ def _thread_main(loop: Any, th: _Thread, run: _Run, begun: threading.Event,
                  done: threading.Event) -> None:
     begun.set()
     try:
-        loop(th, run)
+        with threads.intra_op(run.intra):  # the setting is each thread's own
+            loop(th, run)
     finally:
         done.set()
 

@@ -1,8 +1,10 @@
 """The sequential reference executor: the simplest correct way to run a Graph.
 
 Every node runs in graph order on the host with the NumPy kernel of its op, each output in a fresh
-buffer. Device annotations are ignored and ``transfer`` nodes are copies. Every other executor must
-produce what this one produces.
+buffer, on the calling thread, with BLAS at one thread (``hetero.threads``: the condition every
+run computes under; a splitting kernel runs its pieces in turn). Device annotations are ignored
+and ``transfer`` nodes are copies. Every other executor must produce what this one produces, bit
+for bit on the CPU.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from hetero.errors import ExecutionError, HeteroError, ShapeError
 from hetero.graph import Graph, TensorSpec
 from hetero.ops.registry import lookup
+from hetero.threads import blas_limit
 
 
 def check_inputs(graph: Graph, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -35,6 +38,12 @@ def check_inputs(graph: Graph, inputs: Sequence[np.ndarray]) -> list[np.ndarray]
 def run(graph: Graph, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Run ``graph`` on ``inputs`` and return its outputs as NumPy arrays."""
     arrays = check_inputs(graph, inputs)
+    with blas_limit(1):
+        env = _run(graph, arrays)
+    return [np.array(env[v.node][v.index], copy=True) for v in graph.outputs]
+
+
+def _run(graph: Graph, arrays: list[np.ndarray]) -> dict[str, tuple[np.ndarray, ...]]:
     env: dict[str, tuple[np.ndarray, ...]] = dict(
         zip(graph.inputs, ((a,) for a in arrays))
     )
@@ -57,4 +66,4 @@ def run(graph: Graph, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
             raise ExecutionError(f"{node.label} failed on the reference executor: "
                                  f"{type(exc).__name__}: {exc}") from exc
         env[node.name] = outs
-    return [np.array(env[v.node][v.index], copy=True) for v in graph.outputs]
+    return env

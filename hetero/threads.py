@@ -1,25 +1,32 @@
 """The CPU thread policy: cores, BLAS thread limits and the intra-op pool, in one place.
 
 Every stage that cares how many threads a CPU kernel uses asks this module: the executor (how many
-BLAS and intra-op threads a plan's runs get), the measured cost model (under which condition a
-kernel was timed) and the kernels themselves (how many pieces a convolution may run at once).
+threads a plan's runs get), the measured cost model (under which condition a kernel was timed) and
+the kernels themselves (how many pieces a convolution or a product may run at once).
 
 Policy (``choose``)
-    A run uses ``w`` host compute threads (CPU workers plus simulated GPUs, whose kernels run on
-    the host). BLAS gets ``free // w`` threads (threadpoolctl), so workers x BLAS threads <= cores;
-    ``free`` is the cores less those that other processes keep busy when a plan is loaded
-    (``busy_elsewhere``): multithreaded OpenBLAS on an oversubscribed host slows down 20-100x,
-    waiting on descheduled helper threads. When a CPU worker runs a splitting kernel (an op whose
-    registry entry has ``splits``: convolutions, large GEMMs), those kernels cut their own work
-    over ``cores // w`` intra-op threads instead and BLAS runs one thread: the pieces are handed
-    out dynamically, so a core that other processes hold costs at most a piece, where OpenBLAS's
-    threads wait for each other at a barrier.
+    BLAS runs one thread. A run's ``w`` host compute threads (CPU workers plus simulated GPUs,
+    whose kernels run on the host) share the cores, and a CPU worker's heavy kernels (ops whose
+    registry entry ``splits``: products, convolutions) cut their own work into pieces that
+    ``cores // w`` intra-op threads take in turn. The cut depends on the shapes only, never on
+    the thread count, so a result is the same bits whatever ran it: one thread or four, this plan
+    alone or next to others, on an idle host or a loaded one. Nothing here is a process-wide
+    setting one run could change under another: the intra-op count is the running thread's own
+    (``intra_op``), and every run wants BLAS at one thread (``blas_limit``). Pieces are handed
+    out dynamically, so a core that other processes hold costs at most a piece, where
+    multithreaded OpenBLAS waits at a barrier for its descheduled helper threads (measured: a
+    5 ms CNN took 250-800 ms per run next to two busy processes on 2 cores).
+
+BLAS limits (``blas_limit``)
+    The BLAS thread count is process-wide, so runs share one limit: the first run that enters
+    sets it, the last one to leave restores it. A run that asks for another count (an executor
+    given ``blas_threads``) waits until the runs under the current count are done, so no run ever
+    computes under a count it did not ask for.
 
 Intra-op pool (``intra_op``, ``parallel_for``)
-    ``intra_op(threads)`` lets splitting kernels use ``threads`` threads meanwhile;
-    ``parallel_for(count, fn)`` hands the pieces ``fn(0) .. fn(count - 1)`` to the calling thread
-    and persistent helper threads. The cut is the kernel's, made from shapes only, so results do
-    not depend on how many threads ran the pieces.
+    ``intra_op(threads)`` lets the splitting kernels the calling thread runs use ``threads``
+    threads meanwhile; ``parallel_for(count, fn)`` hands the pieces ``fn(0) .. fn(count - 1)`` to
+    the calling thread and persistent helper threads (shared by every run of the process).
 """
 
 from __future__ import annotations
@@ -33,8 +40,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
-__all__ = ["Threads", "blas_limit", "blas_threads", "busy_elsewhere", "choose", "cpu_cores",
-           "intra_op", "intra_op_threads", "parallel_for"]
+__all__ = ["Threads", "blas_limit", "choose", "cores_per_worker", "cpu_cores", "intra_op",
+           "intra_op_threads", "parallel_for"]
 
 
 def cpu_cores() -> int:
@@ -56,119 +63,114 @@ class Threads(NamedTuple):
     intra: int
 
 
-def blas_threads(workers: int, cores: int | None = None, busy: int = 0) -> int:
-    """BLAS threads per worker so that workers x BLAS threads <= the cores not ``busy`` with
-    other processes' threads (at least one)."""
-    cores = cores or cpu_cores()
-    free = max(1, cores - max(0, busy))
-    return max(1, min(cores, free) // max(1, workers))
+def cores_per_worker(workers: int, cores: int | None = None) -> int:
+    """The cores each of ``workers`` host compute threads may use (at least one)."""
+    return max(1, (cores or cpu_cores()) // max(1, workers))
 
 
-def choose(host_compute: int, splits: bool, *, busy: int = 0, fixed_blas: int | None = None,
+def choose(host_compute: int, splits: bool, *, fixed_blas: int | None = None,
            fixed_intra: int | None = None, cores: int | None = None) -> Threads:
     """The (BLAS, intra-op) threads per worker of a run with ``host_compute`` host compute
-    threads, ``splits`` telling whether a CPU worker runs a splitting kernel, ``busy`` cores held
-    by other processes. A fixed BLAS count (the caller's) turns intra-op splitting off unless
-    ``fixed_intra`` is given too; above one intra-op thread, BLAS runs one."""
-    cores = cores or cpu_cores()
+    threads, ``splits`` telling whether a CPU worker runs a splitting kernel (see the module
+    docstring). A caller's fixed BLAS count turns intra-op splitting off unless ``fixed_intra``
+    is given too; above one intra-op thread, BLAS runs one."""
     if fixed_blas is not None:
         blas = max(1, int(fixed_blas))
-    else:
-        blas = blas_threads(host_compute, cores, busy)
+        intra = 1 if fixed_intra is None else max(1, int(fixed_intra))
+        return Threads(1 if intra > 1 else blas, intra)
     if fixed_intra is not None:
-        intra = max(1, int(fixed_intra))
-    elif fixed_blas is not None or not splits:
-        intra = 1
-    else:
-        intra = blas_threads(host_compute, cores)
-    return Threads(1 if intra > 1 else blas, intra)
-
-
-def _runnable_threads(path: str) -> int:
-    with open(path, "rb") as f:
-        data = f.read()
-    return 1 if data[data.rfind(b")") + 2:data.rfind(b")") + 3] == b"R" else 0
-
-
-def busy_elsewhere(samples: int = 3, gap_s: float = 5e-4) -> int:
-    """Threads of other processes running or ready to run (Linux ``/proc``; 0 where it cannot
-    tell): the median of a few samples of the system's runnable count less this process's own.
-    """
-    counts = []
-    for k in range(samples):
-        if k:
-            time.sleep(gap_s)
-        try:
-            with open("/proc/loadavg") as f:
-                running = int(f.read().split()[3].split("/")[0])
-            own = 0
-            for tid in os.listdir("/proc/self/task"):
-                try:
-                    own += _runnable_threads(f"/proc/self/task/{tid}/stat")
-                except OSError:  # the thread ended meanwhile
-                    pass
-        except (OSError, ValueError, IndexError):
-            return 0
-        counts.append(max(0, running - own))
-    counts.sort()
-    return counts[len(counts) // 2]
-
-
-def busy_cores() -> int:
-    """``busy_elsewhere`` shared out over the cores this process may use (``/proc/loadavg``
-    counts every CPU of the host)."""
-    cores = cpu_cores()
-    busy = busy_elsewhere() * cores / max(cores, os.cpu_count() or cores)
-    return int(busy + 0.5)
+        return Threads(1, max(1, int(fixed_intra)))
+    return Threads(1, cores_per_worker(host_compute, cores) if splits else 1)
 
 
 # ----------------------------------------------------------------------------------------------
 # BLAS limits
 
 _controller: Any = None
+_lease = threading.Condition()
+_lease_threads = 0  # the BLAS thread count of the runs now inside blas_limit (0: none)
+_lease_holders = 0
+_lease_limit: Any = None  # threadpoolctl's limiter while a lease holds, to restore at the end
 
 
-def blas_limit(threads: int) -> Any:
-    """A context manager that limits BLAS to ``threads`` (threadpoolctl), or None if BLAS
-    already uses no more."""
+def _blas_controller() -> Any:
     global _controller
-    try:
-        if _controller is None:
-            from threadpoolctl import ThreadpoolController
+    if _controller is None:
+        from threadpoolctl import ThreadpoolController
 
-            _controller = ThreadpoolController()
-        current = max((i["num_threads"] for i in _controller.info()
-                       if i["user_api"] == "blas"), default=0)
-    except Exception:  # threadpoolctl cannot see this BLAS: nothing to coordinate
-        return None
-    if current <= threads:
-        return None
-    return _controller.limit(limits=threads, user_api="blas")
+        _controller = ThreadpoolController()
+    return _controller
+
+
+def _release_openblas_control() -> None:
+    """threadpoolctl (3.8 and later) lets only one thread, the first to set a limit, change a
+    pthreads OpenBLAS's process-wide count, and silently ignores the others; the lease below is
+    that coordination already, so whichever thread opens or closes it must be able to set."""
+    try:
+        from threadpoolctl import OpenBLASController
+    except ImportError:  # pragma: no cover - threadpoolctl without that class
+        return
+    clear = getattr(OpenBLASController, "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+
+
+@contextmanager
+def blas_limit(threads: int) -> Iterator[None]:
+    """BLAS limited to ``threads`` meanwhile (threadpoolctl), shared by every run of the process
+    that asks for the same count; a run asking for another count waits until those are done
+    (see the module docstring)."""
+    global _lease_threads, _lease_holders, _lease_limit
+    threads = max(1, int(threads))
+    with _lease:
+        while _lease_holders and _lease_threads != threads:
+            _lease.wait()
+        if _lease_holders == 0:
+            _lease_threads = threads
+            try:
+                _release_openblas_control()
+                _lease_limit = _blas_controller().limit(limits=threads, user_api="blas")
+            except Exception:  # threadpoolctl cannot see this BLAS: nothing to coordinate
+                _lease_limit = None
+        _lease_holders += 1
+    try:
+        yield
+    finally:
+        with _lease:
+            _lease_holders -= 1
+            if _lease_holders == 0:
+                if _lease_limit is not None:
+                    _release_openblas_control()
+                    _lease_limit.restore_original_limits()
+                    _release_openblas_control()
+                _lease_limit, _lease_threads = None, 0
+                _lease.notify_all()
 
 
 # ----------------------------------------------------------------------------------------------
 # The intra-op pool
 
-_intra = 1  # threads a splitting kernel may use; set by the executor through intra_op()
+_local = threading.local()  # .intra: threads the splitting kernels of this thread may use
 _helpers: list[threading.Thread] = []
 _jobs: queue.SimpleQueue = queue.SimpleQueue()
 _helpers_lock = threading.Lock()
 
 
 def intra_op_threads() -> int:
-    """Threads a splitting kernel uses now (1 outside an executor run that sets more)."""
-    return _intra
+    """Threads a splitting kernel run by this thread uses now (1 outside a run that sets more)."""
+    return getattr(_local, "intra", 1)
 
 
 @contextmanager
 def intra_op(threads: int) -> Iterator[None]:
-    """Let splitting kernels use ``threads`` threads (the caller's plus helpers) meanwhile."""
-    global _intra
-    before, _intra = _intra, max(1, int(threads))
+    """Let the splitting kernels this thread runs use ``threads`` threads (this one plus
+    helpers) meanwhile."""
+    before = intra_op_threads()
+    _local.intra = max(1, int(threads))
     try:
         yield
     finally:
-        _intra = before
+        _local.intra = before
 
 
 class _Job:
@@ -227,7 +229,7 @@ def parallel_for(count: int, fn: Callable[[int], Any], threads: int | None = Non
     ``intra_op_threads()``): the calling thread and persistent helper threads take pieces as they
     come free, so a helper that gets no core leaves its pieces to the others. Re-raises the
     first exception of any piece."""
-    threads = min(count, _intra if threads is None else threads)
+    threads = min(count, intra_op_threads() if threads is None else threads)
     if threads <= 1:
         for i in range(count):
             fn(i)

@@ -227,14 +227,14 @@ def test_compile_looks_up_the_measured_times_of_its_plans_thread_policy(monkeypa
     from hetero.cost import MeasuredCost, input_specs, plan_threads
 
     monkeypatch.setattr("hetero.threads.cpu_cores", lambda: 4)
-    g = G.tiny_ops(n=2)
+    g = G.matmul_chain(n=64, depth=2)  # products split over the intra-op threads
     cost = MeasuredCost(ht.Machine.parse("cpu:4"), path=str(tmp_path / "c.json"))
     plan = compile(g, "cpu:1", cost=cost, optimize=False)
-    kernels = [n for n in plan.graph.nodes if n.op not in ("input", "constant", "transfer")]
-    for threads, seconds in (((4, 1), 1e-3), ((2, 1), 2e-3), ((1, 1), 3e-3)):
+    kernels = [n for n in plan.graph.nodes if n.computes]
+    for threads, seconds in (((1, 4), 1e-3), ((1, 2), 2e-3), ((1, 1), 3e-3)):
         for n in kernels:
             cost.record(n, "cpu:0", seconds, input_specs(plan.graph, n), threads=threads)
-    for spec, threads, seconds in (("cpu:1", (4, 1), 1e-3), ("cpu:2", (2, 1), 2e-3),
+    for spec, threads, seconds in (("cpu:1", (1, 4), 1e-3), ("cpu:2", (1, 2), 2e-3),
                                    ("cpu:4", (1, 1), 3e-3)):
         m = ht.Machine.parse(spec)
         plan = compile(g, m, cost=cost, optimize=False)

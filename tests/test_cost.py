@@ -361,11 +361,14 @@ def test_old_cache_files_still_load(machine, tmp_path):
 
 def test_plan_threads_follow_the_executor_policy(monkeypatch):
     monkeypatch.setattr("hetero.threads.cpu_cores", lambda: 4)
-    chain = G.tiny_ops(n=2)
-    assert plan_threads(ht.Machine.parse("cpu:1"), chain) == (4, 1)
-    assert plan_threads(ht.Machine.parse("cpu:2"), chain) == (2, 1)
-    assert plan_threads(ht.Machine.parse("cpu:2,sim:1"), chain) == (1, 1)  # 3 host threads
-    assert plan_threads(ht.Machine.parse("cpu:1"), G.cnn()) == (1, 4)  # convs split instead
+    tiny = G.tiny_ops(n=2)  # nothing splits: one BLAS thread, no intra-op threads
+    assert plan_threads(ht.Machine.parse("cpu:1"), tiny) == (1, 1)
+    assert plan_threads(ht.Machine.parse("cpu:2"), tiny) == (1, 1)
+    products = G.matmul_chain(n=64, depth=2)
+    assert plan_threads(ht.Machine.parse("cpu:1"), products) == (1, 4)
+    assert plan_threads(ht.Machine.parse("cpu:2"), products) == (1, 2)
+    assert plan_threads(ht.Machine.parse("cpu:2,sim:1"), products) == (1, 1)  # 3 host threads
+    assert plan_threads(ht.Machine.parse("cpu:1"), G.cnn()) == (1, 4)
     assert plan_threads(ht.Machine.parse("cpu:4"), G.cnn()) == (1, 1)
 
 

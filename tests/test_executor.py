@@ -19,7 +19,7 @@ from hetero.executor import Executor
 from hetero.graph import Graph
 from hetero.ops import registry
 from hetero.pipeline import default_cpu_workers
-from hetero.threads import blas_threads
+from hetero.threads import cores_per_worker
 from tests.graphs import Builder, cnn, inputs_for, mlp, parallel_branches, tiny_ops
 from tests.test_memory import make_plan, random_placement
 
@@ -421,38 +421,30 @@ def test_default_cpu_workers_follows_the_graphs_parallelism():
     assert default_cpu_workers(b.build(b.op("add_n", *branches)), cores=4) == 1
 
 
-def test_blas_threads_never_oversubscribe():
+def test_cores_per_worker_never_oversubscribe():
     for cores in (1, 2, 8, 16):
         for workers in range(1, 10):
-            t = blas_threads(workers, cores)
+            t = cores_per_worker(workers, cores)
             assert t >= 1
             assert workers * t <= max(cores, workers)
 
 
-def test_blas_threads_leave_out_cores_busy_elsewhere(monkeypatch):
-    """Other processes' runnable threads take cores away from BLAS; a single worker on an idle
-    host keeps every core; the choice is fixed per Executor (runs repeat bit for bit)."""
-    from hetero import threads as executor
+def test_the_thread_policy_is_blas_one_thread_and_intra_op_pieces(monkeypatch):
+    """Every run computes with BLAS at one thread; a CPU worker's products and convolutions
+    split over the cores it has (so results never depend on thread counts or load); a caller's
+    fixed BLAS count is kept."""
+    from hetero import threads
 
-    assert blas_threads(1, 8, busy=3) == 5 and blas_threads(2, 8, busy=3) == 2
-    assert blas_threads(1, 2, busy=5) == 1 and blas_threads(1, 4, busy=0) == 4
-    assert executor.busy_elsewhere() >= 0
+    monkeypatch.setattr(threads, "cpu_cores", lambda: 4)
     g = mlp(batch=4, sizes=(8, 8, 4))
-    plan = make_plan(g, Machine.parse("cpu:1"), lambda n: "cpu:0")
-    monkeypatch.setattr(executor, "cpu_cores", lambda: 4)
-    monkeypatch.setattr(executor.os, "cpu_count", lambda: 4)
-    monkeypatch.setattr(executor, "busy_elsewhere", lambda: 0)
-    assert Executor(plan).blas_threads == 4
-    monkeypatch.setattr(executor, "busy_elsewhere", lambda: 3)
-    busy = Executor(plan)
-    assert busy.blas_threads == 1
-    monkeypatch.setattr(executor, "busy_elsewhere", lambda: 0)
-    assert busy.blas_threads == 1  # fixed at load
-    assert Executor(plan, blas_threads=2).blas_threads == 2
-    # a 64-CPU host whose load is spread over all of them leaves our 4 cores mostly free
-    monkeypatch.setattr(executor.os, "cpu_count", lambda: 64)
-    monkeypatch.setattr(executor, "busy_elsewhere", lambda: 16)
-    assert Executor(plan).blas_threads == 3
+    one = Executor(make_plan(g, Machine.parse("cpu:1"), lambda n: "cpu:0"))
+    assert (one.blas_threads, one.intra_op_threads) == (1, 4)
+    two = Executor(make_plan(g, Machine.parse("cpu:2"), random_placement(1, ("cpu:0", "cpu:1"))))
+    assert (two.blas_threads, two.intra_op_threads) == (1, 2)
+    tiny = Executor(make_plan(tiny_ops(3), Machine.parse("cpu:1"), lambda n: "cpu:0"))
+    assert (tiny.blas_threads, tiny.intra_op_threads) == (1, 1)  # nothing splits
+    fixed = Executor(make_plan(g, Machine.parse("cpu:1"), lambda n: "cpu:0"), blas_threads=2)
+    assert (fixed.blas_threads, fixed.intra_op_threads) == (2, 1)
 
 
 def _blas_threads_seen_by_relu(monkeypatch) -> list[int]:
@@ -472,11 +464,8 @@ def _blas_threads_seen_by_relu(monkeypatch) -> list[int]:
     return seen
 
 
-def test_a_busy_host_limits_blas_for_a_single_worker(monkeypatch):
-    from hetero import threads as executor
-
+def test_every_run_computes_with_one_blas_thread(monkeypatch):
     seen = _blas_threads_seen_by_relu(monkeypatch)
-    monkeypatch.setattr(executor, "busy_elsewhere", lambda: 64)
     g = mlp(batch=4, sizes=(8, 8, 4))
     Executor(make_plan(g, Machine.parse("cpu:1"), lambda n: "cpu:0")).run(inputs_for(g))
     assert seen == [1]
@@ -487,7 +476,7 @@ def test_blas_is_limited_while_several_workers_run(monkeypatch):
     g = mlp(batch=4, sizes=(8, 8, 8, 4))
     machine = Machine.parse("cpu:2")
     Executor(make_plan(g, machine, random_placement(1, ("cpu:0", "cpu:1")))).run(inputs_for(g))
-    assert seen and max(seen) <= blas_threads(2)
+    assert seen and max(seen) == 1
 
 
 def test_a_plan_that_would_deadlock_is_refused_at_load():
@@ -521,3 +510,77 @@ def test_host_allocations_past_memory_are_out_of_memory_errors():
         plan.run(x)
     with pytest.raises(ht.OutOfMemoryError, match="host arena"):
         ht.compile(ht.function(middle).graph(x), machine="cpu:2").run(x)
+
+
+def test_two_plans_running_at_once_are_bit_exact():
+    """A server runs many plans at once: a convolution plan and a product plan run from two
+    threads, many times over, and every result equals the plan's result when run alone; the
+    thread settings are those of each run, and nothing is left changed afterwards."""
+    from threadpoolctl import threadpool_info
+
+    from hetero import threads
+
+    def blas():
+        return max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"),
+                   default=1)
+
+    before = blas()
+    conv, dense = cnn(batch=2, channels=(3, 16, 32), hw=24), mlp(batch=32, sizes=(512, 512, 64))
+    plans = [make_plan(conv, Machine.parse("cpu:1"), lambda n: "cpu:0"),
+             make_plan(dense, Machine.parse("cpu:1"), lambda n: "cpu:0")]
+    inputs = [inputs_for(conv), inputs_for(dense)]
+    alone = [Executor(p).run(xs) for p, xs in zip(plans, inputs)]
+    executors = [Executor(p) for p in plans]
+    bad: list[str] = []
+
+    def hammer(k: int) -> None:
+        for _ in range(25):
+            for got, want in zip(executors[k].run(inputs[k]), alone[k]):
+                if not np.array_equal(got, want):
+                    bad.append(f"plan {k}")
+
+    workers = [threading.Thread(target=hammer, args=(k,)) for k in (0, 1, 0, 1)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in workers) and bad == []
+    assert threads.intra_op_threads() == 1 and blas() == before
+
+
+def test_runs_asking_for_other_blas_counts_take_turns():
+    """BLAS's thread count is process-wide: while runs hold one count, a run asking for another
+    waits, so no run computes under a count it did not ask for."""
+    from threadpoolctl import threadpool_info
+
+    from hetero import threads
+
+    def blas():
+        return max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"),
+                   default=1)
+
+    inside = threading.Event()
+    release = threading.Event()
+    seen = []
+
+    def hold():
+        with threads.blas_limit(1):
+            inside.set()
+            release.wait(10)
+            seen.append(("one", blas()))
+
+    def other():
+        with threads.blas_limit(2):
+            seen.append(("two", blas()))
+
+    t1 = threading.Thread(target=hold)
+    t1.start()
+    inside.wait(10)
+    t2 = threading.Thread(target=other)
+    t2.start()
+    t2.join(0.2)
+    assert t2.is_alive()  # waits for the runs under one thread
+    release.set()
+    t1.join(10)
+    t2.join(10)
+    assert seen[0] == ("one", 1) and seen[1][0] == "two"

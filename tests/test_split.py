@@ -291,9 +291,9 @@ def test_intra_op_threads_policy(monkeypatch):
     assert Executor(one).intra_op_threads == 4
     assert Executor(one, blas_threads=2).intra_op_threads == 1  # the caller chose BLAS threads
     assert Executor(one, intra_op_threads=3).intra_op_threads == 3
-    dense = mlp(batch=4, sizes=(8, 8, 4))  # no convolution: BLAS keeps its threads
+    dense = mlp(batch=4, sizes=(8, 8, 4))  # products split too
     plain = Executor(make_plan(dense, Machine.parse("cpu:1"), lambda n: "cpu:0"))
-    assert plain.intra_op_threads == 1
+    assert (plain.intra_op_threads, plain.blas_threads) == (4, 1)
     two = make_plan(conv, Machine.parse("cpu:2"),
                     lambda n: "cpu:1" if n.op == "conv2d" else "cpu:0")
     assert Executor(two).intra_op_threads == 2  # 4 cores over 2 workers

@@ -3,12 +3,21 @@
 Both kernels call ``xp.matmul(..., out=)`` so the BLAS (or cuBLAS) writes straight into the
 preallocated output; transposes are strided views, never copies made here. ``gemm`` applies
 ``alpha`` and adds ``beta * c`` in place on the output, skipping the passes for ``alpha == 1``,
-``beta == 1`` and a missing ``c``. On the CPU a large ``gemm`` (a CNN's fully connected layer)
-is cut into column bands that ``hetero.threads.parallel_for`` runs on the intra-op threads the
-executor grants (see hetero/ops/nn.py); the cut depends on the shapes only.
+``beta == 1`` and a missing ``c``.
+
+On the CPU a large product is cut into pieces that ``hetero.threads.parallel_for`` runs on the
+intra-op threads the executor grants, each one single-threaded GEMM writing its own slice of the
+output (``_pieces``): bands of output columns where the product is wide (a fully connected
+layer's features, a transformer's projections), bands of rows where it is tall, slices of the
+batch of a batched product. A Linear layer on a 3-D input, ``(B, S, K) @ (K, N)``, is one
+``(B*S, K) @ (K, N)`` product. The cut depends on the shapes only, so the result does not depend
+on how many threads ran it, and band edges fall on multiples of 64 columns or 16 rows, where
+OpenBLAS computes every element as the whole product does.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -58,14 +67,6 @@ def _matmul_cost(ins, outs, attrs):
                 bytes=float(ins[0].nbytes + ins[1].nbytes + outs[0].nbytes))
 
 
-def _matmul_kernel(xp, ins, attrs, outs):
-    xp.matmul(ins[0], ins[1], out=outs[0])
-
-
-register(Op("matmul", _matmul_infer, _matmul_kernel, arity=(2, 2), cost=_matmul_cost,
-            op_class="matmul", doc="matrix product with NumPy semantics (batched, broadcast)"))
-
-
 def _gemm_infer(ins, attrs):
     a, b = ins[0], ins[1]
     dtype = same_dtype(ins, "the inputs of gemm")
@@ -103,10 +104,70 @@ def _gemm_cost(ins, outs, attrs):
                 bytes=float(sum(s.nbytes for s in ins) + outs[0].nbytes))
 
 
-#: A gemm is cut into column bands of at least this many output columns (see ``_gemm_kernel``).
-GEMM_MIN_COLUMNS = 256
-#: Band edges fall on multiples of this many columns.
+#: A product is cut into column bands of at least this many output columns, or row bands of at
+#: least ``GEMM_MIN_ROWS`` rows, and only when it has at least ``nn.SPLIT_MIN_FLOPS``.
+GEMM_MIN_COLUMNS = 128
+GEMM_MIN_ROWS = 64
+#: Band edges fall on multiples of these.
 GEMM_BAND_ALIGN = 64
+GEMM_ROW_ALIGN = 16
+
+
+def _edges(size: int, bands: int, align: int) -> list[int]:
+    return [0, *(i * size // bands // align * align for i in range(1, bands)), size]
+
+
+def _pieces(a, b, out) -> list[tuple[Any, Any, Any, tuple[slice, ...]]] | None:
+    """The product ``out = a @ b`` (NumPy, float) cut into ``(a piece, b piece, out piece,
+    index)`` by the shapes alone (see the module docstring), or None to run it whole."""
+    if out.dtype.kind != "f" or a.ndim == 0 or b.ndim == 0 or out.size == 0:
+        return None
+    k = a.shape[-1]
+    if 2.0 * out.size * k < nn.SPLIT_MIN_FLOPS:
+        return None
+    if a.ndim > 2 and b.ndim == 2 and out.flags.c_contiguous:
+        rows = a.reshape(-1, k)  # a view when a is contiguous; a copy is worth the split
+        return _pieces(rows, b, out.reshape(-1, out.shape[-1]))
+    if out.ndim > 2:  # a batch of products: slices of the leading axis
+        bands = min(nn.SPLIT_MAX_PIECES, out.shape[0])
+        if bands < 2:
+            return None
+        edges = _edges(out.shape[0], bands, 1)
+        lead = [slice(edges[i], edges[i + 1]) for i in range(bands)]
+
+        def part(x, s):
+            return x[s] if x.ndim == out.ndim and x.shape[0] == out.shape[0] else x
+
+        return [(part(a, s), part(b, s), out[s], (s,)) for s in lead]
+    if a.ndim != 2 or b.ndim != 2:
+        return None
+    m, n = out.shape
+    if n >= m and n // GEMM_MIN_COLUMNS >= 2:
+        bands = min(nn.SPLIT_MAX_PIECES, n // GEMM_MIN_COLUMNS)
+        edges = _edges(n, bands, GEMM_BAND_ALIGN)
+        cols = [slice(edges[i], edges[i + 1]) for i in range(bands)]
+        return [(a, b[:, c], out[:, c], (slice(None), c)) for c in cols]
+    if m // GEMM_MIN_ROWS >= 2:
+        bands = min(nn.SPLIT_MAX_PIECES, m // GEMM_MIN_ROWS)
+        edges = _edges(m, bands, GEMM_ROW_ALIGN)
+        rows = [slice(edges[i], edges[i + 1]) for i in range(bands)]
+        return [(a[r], b, out[r], (r,)) for r in rows]
+    return None
+
+
+def _matmul_kernel(xp, ins, attrs, outs):
+    a, b, out = ins[0], ins[1], outs[0]
+    pieces = _pieces(a, b, out) if xp is np else None
+    if pieces is None:
+        xp.matmul(a, b, out=out)
+        return
+    parallel_for(len(pieces), lambda i: np.matmul(pieces[i][0], pieces[i][1],
+                                                  out=pieces[i][2]))
+
+
+register(Op("matmul", _matmul_infer, _matmul_kernel, arity=(2, 2), cost=_matmul_cost,
+            op_class="matmul", splits=True,
+            doc="matrix product with NumPy semantics (batched, broadcast)"))
 
 
 def _gemm_kernel(xp, ins, attrs, outs):
@@ -114,29 +175,20 @@ def _gemm_kernel(xp, ins, attrs, outs):
     a, b = ins[0], ins[1]
     a, b = a.T if attrs["trans_a"] else a, b.T if attrs["trans_b"] else b
     c = ins[2] if len(ins) == 3 else None
-    m, n = out.shape
-    bands = min(nn.SPLIT_MAX_PIECES, n // GEMM_MIN_COLUMNS)
-    if (xp is np and bands >= 2 and out.dtype.kind == "f"
-            and 2.0 * m * n * a.shape[1] >= nn.SPLIT_MIN_FLOPS):
-        # column bands (a fully connected layer's output features), each one single-threaded
-        # GEMM on its slice of b and of the output, run by nn.parallel_for on the intra-op
-        # threads; cut by the shapes only, so the result does not depend on the thread count.
-        # Band edges on multiples of 64 columns: OpenBLAS then computes every column as the
-        # whole product does (bit for bit, measured for batch 1), so the cut changes no result.
-        full_c = None if c is None else np.broadcast_to(c, (m, n))
-        edges = [0, *(i * n // bands // GEMM_BAND_ALIGN * GEMM_BAND_ALIGN
-                      for i in range(1, bands)), n]
-
-        def band(i):
-            cols = slice(edges[i], edges[i + 1])
-            dst = out[:, cols]
-            np.matmul(a, b[:, cols], out=dst)
-            _gemm_epilogue(dst, None if full_c is None else full_c[:, cols], attrs)
-
-        parallel_for(bands, band)
+    pieces = _pieces(a, b, out) if xp is np else None
+    if pieces is None:
+        xp.matmul(a, b, out=out)
+        _gemm_epilogue(out, c, attrs)
         return
-    xp.matmul(a, b, out=out)
-    _gemm_epilogue(out, c, attrs)
+    # each piece's epilogue runs while its slice of the output is still in cache
+    full_c = None if c is None else np.broadcast_to(c, out.shape)
+
+    def piece(i):
+        pa, pb, dst, index = pieces[i]
+        np.matmul(pa, pb, out=dst)
+        _gemm_epilogue(dst, None if full_c is None else full_c[index], attrs)
+
+    parallel_for(len(pieces), piece)
 
 
 def _gemm_epilogue(out, c, attrs):
