@@ -259,14 +259,20 @@ class Executor:
         self._dynamic = dynamic
         self._output_space = {v: output_space(graph.node(v.node), self._spaces)
                               for v in self._outputs if not graph.node(v.node).is_input}
-        # outputs that a device-to-host copy brings home for no one but the caller: with
-        # outputs="device" that copy becomes a copy inside the GPU into a fresh buffer there
+        # outputs a device-to-host copy brings home: with outputs="device" the caller gets a
+        # copy inside the GPU, made by the run itself while the source is still live (its arena
+        # slot may hold another value by the end of the run). A copy that brings the value home
+        # for no one but the caller becomes that copy (``_kept``); one that host nodes also
+        # read makes it besides (``_mirror``: the run's GPU buffer, patched in per run).
         read = {v for n in graph.nodes for v in n.inputs}
         self._kept = {}
+        self._mirror: dict[Value, list] = {}
         for v in self._outputs:
             node = graph.node(v.node)
-            if node.is_transfer and node.attrs["kind"] == "d2h" and v not in read:
+            if node.is_transfer and node.attrs["kind"] == "d2h":
                 self._kept[v] = self._device(node.attrs["src"])
+                if v in read:
+                    self._mirror[v] = [None]
 
     def _plan_synchronisation(self) -> None:
         """Which nodes need a ``done`` flag (a consumer on another thread) and which a stream
@@ -396,8 +402,10 @@ class Executor:
         if op is not None and any(a is None for a in ins + outs):
             raise ExecutionError(f"{node.label} on {dev} reads or writes a graph input or "
                                  "output directly; the partition must copy it through the host")
+        value = Value(node.name, 0)
         launch = _gpu_launch(node, op, device, ins, outs,
-                             keepable=Value(node.name, 0) in self._kept)
+                             keepable=value in self._kept and value not in self._mirror,
+                             mirror=self._mirror.get(value))
         return GpuStep(launch, ins, node.attrs, outs, tuple(host_waits), signal, idx,
                        streams[stream], tuple(stream_waits), record)
 
@@ -470,7 +478,8 @@ class Executor:
                 self._unbind()
         if not profile:
             return result
-        kept = frozenset(v.node for v in self._kept) if outputs == "device" else frozenset()
+        kept = (frozenset(v.node for v in self._kept if v not in self._mirror)
+                if outputs == "device" else frozenset())
         prof = Profile.from_run(self.plan, run.trace or [], t0, t1, kept)
         if self.cost is not None:
             self._learn(prof)
@@ -500,7 +509,9 @@ class Executor:
                 continue
             node = graph.node(v.node)
             space = self._output_space[v]
-            if keep and v in self._kept:
+            if keep and v in self._mirror:
+                self._mirror[v][0] = self._kept[v].empty(node.outputs[v.index])
+            if keep and v in self._kept and v not in self._mirror:
                 values[v] = self._kept[v].empty(node.outputs[v.index])
             elif space == "host":
                 try:
@@ -523,6 +534,8 @@ class Executor:
         for sites in self._dynamic.values():
             for site, pos in sites:
                 site[pos] = None
+        for holder in self._mirror.values():
+            holder[0] = None
         self._bound = {}
 
     def _collect(self, arrays: list[np.ndarray], where: str) -> list[Any]:
@@ -537,15 +550,10 @@ class Executor:
                 result.append(np.array(graph.constants[node.name], copy=True))
                 continue
             arr = self._bound[v]
-            if where == "device" and v in self._kept:
+            if where == "device" and v in self._mirror:
+                arr = self._mirror[v][0]  # copied on its GPU by the run, beside the d2h copy
+            elif where == "device" and v in self._kept:
                 pass  # computed into a buffer on its GPU by the run itself
-            elif where == "device" and node.is_transfer and node.attrs["kind"] == "d2h":
-                # also read on the host: it came home anyway; the caller gets a GPU copy
-                src = node.inputs[0]
-                dev = self._device(node.attrs["src"])
-                buf = dev.empty(graph.spec(src))
-                dev.xp.copyto(buf, self._fixed.get(src, self._bound.get(src)))
-                arr = buf
             elif graph.outputs.count(v) > 1 and any(a is arr for a in result):
                 arr = np.array(arr, copy=True)
             result.append(arr)
@@ -687,19 +695,25 @@ def _host_copy(xp: Any, ins: list, attrs: Any, outs: list) -> None:
 
 
 def _gpu_launch(node: Node, op: Any, device: Any, ins: list, outs: list, *,
-                keepable: bool = False) -> Any:
+                keepable: bool = False, mirror: list | None = None) -> Any:
     """``launch(ins, attrs, outs, stream, report)``: enqueue the node on ``stream``.
 
     A compute node never reads or writes a per-run slot (graph inputs and outputs live on the
     host), so its buffers are bound here once; a simulated GPU also gets the node's simulated
     duration, computed once. A ``keepable`` device-to-host copy (it brings a graph output home
     and nothing else reads it) copies inside the GPU instead when the run keeps outputs there
-    (``report[0].keep``)."""
+    (``report[0].keep``); one with a ``mirror`` (host nodes read it too) makes that copy into
+    ``mirror[0]`` besides bringing it home."""
     if op is None:
         kind = node.attrs["kind"]
         if kind == "h2d":
             def launch(ins, attrs, outs, stream, report):
                 device.copy_from_host(outs[0], ins[0], stream)
+        elif kind == "d2h" and mirror is not None:
+            def launch(ins, attrs, outs, stream, report):
+                device.copy_to_host(outs[0], ins[0], stream)
+                if report[0].keep:
+                    _copy_on_device(device, mirror[0], ins[0], stream)
         elif kind == "d2h" and keepable:
             def launch(ins, attrs, outs, stream, report):
                 if report[0].keep:

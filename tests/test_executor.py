@@ -211,6 +211,32 @@ def test_device_outputs_skip_the_copy_home(monkeypatch):
     assert on_host.summary()["transfer_bytes"] - on_gpu.summary()["transfer_bytes"] == y_bytes
 
 
+def test_device_output_also_read_on_the_host_keeps_its_own_bytes():
+    """Issue 13.1: a GPU output that a host node also reads came back with outputs="device"
+    copied from its arena slot after the run, when a later value had reused that slot."""
+    import hetero as ht
+    from hetero import ops
+
+    def f(x):
+        with ht.device("gpu:0"):
+            a = ops.tanh(x)
+        b = ops.neg(a)
+        with ht.device("gpu:0"):
+            c = ops.relu(b)
+        return a, c
+
+    x = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
+    plan = ht.compile(ht.function(f).graph(x), machine="cpu:1,sim:1", policy="annotated")
+    gpu = plan.machine.device("gpu:0")
+    want = plan.run(x)
+    for sync in (False, True):
+        got = plan.run(x, outputs="device", sync=sync)
+        assert gpu.owns(got[0]) and gpu.owns(got[1])
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(gpu.to_host(g), w)
+        np.testing.assert_allclose(gpu.to_host(got[0]), np.tanh(x), rtol=1e-6)
+
+
 def test_graph_input_returned_as_output_is_a_copy():
     b = Builder("passthrough")
     x = b.input((4,))
