@@ -129,9 +129,11 @@ class Plan:
         if data.get("format") != "hetero.plan/1":
             raise HeteroError(f"not a hetero plan (format {data.get('format')!r})")
         try:
-            return cls._from_json(data, machine)
+            plan = cls._from_json(data, machine)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             raise HeteroError(f"a malformed hetero plan: {type(exc).__name__}: {exc}") from None
+        check(plan)  # a plan from a file is verified before anything runs it
+        return plan
 
     @classmethod
     def _from_json(cls, data: Mapping[str, Any], machine: Any) -> Plan:

@@ -7,7 +7,8 @@ placed, given a machine or holding transfers) it also verifies that no op reads 
 another memory space and that every transfer is well formed. ``check(plan)`` verifies a Plan: its
 graph as above, every non-input node in exactly one queue (its device's), queues that together
 with the data edges cannot deadlock, estimates for every node, a makespan no lower than the lower
-bound (``Plan`` registers it here).
+bound, and a memory plan where every value has its place in its space's arena, in bounds and
+aligned, and no two values that can be live at once overlap (``Plan`` registers it here).
 
 Every error is a ``GraphError`` naming the node, its op and source line, with the neighbourhood
 printed. Tests run ``check`` after every pass, and ``HETERO_CHECKS=1`` runs it in user code.
@@ -24,9 +25,10 @@ from hetero.devices import normalize_device
 from hetero.errors import DeviceError, GraphError
 from hetero.graph import Graph, Node, NodeKind, TensorSpec, Value, node_error
 from hetero.ops import registry
-from hetero.spaces import HOST, device_space, transfer_issuer, transfer_kind
+from hetero.passes.memory import UNPLANNED, HappensBefore, align
+from hetero.spaces import HOST, device_space, output_space, transfer_issuer, transfer_kind
 
-__all__ = ["check", "check_graph", "check_partitioned", "check_plan"]
+__all__ = ["check", "check_graph", "check_memory", "check_partitioned", "check_plan"]
 
 
 @functools.singledispatch
@@ -242,3 +244,87 @@ def check_plan(plan: Any, **_: Any) -> None:
     if plan.makespan + 1e-12 < plan.lower_bound * (1 - 1e-9):
         raise _plan_error(plan, None, f"makespan {plan.makespan:.6g}s is below the lower bound "
                                       f"{plan.lower_bound:.6g}s")
+    if plan.memory is not None:
+        check_memory(plan)
+
+
+def check_memory(plan: Any) -> None:
+    """The memory plan of ``plan``: every value a run keeps in an arena (not an input, constant
+    or graph output, and not empty) has exactly one place, in its own space's arena, aligned, of
+    its size and inside the arena; and two values whose bytes overlap are never live at once
+    (one's last reader completes before the other's producer starts in every run, by the data
+    edges and the streams' order: the relation the memory pass plans with)."""
+    graph, memory = plan.graph, plan.memory
+    spaces = {d.name: d.memory_space for d in plan.machine.devices}
+    kinds = {d.name: d.kind for d in plan.machine.devices}
+    outputs = set(graph.outputs)
+    for space, arena in memory.arenas.items():
+        if space not in set(spaces.values()):
+            raise _plan_error(plan, None, f"the memory plan has an arena for {space!r}, which is "
+                                          "no memory space of the machine")
+        if arena.arena_bytes < 0 or arena.alignment <= 0:
+            raise _plan_error(plan, None, f"arena {space}: size {arena.arena_bytes} and "
+                                          f"alignment {arena.alignment} are not valid")
+    located: dict[Value, str] = {}
+    for space, arena in memory.arenas.items():
+        for v, (off, nbytes) in arena.offsets.items():
+            if v.node not in graph or not 0 <= v.index < len(graph.node(v.node).outputs):
+                raise _plan_error(plan, None, f"arena {space} places {v}, which no node of the "
+                                              "graph produces")
+            node = graph.node(v.node)
+            if v in located:
+                raise _plan_error(plan, v.node, f"output {v.index} has a place in arena "
+                                                f"{located[v]} and again in {space}")
+            located[v] = space
+            if node.kind in UNPLANNED or v in outputs:
+                raise _plan_error(plan, v.node, f"output {v.index} is an input, constant or graph "
+                                                f"output, which live outside the arena, yet "
+                                                f"arena {space} places it")
+            want_space = output_space(node, spaces)
+            if want_space != space:
+                raise _plan_error(plan, v.node, f"output {v.index} lives in {want_space} but "
+                                                f"has its place in arena {space}")
+            spec = graph.spec(v)
+            if nbytes != spec.nbytes:
+                raise _plan_error(plan, v.node, f"output {v.index} ({spec}) is {spec.nbytes} "
+                                                f"bytes, its place in arena {space} {nbytes}")
+            if off < 0 or off % arena.alignment:
+                raise _plan_error(plan, v.node, f"output {v.index} is at offset {off} of arena "
+                                                f"{space}, which is not a non-negative multiple "
+                                                f"of its alignment {arena.alignment}")
+            if off + align(nbytes, arena.alignment) > arena.arena_bytes:
+                raise _plan_error(plan, v.node, f"output {v.index} ends at byte "
+                                                f"{off + nbytes} of arena {space}, past its end "
+                                                f"({arena.arena_bytes} bytes)")
+    for node in graph.nodes:
+        if node.kind in UNPLANNED:
+            continue
+        for i, spec in enumerate(node.outputs):
+            v = Value(node.name, i)
+            if v not in outputs and spec.nbytes and v not in located:
+                raise _plan_error(plan, node.name, f"output {i} ({spec}) has no place in the "
+                                                   "memory plan")
+    hb = HappensBefore(graph, plan.queues, kinds)
+    readers: dict[Value, list[str]] = {v: [] for v in located}
+    for node in graph.nodes:
+        for v in node.inputs:
+            if v in readers:
+                readers[v].append(node.name)
+
+    def dead_before(a: Value, b: Value) -> bool:  # every use of a completes before b is made
+        return all(hb.before(u, b.node) for u in readers[a] or [a.node])
+
+    for space, arena in memory.arenas.items():
+        active: list[tuple[int, Value]] = []  # (end, value) of places that start earlier
+        for v, (off, nbytes) in sorted(arena.offsets.items(), key=lambda kv: kv[1][0]):
+            if nbytes == 0:
+                continue
+            active = [(end, w) for end, w in active if end > off]
+            for _, w in active:
+                if not (dead_before(v, w) or dead_before(w, v)):
+                    raise _plan_error(plan, v.node, f"output {v.index} overlaps {w} in arena "
+                                                    f"{space} (bytes {off}-{off + nbytes} and "
+                                                    f"{arena.offsets[w][0]}-"
+                                                    f"{sum(arena.offsets[w])}), and both can be "
+                                                    "live at once")
+            active.append((off + nbytes, v))

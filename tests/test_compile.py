@@ -3,6 +3,7 @@ round-trips through JSON; @function(machine=...) runs through it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,6 +13,7 @@ import hetero as ht
 from hetero import reference
 from hetero.compiler import compile
 from hetero.errors import GraphError, HeteroError
+from hetero.passes.memory import MemoryPlan
 from hetero.passes.place import Reason
 from hetero.passes.schedule import schedule
 from hetero.pipeline import compare_policies
@@ -318,3 +320,53 @@ def test_plan_from_malformed_json_is_a_hetero_error(data):
 
     with pytest.raises(HeteroError, match="hetero plan|Plan.from_json takes"):
         Plan.from_json(data)
+
+
+def _with_offsets(data, change):
+    """A copy of a plan's JSON with every arena place passed through ``change(off, nbytes,
+    arena)``."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for arena in data["memory"]["arenas"]:
+        arena["offsets"] = [[n, i, *change(off, nb, arena)] for n, i, off, nb in arena["offsets"]]
+    return data
+
+
+def test_plan_json_with_overlapping_places_is_refused(machine):
+    """Issue 13.3: every offset set to 0 passed check() and ran wrong (off by up to 2.36)."""
+    g = G.cnn()
+    plan = compile(g, machine)
+    data = json.loads(json.dumps(plan.to_json()))
+    zeroed = _with_offsets(data, lambda off, nb, a: (0, nb))
+    with pytest.raises(GraphError, match="overlaps .* both can be live at once"):
+        Plan.from_json(zeroed, machine=machine)
+    with pytest.raises(GraphError, match="overlaps"):  # check(plan) on a plan built in memory
+        ht.check(dataclasses.replace(plan, memory=MemoryPlan.from_json(zeroed["memory"])))
+
+
+def test_plan_json_with_places_out_of_bounds_is_refused(machine):
+    """Issue 13.3: offsets past the arena's end gave a raw ValueError at load."""
+    plan = compile(G.cnn(), machine)
+    data = json.loads(json.dumps(plan.to_json()))
+    with pytest.raises(GraphError, match="past its end"):
+        Plan.from_json(_with_offsets(data, lambda off, nb, a: (a["arena_bytes"], nb)),
+                       machine=machine)
+    with pytest.raises(GraphError, match="is .* bytes, its place"):
+        Plan.from_json(_with_offsets(data, lambda off, nb, a: (off, nb + 1)), machine=machine)
+    with pytest.raises(GraphError, match="multiple of its alignment"):
+        Plan.from_json(_with_offsets(data, lambda off, nb, a: (off + 1, nb)), machine=machine)
+    dropped = json.loads(json.dumps(data))
+    arena = max(dropped["memory"]["arenas"], key=lambda a: len(a["offsets"]))
+    arena["offsets"] = arena["offsets"][1:]
+    with pytest.raises(GraphError, match="has no place in the memory plan"):
+        Plan.from_json(dropped, machine=machine)
+
+
+def test_every_compiled_plan_passes_the_memory_check(machine):
+    for g in (G.cnn(), G.mlp(batch=2, sizes=(4, 8, 2)), G.tiled_cholesky(3, 32)):
+        for policy in ("heft", "cpu", "gpu"):
+            plan = compile(g, machine, policy=policy)
+            ht.check(plan)
+            back = Plan.from_json(json.loads(json.dumps(plan.to_json())), machine=machine)
+            assert back.memory == plan.memory
