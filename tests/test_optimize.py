@@ -485,3 +485,24 @@ def test_caffe2_batch_norm_mul_add_fold():
                                         for i in range(4)])
     y = g.op("scale", "mul", [y, g.const("k", rand(5))])
     assert [n.op for n in optimize(g.graph(y)).nodes][-1] == "mul"
+
+
+@pytest.mark.parametrize("machine", ["cpu:1", "cpu:2,sim:1"])
+def test_folding_keeps_a_0d_constant_0d(machine):
+    """Issue 13.4: folding turned a 0-d constant into shape (1,): a wrong output shape, or an
+    ExecutionError in a later add."""
+    from hetero import ops
+
+    c = np.asarray(np.float32(-.5))
+    x = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
+    g = ht.function(lambda x: (ops.abs(c), x / (ops.abs(c) + 1.0),
+                               ops.neg(ops.abs(c)) * x)).graph(x)
+    plan = ht.compile(g, machine=machine)
+    got = plan.run(x)
+    assert [a.shape for a in got] == [(), (4, 5), (4, 5)]
+    want = [np.float32(.5), x / np.float32(1.5), np.float32(-.5) * x]
+    for a, w in zip(got, want):
+        np.testing.assert_allclose(a, w, rtol=1e-6)
+    for node in plan.graph.nodes:
+        if node.is_constant:
+            assert plan.graph.constants[node.name].shape == node.outputs[0].shape
