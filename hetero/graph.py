@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import heapq
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from hetero.errors import GraphError, node_label
+from hetero.errors import GraphError, ShapeError, node_label
 
 # ----------------------------------------------------------------------------------------------
 # Node kinds
@@ -122,9 +123,29 @@ EMPTY_ATTRS = Attrs()
 # Specs and values
 
 
+def fmt_bytes(n: float | None) -> str:
+    """Bytes with a binary unit: ``"1.5 MiB"``; ``"-"`` for None.
+
+    >>> fmt_bytes(512), fmt_bytes(3 * 2**20 // 2), fmt_bytes(2**63), fmt_bytes(None)
+    ('512 B', '1.5 MiB', '8 EiB', '-')
+    """
+    if n is None:
+        return "-"
+    for unit, size in (("EiB", 2**60), ("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30),
+                       ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+#: The largest tensor a spec may describe: an offset into any arena or device must fit a signed
+#: 64-bit integer (NumPy, CUDA), and no machine has more memory than that.
+MAX_TENSOR_BYTES = 2**63 - 1
+
+
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
-    """Static shape and dtype of one tensor."""
+    """Static shape and dtype of one tensor (of at most ``MAX_TENSOR_BYTES`` bytes)."""
 
     shape: tuple[int, ...]
     dtype: np.dtype
@@ -134,6 +155,9 @@ class TensorSpec:
         object.__setattr__(self, "dtype", np.dtype(self.dtype))
         if any(d < 0 for d in self.shape):
             raise GraphError(f"negative dimension in shape {self.shape}")
+        if self.nbytes > MAX_TENSOR_BYTES:
+            raise ShapeError(f"a {self} tensor would be {self.nbytes:,} bytes, more than any "
+                             f"machine can address (at most {MAX_TENSOR_BYTES:,})")
 
     @property
     def ndim(self) -> int:
@@ -141,7 +165,7 @@ class TensorSpec:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)  # Python ints: exact however large
 
     @property
     def nbytes(self) -> int:

@@ -37,7 +37,7 @@ from typing import Any
 
 from hetero.cost import MeasuredCost, RooflineCost, TableCost, input_specs
 from hetero.errors import HeteroError
-from hetero.graph import toposort
+from hetero.graph import fmt_bytes, toposort
 from hetero.pipeline import compare_policies
 from hetero.spaces import lane_of
 from hetero.version import __version__
@@ -82,20 +82,6 @@ def fmt_time(seconds: float | None) -> str:
     if a >= 1e-6 or a == 0:
         return f"{seconds * 1e6:.3g} us"
     return f"{seconds * 1e9:.3g} ns"
-
-
-def fmt_bytes(n: float | None) -> str:
-    """Bytes with a binary unit: ``"1.5 MiB"``; ``"-"`` for None.
-
-    >>> fmt_bytes(512), fmt_bytes(3 * 2**20 // 2), fmt_bytes(None)
-    ('512 B', '1.5 MiB', '-')
-    """
-    if n is None:
-        return "-"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{int(n)} B"
 
 
 def _finite(x: float | None) -> float | None:

@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import hetero as ht
 from hetero.graph import Attrs, Graph, Node, TensorSpec, Value
@@ -185,3 +187,45 @@ def test_no_check_or_trace_mutates_its_input():
 def test_check_of_a_non_graph_is_a_graph_error(obj):
     with pytest.raises(ht.GraphError, match="check\\(\\) takes a Graph or a Plan"):
         ht.check(obj)
+
+
+def test_spec_sizes_are_exact_and_impossible_sizes_are_refused():
+    """Issue 13.7: int64 np.prod wrapped: f32[2^62,4].nbytes was 0, a 256-byte arena was
+    planned and the run raised a raw ValueError."""
+    from hetero.errors import ShapeError
+
+    big = TensorSpec((2**31, 2**29), np.float32)
+    assert big.size == 2**60 and big.nbytes == 2**62  # exact, past int32 and float53
+    with pytest.raises(ShapeError, match="more than any machine can address"):
+        TensorSpec((2**31, 2**30), np.float32)  # 2^63 bytes: one past int64
+    with pytest.raises(ShapeError, match=r"f32\[4611686018427387904,4\] tensor would be "
+                                         r"73,786,976,294,838,206,464 bytes"):
+        TensorSpec((2**62, 4), np.float32)
+    assert TensorSpec((2**62, 1), np.int8).nbytes == 2**62
+    assert TensorSpec((0, 2**70), np.float32).nbytes == 0
+
+
+def test_an_op_whose_output_is_impossibly_large_names_the_node():
+    from hetero import ops
+    from hetero.errors import ShapeError
+
+    x = np.ones((1, 1), np.float32)
+    with pytest.raises(ShapeError, match=r"expand_0 \(expand, from .*test_graph.py:\d+\): a "
+                                         r"f32\[1099511627776,1073741824\] tensor would be"):
+        ht.function(lambda x: ops.expand(x, (2**40, 2**30))).graph(x)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.sampled_from([0, 1, 2, 3]), max_size=4), min_size=1, max_size=3))
+def test_broadcast_shapes_is_numpys(shapes):
+    from hetero.errors import ShapeError
+    from hetero.ops.registry import broadcast_shapes
+
+    shapes = [tuple(s) for s in shapes]
+    try:
+        want = np.broadcast_shapes(*shapes)
+    except ValueError:
+        with pytest.raises(ShapeError, match="cannot be broadcast together"):
+            broadcast_shapes(*shapes)
+    else:
+        assert broadcast_shapes(*shapes) == want

@@ -300,3 +300,16 @@ def test_the_validity_check_catches_a_bad_layout():
                                             plan.memory.spaces))
     with pytest.raises(AssertionError, match="share bytes"):
         assert_valid(broken)
+
+
+def test_an_arena_larger_than_its_memory_is_refused_at_compile():
+    """Issue 13.7: an 8 EiB host arena was planned; the run failed when it allocated it."""
+    import hetero as ht
+    from hetero import ops
+    from hetero.errors import OutOfMemoryError
+
+    x = np.ones((1, 1), np.float32)
+    g = ht.function(lambda x: ops.relu(ops.expand(x, (2**30, 2**30))) * 2).graph(x)
+    with pytest.raises(OutOfMemoryError, match=r"host arena needs 8 EiB, more than its .* of "
+                                                r"memory; its largest value is %expand_0"):
+        ht.compile(g, "cpu:1")

@@ -360,7 +360,7 @@ class CudaDevice(Device):
         fresh buffer must first wait for an event recorded on the compute stream.
         """
         cp = _cupy()
-        nbytes = int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+        nbytes = math.prod(spec.shape) * np.dtype(spec.dtype).itemsize
         self._check_capacity(nbytes, label)
         try:
             # Allocate in the compute stream's pool arena: a freed buffer is then reused in

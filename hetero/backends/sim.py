@@ -47,7 +47,7 @@ import numpy as np
 
 from hetero.devices import Device, Event, Link, SimSpec, Stream, space_of
 from hetero.errors import DeviceError, ExecutionError, OutOfMemoryError
-from hetero.graph import TensorSpec
+from hetero.graph import TensorSpec, fmt_bytes
 
 #: A stream sleeps off simulated time once it owes this much (smaller sleeps overshoot).
 SLEEP_QUANTUM_S = 1e-3
@@ -331,8 +331,8 @@ class SimDevice(Device):
         with self._mem_lock:
             if self._allocated + nbytes > self.capacity:
                 raise OutOfMemoryError(
-                    f"{self.name}: out of memory allocating {_fmt_bytes(nbytes)} for {spec}: "
-                    f"{_fmt_bytes(self._allocated)} of {_fmt_bytes(self.capacity)} in use")
+                    f"{self.name}: out of memory allocating {fmt_bytes(nbytes)} for {spec}: "
+                    f"{fmt_bytes(self._allocated)} of {fmt_bytes(self.capacity)} in use")
             self._allocated += nbytes
             self._peak = max(self._peak, self._allocated)
         try:
@@ -471,11 +471,3 @@ class SimDevice(Device):
                 errors.append(exc)
         if errors:
             raise errors[0]
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"

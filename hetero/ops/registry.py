@@ -223,13 +223,18 @@ def has_kernel(op_name: str, backend: str) -> bool:
 
 
 def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
-    """NumPy broadcasting of shapes, with a ShapeError that shows them."""
-    try:
-        return tuple(np.broadcast_shapes(*shapes))
-    except ValueError:
-        raise ShapeError(
-            "shapes " + ", ".join(str(tuple(s)) for s in shapes) + " cannot be broadcast together"
-        ) from None
+    """NumPy broadcasting of shapes, with a ShapeError that shows them (in Python ints: a shape
+    too large for NumPy still broadcasts, and TensorSpec then says it is too large)."""
+    ndim = max((len(s) for s in shapes), default=0)
+    out = []
+    for axis in range(ndim):
+        dims = {int(s[axis - ndim + len(s)]) for s in shapes if axis - ndim + len(s) >= 0}
+        dims.discard(1)
+        if len(dims) > 1:
+            raise ShapeError("shapes " + ", ".join(str(tuple(s)) for s in shapes)
+                             + " cannot be broadcast together")
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
 
 
 def same_dtype(ins: Sequence[TensorSpec], what: str = "inputs") -> np.dtype:

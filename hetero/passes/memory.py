@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from hetero.errors import GraphError
-from hetero.graph import Graph, NodeKind, Value, toposort
+from hetero.errors import GraphError, OutOfMemoryError
+from hetero.graph import Graph, NodeKind, Value, fmt_bytes, toposort
 from hetero.spaces import output_space, stream_of
 
 HOST_ALIGNMENT = 64
@@ -158,7 +158,25 @@ def plan_memory(plan: Any) -> Any:
         spaces[dev.name] = dev.memory_space
     order = _estimated_order(plan)
     memory = layout(plan.graph, plan.queues, kinds, spaces, order)
+    _check_capacity(plan, memory)
     return dataclasses.replace(plan, memory=memory)
+
+
+def _check_capacity(plan: Any, memory: MemoryPlan) -> None:
+    """Refuse an arena larger than its memory space (an OutOfMemoryError naming the largest
+    value in it), at compile time rather than when the first run allocates it."""
+    for space, arena in memory.arenas.items():
+        caps = [d.capacity for d in plan.machine.devices if d.memory_space == space]
+        cap = min(caps) if caps else 0
+        if not cap or arena.arena_bytes <= cap:
+            continue
+        largest = max(arena.offsets, key=lambda v: arena.offsets[v][1])
+        node = plan.graph.node(largest.node)
+        raise OutOfMemoryError(
+            f"the {space} arena needs {fmt_bytes(arena.arena_bytes)}, more than its "
+            f"{fmt_bytes(cap)} of memory; its largest value is {largest} "
+            f"({node.outputs[largest.index]}, {fmt_bytes(arena.offsets[largest][1])}) of "
+            f"{node.label}")
 
 
 def _estimated_order(plan: Any) -> list[str] | None:
