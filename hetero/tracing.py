@@ -286,10 +286,22 @@ def promote_operands(*xs: Any) -> tuple[Any, ...]:
         tensors = [x for x in out if isinstance(x, Tensor)]
     target = tensors[0].dtype
     for i, x in enumerate(out):
+        if isinstance(x, np.generic):  # a NumPy scalar is weak, like a Python number
+            x = out[i] = np.asarray(x)
         if isinstance(x, np.ndarray) and x.dtype != target and \
                 np.can_cast(x.dtype, target, "same_kind"):
             out[i] = x.astype(target)
     return tuple(out)
+
+
+def scalars_like(xs: Sequence[Any], who: str) -> tuple[Any, ...]:
+    """Python numbers among ``xs`` as 0-d arrays of the first tensor's or array's dtype among
+    ``xs`` (for ops such as ``where`` whose first input is not the one scalars should fit)."""
+    like = _weak_dtype(xs)
+    if like is None:
+        return tuple(xs)
+    return tuple(_scalar_array(x, like, who) if isinstance(x, (bool, int, float)) else x
+                 for x in xs)
 
 
 #: dtype kinds a tensor may have: bool, signed and unsigned integers, floats

@@ -619,6 +619,10 @@ def test_huge_eager_output_is_an_out_of_memory_error():
     with pytest.raises(ht.OutOfMemoryError, match=r"expand \(expand, from test_tracing.py"):
         ops.expand(x, (10**6, 10**6))
     with pytest.raises(ht.OutOfMemoryError, match="tile"):
+        ops.tile(ht.tensor(np.ones((10, 10), np.float32)), (10**5, 10**5))
+    with pytest.raises(ht.ShapeError, match=r"tile \(tile, from test_tracing.py:\d+\): a "
+                                            r"f32\[10000000000,10000000000\] tensor would be "
+                                            r".* more than any machine can address"):
         ops.tile(ht.tensor(np.ones((10, 10), np.float32)), (10**9, 10**9))
 
 
@@ -645,3 +649,23 @@ def test_bad_scopes_name_the_user_line():
     with pytest.raises(ht.HeteroError, match=r"ht.colocate \(from test_tracing.py:\d+\)"):
         with ht.colocate(""):
             pass
+
+
+@pytest.mark.parametrize("zero", [0, 0.0, np.float32(0), np.float64(0), np.int64(0),
+                                  np.array(0.0), np.array(0, np.int32)],
+                         ids=lambda z: type(z).__name__ + str(getattr(z, "dtype", "")))
+def test_numpy_scalars_promote_like_python_scalars(zero):
+    """Issue 13.8: ops.where(x > 0, x, np.float32(0)) was a ShapeError (bool, float32)."""
+    from hetero import ops
+
+    data = np.array([[-1.0, 2.0], [3.0, -4.0]], np.float32)
+    want = np.where(data > 0, data, 0).astype(np.float32)
+    x = ht.tensor(data)
+    for got in (ops.where(x > 0, x, zero), ops.where(x <= 0, zero, x),
+                ht.function(lambda t: ops.where(t > 0, t, zero))(data)):
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got.numpy(), want)
+    assert (x * (zero + 2)).dtype == np.float32
+    ints = ht.tensor(np.array([1, 2], np.int32))
+    assert (ints * np.float32(0.5)).dtype == np.float32  # a float scalar makes ints float
+    assert (ints + np.int64(1)).dtype == np.int32  # an int scalar takes the tensor's width

@@ -22,7 +22,7 @@ import numpy as np
 from hetero.errors import ShapeError
 from hetero.graph import TensorSpec
 from hetero.ops.registry import Cost, Op, broadcast_shapes, register, require_float, same_dtype
-from hetero.tracing import apply, promote_operands
+from hetero.tracing import apply, promote_operands, scalars_like
 
 __all__ = [
     "add", "sub", "mul", "div", "pow", "maximum", "minimum",
@@ -546,5 +546,5 @@ def cast(x, dtype, *, device=None):
 
 def where(cond, a, b, *, device=None):
     """``a`` where ``cond`` is true, else ``b`` (all three broadcast)."""
-    a, b = promote_operands(a, b)
+    a, b = scalars_like(promote_operands(a, b), "where")
     return apply("where", (cond, a, b), device=device)
