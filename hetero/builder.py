@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from hetero.graph import CONSTANT, INPUT, Graph, Node, TensorSpec, Value
+from hetero.graph import CONSTANT, INPUT, Graph, Node, TensorSpec, Value, native
 
 __all__ = ["GraphBuilder", "frozen"]
 
@@ -26,10 +26,13 @@ def frozen(array: Any, *, copy: bool = True) -> np.ndarray:
     """``array`` as a read-only C-contiguous NumPy array of the same shape (0-d stays 0-d): a copy
     with ``copy``, else the array itself where it already is contiguous (then frozen in place:
     for arrays the caller owns)."""
+    arr = np.asarray(array)
+    if not arr.dtype.isnative:  # a big-endian weight is kept in the machine's byte order
+        arr, copy = native(arr), False
     if copy:
-        arr = np.array(array, copy=True, order="C")
+        arr = np.array(arr, copy=True, order="C")
     else:
-        arr = np.require(np.asarray(array), requirements="C")
+        arr = np.require(arr, requirements="C")
     arr.flags.writeable = False
     return arr
 

@@ -138,6 +138,15 @@ def fmt_bytes(n: float | None) -> str:
     return f"{int(n)} B"
 
 
+def native(array: np.ndarray) -> np.ndarray:
+    """``array`` in the machine's byte order (a converted copy of a big-endian array on a
+    little-endian host; the array itself otherwise). Specs carry no byte order: every kernel and
+    device computes in the native one."""
+    if array.dtype.isnative:
+        return array
+    return array.astype(array.dtype.newbyteorder("="))
+
+
 #: The largest tensor a spec may describe: an offset into any arena or device must fit a signed
 #: 64-bit integer (NumPy, CUDA), and no machine has more memory than that.
 MAX_TENSOR_BYTES = 2**63 - 1
@@ -152,7 +161,8 @@ class TensorSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
-        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+        dtype = np.dtype(self.dtype)
+        object.__setattr__(self, "dtype", dtype if dtype.isnative else dtype.newbyteorder("="))
         if any(d < 0 for d in self.shape):
             raise GraphError(f"negative dimension in shape {self.shape}")
         if self.nbytes > MAX_TENSOR_BYTES:

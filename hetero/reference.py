@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from hetero.errors import ExecutionError, HeteroError, ShapeError
-from hetero.graph import Graph, TensorSpec
+from hetero.graph import Graph, TensorSpec, native
 from hetero.ops.registry import lookup
 from hetero.threads import blas_limit
 
@@ -27,7 +27,7 @@ def check_inputs(graph: Graph, inputs: Sequence[np.ndarray]) -> list[np.ndarray]
     arrays = []
     for name, x in zip(graph.inputs, inputs):
         want = graph.node(name).outputs[0]
-        arr = np.asarray(x)
+        arr = native(np.asarray(x))  # a big-endian array is converted, not refused
         got = TensorSpec.of(arr)
         if got != want:
             raise ShapeError(f"input {name!r} of graph {graph.name!r} must be {want}, got {got}")

@@ -37,7 +37,7 @@ from hetero.errors import (
     TransferGuardError,
     node_label,
 )
-from hetero.graph import Attrs, Graph, Node, TensorSpec, Value
+from hetero.graph import Attrs, Graph, Node, TensorSpec, Value, native
 from hetero.ops.registry import lookup
 
 log = logging.getLogger("hetero.tracing")
@@ -328,6 +328,7 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
         raise ShapeError(f"{user_line()}: ht.tensor cannot make an array of {type(data).__name__}"
                          f" (dtype {dtype!r}): {exc}") from None
     check_dtype(arr.dtype, f"{user_line()}: ht.tensor")
+    arr = native(arr)
     if dtype is None and arr.dtype == np.float64 and not isinstance(data, np.ndarray):
         arr = arr.astype(np.float32)
     scope, soft, _ = current_annotation()

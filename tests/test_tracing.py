@@ -669,3 +669,21 @@ def test_numpy_scalars_promote_like_python_scalars(zero):
     ints = ht.tensor(np.array([1, 2], np.int32))
     assert (ints * np.float32(0.5)).dtype == np.float32  # a float scalar makes ints float
     assert (ints + np.int64(1)).dtype == np.int32  # an int scalar takes the tensor's width
+
+
+@pytest.mark.parametrize("machine", ["cpu:1", "cpu:2,sim:1"])
+def test_big_endian_inputs_and_weights_are_converted(machine):
+    """Issue 13.9: a big-endian input array was refused with "must be f32[4,5], got f32[4,5]"."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 5)).astype(">f4")
+    w = rng.standard_normal((5, 3)).astype(">f4")
+    want = np.maximum(x.astype(np.float32) @ w.astype(np.float32), 0)
+    f = ht.function(lambda x: ops.relu(x @ w))
+    np.testing.assert_allclose(f(x).numpy(), want, rtol=1e-6)
+    plan = ht.compile(f.graph(x.astype(np.float32)), machine,
+                      policy="gpu" if "sim" in machine else "heft")
+    (got,) = plan.run(x)
+    assert got.dtype == np.float32 and got.dtype.isnative
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert ht.tensor(x).numpy().dtype.isnative
+    assert ht.TensorSpec((4, 5), ">f4") == ht.TensorSpec((4, 5), np.float32)
