@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -258,6 +259,15 @@ class Device:
         self.peak_flops = _rates(peak_flops)
         self.mem_bandwidth = float(mem_bandwidth)
         self.launch_overhead = float(launch_overhead)
+        if not self.capacity > 0:
+            raise DeviceError(f"{self.name}: memory capacity must be a positive number of bytes, "
+                              f"got {capacity!r}")
+        if not self.mem_bandwidth > 0:
+            raise DeviceError(f"{self.name}: mem_bandwidth must be positive (B/s), got "
+                              f"{mem_bandwidth!r}")
+        if not self.launch_overhead >= 0:
+            raise DeviceError(f"{self.name}: launch_overhead must be >= 0 seconds, got "
+                              f"{launch_overhead!r}")
         self.host_link = host_link
         self.peer_link = peer_link
         self.model = model
@@ -694,6 +704,20 @@ class SimSpec:
     peer_latency: float | None = None
     speed_factor: Mapping[str, float] | float | None = None
 
+    def __post_init__(self) -> None:
+        """Refuse impossible figures here, where the user wrote them, not at the first run."""
+        if self.precision not in ("fp32", "tf32", "fp16"):
+            raise DeviceError(f"SimSpec precision is 'fp32', 'tf32' or 'fp16', got "
+                              f"{self.precision!r}")
+        for key in ("capacity", "mem_bandwidth", "link_bandwidth", "peer_bandwidth"):
+            value = getattr(self, key)
+            if value is not None and not (_is_number(value) and value > 0):
+                raise DeviceError(f"SimSpec {key} must be a positive number, got {value!r}")
+        for key in ("launch_overhead", "latency", "peer_latency"):
+            value = getattr(self, key)
+            if value is not None and not (_is_number(value) and value >= 0):
+                raise DeviceError(f"SimSpec {key} must be a number >= 0 (seconds), got {value!r}")
+
     def device_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``Device.__init__``."""
         if self.card is not None:
@@ -721,6 +745,10 @@ class SimSpec:
                 "host_link": Link(base["link_bandwidth"], base["latency"]),
                 "peer_link": Link(base["peer_bandwidth"], base["peer_latency"]),
                 "model": base["model"], "info": {"card": self.card}}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _scaled(rates: dict[str, float], factor: Mapping[str, float] | float) -> dict[str, float]:

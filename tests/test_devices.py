@@ -393,3 +393,24 @@ def test_zero_gpus_in_a_spec_is_refused_as_a_count_not_an_index(spec):
 def test_parse_refuses_absurd_device_counts(spec):
     with pytest.raises(ht.DeviceError, match="at most 1024 of a kind"):
         ht.Machine.parse(spec)
+
+
+@pytest.mark.parametrize("bad", [{"capacity": 0}, {"capacity": -1}, {"mem_bandwidth": 0},
+                                 {"link_bandwidth": -5.0}, {"latency": -1e-6},
+                                 {"launch_overhead": float("nan")}, {"capacity": "4GB"},
+                                 {"precision": "fp8"}])
+def test_impossible_sim_specs_are_refused_up_front(bad):
+    """Issue 13.12: SimSpec(capacity=0) was accepted by placement and failed at the first run."""
+    from hetero.devices import SimSpec
+
+    key = next(iter(bad))
+    with pytest.raises(DeviceError, match=f"SimSpec {key}"):
+        SimSpec(**bad)
+
+
+def test_a_device_with_no_memory_is_refused():
+    from hetero.devices import CpuDevice, SimSpec
+
+    with pytest.raises(DeviceError, match="cpu:0: memory capacity must be a positive"):
+        CpuDevice(0, capacity=0)
+    assert SimSpec(capacity=np.int64(2**30), latency=0).device_kwargs()["capacity"] == 2**30
