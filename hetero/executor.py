@@ -144,7 +144,8 @@ class GpuStep(NamedTuple):
 class _Run:
     """Shared state of one run; ``fail`` is the only writer once the threads are started."""
 
-    __slots__ = ("aborted", "error", "lock", "flags", "events", "trace", "keep", "intra")
+    __slots__ = ("aborted", "error", "lock", "flags", "events", "trace", "keep", "intra",
+                 "threads")
 
     def __init__(self, flags: list[threading.Event], nevents: int, trace: bool,
                  keep: bool = False, intra: int = 1) -> None:
@@ -156,6 +157,7 @@ class _Run:
         self.flags = flags
         self.events: list[Any] = [None] * nevents
         self.trace: list[tuple] | None = [] if trace else None
+        self.threads = {threading.get_ident()}  # host threads working for this run
 
     def fail(self, exc: BaseException, node: Node | None, device: str) -> None:
         with self.lock:
@@ -212,6 +214,7 @@ class Executor:
         self._fixed_blas = blas_threads
         self._fixed_intra = intra_op_threads
         self._run_lock = threading.Lock()
+        self._active: _Run | None = None  # the run under way, if any
         self._load()
 
     # -- load time ---------------------------------------------------------------------------
@@ -455,9 +458,12 @@ class Executor:
         if outputs not in ("host", "device"):
             raise HeteroError(f"outputs must be 'host' or 'device', got {outputs!r}")
         arrays = check_inputs(self.graph, inputs)
-        with self._run_lock:  # one run at a time: runs share the arenas
-            run = _Run(self._flags, len(self._event_slot), profile, outputs == "device",
-                       self._intra)
+        if not self._run_lock.acquire(blocking=False):
+            self._refuse_reentry()
+            self._run_lock.acquire()
+        try:  # one run at a time: runs share the arenas
+            run = self._active = _Run(self._flags, len(self._event_slot), profile,
+                                      outputs == "device", self._intra)
             # sync mode keeps the same limits, so that it computes what the concurrent run does
             limits = contextlib.ExitStack()
             limits.enter_context(threads.blas_limit(self._blas))
@@ -476,6 +482,9 @@ class Executor:
             finally:
                 limits.close()
                 self._unbind()
+        finally:
+            self._active = None
+            self._run_lock.release()
         if not profile:
             return result
         kept = (frozenset(v.node for v in self._kept if v not in self._mirror)
@@ -484,6 +493,23 @@ class Executor:
         if self.cost is not None:
             self._learn(prof)
         return result, prof
+
+    def _refuse_reentry(self) -> None:
+        """A run of this plan is under way: refuse a ``run`` from one of its own threads (a
+        kernel or stream callback of that run), which would wait for itself forever."""
+        active = self._active
+        me = threading.current_thread()
+        if active is None:
+            return
+        ours = me.ident in active.threads or any(
+            getattr(stream, "_thread", None) is me
+            for dev in self.machine.devices if dev.kind == "gpu"
+            for stream in (dev.compute_stream, dev.h2d_stream, dev.d2h_stream))
+        if ours:
+            raise ExecutionError(
+                f"plan {self.graph.name!r}: run() was called from inside a run of the same plan "
+                f"(on its thread {me.name!r}: a kernel or callback of that run); it would wait "
+                "for itself forever. Compile a second plan for nested use, or run it afterwards")
 
     def _learn(self, prof: Any) -> None:
         """Record a profiled run's kernel times into the measured cost model and save it, so
@@ -818,6 +844,7 @@ def _cpu_loop(th: _Thread, run: _Run) -> None:
 
 def _thread_main(loop: Any, th: _Thread, run: _Run, begun: threading.Event,
                  done: threading.Event) -> None:
+    run.threads.add(threading.get_ident())
     begun.set()
     try:
         with threads.intra_op(run.intra):  # the setting is each thread's own

@@ -610,3 +610,44 @@ def test_runs_asking_for_other_blas_counts_take_turns():
     t1.join(10)
     t2.join(10)
     assert seen[0] == ("one", 1) and seen[1][0] == "two"
+
+
+_REENTRANT: dict = {}
+
+
+def _reentrant_op() -> str:
+    """A test identity op whose kernel calls ``_REENTRANT["plan"].run`` and records the
+    ExecutionError it gets."""
+    name = "test_reentrant_identity"
+    if name not in registry.REGISTRY:
+        def kernel(xp, ins, attrs, outs):
+            try:
+                _REENTRANT["plan"].run(_REENTRANT["inputs"])
+            except ExecutionError as exc:
+                _REENTRANT["errors"].append(str(exc))
+            xp.copyto(outs[0], ins[0])
+
+        registry.register(registry.Op(name, lambda ins, attrs: (ins[0],), kernel,
+                                      doc="identity that re-enters its plan (tests)"))
+    return name
+
+
+@pytest.mark.parametrize("machine,where", [("cpu:1", "cpu:0"), ("cpu:2", "cpu:1"),
+                                           ("cpu:1,sim:1", "gpu:0")])
+@pytest.mark.parametrize("sync", [False, True])
+def test_a_kernel_that_runs_its_own_plan_gets_an_error_not_a_deadlock(machine, where, sync):
+    """Issue 13.6: a kernel or callback that called plan.run on its own plan deadlocked on the
+    run lock. On the calling thread, a CPU worker's thread and a simulated GPU's stream."""
+    name = _reentrant_op()
+    b = Builder("reenter")
+    g = b.build(b.op(name, b.op("relu", b.input((2, 3)))))
+    plan = make_plan(g, Machine.parse(machine), lambda n: where)
+    ex = Executor(plan)
+    x = np.arange(-3, 3, dtype=np.float32).reshape(2, 3)
+    _REENTRANT.update(plan=ex, inputs=[x], errors=[])
+    (out,) = ex.run([x], sync=sync)
+    np.testing.assert_array_equal(out, np.maximum(x, 0))
+    assert len(_REENTRANT["errors"]) == 1
+    assert "called from inside a run of the same plan" in _REENTRANT["errors"][0]
+    (out,) = ex.run([x])  # the plan still runs
+    np.testing.assert_array_equal(out, np.maximum(x, 0))
