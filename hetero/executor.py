@@ -80,9 +80,11 @@ Synchronous mode (``run(..., sync=True)``)
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -215,6 +217,7 @@ class Executor:
         self._fixed_intra = intra_op_threads
         self._run_lock = threading.Lock()
         self._active: _Run | None = None  # the run under way, if any
+        _EXECUTORS.add(self)
         self._load()
 
     # -- load time ---------------------------------------------------------------------------
@@ -840,6 +843,21 @@ def _cpu_loop(th: _Thread, run: _Run) -> None:
         if i >= 0:
             node = _node_of(th, i)
         run.fail(exc, node, th.device.name)
+
+
+#: Every executor of the process: in a child after ``os.fork`` a run that another thread of the
+#: parent had under way does not exist, so its lock is released there.
+_EXECUTORS: weakref.WeakSet[Executor] = weakref.WeakSet()
+
+
+def _restart_after_fork() -> None:
+    for ex in list(_EXECUTORS):
+        ex._run_lock = threading.Lock()
+        ex._active = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_after_fork)
 
 
 def _thread_main(loop: Any, th: _Thread, run: _Run, begun: threading.Event,

@@ -137,7 +137,7 @@ def blas_limit(threads: int) -> Iterator[None]:
         yield
     finally:
         with _lease:
-            _lease_holders -= 1
+            _lease_holders = max(0, _lease_holders - 1)  # (reset to 0 in a forked child)
             if _lease_holders == 0:
                 if _lease_limit is not None:
                     _release_openblas_control()
@@ -154,6 +154,21 @@ _local = threading.local()  # .intra: threads the splitting kernels of this thre
 _helpers: list[threading.Thread] = []
 _jobs: queue.SimpleQueue = queue.SimpleQueue()
 _helpers_lock = threading.Lock()
+
+
+def _restart_after_fork() -> None:
+    """In a forked child: only the forking thread exists, so the helpers and any lease that
+    other threads held are gone, and a lock they held would stay held forever."""
+    global _lease, _lease_threads, _lease_holders, _lease_limit, _jobs, _helpers_lock
+    _helpers.clear()
+    _jobs = queue.SimpleQueue()
+    _helpers_lock = threading.Lock()
+    _lease = threading.Condition()
+    _lease_threads, _lease_holders, _lease_limit = 0, 0, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_after_fork)
 
 
 def intra_op_threads() -> int:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -651,3 +653,47 @@ def test_a_kernel_that_runs_its_own_plan_gets_an_error_not_a_deadlock(machine, w
     assert "called from inside a run of the same plan" in _REENTRANT["errors"][0]
     (out,) = ex.run([x])  # the plan still runs
     np.testing.assert_array_equal(out, np.maximum(x, 0))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+@pytest.mark.parametrize("machine", ["cpu:1,sim:1", "cpu:2,sim:2", "cpu:1"])
+def test_a_forked_child_runs_a_plan_its_parent_ran(machine):
+    """Issue 13.5: after os.fork, plan.run in the child blocked forever in
+    SimStream.synchronize (the stream thread does not exist in the child). The child also
+    uses the intra-op helpers (a conv on cpu:1 splits) and BLAS lease its parent used."""
+    import hetero as ht
+    from hetero import ops
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 8, 32, 32)).astype(np.float32)
+    w = (rng.standard_normal((64, 8, 3, 3)) * 0.1).astype(np.float32)
+    f = ht.function(lambda a: ops.relu(ops.conv2d(a, w, pads=(1, 1, 1, 1))) * 2.0)
+    plan = ht.compile(f.graph(x), machine=machine)
+    (want,) = plan.run(x)
+    busy = threading.Thread(target=lambda: [plan.run(x) for _ in range(20)])
+    busy.start()  # another thread's run may be under way at the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave without running the parent's atexit handlers
+        code = 1
+        try:
+            (got,) = plan.run(x)
+            (again,) = plan.run(x, sync=True)
+            code = 0 if np.array_equal(got, want) and np.array_equal(again, want) else 2
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(code)
+    os.close(write)
+    busy.join()
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.02)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung in plan.run")
+    assert os.read(read, 1) == b"\x00" and os.waitstatus_to_exitcode(status) == 0
+    os.close(read)

@@ -36,6 +36,7 @@ inputs may be garbage), events still fire (no waiter hangs) and carry the error,
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -130,6 +131,22 @@ def raw(array: Any) -> np.ndarray:
 # Streams and events
 
 
+#: Every simulated stream of the process, restarted in the child after ``os.fork``.
+_STREAMS: weakref.WeakSet[SimStream] = weakref.WeakSet()
+_DEVICES: weakref.WeakSet[SimDevice] = weakref.WeakSet()
+
+
+def _restart_streams_after_fork() -> None:
+    for stream in list(_STREAMS):
+        stream._restart()
+    for device in list(_DEVICES):
+        device._mem_lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_streams_after_fork)
+
+
 class SimEvent(Event):
     """A point in a ``SimStream``'s queue; ``time`` is when (``time.perf_counter``) it passed."""
 
@@ -162,6 +179,12 @@ class SimStream(Stream):
     def __init__(self, device: SimDevice, name: str) -> None:
         self.device = device
         self.name = name
+        self._restart()
+        _STREAMS.add(self)
+
+    def _restart(self) -> None:
+        """An empty queue and no thread: a new stream, or this one in a forked child (where
+        the parent's stream thread does not exist and its lock may be held forever)."""
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -297,6 +320,7 @@ class SimDevice(Device):
         self.sim_spec = spec
         # reentrant: a garbage collection inside a locked section may free a buffer (_release)
         self._mem_lock = threading.RLock()
+        _DEVICES.add(self)
         self._allocated = 0
         self._peak = 0
         # (op, attrs, shapes and dtypes) -> simulated seconds: eager mode repeats kernels
