@@ -309,6 +309,7 @@ class Executor:
                                                               key=by_position)}
         self._flags = list(self._flag_of.values())
         self._event_slot = {n: i for i, n in enumerate(sorted(needs_event, key=by_position))}
+        self._recorded_by = [graph.node(n) for n in self._event_slot]  # slot -> its node
 
     def _compile_queues(self) -> None:
         """One ``_Thread`` per device with work, its queue compiled into instructions; the first
@@ -619,7 +620,7 @@ class Executor:
                 if ok:
                     t.join()
             self._synchronize_streams(run)
-        _raise_failure(run)
+        _raise_failure(run, self._recorded_by)
 
     @property
     def blas_threads(self) -> int:
@@ -678,7 +679,11 @@ class Executor:
                 th, step = by_name[name]
                 if th.device.kind == "gpu":
                     _gpu_step(th, step, run, wait=False)
-                    step.stream.synchronize()
+                    try:
+                        step.stream.synchronize()
+                    except Exception as exc:  # this step's own work failed on its stream
+                        run.fail(exc, self.graph.nodes[step.index], th.device.name)
+                        break
                 else:
                     _cpu_step(th, step, run)
                 if run.aborted:
@@ -687,21 +692,47 @@ class Executor:
             run.fail(exc, None, "host")
         finally:
             self._synchronize_streams(run)
-        _raise_failure(run)
+        _raise_failure(run, self._recorded_by)
 
     def __repr__(self) -> str:
         return f"Executor({self.graph.name!r}, {', '.join(map(repr, self._threads))})"
 
 
-def _raise_failure(run: _Run) -> None:
+def _raise_failure(run: _Run, recorded_by: Sequence[Node] = ()) -> None:
+    """Raise the run's first error, naming the node it came from: the failing node itself, or
+    (``recorded_by``: event slot -> node) the node whose stream event reported it to a
+    waiting consumer, such as a copy a host node waited for."""
     if run.error is None:
         return
     exc, node, device = run.error
     if isinstance(exc, KeyboardInterrupt) or not isinstance(exc, Exception):
         raise exc
+    event = getattr(exc, "event", None)
+    slot = next((i for i, e in enumerate(run.events) if e is event), -1) if event else -1
+    # the first event recorded on a stream after its work failed: a copy's own (its consumer
+    # is always on another stream); after a kernel it may be a later node's, and the stream's
+    # message names the kernel already
+    if 0 <= slot < len(recorded_by) and recorded_by[slot] is not node and \
+            recorded_by[slot].is_transfer:
+        source = recorded_by[slot]
+        waiter = f"; {node.label} waited for it" if node is not None else ""
+        raise ExecutionError(f"{_describe(source)} failed on {source.device}: "
+                             f"{type(exc).__name__}: {exc}{waiter}") from exc
+    if node is not None and node.is_transfer:
+        raise ExecutionError(f"{_describe(node)} failed on {device}: {type(exc).__name__}: "
+                             f"{exc}") from exc
     if node is None:
         raise ExecutionError(f"run failed on {device}: {type(exc).__name__}: {exc}") from exc
     raise ExecutionError(f"{node.label} failed on {device}: {type(exc).__name__}: {exc}") from exc
+
+
+def _describe(node: Node) -> str:
+    """A node as a failure message names it; a transfer with the value it carries."""
+    if not node.is_transfer:
+        return node.label
+    a = node.attrs
+    return (f"{node.label}, the {a['kind']} copy of {node.inputs[0]} ({node.outputs[0]}) from "
+            f"{a['src']} to {a['dst']},")
 
 
 # ----------------------------------------------------------------------------------------------

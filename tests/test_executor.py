@@ -697,3 +697,35 @@ def test_a_forked_child_runs_a_plan_its_parent_ran(machine):
         pytest.fail("the forked child hung in plan.run")
     assert os.read(read, 1) == b"\x00" and os.waitstatus_to_exitcode(status) == 0
     os.close(read)
+
+
+@pytest.mark.parametrize("kind", ["copy_to_host", "copy_from_host"])
+@pytest.mark.parametrize("sync", [False, True])
+def test_a_failed_copy_names_the_transfer_and_its_value(monkeypatch, kind, sync):
+    """Issue 13.10: a failed device-to-host copy was blamed on the node that consumed it."""
+    import hetero as ht
+    from hetero import ops
+
+    def f(x):
+        with ht.device("gpu:0"):
+            a = ops.tanh(x)
+        return ops.neg(a)
+
+    x = np.ones((4, 5), np.float32)
+    plan = ht.compile(ht.function(f).graph(x), machine="cpu:1,sim:1", policy="annotated")
+    gpu = plan.machine.device("gpu:0")
+
+    def broken(dst, src, stream):
+        def fail(*_):
+            raise RuntimeError("link down")
+        stream.launch_timed(1e-6, "copy", fail, dst, src)
+
+    monkeypatch.setattr(gpu, kind, broken)
+    d = "d2h" if kind == "copy_to_host" else "h2d"
+    carried = r"%tanh_0 \(f32\[4,5\]\) from gpu:0 to cpu:0" if d == "d2h" else \
+        r"%x \(f32\[4,5\]\) from cpu:0 to gpu:0"
+    with pytest.raises(ExecutionError, match=rf"_to_\w+ \(transfer.*\), the {d} "
+                                             rf"copy of {carried}, failed on gpu:0: .*link down"):
+        plan.run(x, sync=sync)
+    monkeypatch.undo()
+    np.testing.assert_allclose(plan.run(x)[0], -np.tanh(x), rtol=1e-6)

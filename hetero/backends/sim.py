@@ -155,13 +155,18 @@ class SimEvent(Event):
         self.time: float | None = None
         self._done = threading.Event()
         self._error: BaseException | None = None
+        self._where = ""  # where the error came from: "<label> failed on gpu:0 (h2d stream)"
+        self._origin: SimEvent | None = None  # the first event recorded after that failure
 
     def synchronize(self) -> None:
         self._done.wait()
         if self._error is not None:
             err = self._error
             self.stream._clear(err)
-            raise _execution_error(self.stream, err)
+            exc = ExecutionError(f"{self._where}: {type(err).__name__}: {err}")
+            exc.__cause__ = err
+            exc.event = self._origin or self  # the executor names the node that recorded it
+            raise exc
 
     def query(self) -> bool:
         return self._done.is_set()
@@ -190,7 +195,8 @@ class SimStream(Stream):
         self._thread: threading.Thread | None = None
         self._pending = 0  # items enqueued and not yet finished (guarded by _lock)
         self._error: BaseException | None = None
-        self._error_label = ""
+        self._error_where = ""
+        self._error_origin: SimEvent | None = None
         self._owed = 0.0
 
     # -- the contract ---------------------------------------------------------------------
@@ -258,7 +264,8 @@ class SimStream(Stream):
             try:
                 fn(*args)
             except BaseException as exc:
-                self._error, self._error_label = exc, label
+                self._error, self._error_origin = exc, None
+                self._error_where = f"{label} failed on {self.device.name} ({self.name} stream)"
                 return
             if duration:
                 self._owed += max(0.0, duration - (time.perf_counter() - t0))
@@ -268,14 +275,19 @@ class SimStream(Stream):
             self._pay()
             event = item[1]
             event._error = self._error
+            if self._error is not None:
+                if self._error_origin is None:  # the node whose work failed recorded it
+                    self._error_origin = event
+                event._origin, event._where = self._error_origin, self._error_where
             event.time = time.perf_counter()
             event._done.set()
         elif kind == "wait":
             self._pay()
             event = item[1]
             event._done.wait()
-            if event._error is not None and self._error is None:
-                self._error, self._error_label = event._error, f"work on {event.stream!r}"
+            if event._error is not None and self._error is None:  # the cause stays the cause
+                self._error, self._error_where = event._error, event._where
+                self._error_origin = event._origin
 
     def _pay(self) -> None:
         """Sleep off the simulated time this stream owes."""
@@ -288,14 +300,6 @@ class SimStream(Stream):
     def _clear(self, err: BaseException) -> None:
         if self._error is err:
             self._error = None
-
-
-def _execution_error(stream: SimStream, err: BaseException) -> ExecutionError:
-    label = stream._error_label
-    exc = ExecutionError(f"{label} failed on {stream.device.name} ({stream.name} stream): "
-                         f"{type(err).__name__}: {err}")
-    exc.__cause__ = err
-    return exc
 
 
 # ----------------------------------------------------------------------------------------------
