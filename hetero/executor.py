@@ -159,7 +159,9 @@ class _Run:
         self.flags = flags
         self.events: list[Any] = [None] * nevents
         self.trace: list[tuple] | None = [] if trace else None
-        self.threads = {threading.get_ident()}  # host threads working for this run
+        # host threads working for this run (objects, not idents: an ident is reused as soon as
+        # its thread ends)
+        self.threads = {threading.current_thread()}
 
     def fail(self, exc: BaseException, node: Node | None, device: str) -> None:
         with self.lock:
@@ -505,7 +507,7 @@ class Executor:
         me = threading.current_thread()
         if active is None:
             return
-        ours = me.ident in active.threads or any(
+        ours = me in active.threads or any(
             getattr(stream, "_thread", None) is me
             for dev in self.machine.devices if dev.kind == "gpu"
             for stream in (dev.compute_stream, dev.h2d_stream, dev.d2h_stream))
@@ -893,7 +895,7 @@ if hasattr(os, "register_at_fork"):
 
 def _thread_main(loop: Any, th: _Thread, run: _Run, begun: threading.Event,
                  done: threading.Event) -> None:
-    run.threads.add(threading.get_ident())
+    run.threads.add(threading.current_thread())
     begun.set()
     try:
         with threads.intra_op(run.intra):  # the setting is each thread's own
