@@ -143,7 +143,12 @@ def input_arg(text: str) -> InputArg:
         dtype = dt.name
     if shape_text.strip() == "scalar":
         return InputArg(name, (), dtype)
-    dims = shape_text.replace(",", "x").split("x")
+    if "," in shape_text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: dimensions are separated by 'x', not commas: "
+            f"{name}={shape_text.replace(',', 'x').replace(' ', '')}"
+            + (f":{dtype_text}" if dtype_text else ""))
+    dims = shape_text.split("x")
     try:
         shape = tuple(int(d) for d in dims)
     except ValueError:
@@ -230,10 +235,16 @@ def _load_onnx(path: str, inputs: Sequence[InputArg]) -> Any:
         arr = arg.array()
         shape = tuple(arr.shape) if arr is not None else arg.shape
         dtype = arr.dtype.name if arr is not None else arg.dtype
-        if shape != spec.shape or (dtype is not None and dtype != spec.dtype.name):
-            raise ModelError(f"{path}: --input {arg.name} gives {dtype or spec.dtype.name}"
-                             f"{list(shape)}, but the model fixes input {arg.name!r} as "
-                             f"{spec.dtype.name}{list(spec.shape)}")
+        if dtype is not None and dtype != spec.dtype.name:
+            how = (f"convert the file with numpy's astype({spec.dtype.name!r})"
+                   if arr is not None else f"drop ':{dtype}'")
+            raise ModelError(f"{path}: --input {arg.name} gives dtype {dtype}, but input "
+                             f"{arg.name!r} of an ONNX model has the model's dtype, "
+                             f"{spec.dtype.name} (--input may change its shape, not its "
+                             f"dtype): {how}")
+        if shape != spec.shape:
+            raise ModelError(f"{path}: --input {arg.name} gives shape {list(shape)}, but the "
+                             f"model's input {arg.name!r} is {list(spec.shape)}")
     return graph
 
 
@@ -306,9 +317,23 @@ def _trace_python(path: str, func: str, inputs: Sequence[InputArg]) -> Any:
 
 
 def _machine(args: argparse.Namespace) -> Any:
-    if args.devices is not None:
-        return args.devices
-    return Machine.detect()
+    if args.devices is None:
+        return Machine.detect()
+    _warn_oversubscribed(args.devices)
+    return args.devices
+
+
+def _warn_oversubscribed(machine: Any) -> None:
+    """A warning (standard error) when a machine has more CPU workers than this host has cores:
+    it still plans and runs, but the workers take turns on the cores."""
+    from hetero.threads import cpu_cores
+
+    workers = sum(d.kind == "cpu" for d in machine.devices)
+    cores = cpu_cores()
+    if workers > cores:
+        print(f"{PROG}: warning: {machine.spec} has {workers} CPU workers but this host gives "
+              f"this process {cores} core(s): they will take turns on the cores, and measured "
+              "times will not match the estimates", file=sys.stderr)
 
 
 def _cost(args: argparse.Namespace, machine: Any) -> Any:
@@ -344,8 +369,11 @@ def _measured_note(plan: Any) -> str | None:
     if cost is None or cost["model"] != "measured":
         return None
     hit, total = cost["measured_nodes"], cost["nodes"]
-    return (f"cost model: measured times for {hit} of {total} node(s) from {cost['path']}"
+    note = (f"cost model: measured times for {hit} of {total} node(s) from {cost['path']}"
             + ("; the roofline for the rest" if hit < total else ""))
+    if hit < total:
+        note += " (time this model's kernels with: hetero calibrate MODEL)"
+    return note
 
 
 # ----------------------------------------------------------------------------------------------
@@ -396,7 +424,18 @@ def cmd_devices(args: argparse.Namespace) -> int:
 # hetero place
 
 
+def _check_format_output(args: argparse.Namespace) -> None:
+    """A whole HTML page is no terminal output: ``--format html`` needs ``-o`` or a
+    redirection; and an output path is checked before the work."""
+    if args.output not in (None, "-"):
+        _check_writable(args.output)
+    elif args.format == "html" and sys.stdout.isatty():
+        raise HeteroError("--format html writes a self-contained web page: give -o FILE.html "
+                          "(or redirect standard output to a file)")
+
+
 def cmd_place(args: argparse.Namespace) -> int:
+    _check_format_output(args)
     machine = _machine(args)
     cost = _cost(args, machine)
     graph = optimize_for(load_model(args.model, args.input), machine)  # once, for every policy
@@ -450,11 +489,46 @@ def _random_input(rng: np.random.Generator, spec: TensorSpec) -> np.ndarray:
     return np.zeros(spec.shape, spec.dtype)
 
 
+def _is_plan_file(model: str) -> bool:
+    return model.endswith(".json")
+
+
+def load_plan(path: str, machine: Any = None) -> Any:
+    """A plan saved by ``hetero compile`` (``Plan.to_json``), verified (``Plan.from_json`` runs
+    ``check``); ``machine`` replaces the recorded one."""
+    import json
+
+    from hetero.plan import Plan
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the plan: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ModelError(f"{path}: not a JSON file: {exc}") from None
+    try:
+        return Plan.from_json(data, machine=machine)
+    except HeteroError as exc:
+        raise ModelError(f"{path}: {exc}") from exc
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    machine = _machine(args)
-    cost = _cost(args, machine)
-    graph = load_model(args.model, args.input)
-    plan = _compile(args, graph, machine, cost)
+    if args.profile:
+        _check_writable(args.profile)  # before the benchmark, not after it
+    if _is_plan_file(args.model):
+        if any(a.path is None for a in args.input):
+            raise ModelError(f"{args.model}: a saved plan has fixed input shapes; --input may "
+                             "only give arrays (name=file.npy)")
+        plan = load_plan(args.model, machine=args.devices)
+        if args.devices is not None:
+            _warn_oversubscribed(args.devices)
+        machine, graph = plan.machine, plan.graph
+    else:
+        machine = _machine(args)
+        cost = _cost(args, machine)
+        graph = load_model(args.model, args.input)
+        plan = _compile(args, graph, machine, cost)
     arrays = _run_inputs(graph, args.input, args.seed)
     outputs = plan.run(*arrays)  # warm-up: arenas, constant uploads, first-touch costs
     times = []
@@ -479,7 +553,9 @@ def cmd_run(args: argparse.Namespace) -> int:
               "than the host does, whatever card it simulates")
     for v, out in zip(graph.outputs, outputs):
         arr = np.asarray(out)
-        print(f"output {v.node}: {arr.dtype}{list(arr.shape)}")
+        node = graph.node(v.node)  # a saved plan's outputs come home through copies
+        name = node.inputs[0].node if node.is_transfer else v.node
+        print(f"output {name}: {arr.dtype}{list(arr.shape)}")
     if args.check:
         expected = reference.run(graph, arrays)
         worst = 0.0
@@ -509,6 +585,27 @@ def cmd_run(args: argparse.Namespace) -> int:
             else:
                 print("recorded no kernel time: the plan computes only on simulated GPUs, "
                       "which keep their simulated durations")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# hetero compile
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    import json
+
+    _check_writable(args.output)
+    machine = _machine(args)
+    cost = _cost(args, machine)
+    graph = load_model(args.model, args.input)
+    plan = _compile(args, graph, machine, cost)
+    _write(json.dumps(plan.to_json(), separators=(",", ":")) + "\n", args.output)
+    computes = sum(n.computes for n in plan.graph.nodes)
+    print(f"wrote the plan of {graph.name} ({args.model}) for {machine.spec}, policy "
+          f"{plan.policy}, to {args.output}: {computes} node(s), {len(plan.transfers())} "
+          f"transfer(s), estimated makespan {fmt_time(plan.makespan)}; run it with: hetero run "
+          f"{args.output}")
     return 0
 
 
@@ -629,6 +726,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if timed or simulated:
         print(f"saved to {cost.path}; use it with: hetero place MODEL --cost measured"
               + (f" --cost-file {args.cost_file}" if args.cost_file else ""))
+    if args.model is None:
+        import textwrap
+
+        print(textwrap.fill(
+            "note: these are the kernels of the built-in probe graph. '--cost measured' uses a "
+            "measured time only for a node with the same op, shapes and attributes, so a "
+            "model's own nodes mostly keep the roofline estimate: run 'hetero calibrate MODEL' "
+            "(with its --input options) to time the kernels of the model you will place",
+            width=100, subsequent_indent="  "))
     else:
         print(f"nothing new to save: {cost.path} already holds every kernel of {graph.name}")
     return 0
@@ -668,6 +774,13 @@ _RUN_HELP = (
     "recorded into the cost file.")
 
 
+_COMPILE_HELP = (
+    "Compile MODEL for a machine (optimize, place, partition, schedule, plan memory) and write "
+    "the plan to a JSON file: the partitioned graph with its weights, the machine, the "
+    "placement with its reasons, the queues and the memory plan. 'hetero run PLAN.json' runs "
+    "it without compiling again; the plan is verified (ht.check) when it is read.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``hetero`` command (every subcommand has ``--help``)."""
     # --debug is accepted before and after the subcommand; SUPPRESS keeps a subcommand's default
@@ -681,7 +794,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "detected on this host); simulated GPUs work anywhere")
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("model", metavar="MODEL",
-                       help="an .onnx file, or path/to/file.py:function")
+                       help="an .onnx file, or path/to/file.py:function ('hetero run' also "
+                            "takes a PLAN.json written by 'hetero compile')")
     model.add_argument("--input", metavar="NAME=SHAPE[:DTYPE]|NAME=FILE.npy", type=input_arg,
                        action="append", default=[],
                        help="shape and dtype of an input (x=32x784:float32; needed for each "
@@ -707,6 +821,8 @@ def build_parser() -> argparse.ArgumentParser:
                "-o mlp.html\n"
                "  hetero run examples/two_tower.onnx --devices cpu:2 --repeat 5 "
                "--profile trace.json\n"
+               "  hetero compile examples/cnn.onnx --devices cpu:2,sim:1 -o cnn.plan.json\n"
+               "  hetero run cnn.plan.json\n"
                "  hetero calibrate --devices cpu:2\n\n"
                "exit status: 0 ok, 1 model/placement/run error, 2 usage error")
     parser.add_argument("--debug", action="store_true",
@@ -728,7 +844,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_spec_help())
     p.add_argument("--format", choices=("table", "json", "dot", "html"), default="table",
                    help="table (default), json (schema: hetero/schemas/placement.schema.json), "
-                        "dot (Graphviz), html (one self-contained page)")
+                        "dot (Graphviz), html (one self-contained page: needs -o, or standard "
+                        "output redirected to a file)")
     p.add_argument("-o", "--output", metavar="FILE", default=None,
                    help="write the report to FILE (default: standard output)")
     p.add_argument("--no-compare", action="store_true",
@@ -748,6 +865,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also compare the outputs with the sequential reference executor")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("compile", parents=[common, machine, model, planning],
+                       formatter_class=_Formatter,
+                       help="compile a model and save the plan (for 'hetero run PLAN.json')",
+                       description=_wrap(_COMPILE_HELP), epilog=_spec_help())
+    p.add_argument("-o", "--output", metavar="PLAN.json", required=True,
+                   help="where to write the plan (JSON, weights included)")
+    p.set_defaults(handler=cmd_compile)
 
     p = sub.add_parser("calibrate", parents=[common, machine], formatter_class=_Formatter,
                        help="measure kernel times for the cost model and save them",

@@ -1061,7 +1061,15 @@ class _Importer:
                              "supported)")
         dtype = _onnx_dtype(tt.elem_type)
         if vi.name in self.input_shapes:
-            return TensorSpec(tuple(self.input_shapes[vi.name]), dtype)
+            given = tuple(self.input_shapes[vi.name])
+            if tt.HasField("shape") and len(tt.shape.dim) != len(given):
+                declared = "x".join(str(d.dim_value) if d.HasField("dim_value")
+                                    else (d.dim_param or "?") for d in tt.shape.dim)
+                raise ModelError(
+                    f"{where} has {len(tt.shape.dim)} dimension(s) ({declared or 'a scalar'}), "
+                    f"but the shape given for it, {'x'.join(map(str, given)) or 'scalar'}, "
+                    f"has {len(given)}")
+            return TensorSpec(given, dtype)
         if not tt.HasField("shape"):
             raise ModelError(f"{where} has no shape; pass input_shapes={{{vi.name!r}: (...)}}")
         dims = []

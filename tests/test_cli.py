@@ -91,12 +91,12 @@ def test_console_script_and_python_m_hetero():
     assert proc.returncode == 0 and proc.stdout.startswith("machine cpu:1")
 
 
-@pytest.mark.parametrize("sub", [None, "devices", "place", "run", "calibrate"])
+@pytest.mark.parametrize("sub", [None, "devices", "place", "run", "compile", "calibrate"])
 def test_help_for_every_subcommand(sub):
     proc = ok(*([sub] if sub else []), "--help")
     assert proc.stdout.startswith("usage: hetero")
     if sub is None:
-        for name in ("devices", "place", "run", "calibrate"):
+        for name in ("devices", "place", "run", "compile", "calibrate"):
             assert name in proc.stdout
     if sub in ("place", "run"):
         assert "--devices SPEC" in proc.stdout and "--policy" in proc.stdout
@@ -403,7 +403,7 @@ MORE_ERRORS = [
      "no function 'nope' (functions: branches, mlp)"),
     (["place", ex("cnn.onnx"), "--input", "pixels=1x3x64x64"], 1, "no graph input named"),
     (["place", ex("cnn.onnx"), "--input", "image=8x3x64x64:int64"], 1,
-     "fixes input 'image' as float32[8, 3, 64, 64]"),
+     "has the model's dtype, float32 (--input may change its shape, not its dtype)"),
     (["place", ex("model.py")], 1, "path/to/file.py:function"),
     (["place", ex("build_examples.py") + ":cnn"], 1, "returned ModelProto"),
     (["place", ex("cnn.onnx"), "--format", "svg"], 2, "invalid choice: 'svg'"),
@@ -497,7 +497,8 @@ def test_run_with_an_input_too_big_for_the_host_is_an_error_not_internal(capsys)
     code, _, err = _main(["run", ex("cnn.onnx"), "--input", "image=99999x3x9999x9999",
                           "--repeat", "1"], capsys)
     assert code == 1
-    assert "error: input image (f32[99999,3,9999,9999]): cannot allocate" in err
+    # refused when the plan is compiled: its arena alone could not fit in the host's memory
+    assert "error: the host arena needs" in err and "more than its" in err
     assert "internal error" not in err
 
 
@@ -505,3 +506,123 @@ def test_an_input_given_twice_is_an_error(capsys):
     code, _, err = _main(["place", ex("cnn.onnx"), "--input", "image=1x3x64x64",
                           "--input", "image=2x3x64x64"], capsys)
     assert code == 1 and "--input image given more than once" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 13: inputs, outputs and saved plans
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    from hetero.cli import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_an_input_of_the_wrong_rank_names_the_input_and_ranks(capsys):
+    code, _, err = _cli(capsys, "place", ex("cnn.onnx"), "--input", "image=8x3x64",
+                         "--devices", "cpu:1")
+    assert code == 1
+    assert "graph input 'image' has 4 dimension(s) (8x3x64x64), but the shape given for it, " \
+           "8x3x64, has 3" in err
+
+
+def test_comma_separated_dims_are_refused_with_the_right_spelling(capsys):
+    with pytest.raises(SystemExit) as info:
+        _cli(capsys, "place", ex("cnn.onnx"), "--input", "image=8,3,64,64")
+    assert info.value.code == 2
+    assert "dimensions are separated by 'x', not commas: image=8x3x64x64" in \
+        capsys.readouterr().err
+
+
+def test_an_onnx_input_dtype_cannot_be_changed_and_says_so(capsys):
+    code, _, err = _cli(capsys, "place", ex("cnn.onnx"), "--input", "image=8x3x64x64:float16",
+                         "--devices", "cpu:1")
+    assert code == 1
+    assert "gives dtype float16, but input 'image' of an ONNX model has the model's dtype, " \
+           "float32 (--input may change its shape, not its dtype): drop ':float16'" in err
+    code, out, _ = _cli(capsys, "place", ex("cnn.onnx"), "--input", "image=2x3x64x64",
+                        "--devices", "cpu:1", "--no-compare", "--format", "json")
+    assert code == 0  # the shape may change
+    assert json.loads(out)["nodes"][0]["outputs"][0]["shape"] == [2, 3, 64, 64]
+
+
+def test_more_cpu_workers_than_cores_warns(capsys):
+    from hetero.threads import cpu_cores
+
+    many = cpu_cores() + 1
+    code, _, err = _cli(capsys, "place", ex("cnn.onnx"), "--devices", f"cpu:{many}",
+                         "--no-compare")
+    assert code == 0
+    assert f"warning: cpu:{many} has {many} CPU workers but this host gives this process " \
+           f"{cpu_cores()} core(s)" in err
+    _, _, err = _cli(capsys, "place", ex("cnn.onnx"), "--devices", "cpu:1", "--no-compare")
+    assert "warning" not in err
+
+
+def test_unwritable_outputs_fail_before_the_work(capsys, tmp_path, monkeypatch):
+    import hetero.cli as cli
+
+    def no_compile(*a, **k):
+        raise AssertionError("compiled before checking the output path")
+
+    monkeypatch.setattr(cli, "_compile", no_compile)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for args in (("run", ex("cnn.onnx"), "--profile", str(blocker / "t.json")),
+                 ("place", ex("cnn.onnx"), "-o", str(tmp_path)),
+                 ("compile", ex("cnn.onnx"), "-o", str(blocker / "plan.json"))):
+        code, _, err = _cli(capsys, *args, "--devices", "cpu:1")
+        assert code == 1 and "cannot write" in err, (args, err)
+
+
+def test_html_to_a_terminal_is_refused(capsys, monkeypatch):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    code, _, err = _cli(capsys, "place", ex("cnn.onnx"), "--format", "html", "--devices",
+                         "cpu:1")
+    assert code == 1 and "--format html writes a self-contained web page: give -o" in err
+
+
+def test_calibrate_without_a_model_says_it_timed_the_probe(capsys, tmp_path):
+    code, out, _ = _cli(capsys, "calibrate", "--devices", "cpu:1", "--no-progress",
+                         "--repeats", "1", "--cost-file", str(tmp_path / "c.json"))
+    assert code == 0
+    text = " ".join(out.split())
+    assert "these are the kernels of the built-in probe graph" in text
+    assert "run 'hetero calibrate MODEL'" in text
+    code, out, _ = _cli(capsys, "run", ex("cnn.onnx"), "--devices", "cpu:1", "--repeat", "1",
+                         "--cost", "measured", "--cost-file", str(tmp_path / "c.json"))
+    assert code == 0 and "(time this model's kernels with: hetero calibrate MODEL)" in out
+
+
+@pytest.mark.parametrize("spec", ["cpu:2", "cpu:2,sim:1"])
+def test_compile_saves_a_plan_that_run_runs(capsys, tmp_path, spec):
+    """Issue 13.18: hetero compile MODEL -o plan.json, then hetero run plan.json: the same
+    outputs as compiling the model in the library."""
+    import hetero.onnx as ho
+    from hetero.cli import load_plan
+
+    path = tmp_path / "cnn.plan.json"
+    code, out, _ = _cli(capsys, "compile", ex("cnn.onnx"), "--devices", spec, "-o", str(path))
+    assert code == 0 and f"run it with: hetero run {path}" in out
+    plan = load_plan(str(path))
+    direct = hetero.compile(ho.load(os.path.join(ROOT, ex("cnn.onnx"))), machine=spec)
+    x = np.random.default_rng(0).standard_normal((8, 3, 64, 64)).astype(np.float32)
+    for got, want in zip(plan.run(x), direct.run(x)):
+        np.testing.assert_array_equal(got, want)
+    np.save(tmp_path / "x.npy", x)
+    code, out, _ = _cli(capsys, "run", str(path), "--input", f"image={tmp_path / 'x.npy'}",
+                         "--repeat", "1", "--check")
+    assert code == 0 and "output probs: float32[8, 10]" in out
+    assert float(_field(r"max relative error (\S+)", out)) == 0.0
+
+
+def test_a_broken_plan_file_is_a_clear_error(capsys, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    code, _, err = _cli(capsys, "run", str(bad))
+    assert code == 1 and "not a JSON file" in err
+    bad.write_text('{"format": "something else"}')
+    code, _, err = _cli(capsys, "run", str(bad))
+    assert code == 1 and "not a hetero plan" in err
