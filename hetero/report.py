@@ -334,8 +334,10 @@ def render_table(report: Mapping[str, Any]) -> str:
     if cost is not None and not short:
         out.append(_cost_model_text(cost))
     out.append("")
+    # in the order they run: estimated start, then graph order (the JSON keeps graph order)
+    by_start = sorted(enumerate(report["nodes"]), key=lambda p: (p[1]["start"], p[0]))
     rows = [[n["name"], n["op"], n["device"], fmt_time(n["start"]), fmt_time(n["finish"]),
-             fmt_time(n["time"]), _reason_text(n["reason"])] for n in report["nodes"]]
+             fmt_time(n["time"]), _reason_text(n["reason"])] for _, n in by_start]
     out += text_table(["node", "op", "device", "start", "finish", "time", "reason"], rows,
                   right=(3, 4, 5))
     out.append("")

@@ -85,7 +85,7 @@ import math
 from bisect import bisect_right, insort
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hetero.errors import PlacementError
@@ -135,6 +135,9 @@ class Schedule:
     finish: dict
     makespan: float
     order: dict
+    #: task -> the options it chose from: ``(device, inputs ready, start, finish)`` per allowed
+    #: device, in ``devices`` order (what a placement reason explains a choice with)
+    options: dict = field(default_factory=dict, compare=False, repr=False)
 
     def validate(
         self,
@@ -376,15 +379,19 @@ def _list_schedule(dag, devices, cand, w, comm, rank, select) -> Schedule:
     device: dict = {}
     start: dict = {}
     finish: dict = {}
+    considered: dict = {}
     while ready:
         _, _, t = heapq.heappop(ready)
         options = []
+        arrivals = []
         for d in cand[t]:
             arrival = 0.0
             for u in dag.predecessors(t):
                 arrival = max(arrival, finish[u] + _comm(dag, comm, u, t, device[u], d))
             begin = _earliest_start(busy[d], arrival, w[t][d])
             options.append((d, begin, begin + w[t][d], device_position[d]))
+            arrivals.append(arrival)
+        considered[t] = tuple((o[0], a, o[1], o[2]) for o, a in zip(options, arrivals))
         d, begin, end, _ = select(t, options)
         if math.isinf(end):
             raise SchedulingError(f"task {_name(dag, t)} cannot finish in finite time on any "
@@ -400,7 +407,7 @@ def _list_schedule(dag, devices, cand, w, comm, rank, select) -> Schedule:
     by_position = {i: t for t, i in position.items()}
     order = {d: [by_position[i] for _, _, i in busy[d]] for d in devices}
     return Schedule(device=device, start=start, finish=finish,
-                    makespan=max(finish.values(), default=0.0), order=order)
+                    makespan=max(finish.values(), default=0.0), order=order, options=considered)
 
 
 def _earliest_start(booked: list, arrival: float, duration: float) -> float:

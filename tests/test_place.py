@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 
 import numpy as np
 import pytest
@@ -457,3 +458,43 @@ def test_annotated_policy_follows_group_annotation(machine):
     assert p.device["pinned"] == p.device["follower"] == "gpu:0"
     assert p.reason["follower"].kind == "colocated"
     assert p.device["free"] == "cpu:0" and p.reason["free"].kind == "default"
+
+
+def test_tie_reasons_say_what_decided():
+    """Issue 13.14: "cost: 138 us on gpu:0, 138 us on gpu:1" did not say why gpu:0 won."""
+    import os
+
+    import hetero.onnx as ho
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    g = ho.load(os.path.join(root, "examples", "two_tower.onnx"))
+    plan = ht.compile(g, machine="cpu:2,sim:2@t4")
+    reasons = {n: r.detail for n, r in plan.placement.reason.items()}
+    assert reasons["user0.mm"].endswith("both would finish at 410 us: gpu:0 comes first in the "
+                                        "device list")
+    assert "gpu:1 finishes first (410 us against 548 us on gpu:0): its queue is free at 272 us, "\
+           "gpu:0's at 410 us" in reasons["item0.mm"]
+    assert re.search(r"gpu:0 finishes first \(441 us against 713 us on gpu:1\): its inputs are "
+                     r"there at 410 us, on gpu:1 at 682 us \(copies\)", reasons["user0.h"])
+    for name, text in reasons.items():  # every cost tie as printed says what decided
+        m = re.match(r"(\S+ \S+) on (\S+), (\S+ \S+) on ([^\s;]+)(.*)", text)
+        if m and m.group(1) == m.group(3):
+            assert m.group(5).startswith("; "), (name, text)
+
+
+def test_the_node_table_is_in_start_order():
+    import os
+
+    import hetero.onnx as ho
+    from hetero import report
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    g = ho.load(os.path.join(root, "examples", "cnn.onnx"))
+    plan = ht.compile(g, machine="cpu:1")
+    doc = report.build(plan)
+    lines = report.render(doc, "table").splitlines()
+    rows = [line.split()[0] for line in lines[4:4 + len(doc["nodes"])]]
+    start = {n["name"]: n["start"] for n in doc["nodes"]}
+    assert sorted(rows) == sorted(start) and "emb" in rows
+    assert [start[r] for r in rows] == sorted(start.values())

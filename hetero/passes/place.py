@@ -398,6 +398,9 @@ class _Outcome:
     finish: dict[str, float]
     makespan: float
     label: str
+    #: task -> its scheduler options ``(device, inputs ready, start, finish)`` (Schedule.options)
+    options: Mapping[str, tuple] = field(default_factory=dict)
+    task_of: Mapping[str, str] = field(default_factory=dict)
 
 
 def _run_scheduler(tasks: _Tasks, devices: Sequence[str], algorithm: str, allowed_of: Any,
@@ -599,7 +602,8 @@ def _best_schedule(ctx: _Context, rules: _Rules, tasks: _Tasks, policy: str,
         seen.add(key)
         start, finish, makespan = evaluate(device)
         if best is None or makespan < best.makespan * (1 - 1e-12):
-            best = _Outcome(device, start, finish, makespan, label)
+            best = _Outcome(device, start, finish, makespan, label, sched.options,
+                            tasks.task_of)
     assert best is not None
     return best
 
@@ -707,35 +711,60 @@ def _reasons(ctx: _Context, rules: _Rules, tasks: _Tasks, device: Mapping[str, s
             wish = rules.soft_wish[name]
             if wish == dev:
                 reasons[name] = Reason("soft-kept", f"annotated {wish}; "
-                                       + _cost_detail(ctx, name, dev, rules))
+                                       + _cost_detail(ctx, name, dev, rules, outcome))
             elif policy in ("cpu", "gpu"):
                 reasons[name] = Reason("soft-overridden", f"annotated {wish}, but policy "
                                        f"{policy!r} puts it on {dev}")
             else:
                 reasons[name] = Reason("soft-overridden", f"annotated {wish}, but "
-                                       + _cost_detail(ctx, name, dev, rules))
+                                       + _cost_detail(ctx, name, dev, rules, outcome))
         elif policy == "annotated":
             reasons[name] = Reason("default", f"no annotation: default device {dev}")
         elif policy in ("cpu", "gpu"):
             reasons[name] = Reason("policy", f"policy {policy}")
         else:
-            why = _cost_detail(ctx, name, dev, rules)
+            why = _cost_detail(ctx, name, dev, rules, outcome)
             if outcome.label != policy:
                 why += f" ({outcome.label}-only schedule estimated faster than {policy})"
             reasons[name] = Reason("cost", why)
     return reasons
 
 
-def _cost_detail(ctx: _Context, name: str, dev: str, rules: _Rules) -> str:
+def _cost_detail(ctx: _Context, name: str, dev: str, rules: _Rules,
+                 outcome: _Outcome | None = None) -> str:
+    """The kernel costs on the chosen and the next best device and, where those do not explain
+    the choice (equal as printed, or the other device is faster), what did: the list scheduler's
+    finish times, and whether the inputs' arrival (copies) or the device's queue made them
+    differ, or the order of the device list on a full tie."""
     here = ctx.node_cost(name, dev)
     others = [(ctx.node_cost(name, d), d) for d in rules.kernel_devices.get(name, ()) if d != dev]
     text = f"{_ms(here)} on {dev}"
-    if others:
-        t, d = min(others)
-        text += f", {_ms(t)} on {d}"
-        if t < here:
-            # HEFT minimises the finish time, which counts copies and the device's queue too
-            text += f"; {dev} finishes first once copies and queues count"
+    if not others:
+        return text
+    t, d = min(others)
+    text += f", {_ms(t)} on {d}"
+    if t > here and _ms(t) != _ms(here):
+        return text  # the cheaper kernel won: the costs say why
+    options = {}
+    if outcome is not None:
+        task = outcome.task_of.get(name, name)
+        options = {o[0]: o for o in outcome.options.get(task, ())}
+    mine, rival = options.get(dev), options.get(d)
+    if mine is None or rival is None:
+        # HEFT minimises the finish time, which counts copies and the device's queue too
+        return text + (f"; {dev} finishes first once copies and queues count" if t < here
+                       else f"; a tie: {dev} comes first in the device list")
+    _, ready, begin, end = mine
+    _, r_ready, r_begin, r_end = rival
+    if _ms(end) == _ms(r_end) and not end < r_end * (1 - 1e-9):
+        return text + (f"; both would finish at {_ms(end)}: {dev} comes first in the device "
+                       "list")
+    text += f"; {dev} finishes first ({_ms(end)} against {_ms(r_end)} on {d})"
+    if ready < r_ready * (1 - 1e-9):
+        return text + (f": its inputs are there at {_ms(ready)}, on {d} at {_ms(r_ready)} "
+                       "(copies)")
+    if begin < r_begin * (1 - 1e-9):
+        return text + f": its queue is free at {_ms(begin)}, {d}'s at {_ms(r_begin)}"
     return text
 
 
