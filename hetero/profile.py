@@ -13,6 +13,15 @@ reason in its args, and flow arrows ("ph": "s" / "f") from each value's producer
 and from the transfer to its consumers. ``summary()`` gives per-device busy share, transfer
 bytes, the share of transfer time that overlapped compute, and the measured against the estimated
 makespan.
+
+Simulated GPUs: a simulated GPU computes the real values with NumPy on this host and paces its
+streams to the modelled card's durations (the roofline of ``hetero.cost``), so its measured spans
+are *host* time: never faster than the host, whatever card it models. Each span also carries the
+*modelled* time (``Span.modelled``: the plan's estimate of that node on the modelled device; None
+for real devices), ``summary()`` gives each simulated device's modelled busy time next to the
+measured one, ``table()`` says which times are host time, and the Chrome trace adds the modelled
+timeline (what the modelled card would do: the plan's estimated schedule of the simulated
+devices' nodes and copies) as its own processes, "gpu:0 (modelled)".
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hetero.graph import TRANSFER
+from hetero.spaces import lane_of
 
 __all__ = ["Profile", "Span"]
 
@@ -38,6 +48,9 @@ class Span:
     start: float
     end: float
     nbytes: int = 0  # bytes copied, for transfers
+    #: seconds the modelled device takes for it (a simulated GPU's node or copy; the plan's
+    #: estimate), None on real devices, where the measured time is the device's own
+    modelled: float | None = None
 
     @property
     def duration(self) -> float:
@@ -99,6 +112,8 @@ class Profile:
         and None as end. ``kept``: device-to-host transfers that copied within the GPU instead
         (``outputs="device"``); they moved no bytes over a link."""
         graph = plan.graph
+        simulated = _simulated(plan)
+        est = plan.estimates
         spans = []
         for index, device, stream, start, end in trace:
             if end is None:
@@ -107,8 +122,11 @@ class Profile:
             nbytes = sum(s.nbytes for s in node.outputs) if node.is_transfer else 0
             if node.name in kept:
                 nbytes = 0
+            modelled = None
+            if node.name in est and _on_simulated(node, simulated):
+                modelled = est[node.name][1] - est[node.name][0]
             spans.append(Span(node.name, node.op, device, stream, start - t0,
-                              max(end, start) - t0, nbytes))
+                              max(end, start) - t0, nbytes, modelled))
         return cls(plan, spans, t1 - t0)
 
     # -- figures -----------------------------------------------------------------------------
@@ -133,12 +151,17 @@ class Profile:
         compute_all: list[tuple[float, float]] = []
         transfers: list[tuple[float, float]] = []
         tbytes = 0
+        simulated = _simulated(self.plan)
         for dev in sorted({s.device for s in self.spans}):
             busy = _union((s.start, s.end) for s in self.spans
                           if s.device == dev and not s.is_transfer)
             compute_all.extend(busy)
             n = sum(1 for s in self.spans if s.device == dev)
             devices[dev] = {"busy": _length(busy) / span, "busy_s": _length(busy), "nodes": n}
+            if dev in simulated:  # host time above; what the modelled card would be busy
+                devices[dev]["modelled_busy_s"] = sum(
+                    s.modelled or 0.0 for s in self.spans
+                    if s.device == dev and not s.is_transfer)
         for s in self.spans:
             if s.is_transfer:
                 transfers.append((s.start, s.end))
@@ -155,20 +178,33 @@ class Profile:
             "measured_makespan": self.makespan,
             "estimated_makespan": float(self.plan.makespan),
             "wall": self.wall,
+            "simulated": sorted(simulated),
         }
 
     def table(self) -> str:
         """``summary()`` as text."""
         s = self.summary()
-        lines = [f"{'device':<8} {'nodes':>6} {'busy':>7} {'busy ms':>9}"]
+        sim = s["simulated"]
+        lines = [f"{'device':<8} {'nodes':>6} {'busy':>7} {'busy ms':>9}"
+                 + (f" {'modelled ms':>12}" if sim else "")]
         for dev, d in s["devices"].items():
-            lines.append(f"{dev:<8} {int(d['nodes']):>6} {d['busy']:>6.1%} "
-                         f"{d['busy_s'] * 1e3:>9.3f}")
+            row = (f"{dev:<8} {int(d['nodes']):>6} {d['busy']:>6.1%} "
+                   f"{d['busy_s'] * 1e3:>9.3f}")
+            if "modelled_busy_s" in d:
+                row += f" {d['modelled_busy_s'] * 1e3:>12.3f}"
+            lines.append(row)
         lines.append(f"transfers: {s['transfer_bytes']:,} bytes in {s['transfer_s'] * 1e3:.3f} ms, "
                      f"{s['transfer_overlap']:.0%} overlapped with compute")
         lines.append(f"makespan: measured {s['measured_makespan'] * 1e3:.3f} ms, "
                      f"estimated {s['estimated_makespan'] * 1e3:.3f} ms "
                      f"(wall {s['wall'] * 1e3:.3f} ms)")
+        if sim:
+            what = "is a simulated GPU" if len(sim) == 1 else "are simulated GPUs"
+            lines.append(f"note: {', '.join(sim)} {what}: it computes with NumPy on this "
+                         "host, so its measured times are host time, no faster than the host "
+                         "whatever card it models; 'modelled ms' and the estimate are what the "
+                         "modelled card would take (the Chrome trace shows that timeline as "
+                         "its own tracks)")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -259,8 +295,54 @@ class Profile:
                                "ts": max(a.start, a.end - 1e-9) * 1e6})
                 events.append({**common, "ph": "f", "bp": "e", "pid": pid[b.device],
                                "tid": stream_rank.get(b.stream, 9), "ts": b.start * 1e6})
+        events += self._modelled_events(len(devices) + 1)
         return {"traceEvents": events, "displayTimeUnit": "ms",
                 "otherData": {"graph": graph.name, "summary": _jsonable(self.summary())}}
+
+    def _modelled_events(self, first_pid: int) -> list[dict[str, Any]]:
+        """The modelled timeline of the simulated devices: one process "gpu:N (modelled)" each,
+        one track per stream, the plan's estimated start and finish of every node and copy they
+        run (copies on the stream that issues them), shifted to start with the measured run."""
+        plan = self.plan
+        simulated = _simulated(plan)
+        if not simulated:
+            return []
+        graph, est = plan.graph, plan.estimates
+        measured = {s.node: s for s in self.spans}
+        origin = min((s.start for s in self.spans), default=0.0)
+        events: list[dict[str, Any]] = []
+        tids: dict[tuple[str, str], int] = {}
+        pid = {d: first_pid + i for i, d in enumerate(sorted(simulated))}
+        for dev, p in pid.items():
+            events.append({"ph": "M", "name": "process_name", "pid": p, "tid": 0,
+                           "args": {"name": f"{dev} (modelled)"}})
+            events.append({"ph": "M", "name": "process_sort_index", "pid": p, "tid": 0,
+                           "args": {"sort_index": p}})
+        for node in graph.nodes:
+            if node.name not in est or not (node.computes or node.is_transfer) or \
+                    not _on_simulated(node, simulated):
+                continue  # (constants and inputs are there before a run starts)
+            lane = lane_of(node)  # "gpu:0" or "gpu:0/h2d"
+            dev, _, stream = lane.partition("/")
+            if dev not in pid:
+                dev = node.attrs["src"] if node.is_transfer and node.attrs["src"] in pid \
+                    else node.attrs.get("dst", dev)
+            stream = stream or "compute"
+            key = (dev, stream)
+            if key not in tids:
+                tids[key] = {"compute": 0, "h2d": 1, "d2h": 2}.get(stream, 3 + len(tids))
+                events.append({"ph": "M", "name": "thread_name", "pid": pid[dev],
+                               "tid": tids[key],
+                               "args": {"name": f"{dev} {stream} stream (modelled)"}})
+            start, finish = est[node.name]
+            args: dict[str, Any] = {"op": node.op, "modelled_ms": (finish - start) * 1e3,
+                                    "reason": self._reason(node.name)}
+            if node.name in measured:
+                args["measured_ms"] = measured[node.name].duration * 1e3
+            events.append({"ph": "X", "name": node.name, "cat": "modelled", "pid": pid[dev],
+                           "tid": tids[key], "ts": (origin + start) * 1e6,
+                           "dur": max((finish - start) * 1e6, 0.001), "args": args})
+        return events
 
     def save(self, path: str) -> None:
         """Write the Chrome trace / Perfetto JSON to ``path``."""
@@ -270,6 +352,19 @@ class Profile:
     def __repr__(self) -> str:
         return (f"Profile({self.plan.graph.name!r}, {len(self.spans)} spans, "
                 f"{self.makespan * 1e3:.3f} ms)")
+
+
+def _simulated(plan: Any) -> set[str]:
+    """Names of the plan's simulated devices."""
+    machine = plan.machine
+    return {d.name for d in machine.devices if d.backend == "sim"} if machine else set()
+
+
+def _on_simulated(node: Any, simulated: set[str]) -> bool:
+    """Does a simulated device run ``node`` (or, for a copy, is one of its ends simulated)?"""
+    if node.is_transfer:
+        return node.attrs["src"] in simulated or node.attrs["dst"] in simulated
+    return node.device in simulated
 
 
 def _takes(fn: Any, name: str) -> bool:

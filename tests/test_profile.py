@@ -116,7 +116,10 @@ def test_chrome_trace_is_valid_and_complete(mixed_run, tmp_path):
     # placement reasons are in the args
     for e in complete:
         assert e["args"]["reason"]
-        if e["cat"] == "transfer":
+        if e["cat"] == "modelled":  # the simulated GPU's modelled timeline
+            assert e["args"]["modelled_ms"] >= 0 and e["pid"] not in {
+                x["pid"] for x in complete if x["cat"] != "modelled"}
+        elif e["cat"] == "transfer":
             assert e["args"]["bytes"] > 0 and "transfer" in e["args"]["reason"]
         else:
             assert e["args"]["reason"].startswith("policy")
@@ -187,3 +190,63 @@ def test_sync_mode_profiles_too():
     ordered = sorted(prof.spans, key=lambda s: s.start)
     for a, b in zip(ordered, ordered[1:]):
         assert a.end <= b.start + 1e-6  # one at a time
+
+
+def test_simulated_devices_carry_host_and_modelled_times():
+    """Issue 13.13: "measured 7.133 ms, estimated 0.062 ms" for a simulated GPU, unexplained.
+    Spans on a simulated GPU carry the modelled time beside the host time; the table says which
+    is which; the Chrome trace has the modelled timeline as its own tracks."""
+    import json
+
+    import hetero as ht
+    from hetero import ops
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 784)).astype(np.float32)
+    w = rng.standard_normal((784, 256)).astype(np.float32)
+
+    def f(x, w):
+        h = ops.relu(x @ w)
+        return ops.softmax(h, axis=-1), ops.tanh(h)
+
+    plan = ht.compile(ht.function(f).graph(x, w), machine="cpu:1,sim:1@h100", policy="gpu")
+    _, prof = plan.run(x, w, profile=True)
+    est = plan.estimates
+    on_gpu = [s for s in prof.spans if s.device == "gpu:0"]
+    assert on_gpu and all(s.modelled == pytest.approx(est[s.node][1] - est[s.node][0])
+                          for s in on_gpu)
+    assert all(s.modelled is None for s in prof.spans if s.device.startswith("cpu"))
+    summary = prof.summary()
+    assert summary["simulated"] == ["gpu:0"]
+    assert summary["devices"]["gpu:0"]["modelled_busy_s"] == pytest.approx(
+        sum(s.modelled for s in on_gpu if not s.is_transfer))
+    table = prof.table()
+    assert "modelled ms" in table.splitlines()[0]
+    assert "gpu:0 is a simulated GPU: it computes with NumPy on this host, so its measured " \
+           "times are host time" in table
+    trace = json.loads(json.dumps(prof.to_chrome()))
+    names = {e["pid"]: e["args"]["name"] for e in trace["traceEvents"]
+             if e.get("ph") == "M" and e["name"] == "process_name"}
+    modelled_pid = next(p for p, n in names.items() if n == "gpu:0 (modelled)")
+    modelled = {e["name"]: e for e in trace["traceEvents"]
+                if e.get("ph") == "X" and e["pid"] == modelled_pid}
+    assert set(modelled) == {s.node for s in on_gpu}
+    for s in on_gpu:
+        assert modelled[s.node]["dur"] == pytest.approx(s.modelled * 1e6, rel=1e-6, abs=1e-3)
+        assert modelled[s.node]["args"]["measured_ms"] == pytest.approx(s.duration * 1e3)
+    starts = {n: modelled[n]["ts"] for n in modelled}
+    for n in modelled:  # the modelled timeline keeps the plan's order
+        for v in plan.graph.node(n).inputs:
+            if v.node in modelled:
+                assert starts[v.node] <= starts[n]
+
+
+def test_real_devices_only_have_no_modelled_tracks():
+    import hetero as ht
+    from hetero import ops
+
+    x = np.ones((8, 8), np.float32)
+    plan = ht.compile(ht.function(lambda a: ops.relu(a) * 2.0).graph(x), machine="cpu:2")
+    _, prof = plan.run(x, profile=True)
+    assert prof.summary()["simulated"] == [] and "note" not in prof.table()
+    assert not [e for e in prof.to_chrome()["traceEvents"] if e.get("cat") == "modelled"]
