@@ -82,30 +82,49 @@ register(Op("add_n", _infer_add_n, _add_n_kernel, arity=(1, None), cost=_add_n_c
             doc="sum of any number of same-shape tensors (ONNX Sum)"))
 
 
+# The activations below compute into their output buffer (out=), in the same operations and
+# order as their formulas, so they allocate no tensor-sized temporary (tests/test_allocations.py)
+# and give the same bits as the formula written with temporaries.
+
+
 def _elu_kernel(xp, ins, attrs, outs):
-    x = ins[0]
-    outs[0][...] = xp.where(x > 0, x, attrs["alpha"] * xp.expm1(xp.minimum(x, 0)))
+    x, out = ins[0], outs[0]
+    xp.minimum(x, 0, out=out)
+    xp.expm1(out, out=out)
+    xp.multiply(out, attrs["alpha"], out=out)
+    xp.copyto(out, x, where=x > 0)  # where(x > 0, x, alpha * expm1(min(x, 0)))
 
 
 def _selu_kernel(xp, ins, attrs, outs):
-    x = ins[0]
-    neg = attrs["alpha"] * xp.expm1(xp.minimum(x, 0))
-    outs[0][...] = attrs["gamma"] * xp.where(x > 0, x, neg)
+    _elu_kernel(xp, ins, attrs, outs)  # where(x > 0, x, alpha * expm1(min(x, 0)))
+    xp.multiply(outs[0], attrs["gamma"], out=outs[0])
 
 
 def _hard_sigmoid_kernel(xp, ins, attrs, outs):
-    xp.clip(attrs["alpha"] * ins[0] + attrs["beta"], 0, 1, out=outs[0])
+    out = outs[0]
+    xp.multiply(ins[0], attrs["alpha"], out=out)
+    xp.add(out, attrs["beta"], out=out)
+    xp.clip(out, 0, 1, out=out)
+
+
+def _softplus_into(xp, x, out):
+    """``out = max(x, 0) + log1p(e^-|x|)``: log(1 + e^x) without overflow."""
+    xp.abs(x, out=out)
+    xp.negative(out, out=out)
+    xp.exp(out, out=out)
+    xp.log1p(out, out=out)
+    xp.add(out, x, out=out, where=x > 0)  # + max(x, 0): adding 0 elsewhere changes nothing
 
 
 def _softplus_kernel(xp, ins, attrs, outs):
-    x = ins[0]
-    # log(1 + e^x) without overflow: max(x, 0) + log1p(e^-|x|)
-    outs[0][...] = xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))
+    _softplus_into(xp, ins[0], outs[0])
 
 
 def _softsign_kernel(xp, ins, attrs, outs):
-    x = ins[0]
-    xp.divide(x, 1 + xp.abs(x), out=outs[0])
+    x, out = ins[0], outs[0]
+    xp.abs(x, out=out)
+    xp.add(out, 1, out=out)
+    xp.divide(x, out, out=out)
 
 
 def _sign_kernel(xp, ins, attrs, outs):
@@ -141,7 +160,9 @@ def _infer_prelu(ins, attrs):
 
 def _prelu_kernel(xp, ins, attrs, outs):
     x, slope = ins
-    outs[0][...] = xp.where(x < 0, x * slope, x)
+    out = outs[0]
+    xp.multiply(x, slope, out=out)
+    xp.copyto(out, x, where=~(x < 0))  # where(x < 0, x * slope, x), NaN included
 
 
 register(Op("prelu", _infer_prelu, _prelu_kernel, arity=(2, 2),
@@ -167,7 +188,15 @@ def _infer_tile(ins, attrs):
 
 
 def _tile_kernel(xp, ins, attrs, outs):
-    outs[0][...] = xp.tile(ins[0], tuple(attrs["repeats"]))
+    x, out = ins[0], outs[0]
+    reps = tuple(attrs["repeats"])
+    dims = (1,) * (len(reps) - x.ndim) + tuple(x.shape)
+    if not out.flags.c_contiguous or out.size == 0:
+        out[...] = xp.tile(x, reps)
+        return
+    # out as (r0, d0, r1, d1, ...): every repeat is one broadcast copy of x, with no temporary
+    split = tuple(n for pair in zip(reps, dims) for n in pair)
+    xp.copyto(out.reshape(split), x.reshape(tuple(n for d in dims for n in (1, d))))
 
 
 register(Op("expand", _infer_expand, _expand_kernel, attrs={"shape": REQUIRED},
@@ -291,23 +320,34 @@ register(Op("layer_norm", _infer_layer_norm, _layer_norm_kernel, arity=(2, 3),
 
 
 def _hard_swish_kernel(xp, ins, attrs, outs):
-    x = ins[0]
-    outs[0][...] = x * xp.clip(x * (1 / 6) + 0.5, 0, 1)
+    x, out = ins[0], outs[0]
+    xp.multiply(x, 1 / 6, out=out)
+    xp.add(out, 0.5, out=out)
+    xp.clip(out, 0, 1, out=out)
+    xp.multiply(out, x, out=out)  # x * clip(x / 6 + 1/2, 0, 1)
 
 
 def _mish_kernel(xp, ins, attrs, outs):
-    x = ins[0]
-    outs[0][...] = x * xp.tanh(xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x))))
+    x, out = ins[0], outs[0]
+    _softplus_into(xp, x, out)
+    xp.tanh(out, out=out)
+    xp.multiply(out, x, out=out)  # x * tanh(softplus(x))
 
 
 def _celu_kernel(xp, ins, attrs, outs):
-    x, a = ins[0], attrs["alpha"]
-    outs[0][...] = xp.maximum(x, 0) + xp.minimum(0, a * xp.expm1(xp.minimum(x, 0) / a))
+    x, a, out = ins[0], attrs["alpha"], outs[0]
+    xp.minimum(x, 0, out=out)
+    xp.divide(out, a, out=out)
+    xp.expm1(out, out=out)
+    xp.multiply(out, a, out=out)
+    xp.minimum(out, 0, out=out)  # min(0, a * expm1(min(x, 0) / a)): 0 where x > 0
+    xp.add(out, x, out=out, where=x > 0)  # + max(x, 0)
 
 
 def _thresholded_relu_kernel(xp, ins, attrs, outs):
-    x = ins[0]
-    outs[0][...] = xp.where(x > attrs["alpha"], x, 0)
+    x, out = ins[0], outs[0]
+    out.fill(0)
+    xp.copyto(out, x, where=x > attrs["alpha"])
 
 
 def _ufunc_kernel(name: str):
@@ -395,8 +435,15 @@ def _infer_trilu(ins, attrs):
 
 
 def _trilu_kernel(xp, ins, attrs, outs):
-    fn = xp.triu if attrs["upper"] else xp.tril
-    outs[0][...] = fn(ins[0], k=attrs["k"])
+    x, out, k = ins[0], outs[0], attrs["k"]
+    rows, cols = x.shape[-2:]
+    # the elements triu/tril set to zero: a (rows, cols) mask, not a tensor-sized temporary
+    if attrs["upper"]:
+        dropped = xp.tri(rows, cols, k - 1, dtype=bool)
+    else:
+        dropped = xp.logical_not(xp.tri(rows, cols, k, dtype=bool))
+    xp.copyto(out, x)
+    xp.copyto(out, 0, where=dropped)
 
 
 register(Op("trilu", _infer_trilu, _trilu_kernel, attrs={"upper": 1, "k": 0}, op_class="data",
