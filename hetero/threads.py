@@ -34,6 +34,7 @@ from __future__ import annotations
 import itertools
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -87,6 +88,7 @@ def choose(host_compute: int, splits: bool, *, fixed_blas: int | None = None,
 # BLAS limits
 
 _controller: Any = None
+_controller_modules = -1  # len(sys.modules) when _controller looked for BLAS libraries
 _lease = threading.Condition()
 _lease_threads = 0  # the BLAS thread count of the runs now inside blas_limit (0: none)
 _lease_holders = 0
@@ -94,11 +96,17 @@ _lease_limit: Any = None  # threadpoolctl's limiter while a lease holds, to rest
 
 
 def _blas_controller() -> Any:
-    global _controller
-    if _controller is None:
+    """threadpoolctl's view of the loaded BLAS libraries. It lists them once, when made, and
+    an import since then may have loaded another (SciPy brings its own OpenBLAS), so it is made
+    again whenever modules were imported since: a limit then reaches every BLAS of the process.
+    (Listing takes about 0.4 ms, too long to repeat for every run.)"""
+    global _controller, _controller_modules
+    if _controller is None or len(sys.modules) != _controller_modules:
         from threadpoolctl import ThreadpoolController
 
+        _controller_modules = len(sys.modules)
         _controller = ThreadpoolController()
+        _controller_modules = len(sys.modules)
     return _controller
 
 

@@ -614,6 +614,35 @@ def test_runs_asking_for_other_blas_counts_take_turns():
     assert seen[0] == ("one", 1) and seen[1][0] == "two"
 
 
+def test_a_blas_loaded_after_the_first_run_is_limited_too():
+    """SciPy brings its own OpenBLAS; one imported between runs is held to the run's count as
+    well (threadpoolctl lists the libraries once, so the list is refreshed after imports)."""
+    pytest.importorskip("scipy")
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from hetero import threads\n"
+        "def counts():\n"
+        "    return sorted(i['num_threads'] for i in threadpool_info()\n"
+        "                  if i['user_api'] == 'blas')\n"
+        "with threads.blas_limit(1):\n"
+        "    assert counts() == [1], counts()\n"
+        "import scipy.linalg\n"
+        "with threads.blas_limit(1):\n"
+        "    print(counts())\n"
+    )
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="2", OMP_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    counts = json.loads(out.stdout.strip())
+    assert counts and set(counts) == {1}
+
+
 _REENTRANT: dict = {}
 
 
