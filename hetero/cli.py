@@ -28,16 +28,20 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
+import io
 import json
 import os
 import re
+import shlex
+import stat
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -107,6 +111,13 @@ class InputArg:
     shape: tuple[int, ...] | None = None
     dtype: str | None = None  # None: not given (float32 for a Python function's argument)
     path: str | None = None
+
+    def text(self) -> str:
+        """As typed on the command line (``x=32x784:float32``, ``x=file.npy``)."""
+        if self.path is not None:
+            return f"{self.name}={self.path}"
+        shape = "x".join(map(str, self.shape)) if self.shape else "scalar"
+        return f"{self.name}={shape}" + (f":{self.dtype}" if self.dtype else "")
 
     def array(self) -> np.ndarray | None:
         """The array of a ``.npy`` input (None for a shape)."""
@@ -196,6 +207,9 @@ def load_model(model: str, inputs: Sequence[InputArg] = ()) -> Any:
         return _trace_python(py[0], py[1], inputs)
     if model.endswith(".py") or (":" in model and ".py:" in model):
         raise ModelError(f"{model}: a Python model is given as path/to/file.py:function")
+    if _is_plan_file(model):
+        raise ModelError(f"{model}: a saved plan (hetero compile -o); run it with: hetero run "
+                         f"{model} (MODEL is an .onnx file or path/to/file.py:function)")
     if not os.path.exists(model):
         raise ModelError(f"{model}: no such model file (MODEL is an .onnx file or "
                          "path/to/file.py:function)")
@@ -217,15 +231,10 @@ def _load_onnx(path: str, inputs: Sequence[InputArg]) -> Any:
     try:
         graph = hx.load(path, input_shapes=shapes or None)
     except HeteroError as exc:
-        # the library's advice names its Python argument; here it is an option
-        cli = re.sub(r"pass input_shapes=\{'([^']*)': \(\.\.\.\)\}",
-                     r"give its shape with --input \1=SHAPE[:DTYPE]", str(exc))
-        if cli != str(exc):
-            raise ModelError(cli) from exc
-        if not shapes:
-            raise
-        given = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in shapes.items())
-        raise ModelError(f"with --input {given}: {exc}") from exc
+        _raise_onnx_error(path, shapes, exc)
+    except Exception as exc:  # what the protobuf parser makes of a file of another format
+        raise ModelError(f"{path}: not a valid ONNX model: {type(exc).__name__}: "
+                         f"{_one_line(str(exc), hint=False)}") from exc
     unknown = [a.name for a in inputs if a.name not in graph.inputs]
     if unknown:
         raise ModelError(f"{path}: no graph input named {', '.join(map(repr, unknown))} "
@@ -246,6 +255,19 @@ def _load_onnx(path: str, inputs: Sequence[InputArg]) -> Any:
             raise ModelError(f"{path}: --input {arg.name} gives shape {list(shape)}, but the "
                              f"model's input {arg.name!r} is {list(spec.shape)}")
     return graph
+
+
+def _raise_onnx_error(path: str, shapes: dict[str, Any], exc: HeteroError) -> NoReturn:
+    """The ONNX importer's error, in the words of the command line."""
+    # the library's advice names its Python argument; here it is an option
+    cli = re.sub(r"pass input_shapes=\{'([^']*)': \(\.\.\.\)\}",
+                 r"give its shape with --input \1=SHAPE[:DTYPE]", str(exc))
+    if cli != str(exc):
+        raise ModelError(cli) from exc
+    if not shapes:
+        raise exc
+    given = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in shapes.items())
+    raise ModelError(f"with --input {given}: {exc}") from exc
 
 
 def _import_file(path: str) -> Any:
@@ -337,20 +359,34 @@ def _warn_oversubscribed(machine: Any) -> None:
 
 
 def _cost(args: argparse.Namespace, machine: Any) -> Any:
-    if getattr(args, "cost", "roofline") == "measured":
+    if getattr(args, "cost", None) == "measured":
         return costs.MeasuredCost(machine, path=args.cost_file)
     return costs.RooflineCost(machine)
 
 
-def _write(text: str, path: str | None) -> None:
+def _write(data: str | bytes, path: str | None) -> None:
+    """Write a report, plan or trace to ``path`` (standard output for None or ``-``), never
+    leaving a half-written file: a regular file is written beside and renamed into place."""
     if path is None or path == "-":
-        sys.stdout.write(text)
+        if isinstance(data, bytes):
+            sys.stdout.buffer.write(data)
+        else:
+            sys.stdout.write(data)
         sys.stdout.flush()
+        return
+    mode = "wb" if isinstance(data, bytes) else "w"
+    encoding = None if isinstance(data, bytes) else "utf-8"
+    if _is_special(path):  # -o /dev/null, a named pipe: a rename would replace it with a file
+        try:
+            with open(path, mode, encoding=encoding) as f:
+                f.write(data)
+        except OSError as exc:
+            raise HeteroError(f"cannot write {path}: {exc.strerror or exc}") from None
         return
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, mode, encoding=encoding) as f:
+            f.write(data)
         os.replace(tmp, path)  # never leave a half-written report behind
     except OSError as exc:
         if os.path.exists(tmp):
@@ -358,13 +394,71 @@ def _write(text: str, path: str | None) -> None:
         raise HeteroError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def _is_special(path: str) -> bool:
+    """An existing path that is neither a regular file nor a folder: a device or a pipe."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _check_writable(path: str, *, make_folders: bool = False) -> None:
+    """Fail before the work, not after it, where a result file cannot be written.
+
+    The file's folder must exist (with ``make_folders``: the nearest existing one above it,
+    where the folders are created) and a new file must be creatable in it; that is tried, not
+    inferred from permission bits, which say yes to root on a read-only file system.
+    """
+    if os.path.isdir(path):
+        raise HeteroError(f"cannot write {path}: it is a folder (give a file name)")
+    if _is_special(path):
+        if not os.access(path, os.W_OK):
+            raise HeteroError(f"cannot write {path}: permission denied")
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not make_folders and not os.path.isdir(folder):
+        why = "is not a folder" if os.path.exists(folder) else "does not exist"
+        raise HeteroError(f"cannot write {path}: the folder {folder} {why}")
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise HeteroError(f"cannot write {path}: {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".hetero-write-check-")
+    except OSError as exc:
+        raise HeteroError(f"cannot write {path}: cannot create a file in {folder}: "
+                          f"{exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _policy(args: argparse.Namespace) -> str:
+    return args.policy or "heft"
+
+
 def _compile(args: argparse.Namespace, graph: Any, machine: Any, cost: Any,
              optimize: bool = True) -> Any:
-    return compile_graph(graph, machine, args.policy, cost, optimize=optimize)
+    return compile_graph(graph, machine, _policy(args), cost, optimize=optimize)
 
 
-def _measured_note(plan: Any) -> str | None:
-    """With ``--cost measured``: how many of the plan's nodes were costed from measured times."""
+def _command(sub: str, model: str, args: argparse.Namespace, *extra: str) -> str:
+    """A ``hetero`` command line for ``model`` with this invocation's inputs, machine and cost
+    file (what a hint tells the user to type)."""
+    parts = [PROG, sub, model]
+    for arg in getattr(args, "input", []):
+        parts += ["--input", arg.text()]
+    if args.devices is not None:
+        parts += ["--devices", args.devices.spec]
+    parts += extra
+    if getattr(args, "cost_file", None):
+        parts += ["--cost-file", args.cost_file]
+    return shlex.join(parts)
+
+
+def _measured_note(plan: Any, args: argparse.Namespace) -> str | None:
+    """With ``--cost measured``: how many of the plan's nodes were costed from measured times,
+    and the command that measures the rest."""
     cost = report._cost_model_json(plan)
     if cost is None or cost["model"] != "measured":
         return None
@@ -372,7 +466,8 @@ def _measured_note(plan: Any) -> str | None:
     note = (f"cost model: measured times for {hit} of {total} node(s) from {cost['path']}"
             + ("; the roofline for the rest" if hit < total else ""))
     if hit < total:
-        note += " (time this model's kernels with: hetero calibrate MODEL)"
+        note += (" (time this model's kernels with: "
+                 f"{_command('calibrate', args.model, args)})")
     return note
 
 
@@ -443,9 +538,12 @@ def cmd_place(args: argparse.Namespace) -> int:
     policies = None
     if not args.no_compare:
         policies = report.policy_makespans(graph, machine, cost,
-                                           [p for p in ("cpu", "gpu") if p != args.policy])
+                                           [p for p in ("cpu", "gpu") if p != _policy(args)])
     doc = report.build(plan, source=args.model, policies=policies)
     _write(report.render(doc, args.format), args.output)
+    note = _measured_note(plan, args)
+    if note is not None and "hetero calibrate" in note:  # stderr: the report stays the report
+        print(f"{PROG}: note: {note}", file=sys.stderr)
     if args.output not in (None, "-"):
         print(f"wrote {args.format} report to {args.output} (estimated makespan "
               f"{report.fmt_time(plan.makespan)}, lower bound "
@@ -490,7 +588,7 @@ def _random_input(rng: np.random.Generator, spec: TensorSpec) -> np.ndarray:
 
 
 def _is_plan_file(model: str) -> bool:
-    return model.endswith(".json")
+    return model.lower().endswith(".json")
 
 
 def load_plan(path: str, machine: Any = None) -> Any:
@@ -513,17 +611,45 @@ def load_plan(path: str, machine: Any = None) -> Any:
         raise ModelError(f"{path}: {exc}") from exc
 
 
+def _output_names(graph: Any) -> list[str]:
+    """The names of a graph's outputs (a saved plan's come home through copies: the name is the
+    node that computed the value)."""
+    names = []
+    for v in graph.outputs:
+        node = graph.node(v.node)
+        names.append(node.inputs[0].node if node.is_transfer else v.node)
+    return names
+
+
+def _check_plan_options(args: argparse.Namespace) -> None:
+    """A saved plan is already placed and costed: options that only apply when compiling are
+    refused rather than silently ignored."""
+    for option, value in (("--policy", args.policy), ("--cost", args.cost),
+                          ("--cost-file", args.cost_file)):
+        if value is not None:
+            raise ModelError(f"{args.model}: {option} applies when compiling, and a saved plan "
+                             f"is compiled already: give it to 'hetero compile MODEL' (or run "
+                             "the model with 'hetero run MODEL')")
+    if any(a.path is None for a in args.input):
+        raise ModelError(f"{args.model}: a saved plan has fixed input shapes; --input may "
+                         "only give arrays (name=file.npy)")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.profile:
-        _check_writable(args.profile)  # before the benchmark, not after it
+    for path in (args.profile, args.output):
+        if path:
+            _check_writable(path)  # before the benchmark, not after it
     if _is_plan_file(args.model):
-        if any(a.path is None for a in args.input):
-            raise ModelError(f"{args.model}: a saved plan has fixed input shapes; --input may "
-                             "only give arrays (name=file.npy)")
+        _check_plan_options(args)
         plan = load_plan(args.model, machine=args.devices)
         if args.devices is not None:
             _warn_oversubscribed(args.devices)
         machine, graph = plan.machine, plan.graph
+        unknown = [a.name for a in args.input if a.name not in graph.inputs]
+        if unknown:
+            raise ModelError(f"{args.model}: the plan has no input named "
+                             f"{', '.join(map(repr, unknown))} (inputs: "
+                             f"{', '.join(graph.inputs) or 'none'})")
     else:
         machine = _machine(args)
         cost = _cost(args, machine)
@@ -545,17 +671,22 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"(min {fmt_time(min(times))}, max {fmt_time(max(times))})")
     ratio = f" (measured/estimated {median / plan.makespan:.2f}x)" if plan.makespan > 0 else ""
     print(f"estimated {fmt_time(plan.makespan)}, lower bound {fmt_time(plan.lower_bound)}{ratio}")
-    note = _measured_note(plan)
+    note = _measured_note(plan, args)
     if note is not None:
         print(note + ("" if args.profile else " (add --profile to record this run's times)"))
     if any(d.backend == "sim" for d in machine.devices):
         print("note: a simulated GPU computes with NumPy on this host, so it runs no faster "
               "than the host does, whatever card it simulates")
-    for v, out in zip(graph.outputs, outputs):
+    names = _output_names(graph)
+    for name, out in zip(names, outputs):
         arr = np.asarray(out)
-        node = graph.node(v.node)  # a saved plan's outputs come home through copies
-        name = node.inputs[0].node if node.is_transfer else v.node
         print(f"output {name}: {arr.dtype}{list(arr.shape)}")
+    if args.output:
+        buf = io.BytesIO()
+        np.savez(buf, **{name: np.asarray(out) for name, out in zip(names, outputs)})
+        _write(buf.getvalue(), args.output)
+        print(f"wrote the outputs of the last run to {args.output} (numpy .npz: "
+              f"{', '.join(names)})")
     if args.check:
         expected = reference.run(graph, arrays)
         worst = 0.0
@@ -569,10 +700,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         history = getattr(plan.cost, "history", None) if note is not None else None
         seen = {k: e.n for k, e in history.items()} if history is not None else {}
         _, prof = plan.run(*arrays, profile=True)  # a measured plan.cost records and saves
-        try:
-            prof.save(args.profile)
-        except OSError as exc:
-            raise HeteroError(f"cannot write {args.profile}: {exc.strerror or exc}") from None
+        _write(json.dumps(prof.to_chrome()), args.profile)
         print(f"wrote Chrome trace of one profiled run ({fmt_time(prof.makespan)}) to "
               f"{args.profile} (open in chrome://tracing or https://ui.perfetto.dev)")
         if history is not None:
@@ -630,17 +758,6 @@ def probe_graph() -> Any:
     return Function(probe, name="probe").graph(*args)
 
 
-def _check_writable(path: str) -> None:
-    """Fail before the work, not after it, where a result file cannot be written."""
-    if os.path.isdir(path):
-        raise HeteroError(f"cannot write {path}: it is a folder (give a file name)")
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(folder):  # calibrate creates missing folders
-        folder = os.path.dirname(folder)
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise HeteroError(f"cannot write {path}: {folder} is not a writable folder")
-
-
 def cmd_calibrate(args: argparse.Namespace) -> int:
     machine = _machine(args)
     graph = load_model(args.model, args.input) if args.model else probe_graph()
@@ -649,7 +766,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     # Winograd on a CPU-only machine), or the measurements would never be looked up; the table
     # below needs that graph too
     graph = optimize_for(graph, machine)
-    _check_writable(args.cost_file or os.path.join(costs.cache_dir(), "costs.json"))
+    # MeasuredCost.save creates missing folders (the cache folder, the first time)
+    _check_writable(args.cost_file or os.path.join(costs.cache_dir(), "costs.json"),
+                    make_folders=True)
     cost = costs.MeasuredCost(machine, path=args.cost_file, repeats=args.repeats)
     before = set(cost.history)
     # a simulated GPU runs no kernel here: calibrate records its simulated duration
@@ -723,20 +842,26 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             "their simulated kernel durations instead)", width=100, subsequent_indent="  "))
     for why in cost.failed.values():
         print(f"skipped (kept the roofline estimate): {why}")
-    if timed or simulated:
-        print(f"saved to {cost.path}; use it with: hetero place MODEL --cost measured"
-              + (f" --cost-file {args.cost_file}" if args.cost_file else ""))
+    if not (timed or simulated):
+        print(f"nothing new to save: {cost.path} already holds every kernel of {graph.name}")
+    elif args.model is not None:
+        print(f"saved to {cost.path}; use it with: "
+              f"{_command('place', args.model, args, '--cost', 'measured')}")
+    else:
+        print(f"saved to {cost.path}")
     if args.model is None:
         import textwrap
 
+        # a measured time is looked up by op, shapes and attributes: the probe's 512x512
+        # matmul says nothing about a model's 8x64 one
         print(textwrap.fill(
-            "note: these are the kernels of the built-in probe graph. '--cost measured' uses a "
-            "measured time only for a node with the same op, shapes and attributes, so a "
-            "model's own nodes mostly keep the roofline estimate: run 'hetero calibrate MODEL' "
-            "(with its --input options) to time the kernels of the model you will place",
-            width=100, subsequent_indent="  "))
-    else:
-        print(f"nothing new to save: {cost.path} already holds every kernel of {graph.name}")
+            "note: only the probe graph's node kinds were measured (its matmul, elementwise "
+            "ops, reduction, convolution, pooling and softmax, at its shapes). '--cost "
+            "measured' uses a measured time only for a node with the same op, shapes and "
+            "attributes, so a model's own nodes mostly keep the roofline estimate; to measure "
+            "a model's nodes: "
+            f"{_command('calibrate', 'MODEL', args)} (with the model's --input options)",
+            width=100, subsequent_indent="  ", break_on_hyphens=False, break_long_words=False))
     return 0
 
 
@@ -801,11 +926,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="shape and dtype of an input (x=32x784:float32; needed for each "
                             "argument of a Python function), or an array file; repeatable")
     planning = argparse.ArgumentParser(add_help=False)
-    planning.add_argument("--policy", choices=POLICIES, default="heft",
+    # None: not given (heft, roofline); 'hetero run PLAN.json' refuses them when given
+    planning.add_argument("--policy", choices=POLICIES, default=None,
                           help="placement policy (default: heft)")
-    planning.add_argument("--cost", choices=("roofline", "measured"), default="roofline",
-                          help="cost model: device specs (roofline) or the times saved by "
-                               "'hetero calibrate' (measured; roofline where not measured)")
+    planning.add_argument("--cost", choices=("roofline", "measured"), default=None,
+                          help="cost model: device specs (roofline, the default) or the times "
+                               "saved by 'hetero calibrate' (measured; roofline where not "
+                               "measured)")
     planning.add_argument("--cost-file", metavar="FILE", default=None,
                           help="measured-cost file (default: $HETERO_CACHE_DIR/costs.json or "
                                "~/.cache/hetero/costs.json)")
@@ -864,6 +991,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="also compare the outputs with the sequential reference executor")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    p.add_argument("-o", "--output", metavar="OUTPUTS.npz", default=None,
+                   help="save the outputs of the last timed run as a NumPy .npz archive, one "
+                        "array per output name")
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("compile", parents=[common, machine, model, planning],

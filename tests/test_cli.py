@@ -589,11 +589,12 @@ def test_calibrate_without_a_model_says_it_timed_the_probe(capsys, tmp_path):
                          "--repeats", "1", "--cost-file", str(tmp_path / "c.json"))
     assert code == 0
     text = " ".join(out.split())
-    assert "these are the kernels of the built-in probe graph" in text
-    assert "run 'hetero calibrate MODEL'" in text
+    assert "only the probe graph's node kinds were measured" in text
+    assert "to measure a model's nodes: hetero calibrate MODEL" in text
     code, out, _ = _cli(capsys, "run", ex("cnn.onnx"), "--devices", "cpu:1", "--repeat", "1",
                          "--cost", "measured", "--cost-file", str(tmp_path / "c.json"))
-    assert code == 0 and "(time this model's kernels with: hetero calibrate MODEL)" in out
+    assert code == 0 and (f"(time this model's kernels with: hetero calibrate {ex('cnn.onnx')} "
+                          f"--devices cpu:1 --cost-file {tmp_path / 'c.json'})") in out
 
 
 @pytest.mark.parametrize("spec", ["cpu:2", "cpu:2,sim:1"])
@@ -626,3 +627,152 @@ def test_a_broken_plan_file_is_a_clear_error(capsys, tmp_path):
     bad.write_text('{"format": "something else"}')
     code, _, err = _cli(capsys, "run", str(bad))
     assert code == 1 and "not a hetero plan" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 13, second pass: what the first fixes left open
+
+
+def test_probe_calibration_says_only_the_probe_kinds_were_measured(capsys, tmp_path,
+                                                                    monkeypatch):
+    """13.15: calibrating the probe graph does not invite '--cost measured' for a model as if
+    its nodes were measured, and place then says how to measure them."""
+    monkeypatch.chdir(ROOT)
+    costs_file = str(tmp_path / "c.json")
+    code, out, _ = _cli(capsys, "calibrate", "--devices", "cpu:1", "--no-progress",
+                         "--repeats", "1", "--cost-file", costs_file)
+    assert code == 0
+    text = " ".join(out.split())
+    assert "only the probe graph's node kinds were measured" in text
+    assert f"to measure a model's nodes: hetero calibrate MODEL --devices cpu:1 --cost-file " \
+           f"{costs_file}" in text
+    assert "use it with: hetero place MODEL" not in text
+    assert "nothing new to save" not in text
+    code, _, err = _cli(capsys, "place", ex("cnn.onnx"), "--devices", "cpu:1", "--cost",
+                        "measured", "--cost-file", costs_file, "--no-compare", "--format",
+                        "json")
+    assert code == 0
+    assert f"measured times for 0 of 12 node(s) from {costs_file}" in err
+    assert f"hetero calibrate {ex('cnn.onnx')} --devices cpu:1 --cost-file {costs_file}" in err
+
+
+def test_model_calibration_names_the_place_command_and_saves_once(capsys, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.chdir(ROOT)
+    costs_file = str(tmp_path / "c.json")
+    args = ("calibrate", ex("model.py") + ":mlp", "--input", "x=4x784", "--devices", "cpu:1",
+            "--no-progress", "--repeats", "1", "--cost-file", costs_file)
+    code, out, _ = _cli(capsys, *args)
+    assert code == 0
+    assert "nothing new to save" not in out  # it has just saved them
+    assert f"use it with: hetero place {ex('model.py')}:mlp --input x=4x784 --devices cpu:1 " \
+           f"--cost measured --cost-file {costs_file}" in out
+    code, out, _ = _cli(capsys, *args)
+    assert code == 0 and f"nothing new to save: {costs_file} already holds every kernel" in out
+    code, _, err = _cli(capsys, "place", ex("model.py") + ":mlp", "--input", "x=4x784",
+                        "--devices", "cpu:1", "--cost", "measured", "--cost-file", costs_file,
+                        "--no-compare")
+    assert code == 0 and "hetero calibrate" not in err  # every node measured
+
+
+def test_outputs_in_a_missing_folder_fail_before_the_work(capsys, tmp_path, monkeypatch):
+    """13.16e: the folder of an output must exist; found out before compiling, not after the
+    benchmark (the path check must not pass just because '/' is writable)."""
+    import hetero.cli as cli
+
+    def no_compile(*a, **k):
+        raise AssertionError("compiled before checking the output path")
+
+    monkeypatch.setattr(cli, "_compile", no_compile)
+    missing = tmp_path / "missing"
+    for args in (("run", ex("cnn.onnx"), "--profile", str(missing / "t.json")),
+                 ("run", ex("cnn.onnx"), "-o", str(missing / "out.npz")),
+                 ("place", ex("cnn.onnx"), "-o", str(missing / "r.txt")),
+                 ("compile", ex("cnn.onnx"), "-o", str(missing / "plan.json"))):
+        code, _, err = _cli(capsys, *args, "--devices", "cpu:1")
+        assert code == 1, (args, err)
+        assert f"cannot write {missing}/" in err and f"the folder {missing} does not exist" \
+            in err, (args, err)
+    assert not missing.exists()
+
+
+def test_output_to_a_pipe_writes_into_it_not_over_it(capsys, tmp_path, monkeypatch):
+    """``-o /dev/null`` or a named pipe is written in place: the atomic rename that protects a
+    regular file would replace the device or pipe with a file."""
+    import threading
+
+    monkeypatch.chdir(ROOT)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    code, _, err = _cli(capsys, "place", ex("cnn.onnx"), "--devices", "cpu:1", "--no-compare",
+                        "--format", "json", "-o", str(fifo))
+    reader.join(20)
+    assert code == 0, err
+    assert fifo.is_fifo() and json.loads(got[0])["model"]["name"] == "cnn"
+
+
+@pytest.mark.parametrize("model,inputs,spec", [
+    (ex("cnn.onnx"), (), "cpu:2"),
+    (ex("cnn.onnx"), (), "cpu:2,sim:1@t4"),
+    (ex("model.py") + ":branches", ("--input", "x=16x784"), "cpu:2,sim:1"),
+])
+def test_compile_then_run_plan_gives_the_outputs_of_running_the_model(capsys, tmp_path,
+                                                                      monkeypatch, model,
+                                                                      inputs, spec):
+    """13.18 end to end through the command line: ``hetero compile -o plan.json`` then
+    ``hetero run plan.json -o out.npz`` computes what ``hetero run MODEL -o out.npz`` computes
+    from the same seed, bit for bit, and what the library computes from the same inputs."""
+    monkeypatch.chdir(ROOT)
+    plan_file, a, b = (str(tmp_path / n) for n in ("plan.json", "model.npz", "plan.npz"))
+    code, out, _ = _cli(capsys, "compile", model, *inputs, "--devices", spec, "-o", plan_file)
+    assert code == 0 and out.startswith("wrote the plan of ")
+    code, out, _ = _cli(capsys, "run", model, *inputs, "--devices", spec, "--repeat", "1",
+                        "--seed", "7", "-o", a)
+    assert code == 0 and f"wrote the outputs of the last run to {a}" in out
+    code, out, _ = _cli(capsys, "run", plan_file, "--repeat", "1", "--seed", "7", "-o", b)
+    assert code == 0 and f"wrote the outputs of the last run to {b}" in out
+    with np.load(a) as fa, np.load(b) as fb:
+        assert sorted(fa.files) == sorted(fb.files) and fa.files
+        for name in fa.files:
+            np.testing.assert_array_equal(fa[name], fb[name])
+        from hetero.cli import load_plan
+
+        plan = load_plan(plan_file)
+        rng = np.random.default_rng(7)  # the CLI's random inputs: standard normal per input
+        xs = [rng.standard_normal(plan.graph.node(n).outputs[0].shape).astype(
+            plan.graph.node(n).outputs[0].dtype) for n in plan.graph.inputs]
+        direct = _in_process_plan(model, {"x": (16, 784)}, spec)  # hetero.compile
+        for name, want in zip(fa.files, direct.run(*xs)):
+            np.testing.assert_allclose(fa[name], want, rtol=1e-5, atol=1e-6)
+
+
+def test_run_plan_refuses_options_that_only_apply_when_compiling(capsys, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.chdir(ROOT)
+    plan_file = str(tmp_path / "plan.json")
+    assert _cli(capsys, "compile", ex("cnn.onnx"), "--devices", "cpu:1", "-o", plan_file)[0] == 0
+    np.save(tmp_path / "x.npy", np.zeros((8, 3, 64, 64), np.float32))
+    for extra, message in (
+            (("--policy", "gpu"), "--policy applies when compiling"),
+            (("--cost", "measured"), "--cost applies when compiling"),
+            (("--cost-file", "c.json"), "--cost-file applies when compiling"),
+            (("--input", f"pixels={tmp_path / 'x.npy'}"),
+             "no input named 'pixels' (inputs: image)")):
+        code, _, err = _cli(capsys, "run", plan_file, "--repeat", "1", *extra)
+        assert code == 1, (extra, err)
+        _check_stderr(1, err, message)
+
+
+@pytest.mark.parametrize("sub", ["place", "compile", "calibrate"])
+def test_a_plan_where_a_model_is_expected_points_to_run(capsys, tmp_path, monkeypatch, sub):
+    monkeypatch.chdir(ROOT)
+    plan_file = str(tmp_path / "plan.json")
+    assert _cli(capsys, "compile", ex("cnn.onnx"), "--devices", "cpu:1", "-o", plan_file)[0] == 0
+    extra = ["-o", str(tmp_path / "again.json")] if sub == "compile" else []
+    code, _, err = _cli(capsys, sub, plan_file, *extra)
+    assert code == 1
+    _check_stderr(1, err, f"{plan_file}: a saved plan (hetero compile -o); run it with: "
+                          f"hetero run {plan_file}")
