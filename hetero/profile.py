@@ -15,24 +15,30 @@ bytes, the share of transfer time that overlapped compute, and the measured agai
 makespan.
 
 Simulated GPUs: a simulated GPU computes the real values with NumPy on this host and paces its
-streams to the modelled card's durations (the roofline of ``hetero.cost``), so its measured spans
-are *host* time: never faster than the host, whatever card it models. Each span also carries the
-*modelled* time (``Span.modelled``: the plan's estimate of that node on the modelled device; None
-for real devices), ``summary()`` gives each simulated device's modelled busy time next to the
-measured one, ``table()`` says which times are host time, and the Chrome trace adds the modelled
-timeline (what the modelled card would do: the plan's estimated schedule of the simulated
-devices' nodes and copies) as its own processes, "gpu:0 (modelled)".
+streams to the modelled card's durations, so its measured spans are *host* time: never faster
+than the host, whatever card it models. Each span on one also carries the *modelled* time
+(``Span.modelled``): what the modelled card takes for it, by the very model the simulated GPU
+paces itself with (``Device.kernel_time``, the roofline of the card's rates, for a kernel; the
+machine's link for a copy), whatever cost model the plan was placed with; None on real devices.
+``modelled_timeline()`` lays the run out as the modelled machine would run it: every span in its
+stream's order (the plan's queues), after the spans whose values it reads, lasting its modelled
+time on a simulated GPU and its measured time on a real device. ``summary()`` gives each
+simulated device's modelled busy time and the modelled makespan next to the measured ones,
+``table()`` says which times are host time (in the words of ``hetero run``), and the Chrome
+trace adds the simulated devices' part of the modelled timeline as processes of their own,
+"gpu:0 (modelled)", one track per stream.
 """
 
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from hetero.graph import TRANSFER
-from hetero.spaces import lane_of
+from hetero.ops.registry import lookup
 
 __all__ = ["Profile", "Span"]
 
@@ -48,8 +54,8 @@ class Span:
     start: float
     end: float
     nbytes: int = 0  # bytes copied, for transfers
-    #: seconds the modelled device takes for it (a simulated GPU's node or copy; the plan's
-    #: estimate), None on real devices, where the measured time is the device's own
+    #: seconds the modelled card takes for it (a simulated GPU's kernel or copy, by the model the
+    #: simulated GPU paces itself with), None on real devices, whose measured time is their own
     modelled: float | None = None
 
     @property
@@ -113,7 +119,6 @@ class Profile:
         (``outputs="device"``); they moved no bytes over a link."""
         graph = plan.graph
         simulated = _simulated(plan)
-        est = plan.estimates
         spans = []
         for index, device, stream, start, end in trace:
             if end is None:
@@ -123,8 +128,8 @@ class Profile:
             if node.name in kept:
                 nbytes = 0
             modelled = None
-            if node.name in est and _on_simulated(node, simulated):
-                modelled = est[node.name][1] - est[node.name][0]
+            if device in simulated:
+                modelled = _modelled_time(plan, node, device, node.name in kept)
             spans.append(Span(node.name, node.op, device, stream, start - t0,
                               max(end, start) - t0, nbytes, modelled))
         return cls(plan, spans, t1 - t0)
@@ -138,13 +143,58 @@ class Profile:
             return 0.0
         return max(s.end for s in self.spans) - min(s.start for s in self.spans)
 
+    def modelled_timeline(self) -> dict[str, tuple[float, float]]:
+        """The run as the modelled machine would run it: node -> (start, end) in seconds from the
+        start of the run, for every span.
+
+        Each span keeps its stream's order (the plan's queue order) and starts once the previous
+        span of its stream and every span whose values it reads have ended (the only waits the
+        executor makes); it lasts ``Span.modelled`` on a simulated GPU and its measured time on a
+        real device. The first spans start where the measured run's first span did."""
+        graph = self.plan.graph
+        by_node = {s.node: s for s in self.spans}
+        position = {n: i for q in self.plan.queues.values() for i, n in enumerate(q)}
+        lanes: dict[tuple[str, str], list[Span]] = {}
+        for sp in self.spans:
+            lanes.setdefault((sp.device, sp.stream), []).append(sp)
+        preds: dict[str, set[str]] = {n: set() for n in by_node}
+        for lane in lanes.values():
+            lane.sort(key=lambda x: (position.get(x.node, len(position)), x.start))
+            for a, b in zip(lane, lane[1:]):
+                preds[b.node].add(a.node)
+        for n in by_node:
+            if n in graph:
+                preds[n].update(v.node for v in graph.node(n).inputs if v.node in by_node)
+        succs: dict[str, list[str]] = {n: [] for n in by_node}
+        for n, ps in preds.items():
+            for q in ps:
+                succs[q].append(n)
+        waiting = {n: len(ps) for n, ps in preds.items()}
+        origin = min((sp.start for sp in self.spans), default=0.0)
+        ready = [n for n, k in waiting.items() if k == 0]
+        times: dict[str, tuple[float, float]] = {}
+        while ready:
+            n = ready.pop()
+            sp = by_node[n]
+            begin = max([origin] + [times[q][1] for q in preds[n]])
+            times[n] = (begin, begin + (sp.modelled if sp.modelled is not None else sp.duration))
+            for m in succs[n]:
+                waiting[m] -= 1
+                if waiting[m] == 0:
+                    ready.append(m)
+        for n, sp in by_node.items():  # (a cycle: spans that contradict the plan) as measured
+            times.setdefault(n, (sp.start, sp.end))
+        return times
+
     def summary(self) -> dict[str, Any]:
         """Per-device busy share, transfer bytes, overlap of transfers with compute, makespans.
 
         Returns a dict: ``devices`` (device -> ``busy`` share of the measured makespan,
-        ``busy_s``, ``nodes``), ``transfer_bytes``, ``transfer_s``, ``transfer_overlap`` (share of
-        transfer time during which some device computed), ``measured_makespan``,
-        ``estimated_makespan``, ``wall``.
+        ``busy_s``, ``nodes``; a simulated device also ``modelled_busy_s``), ``transfer_bytes``,
+        ``transfer_s``, ``transfer_overlap`` (share of transfer time during which some device
+        computed), ``measured_makespan``, ``estimated_makespan`` (the plan's), ``wall``,
+        ``simulated`` (the simulated devices, whose measured times are host time) and, where
+        there are any, ``modelled_makespan`` (of ``modelled_timeline()``).
         """
         span = self.makespan or 1e-12
         devices: dict[str, dict[str, float]] = {}
@@ -170,7 +220,7 @@ class Profile:
         transfer_u = _union(transfers)
         t_time = _length(transfer_u)
         overlapped = _overlap(transfer_u, compute_u)
-        return {
+        out = {
             "devices": devices,
             "transfer_bytes": tbytes,
             "transfer_s": t_time,
@@ -180,6 +230,10 @@ class Profile:
             "wall": self.wall,
             "simulated": sorted(simulated),
         }
+        if simulated and self.spans:
+            times = self.modelled_timeline().values()
+            out["modelled_makespan"] = max(e for _, e in times) - min(b for b, _ in times)
+        return out
 
     def table(self) -> str:
         """``summary()`` as text."""
@@ -195,16 +249,15 @@ class Profile:
             lines.append(row)
         lines.append(f"transfers: {s['transfer_bytes']:,} bytes in {s['transfer_s'] * 1e3:.3f} ms, "
                      f"{s['transfer_overlap']:.0%} overlapped with compute")
-        lines.append(f"makespan: measured {s['measured_makespan'] * 1e3:.3f} ms, "
-                     f"estimated {s['estimated_makespan'] * 1e3:.3f} ms "
+        measured = f"measured {s['measured_makespan'] * 1e3:.3f} ms"
+        if sim:
+            measured += f" (host time: {', '.join(sim)} simulated)"
+            if "modelled_makespan" in s:
+                measured += f", modelled {s['modelled_makespan'] * 1e3:.3f} ms"
+        lines.append(f"makespan: {measured}, estimated {s['estimated_makespan'] * 1e3:.3f} ms "
                      f"(wall {s['wall'] * 1e3:.3f} ms)")
         if sim:
-            what = "is a simulated GPU" if len(sim) == 1 else "are simulated GPUs"
-            lines.append(f"note: {', '.join(sim)} {what}: it computes with NumPy on this "
-                         "host, so its measured times are host time, no faster than the host "
-                         "whatever card it models; 'modelled ms' and the estimate are what the "
-                         "modelled card would take (the Chrome trace shows that timeline as "
-                         "its own tracks)")
+            lines += textwrap.wrap(_simulated_note(sim), width=100, subsequent_indent="  ")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -300,48 +353,40 @@ class Profile:
                 "otherData": {"graph": graph.name, "summary": _jsonable(self.summary())}}
 
     def _modelled_events(self, first_pid: int) -> list[dict[str, Any]]:
-        """The modelled timeline of the simulated devices: one process "gpu:N (modelled)" each,
-        one track per stream, the plan's estimated start and finish of every node and copy they
-        run (copies on the stream that issues them), shifted to start with the measured run."""
-        plan = self.plan
-        simulated = _simulated(plan)
-        if not simulated:
+        """The simulated devices' part of ``modelled_timeline()``: one process "gpu:N (modelled)"
+        each, one track per stream that ran something, an event per kernel and copy."""
+        simulated = _simulated(self.plan)
+        spans = [s for s in self.spans if s.device in simulated]
+        if not spans:
             return []
-        graph, est = plan.graph, plan.estimates
-        measured = {s.node: s for s in self.spans}
-        origin = min((s.start for s in self.spans), default=0.0)
+        times = self.modelled_timeline()
+        est = self.plan.estimates
+        pid = {d: first_pid + i for i, d in enumerate(sorted({s.device for s in spans}))}
+        stream_rank = {"compute": 0, "h2d": 1, "d2h": 2}
         events: list[dict[str, Any]] = []
-        tids: dict[tuple[str, str], int] = {}
-        pid = {d: first_pid + i for i, d in enumerate(sorted(simulated))}
         for dev, p in pid.items():
             events.append({"ph": "M", "name": "process_name", "pid": p, "tid": 0,
                            "args": {"name": f"{dev} (modelled)"}})
             events.append({"ph": "M", "name": "process_sort_index", "pid": p, "tid": 0,
                            "args": {"sort_index": p}})
-        for node in graph.nodes:
-            if node.name not in est or not (node.computes or node.is_transfer) or \
-                    not _on_simulated(node, simulated):
-                continue  # (constants and inputs are there before a run starts)
-            lane = lane_of(node)  # "gpu:0" or "gpu:0/h2d"
-            dev, _, stream = lane.partition("/")
-            if dev not in pid:
-                dev = node.attrs["src"] if node.is_transfer and node.attrs["src"] in pid \
-                    else node.attrs.get("dst", dev)
-            stream = stream or "compute"
-            key = (dev, stream)
-            if key not in tids:
-                tids[key] = {"compute": 0, "h2d": 1, "d2h": 2}.get(stream, 3 + len(tids))
-                events.append({"ph": "M", "name": "thread_name", "pid": pid[dev],
-                               "tid": tids[key],
-                               "args": {"name": f"{dev} {stream} stream (modelled)"}})
-            start, finish = est[node.name]
-            args: dict[str, Any] = {"op": node.op, "modelled_ms": (finish - start) * 1e3,
-                                    "reason": self._reason(node.name)}
-            if node.name in measured:
-                args["measured_ms"] = measured[node.name].duration * 1e3
-            events.append({"ph": "X", "name": node.name, "cat": "modelled", "pid": pid[dev],
-                           "tid": tids[key], "ts": (origin + start) * 1e6,
-                           "dur": max((finish - start) * 1e6, 0.001), "args": args})
+            for st in sorted({s.stream for s in spans if s.device == dev},
+                             key=lambda x: (stream_rank.get(x, 9), x)):
+                events.append({"ph": "M", "name": "thread_name", "pid": p,
+                               "tid": stream_rank.get(st, 9),
+                               "args": {"name": f"{dev} {st} stream (modelled)"}})
+        for s in spans:
+            start, end = times[s.node]
+            args: dict[str, Any] = {"op": s.op, "modelled_ms": (end - start) * 1e3,
+                                    "measured_ms": s.duration * 1e3,
+                                    "reason": self._reason(s.node)}
+            if s.node in est:
+                args["estimated_start_ms"] = est[s.node][0] * 1e3
+                args["estimated_end_ms"] = est[s.node][1] * 1e3
+            if s.is_transfer:
+                args["bytes"] = s.nbytes
+            events.append({"ph": "X", "name": s.node, "cat": "modelled", "pid": pid[s.device],
+                           "tid": stream_rank.get(s.stream, 9), "ts": start * 1e6,
+                           "dur": max((end - start) * 1e6, 0.001), "args": args})
         return events
 
     def save(self, path: str) -> None:
@@ -360,11 +405,33 @@ def _simulated(plan: Any) -> set[str]:
     return {d.name for d in machine.devices if d.backend == "sim"} if machine else set()
 
 
-def _on_simulated(node: Any, simulated: set[str]) -> bool:
-    """Does a simulated device run ``node`` (or, for a copy, is one of its ends simulated)?"""
+def _simulated_note(sim: list[str]) -> str:
+    """What the measured and the modelled times of a profile with simulated GPUs are. Its second
+    sentence is the note ``hetero run`` prints for a simulated GPU."""
+    what = "is a simulated GPU" if len(sim) == 1 else "are simulated GPUs"
+    tracks = ", ".join(f'"{d} (modelled)"' for d in sim)
+    return (f"note: {', '.join(sim)} {what}. A simulated GPU computes with NumPy on this host, "
+            "so it runs no faster than the host does, whatever card it simulates: its measured "
+            "times ('busy ms', the measured makespan) are host time. 'modelled ms' and the "
+            "modelled makespan are what the modelled card would take (its kernels and copies at "
+            "the card's modelled durations, CPU work as measured); the Chrome trace shows that "
+            f"timeline as {tracks}.")
+
+
+def _modelled_time(plan: Any, node: Any, device: str, kept: bool) -> float:
+    """Seconds the simulated GPU ``device`` models for ``node``, as it paces it (the executor's
+    ``_gpu_launch``, ``SimDevice.copy_*``): a kernel's ``kernel_time`` on the node's specs; a copy
+    the machine's link for its bytes, or, ``kept`` (copied within the GPU), reading and writing
+    them at the GPU's memory bandwidth."""
+    machine, graph = plan.machine, plan.graph
+    dev = machine.device(device)
     if node.is_transfer:
-        return node.attrs["src"] in simulated or node.attrs["dst"] in simulated
-    return node.device in simulated
+        nbytes = sum(s.nbytes for s in node.outputs)
+        if kept:
+            return 2.0 * nbytes / dev.mem_bandwidth
+        return float(machine.link(node.attrs["src"], node.attrs["dst"]).time(nbytes))
+    ins = [graph.spec(v) for v in node.inputs]
+    return float(dev.kernel_time(lookup(node.op, node), ins, list(node.outputs), node.attrs))
 
 
 def _takes(fn: Any, name: str) -> bool:

@@ -222,8 +222,10 @@ def test_simulated_devices_carry_host_and_modelled_times():
         sum(s.modelled for s in on_gpu if not s.is_transfer))
     table = prof.table()
     assert "modelled ms" in table.splitlines()[0]
-    assert "gpu:0 is a simulated GPU: it computes with NumPy on this host, so its measured " \
-           "times are host time" in table
+    said = " ".join(table.split())
+    assert "gpu:0 is a simulated GPU. A simulated GPU computes with NumPy on this host, so it " \
+           "runs no faster than the host does, whatever card it simulates: its measured times " \
+           "('busy ms', the measured makespan) are host time." in said
     trace = json.loads(json.dumps(prof.to_chrome()))
     names = {e["pid"]: e["args"]["name"] for e in trace["traceEvents"]
              if e.get("ph") == "M" and e["name"] == "process_name"}
@@ -250,3 +252,115 @@ def test_real_devices_only_have_no_modelled_tracks():
     _, prof = plan.run(x, profile=True)
     assert prof.summary()["simulated"] == [] and "note" not in prof.table()
     assert not [e for e in prof.to_chrome()["traceEvents"] if e.get("cat") == "modelled"]
+
+
+def _sim_mlp_run(cost=None, machine="cpu:1,sim:1@h100"):
+    """x @ w -> relu -> (softmax, tanh) compiled with policy "gpu", run once with a profile."""
+    import hetero as ht
+    from hetero import ops
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 784)).astype(np.float32)
+    w = rng.standard_normal((784, 256)).astype(np.float32)
+
+    def f(x, w):
+        h = ops.relu(x @ w)
+        return ops.softmax(h, axis=-1), ops.tanh(h)
+
+    plan = ht.compile(ht.function(f).graph(x, w), machine=machine, policy="gpu", cost=cost)
+    _, prof = plan.run(x, w, profile=True)
+    return plan, prof
+
+
+def _sim_model(plan, span):
+    """What the simulated GPU paces a span's kernel or copy to (sim.py, executor._gpu_launch)."""
+    from hetero.ops.registry import lookup
+
+    node, dev = plan.graph.node(span.node), plan.machine.device(span.device)
+    if node.is_transfer:
+        return plan.machine.link(node.attrs["src"], node.attrs["dst"]).time(span.nbytes)
+    return dev.kernel_time(lookup(node.op, node), [plan.graph.spec(v) for v in node.inputs],
+                           list(node.outputs), node.attrs)
+
+
+def test_modelled_times_are_the_simulated_cards_whatever_the_cost_model():
+    """The plan is placed with a table that says relu takes 1 ms on the GPU; the simulated H100
+    still paces relu to its roofline (about 5 us), so that is the modelled time, in the spans,
+    the summary and the modelled tracks. (It was the plan's estimate: 1 ms.)"""
+    from hetero.cost import RooflineCost, TableCost
+
+    machine = Machine.parse("cpu:1,sim:1@h100")
+    cost = TableCost({("relu", "gpu"): 1e-3}, machine=machine, fallback=RooflineCost(machine))
+    plan, prof = _sim_mlp_run(cost, machine)
+    on_gpu = [s for s in prof.spans if s.device == "gpu:0"]
+    relu = next(s for s in on_gpu if s.op == "relu")
+    est = plan.estimates[relu.node]
+    assert est[1] - est[0] == pytest.approx(1e-3)
+    assert relu.modelled < 1e-4
+    for s in on_gpu:
+        assert s.modelled == pytest.approx(_sim_model(plan, s), rel=1e-12), s.node
+    summary = prof.summary()
+    assert summary["devices"]["gpu:0"]["modelled_busy_s"] == pytest.approx(
+        sum(s.modelled for s in on_gpu if not s.is_transfer))
+    assert summary["modelled_makespan"] < 5e-4 < summary["estimated_makespan"]
+    events = {e["name"]: e for e in prof.to_chrome()["traceEvents"] if e.get("cat") == "modelled"}
+    assert events[relu.node]["dur"] == pytest.approx(relu.modelled * 1e6)
+
+
+def test_roofline_estimates_are_what_the_simulated_card_takes():
+    plan, prof = _sim_mlp_run()
+    for s in prof.spans:
+        if s.device == "gpu:0":
+            est = plan.estimates[s.node]
+            assert s.modelled == pytest.approx(est[1] - est[0]) and \
+                s.modelled == pytest.approx(_sim_model(plan, s), rel=1e-12)
+
+
+def test_summary_lines_say_measured_is_host_time():
+    plan, prof = _sim_mlp_run()
+    s = prof.summary()
+    line = next(x for x in prof.table().splitlines() if x.startswith("makespan:"))
+    assert line.startswith(f"makespan: measured {s['measured_makespan'] * 1e3:.3f} ms (host "
+                           f"time: gpu:0 simulated), modelled {s['modelled_makespan'] * 1e3:.3f} "
+                           f"ms, estimated {s['estimated_makespan'] * 1e3:.3f} ms")
+    assert all(len(x) <= 100 for x in prof.table().splitlines() if not x.startswith("makespan"))
+
+
+def test_modelled_timeline_follows_streams_and_dependencies(mixed_run):
+    """The mixed run (two CPU workers and a simulated GPU): every span starts when the last of
+    its stream's previous span and the spans it reads from has ended, and lasts its modelled
+    time on the simulated GPU, its measured time on a CPU worker; the modelled tracks show the
+    simulated GPU's part of it, one track per stream."""
+    ex, _, prof = mixed_run
+    plan, graph = ex.plan, ex.plan.graph
+    times = prof.modelled_timeline()
+    by_node = {s.node: s for s in prof.spans}
+    assert set(times) == set(by_node)
+    origin = min(s.start for s in prof.spans)
+    position = {n: i for q in plan.queues.values() for i, n in enumerate(q)}
+    lanes: dict = {}
+    for s in sorted(prof.spans, key=lambda s: position[s.node]):
+        lanes.setdefault((s.device, s.stream), []).append(s.node)
+    before = {b: a for lane in lanes.values() for a, b in zip(lane, lane[1:])}
+    for n, (start, end) in times.items():
+        s = by_node[n]
+        assert end - start == pytest.approx(s.modelled if s.device == "gpu:0" else s.duration)
+        waits = [times[before[n]][1]] if n in before else []
+        waits += [times[v.node][1] for v in graph.node(n).inputs if v.node in times]
+        assert start == pytest.approx(max([origin] + waits), abs=1e-12), n
+    assert any(s.device == "gpu:0" for s in prof.spans) and any(
+        v.node in by_node and by_node[v.node].device.startswith("cpu")
+        for s in prof.spans if s.device == "gpu:0" for v in graph.node(s.node).inputs)
+    trace = prof.to_chrome()["traceEvents"]
+    pid = next(e["pid"] for e in trace if e.get("name") == "process_name"
+               and e["args"]["name"] == "gpu:0 (modelled)")
+    tracks = {e["tid"]: e["args"]["name"] for e in trace
+              if e.get("name") == "thread_name" and e["pid"] == pid}
+    events = [e for e in trace if e.get("cat") == "modelled"]
+    assert {e["name"] for e in events} == {s.node for s in prof.spans if s.device == "gpu:0"}
+    for e in events:
+        assert e["pid"] == pid
+        assert tracks[e["tid"]] == f"gpu:0 {by_node[e['name']].stream} stream (modelled)"
+        assert e["ts"] == pytest.approx(times[e["name"]][0] * 1e6)
+    assert prof.summary()["modelled_makespan"] == pytest.approx(
+        max(e for _, e in times.values()) - origin)
