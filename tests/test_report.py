@@ -170,6 +170,26 @@ def test_table_lists_every_node_and_transfer(doc):
     assert f"estimated makespan {report.fmt_time(doc['summary']['makespan'])}" in text
 
 
+def test_table_rows_run_in_start_order_then_node_order(doc):
+    """The node table is in estimated start order; nodes that start together keep the plan's
+    node order (the JSON keeps node order). Starts rewritten so that later nodes start first,
+    in tied pairs."""
+    import copy
+
+    d = copy.deepcopy(doc)
+    n = len(d["nodes"])
+    for i, node in enumerate(d["nodes"]):
+        node["start"] = float((n - i) // 2)
+    text = report.render_table(d)
+    names = [row["name"] for row in d["nodes"]]
+    at = {m.group(1): m.start() for name in names
+          for m in re.finditer(rf"^({re.escape(name)})\s", text, re.M)}
+    shown = sorted(names, key=lambda name: at[name])
+    assert shown == [row["name"] for _, row in sorted(
+        enumerate(d["nodes"]), key=lambda p: (p[1]["start"], p[0]))]
+    assert shown != names
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pydot's use of pyparsing
 def test_dot_round_trips_through_pydot(doc):
     (g,) = pydot.graph_from_dot_data(report.render_dot(doc))

@@ -63,7 +63,7 @@ from hetero import scheduling
 from hetero.config import config, resolve_machine
 from hetero.cost import input_specs, resolve_cost
 from hetero.errors import HeteroError, PlacementError
-from hetero.graph import Graph, Node, NodeKind
+from hetero.graph import Graph, Node, NodeKind, fmt_bytes
 from hetero.ops import registry
 from hetero.spaces import INPUT_DEVICE, device_space
 
@@ -401,6 +401,12 @@ class _Outcome:
     #: task -> its scheduler options ``(device, inputs ready, start, finish)`` (Schedule.options)
     options: Mapping[str, tuple] = field(default_factory=dict)
     task_of: Mapping[str, str] = field(default_factory=dict)
+    #: task -> device in the list schedule, and the task DAG (bytes per edge): what a reason
+    #: counts the copies with
+    task_device: Mapping[str, str] = field(default_factory=dict)
+    dag: Any = None
+    #: PEFT's optimistic cost table (task -> device -> seconds) when "peft" won, else empty
+    oct: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 def _run_scheduler(tasks: _Tasks, devices: Sequence[str], algorithm: str, allowed_of: Any,
@@ -589,6 +595,7 @@ def _best_schedule(ctx: _Context, rules: _Rules, tasks: _Tasks, policy: str,
     else:
         candidates = [("annotated", None)]
     best: _Outcome | None = None
+    best_allowed: Any = None
     seen: set[tuple[str, ...]] = set()
     for label, keep in candidates:
         # the fixed-policy candidates are built exactly as those policies build them
@@ -603,8 +610,12 @@ def _best_schedule(ctx: _Context, rules: _Rules, tasks: _Tasks, policy: str,
         start, finish, makespan = evaluate(device)
         if best is None or makespan < best.makespan * (1 - 1e-12):
             best = _Outcome(device, start, finish, makespan, label, sched.options,
-                            tasks.task_of)
+                            tasks.task_of, sched.device, tasks.dag)
+            best_allowed = allowed
     assert best is not None
+    if best.label == "peft":  # PEFT chose by finish time + OCT: the reasons quote both
+        best.oct = scheduling.optimistic_cost_table(tasks.dag, devs, task_cost, comm,
+                                                    allowed=best_allowed)
     return best
 
 
@@ -733,9 +744,8 @@ def _reasons(ctx: _Context, rules: _Rules, tasks: _Tasks, device: Mapping[str, s
 def _cost_detail(ctx: _Context, name: str, dev: str, rules: _Rules,
                  outcome: _Outcome | None = None) -> str:
     """The kernel costs on the chosen and the next best device and, where those do not explain
-    the choice (equal as printed, or the other device is faster), what did: the list scheduler's
-    finish times, and whether the inputs' arrival (copies) or the device's queue made them
-    differ, or the order of the device list on a full tie."""
+    the choice (equal as printed, or the other device is faster), what decided it in the list
+    scheduler (``_decider``)."""
     here = ctx.node_cost(name, dev)
     others = [(ctx.node_cost(name, d), d) for d in rules.kernel_devices.get(name, ()) if d != dev]
     text = f"{_ms(here)} on {dev}"
@@ -745,35 +755,96 @@ def _cost_detail(ctx: _Context, name: str, dev: str, rules: _Rules,
     text += f", {_ms(t)} on {d}"
     if t > here and _ms(t) != _ms(here):
         return text  # the cheaper kernel won: the costs say why
-    options = {}
-    if outcome is not None:
-        task = outcome.task_of.get(name, name)
-        options = {o[0]: o for o in outcome.options.get(task, ())}
-    mine, rival = options.get(dev), options.get(d)
-    if mine is None or rival is None:
+    if outcome is None:
         # HEFT minimises the finish time, which counts copies and the device's queue too
         return text + (f"; {dev} finishes first once copies and queues count" if t < here
                        else f"; a tie: {dev} comes first in the device list")
-    _, ready, begin, end = mine
-    _, r_ready, r_begin, r_end = rival
-    if _ms(end) == _ms(r_end) and not end < r_end * (1 - 1e-9):
-        return text + (f"; both would finish at {_ms(end)}: {dev} comes first in the device "
-                       "list")
-    text += f"; {dev} finishes first ({_ms(end)} against {_ms(r_end)} on {d})"
-    if ready < r_ready * (1 - 1e-9):
-        return text + (f": its inputs are there at {_ms(ready)}, on {d} at {_ms(r_ready)} "
-                       "(copies)")
-    if begin < r_begin * (1 - 1e-9):
-        return text + f": its queue is free at {_ms(begin)}, {d}'s at {_ms(r_begin)}"
-    return text
+    return text + _decider(ctx, name, dev, d, outcome)
 
 
-def _ms(seconds: float) -> str:
+def _decider(ctx: _Context, name: str, dev: str, rival: str, outcome: _Outcome) -> str:
+    """What made the list scheduler pick ``dev`` over ``rival`` for ``name``'s task, from the
+    options it compared (``Schedule.options``) and its rule (``hetero.scheduling``): HEFT takes
+    the least finish time, PEFT the least finish time + OCT, then the least finish time; values
+    equal to 12 significant digits tie, and a tie goes to the device listed first."""
+    task = outcome.task_of.get(name, name)
+    options = {o[0]: o for o in outcome.options.get(task, ())}
+    if dev not in options:
+        return ""
+    if rival not in options:
+        if outcome.label in ("cpu", "gpu"):
+            return f"; the {outcome.label}-only schedule does not consider {rival}"
+        return f"; {rival} was not a candidate"
+    _, ready, begin, end = options[dev]
+    _, r_ready, r_begin, r_end = options[rival]
+    q = scheduling._q  # the scheduler's own rounding, so a tie here is a tie there
+    if outcome.label == "peft":
+        ahead, r_ahead = outcome.oct[task][dev], outcome.oct[task][rival]
+        if q(end + ahead) != q(r_end + r_ahead):
+            a, b = _ms_pair(end + ahead, r_end + r_ahead)
+            fa, fb = _ms_pair(end, r_end) if q(end) != q(r_end) else (_ms(end), _ms(r_end))
+            oa, ob = _ms_pair(ahead, r_ahead) if q(ahead) != q(r_ahead) else (_ms(ahead),) * 2
+            return (f"; PEFT counts the rest of the graph: finish {fa} + optimistic rest {oa} "
+                    f"= {a} on {dev}, against {fb} + {ob} = {b} on {rival}")
+        prefix = f"; PEFT's finish + optimistic rest ties ({_ms(end + ahead)})"
+    else:
+        prefix = ""
+    if q(end) == q(r_end):
+        return (f"{prefix}; both would finish at {_ms(end)}: {dev} comes first in the device "
+                "list")
+    a, b = _ms_pair(end, r_end)
+    text = f"{prefix}; {dev} finishes first ({a} against {b} on {rival})"
+    why = []
+    if q(begin) < q(r_begin):
+        if q(ready) < q(r_ready):
+            a, b = _ms_pair(ready, r_ready)
+            why.append(f"its inputs are there at {a}, on {rival} at {b} "
+                       f"({_copies(ctx, task, rival, dev, outcome)})")
+        if q(r_begin) > q(r_ready):
+            a, b = _ms_pair(begin, r_begin)
+            why.append(f"its queue is free at {a}, {rival}'s at {b}")
+    work, r_work = end - begin, r_end - r_begin
+    if q(work) < q(r_work):
+        a, b = _ms_pair(work, r_work)
+        why.append(f"its kernel takes {a}, {b} on {rival}")
+    return text + (": " + " and ".join(why) if why else "")
+
+
+def _copies(ctx: _Context, task: str, rival: str, dev: str, outcome: _Outcome) -> str:
+    """The bytes the task's inputs would copy to ``rival`` and to ``dev`` under the schedule."""
+    def inbound(to: str) -> float:
+        space = device_space(to, ctx.machine)
+        dag = outcome.dag
+        return sum(dag[u][task]["nbytes"] for u in dag.predecessors(task)
+                   if device_space(outcome.task_device[u], ctx.machine) != space)
+
+    there, here = inbound(rival), inbound(dev)
+    if not there and not here:
+        return "no copies: a hand-off between devices of one memory space"
+    return (f"{fmt_bytes(there) if there else 'nothing'} to copy to {rival}, "
+            f"{fmt_bytes(here) if here else 'nothing'} to {dev}")
+
+
+def _ms(seconds: float, digits: int = 3) -> str:
     if math.isinf(seconds):
         return "inf"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.3g} ms"
-    return f"{seconds * 1e6:.3g} us"
+    if seconds >= 1e-3 or float(f"{seconds * 1e6:.{digits}g}") >= 1e3:  # not "1e+03 us"
+        return f"{seconds * 1e3:.{digits}g} ms"
+    return f"{seconds * 1e6:.{digits}g} us"
+
+
+def _ms_pair(a: float, b: float) -> tuple[str, str]:
+    """``_ms`` of two times that differ to the scheduler, with as many digits as it takes to
+    show their difference (never "410 us against 410 us", nor "102 us against 103 us" for
+    102.4 and 102.5)."""
+    top, diff = max(abs(a), abs(b)), abs(a - b)
+    if not math.isfinite(top) or top == 0:
+        return _ms(a), _ms(b)
+    for digits in range(3, 13):
+        sa, sb = _ms(a, digits), _ms(b, digits)
+        if sa != sb and 10 ** (math.floor(math.log10(top)) - digits + 1) <= diff:
+            break
+    return sa, sb
 
 
 def _log(graph: Graph, placement: Placement) -> None:
