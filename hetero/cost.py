@@ -46,6 +46,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from hetero.backends import cpu as cpu_kernels
 from hetero.config import resolve_machine
 from hetero.errors import HeteroError
 from hetero.graph import Graph, Node, NodeKind, TensorSpec
@@ -480,6 +481,7 @@ class MeasuredCost:
         outs = [device.empty(s) for s in node.outputs]
         with contextlib.ExitStack() as stack:
             if device.kind == "cpu":
+                cpu_kernels.install()  # time the kernels CPU workers run
                 blas, intra = self.threads
                 stack.enter_context(blas_limit(1 if intra > 1 else blas))
                 stack.enter_context(intra_op(intra))

@@ -91,6 +91,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from hetero import threads
+from hetero.backends import cpu as cpu_kernels
 from hetero.backends.sim import raw
 from hetero.config import config
 from hetero.errors import ExecutionError, HeteroError, OutOfMemoryError
@@ -745,6 +746,7 @@ def _host_kernel(node: Node, op: Any, device: Any) -> Any:
     """The kernel ``f(xp, ins, attrs, outs)`` of a node on a CPU worker."""
     if op is None:  # a copy inside the host space
         return _host_copy
+    cpu_kernels.install()  # the compiled CPU kernels, once per process (numba, lazily)
     kernel = op.kernel_for(device.backend) or op.kernel_for("numpy")
     if kernel is None:
         raise ExecutionError(f"{node.label} has no kernel for {device.name} "

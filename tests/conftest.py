@@ -14,3 +14,9 @@ settings.register_profile(
 )
 settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+try:  # the compiled CPU kernels' modules import numba (the "cpu" extra); without it they are off
+    import numba  # noqa: F401
+except ImportError:
+    collect_ignore = ["../hetero/backends/cpu/kernels.py", "../hetero/backends/cpu/_loops.py"]

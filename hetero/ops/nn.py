@@ -270,7 +270,22 @@ def apply_activation(xp, out, activation: str, params=()) -> None:
         raise ValueError(f"unknown activation {activation!r}")
 
 
-def _conv_kernel(xp, ins, attrs, outs):
+def finish_numpy(out3, img, rows, cols, bias, z, activation, params) -> None:
+    """A convolution's epilogue on ``out3[img, rows, cols]`` (``out3``: the output as ``(N, O,
+    OH*OW)``; ``bias``: ``(O, 1)`` or None; ``z``: the residual as ``(N, O, OH*OW)`` or None):
+    the bias, then the residual, then the activation, each a NumPy pass rounded on its own.
+    ``hetero.backends.cpu`` swaps in one compiled pass that rounds each step the same way."""
+    dst = out3[img, rows, cols]
+    if bias is not None:
+        dst += bias[rows]
+    if z is not None:
+        dst += z[img, rows, cols]
+    apply_activation(np, dst, activation, params)
+
+
+def _conv_kernel(xp, ins, attrs, outs, finish=None):
+    """The convolution (see the module docstring); ``finish`` replaces ``finish_numpy`` as the
+    epilogue of the NumPy paths of an ungrouped convolution."""
     x, w = ins[0], ins[1]
     out = outs[0]
     n, c, h, wd = x.shape
@@ -287,10 +302,12 @@ def _conv_kernel(xp, ins, attrs, outs):
             out[...] = target
         return
     if xp is np and target is out and (
-            _split_conv(x, w, ins[2:], attrs, out, strides, pads, dilations) if groups == 1
+            _split_conv(x, w, ins[2:], attrs, out, strides, pads, dilations,
+                        finish or finish_numpy) if groups == 1
             else cg > 1 and _split_groups(x, w, ins[2:], attrs, out, strides, pads, dilations,
                                           groups)):
         return
+    whole_finish = finish is not None and groups == 1 and target is out
     if cg == 1 and groups > 1:
         _depthwise(xp, x, w, target, strides, pads, dilations, groups)
     elif (kh, kw) == (1, 1) and strides == (1, 1) and pads == (0, 0, 0, 0):
@@ -307,6 +324,14 @@ def _conv_kernel(xp, ins, attrs, outs):
         xp.matmul(w.reshape(groups, og, cg * kh * kw), cols,
                   out=target.reshape(n, groups, og, oh * ow))
 
+    if whole_finish:
+        out3 = out.reshape(n, o, oh * ow)
+        bias = ins[2].reshape(o, 1) if len(ins) >= 3 else None
+        z = ins[3].reshape(n, o, oh * ow) if len(ins) == 4 else None
+        for img in range(n):
+            finish(out3, img, slice(None), slice(None), bias, z, attrs["activation"],
+                   attrs["activation_params"])
+        return
     # the bias as (O, 1) over (N, O, OH*OW) rows: NumPy's broadcast loop runs OH*OW long
     # (a (1, O, 1, 1) bias over the 4-D map would run OW long: 2-3x slower on 14x14 maps)
     rows = target.reshape(n, o, oh * ow)
@@ -393,9 +418,11 @@ SPLIT_MIN_CHANNELS = 16
 SPLIT_MAX_PIECES = 4
 
 
-def _split_conv(x, w, extra, attrs, out, strides, pads, dilations) -> bool:
+def _split_conv(x, w, extra, attrs, out, strides, pads, dilations,
+                finish=finish_numpy) -> bool:
     """An ungrouped NumPy convolution cut into pieces run by ``parallel_for``; False (nothing
-    done) when it is too small to gain. ``extra`` is ``(bias,)`` or ``(bias, residual)``."""
+    done) when it is too small to gain. ``extra`` is ``(bias,)`` or ``(bias, residual)``;
+    ``finish`` is the epilogue (``finish_numpy``)."""
     n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
     _, _, oh, ow = out.shape
@@ -408,12 +435,7 @@ def _split_conv(x, w, extra, attrs, out, strides, pads, dilations) -> bool:
     out3 = out.reshape(n, o, oh * ow)
 
     def epilogue(img, rows, cols):
-        dst = out3[img, rows, cols]
-        if bias is not None:
-            dst += bias[rows]
-        if z is not None:
-            dst += z[img, rows, cols]
-        apply_activation(np, dst, activation, params)
+        finish(out3, img, rows, cols, bias, z, activation, params)
 
     direct = (kh, kw) == (1, 1) and strides == (1, 1) and pads == (0, 0, 0, 0)
     if direct:
@@ -948,6 +970,14 @@ def _avg_pool_kernel(xp, ins, attrs, outs):
         buf = _padded(xp, x, pads, _needed(oh, kernel[0], strides[0], dilations[0]),
                       _needed(ow, kernel[1], strides[1], dilations[1]), 0.0)
         _separable_pool(xp, buf, out, kernel, strides, dilations, xp.add)
+    average(xp, out, attrs, h, w)
+
+
+def average(xp, out, attrs, h: int, w: int) -> None:
+    """Divide the window sums in ``out`` by their tap counts (padding counted or not, as
+    ``count_include_pad`` says); ``h``, ``w``: the input's size."""
+    kernel, strides, pads, dilations, _ = _pool_geometry(attrs, "avg_pool2d")
+    n, c, oh, ow = out.shape
     # buffer coordinates: the input occupies [top, top + h); explicit pads end at top + h + bottom
     if attrs["count_include_pad"]:
         ch = _window_counts(oh, kernel[0], strides[0], dilations[0], 0, pads[0] + h + pads[2])

@@ -1,0 +1,181 @@
+"""The compiled CPU kernels ``hetero.backends.cpu.install()`` registers: op name -> a function
+of the reference kernel returning the compiled one (which hands uncovered cases back to it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from hetero.backends.cpu import _loops as loops
+from hetero.ops import nn
+from hetero.threads import intra_op_threads, parallel_for
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+#: A strided depthwise convolution on maps at least this wide takes the row loop
+#: (``loops.depthwise``); narrower ones keep NumPy's channels-last taps (their rows are too
+#: short for the row loop's vector width). Stride 1 always takes the flat loop
+#: (``loops.depthwise_flat``). Measured on one core, 3x3: 144 channels at 56x56 stride 1: NumPy
+#: 2.72 ms, rows 0.75, flat 0.37; 272 at 14x14: 0.35, 0.39, 0.10; 5x5 672 at 14x14: 1.71,
+#: 2.47, 0.54; stride 2, 96 at 112x112: 4.26, 1.64, 2.82; 240 at 28x28 5x5: 0.90, 0.97, 1.12.
+#: Every path gives the same bits, so the choice changes only the time.
+DEPTHWISE_ROWS_MIN_WIDTH = 24
+
+#: Window taps (outputs x kernel taps) a compiled depthwise convolution or pool needs before it
+#: is cut into channel bands: the compiled loops run 3-7x faster than the NumPy ones that
+#: ``nn.CHANNEL_SPLIT_MIN_TAPS`` was measured for, so a piece must be larger to pay for the
+#: hand-off (192 channels at 28x28, 3x3, 1.4 M taps: 0.14 ms whole, 0.22 ms in two bands).
+COMPILED_SPLIT_MIN_TAPS = 3_000_000
+
+
+def _bands(channels: int, taps: int) -> int:
+    """Channel bands of a compiled per-channel kernel (the bits do not depend on them)."""
+    threads = intra_op_threads()
+    if threads <= 1 or taps < COMPILED_SPLIT_MIN_TAPS:
+        return 1
+    return max(1, min(threads, channels // 8, max(2, taps // COMPILED_SPLIT_MIN_TAPS)))
+
+
+def _covered(xp: Any, ins, outs) -> bool:
+    """NumPy float32/float64 buffers, one dtype, all C-contiguous."""
+    if xp is not np:
+        return False
+    dtype = outs[0].dtype
+    if dtype not in _FLOATS:
+        return False
+    return all(a.dtype == dtype and a.flags.c_contiguous for a in (*ins, *outs))
+
+
+def _activation_code(activation: str, params, dtype) -> tuple[int, Any, Any] | None:
+    """The compiled epilogue's activation code and parameters (in ``dtype``), or None where
+    NumPy's ``apply_activation`` runs after it (sigmoid, tanh, leaky_relu outside [0, 1], a
+    clip with a missing bound)."""
+    t = dtype.type
+    if activation == "none":
+        return loops.NONE, t(0), t(0)
+    if activation == "relu":
+        return loops.RELU, t(0), t(0)
+    if activation == "leaky_relu":
+        alpha = float(params[0]) if params else 0.01
+        return (loops.LEAKY, t(alpha), t(0)) if 0.0 <= alpha <= 1.0 else None
+    if activation == "clip" and len(params) == 2 and None not in tuple(params):
+        return loops.CLIP, t(params[0]), t(params[1])
+    return None
+
+
+def finish(out3, img, rows, cols, bias, z, activation, params) -> None:
+    """``nn.finish_numpy`` as one compiled pass per output row (the same values)."""
+    y = out3[img]
+    r0, r1, _ = rows.indices(y.shape[0])
+    c0, c1, _ = cols.indices(y.shape[1])
+    code = _activation_code(activation, params, y.dtype)
+    t = y.dtype.type
+    loops.epilogue(y, r0, r1, c0, c1, y[0] if bias is None else bias.reshape(-1),
+                   y if z is None else z[img], bias is not None, z is not None,
+                   loops.NONE if code is None else code[0],
+                   t(0) if code is None else code[1], t(0) if code is None else code[2])
+    if code is None:
+        nn.apply_activation(np, y[r0:r1, c0:c1], activation, params)
+
+
+def _depthwise(x, w, out, extra, attrs, strides, pads, dilations, groups) -> bool:
+    """The depthwise path of ``nn._conv_kernel`` (``_depthwise`` and the epilogue after it),
+    in channel bands per image (``_bands``); False (nothing done) where NumPy's taps are as
+    fast (see ``DEPTHWISE_ROWS_MIN_WIDTH``)."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    _, _, oh, ow = out.shape
+    flat = strides == (1, 1)
+    if not flat and ow < DEPTHWISE_ROWS_MIN_WIDTH:
+        return False
+    mult = o // groups
+    w2 = w.reshape(o, kh * kw)
+    bias = extra[0].reshape(o, 1) if extra else None
+    z = extra[1].reshape(n, o, oh * ow) if len(extra) > 1 else None
+    out3 = out.reshape(n, o, oh * ow)
+    activation, params = attrs["activation"], attrs["activation_params"]
+    bands = _bands(c, out.size * kh * kw)
+    geometry = (kh, kw, strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1])
+    # the padded plane of the flat loop, as the NumPy kernel's padded buffer
+    hb = max(nn._needed(oh, kh, 1, dilations[0]), pads[0] + h)
+    wb = max(nn._needed(ow, kw, 1, dilations[1]), pads[1] + wd)
+
+    def piece(i):
+        img, b = divmod(i, bands)
+        c0, c1 = b * c // bands, (b + 1) * c // bands
+        if flat:
+            loops.depthwise_flat(x[img], w2, out[img], mult, *geometry, c0, c1,
+                                 np.empty((hb, wb), x.dtype), np.empty((oh, wb), x.dtype))
+        else:
+            loops.depthwise(x[img], w2, out[img], mult, *geometry, c0, c1)
+        finish(out3, img, slice(c0 * mult, c1 * mult), slice(None), bias, z, activation, params)
+
+    parallel_for(n * bands, piece)
+    return True
+
+
+def _pool(is_max: bool) -> Callable[[Callable], Callable]:
+    """Pools with padding and a stride above 1 (ResNet's 3x3/2 max pool on 112x112: 4.2 ->
+    0.71 ms on one core), where NumPy pads a copy and reads it with strides; elsewhere NumPy's
+    long passes over the flat tensor are as fast or faster (0.22 against 0.30 ms for a 3x3/1
+    average pool of 192 channels at 28x28), and the reference kernel runs."""
+    name = "max_pool2d" if is_max else "avg_pool2d"
+
+    def make(shared: Callable) -> Callable:
+        def kernel(xp, ins, attrs, outs):
+            if not _covered(xp, ins, outs):
+                return shared(xp, ins, attrs, outs)
+            x, out = ins[0], outs[0]
+            (kh, kw), strides, pads, dilations, _ = nn._pool_geometry(attrs, name)
+            if not (any(pads) and max(strides) > 1):
+                return shared(xp, ins, attrs, outs)  # NumPy's long passes are as fast
+            n, c, h, w = x.shape
+            oh, ow = out.shape[2:]
+            rows = nn._needed(oh, kh, strides[0], dilations[0])
+            fill = out.dtype.type(-np.inf if is_max else 0)
+            bands = _bands(c, out.size * kh * kw)
+
+            def piece(i):
+                img, b = divmod(i, bands)
+                across = np.empty((rows, ow), out.dtype)
+                loops.pool(x[img], out[img], across, is_max, fill, kh, kw, strides[0],
+                           strides[1], dilations[0], dilations[1], pads[0], pads[1],
+                           b * c // bands, (b + 1) * c // bands)
+
+            parallel_for(n * bands, piece)
+            if not is_max:
+                nn.average(np, out, attrs, h, w)
+
+        kernel.__doc__ = f"{name} as one compiled pass per channel (hetero.backends.cpu)"
+        return kernel
+
+    return make
+
+
+def _conv(shared: Callable) -> Callable:
+    def kernel(xp, ins, attrs, outs):
+        if not _covered(xp, ins, outs):
+            return shared(xp, ins, attrs, outs)
+        x, w = ins[0], ins[1]
+        _, cg, kh, kw = w.shape
+        strides, pads, dilations, groups = nn._conv_attrs(attrs, (kh, kw))
+        if cg == 1 and groups > 1 and _depthwise(x, w, outs[0], ins[2:], attrs, strides, pads,
+                                                 dilations, groups):
+            return None
+        if groups == 1:  # NumPy's im2col and OpenBLAS's GEMMs, the compiled epilogue
+            return nn._conv_kernel(xp, ins, attrs, outs, finish=finish)
+        return shared(xp, ins, attrs, outs)
+
+    kernel.__doc__ = "conv2d with a compiled depthwise loop and epilogue (hetero.backends.cpu)"
+    return kernel
+
+
+#: op -> (reference kernel -> compiled kernel)
+KERNELS: dict[str, Callable[[Callable], Callable]] = {
+    "conv2d": _conv,
+    "conv2d_add": _conv,
+    "max_pool2d": _pool(True),
+    "avg_pool2d": _pool(False),
+}

@@ -1,0 +1,192 @@
+"""The compiled CPU kernels (hetero.backends.cpu) against the reference kernels: the same bits.
+
+Every compiled kernel promises the values of the NumPy reference kernel it replaces, computed in
+the same floating-point order, so the reference executor, a simulated GPU (reference kernels) and
+a CPU worker (compiled kernels) agree exactly. These tests hold it to that on random shapes,
+strides, paddings, dilations, channel multipliers and activations, special values included.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hetero import threads
+from hetero.backends import cpu
+from hetero.ops import registry
+
+numba = pytest.importorskip("numba", reason="the compiled CPU kernels need numba (hetero[cpu])")
+
+from hetero.backends.cpu import kernels  # noqa: E402
+
+ACTIVATIONS = [("none", ()), ("relu", ()), ("leaky_relu", (0.1,)), ("clip", (0.0, 6.0)),
+               ("sigmoid", ()), ("tanh", ())]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _installed():
+    assert cpu.install(), cpu.status()
+
+
+def _both(name, ins, attrs, out_shape, dtype, intra=1):
+    op = registry.lookup(name)
+    attrs = op.normalize_attrs(attrs)
+    ref = np.empty(out_shape, dtype)
+    got = np.full(out_shape, np.nan, dtype)
+    op.kernel(np, ins, attrs, [ref])
+    with threads.intra_op(intra):
+        op.kernel_for("numpy")(np, ins, attrs, [got])
+    return ref, got
+
+
+def _same_bits(got, ref):
+    """Equal values, NaN where NaN, and the same sign on every zero (a NaN's sign bit is not a
+    value: NumPy's and LLVM's loops may set it differently)."""
+    np.testing.assert_array_equal(got, ref)
+    numbers = ~np.isnan(ref)
+    assert (np.signbit(got) == np.signbit(ref))[numbers].all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(c=st.integers(1, 12), mult=st.sampled_from([1, 1, 2]), h=st.integers(1, 40),
+       w=st.integers(1, 60), k=st.sampled_from([(1, 1), (3, 3), (5, 5), (3, 1), (2, 3)]),
+       s=st.sampled_from([(1, 1), (2, 2), (1, 2)]), d=st.sampled_from([(1, 1), (2, 2)]),
+       p=st.tuples(*[st.integers(0, 2)] * 4), act=st.sampled_from(ACTIVATIONS),
+       bias=st.booleans(), residual=st.booleans(), n=st.integers(1, 2),
+       dtype=st.sampled_from([np.float32, np.float64]), intra=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2**31))
+def test_depthwise_gives_the_reference_bits(c, mult, h, w, k, s, d, p, act, bias, residual, n,
+                                             dtype, intra, seed):
+    kh, kw = k
+    oh = (h + p[0] + p[2] - d[0] * (kh - 1) - 1) // s[0] + 1
+    ow = (w + p[1] + p[3] - d[1] * (kw - 1) - 1) // s[1] + 1
+    if oh < 1 or ow < 1:
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((c * mult, 1, kh, kw)).astype(dtype)
+    ins = [x, wt]
+    if bias or residual:
+        ins.append(rng.standard_normal(c * mult).astype(dtype))
+    name = "conv2d"
+    if residual:
+        name = "conv2d_add"
+        ins.append(rng.standard_normal((n, c * mult, oh, ow)).astype(dtype))
+    attrs = {"strides": s, "pads": p, "dilations": d, "groups": c, "activation": act[0],
+             "activation_params": act[1]}
+    ref, got = _both(name, ins, attrs, (n, c * mult, oh, ow), dtype, intra)
+    _same_bits(got, ref)
+
+
+def test_special_values_and_signed_zeros_as_the_reference():
+    """Padding reads zero: 0 * inf is NaN and -0.0 sums stay -0.0 exactly as in the padded
+    NumPy buffer."""
+    x = np.zeros((1, 3, 6, 30), np.float32)
+    x[0, 0, 2, 3] = np.inf
+    x[0, 1] = -0.0
+    x[0, 2, 1, 1] = np.nan
+    w = np.array([-1.0, 2.0, np.inf]).astype(np.float32).reshape(3, 1, 1, 1) * np.ones(
+        (3, 1, 3, 3), np.float32)
+    w[1] = -0.0
+    ref, got = _both("conv2d", [x, w], {"pads": (1, 1, 1, 1), "groups": 3}, (1, 3, 6, 30),
+                     np.float32)
+    assert np.isnan(ref).any() and (np.signbit(ref) & (ref == 0)).any()
+    _same_bits(got, ref)
+
+
+def test_uncovered_cases_are_the_reference_kernel():
+    """float16, narrow maps and ungrouped convolutions run the reference code itself."""
+    op = registry.lookup("conv2d")
+    rng = np.random.default_rng(1)
+    for x, w, g in [(rng.standard_normal((1, 4, 8, 8)).astype(np.float16),
+                     rng.standard_normal((4, 1, 3, 3)).astype(np.float16), 4),
+                    (rng.standard_normal((1, 4, 8, 8)).astype(np.float32),
+                     rng.standard_normal((4, 1, 3, 3)).astype(np.float32), 4),
+                    (rng.standard_normal((1, 4, 30, 30)).astype(np.float32),
+                     rng.standard_normal((6, 4, 3, 3)).astype(np.float32), 1)]:
+        attrs = op.normalize_attrs({"pads": (1, 1, 1, 1), "groups": g})
+        shape = (1, w.shape[0], x.shape[2], x.shape[3])
+        ref, got = np.empty(shape, x.dtype), np.empty(shape, x.dtype)
+        op.kernel(np, [x, w], attrs, [ref])
+        op.kernel_for("numpy")(np, [x, w], attrs, [got])
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_installed_ops_and_status():
+    assert set(cpu.installed()) == set(kernels.KERNELS)
+    assert "numba" in cpu.status()
+    for name in kernels.KERNELS:
+        op = registry.lookup(name)
+        assert op.kernel_for("numpy") is not op.kernel  # CPU workers run the compiled one
+        assert op.kernel_for("sim") is op.kernel  # a simulated GPU runs the reference
+
+
+def test_off_switch_and_second_process_loads_the_cache(tmp_path):
+    """HETERO_CPU_KERNELS=numpy keeps the reference kernels; a second process with the same
+    cache folder loads the compiled loops instead of compiling them again."""
+    code = ("import time, numpy as np\n"
+            "from hetero.backends import cpu\n"
+            "from hetero.ops import registry\n"
+            "on = cpu.install()\n"
+            "print(cpu.status())\n"
+            "if on:\n"
+            "    op = registry.lookup('conv2d')\n"
+            "    x = np.ones((1, 2, 30, 30), np.float32); w = np.ones((2, 1, 3, 3), np.float32)\n"
+            "    out = np.empty((1, 2, 28, 28), np.float32)\n"
+            "    t = time.perf_counter()\n"
+            "    op.kernel_for('numpy')(np, [x, w], op.normalize_attrs({'groups': 2}), [out])\n"
+            "    print('first', time.perf_counter() - t)\n")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(env, HETERO_CPU_KERNELS="numpy"), timeout=120)
+    assert off.returncode == 0, off.stderr
+    assert "off: HETERO_CPU_KERNELS=numpy" in off.stdout
+    runs = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        runs.append(float(proc.stdout.split("first")[1]))
+    assert any(tmp_path.rglob("*.nbi")), "numba wrote no cache index"
+    assert runs[1] < runs[0]  # loaded, not compiled again
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.sampled_from(["max_pool2d", "avg_pool2d"]), c=st.integers(1, 10),
+       h=st.integers(1, 30), w=st.integers(1, 30), k=st.sampled_from([(1, 1), (2, 2), (3, 3),
+                                                                      (3, 2), (5, 5)]),
+       s=st.sampled_from([(1, 1), (2, 2), (1, 2), (3, 3)]), d=st.sampled_from([(1, 1), (2, 1)]),
+       p=st.tuples(*[st.integers(0, 1)] * 4), ceil=st.integers(0, 1), include=st.integers(0, 1),
+       n=st.integers(1, 2), dtype=st.sampled_from([np.float32, np.float64]),
+       intra=st.sampled_from([1, 2]), special=st.booleans(), seed=st.integers(0, 2**31))
+def test_pools_give_the_reference_bits(name, c, h, w, k, s, d, p, ceil, include, n, dtype, intra,
+                                       special, seed):
+    op = registry.lookup(name)
+    attrs = {"kernel_shape": k, "strides": s, "pads": p, "dilations": d, "ceil_mode": ceil}
+    if name == "avg_pool2d":
+        if d != (1, 1):
+            return
+        attrs.pop("dilations")
+        attrs["count_include_pad"] = include
+    if p[0] >= k[0] or p[1] >= k[1] or p[2] >= k[0] or p[3] >= k[1]:
+        return  # ONNX: pads smaller than the window
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    if special:  # signed zeros, NaN and infinities where windows meet
+        x.reshape(-1)[rng.integers(0, x.size, 8)] = rng.choice(
+            np.array([0.0, -0.0, np.nan, np.inf, -np.inf], dtype), 8)
+    from hetero.graph import TensorSpec
+
+    try:
+        (spec,) = op.infer_specs((TensorSpec(x.shape, x.dtype),), op.normalize_attrs(attrs))
+    except Exception:
+        return  # a window larger than the padded input
+    with np.errstate(invalid="ignore"):
+        ref, got = _both(name, [x], attrs, spec.shape, dtype, intra)
+    _same_bits(got, ref)
