@@ -60,15 +60,16 @@ def test_pip_installs_are_pinned():
                 assert "--no-deps" in words, "installing . must not pull unpinned dependencies"
 
 
-def test_pinned_extras_cover_the_gpu_and_onnx_extras():
-    """Every requirement of hetero and of its gpu and onnx extras is pinned in the image."""
+def test_pinned_extras_cover_the_gpu_onnx_and_cpu_extras():
+    """Every requirement of hetero and of its gpu, onnx and cpu extras is pinned in the image."""
     try:
         import tomllib
     except ImportError:
         tomllib = pytest.importorskip("tomli")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = list(project["dependencies"])
-    wanted += project["optional-dependencies"]["gpu"] + project["optional-dependencies"]["onnx"]
+    extras = project["optional-dependencies"]
+    wanted += extras["gpu"] + extras["onnx"] + extras["cpu"]
     text = DOCKERFILE.read_text()
     for requirement in wanted:
         name = re.match(r"[A-Za-z0-9_.\-]+", requirement).group(0)
