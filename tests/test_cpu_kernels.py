@@ -191,3 +191,21 @@ def test_pools_give_the_reference_bits(name, c, h, w, k, s, d, p, ceil, include,
     with np.errstate(invalid="ignore"):
         ref, got = _both(name, [x], attrs, spec.shape, dtype, intra)
     _same_bits(got, ref)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.sampled_from([(1, 3, 5, 7), (2, 8, 4, 4), (1, 16, 1, 1), (3, 4), (1, 5, 9)]),
+       act=st.sampled_from(ACTIVATIONS), dtype=st.sampled_from([np.float32, np.float64]),
+       special=st.booleans(), seed=st.integers(0, 2**31))
+def test_batch_norm_gives_the_reference_bits(shape, act, dtype, special, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    if special:
+        x.reshape(-1)[rng.integers(0, x.size, 3)] = np.array([np.nan, -0.0, np.inf], dtype)
+    c = shape[1]
+    ins = [x, rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype),
+           rng.standard_normal(c).astype(dtype), rng.random(c).astype(dtype) + 0.1]
+    with np.errstate(invalid="ignore"):
+        ref, got = _both("batch_norm", ins, {"activation": act[0], "activation_params": act[1]},
+                         shape, dtype)
+    _same_bits(got, ref)

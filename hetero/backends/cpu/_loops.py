@@ -232,3 +232,20 @@ def depthwise_flat(x, w, out, mult, kh, kw, sh, sw, dh, dw, top, left, c0, c1, b
                 ab = _u(r * wb)
                 for q in range(ow):
                     of[ob + _u(q)] = af[ab + _u(q)]
+
+
+@jit
+def affine(x, out, a, b, code, p0, p1):
+    """``out[n, c] = x[n, c] * a[c] + b[c]`` (the product rounded, then the sum, as NumPy's two
+    passes round them), then the activation ``code``, one row at a time. ``x``, ``out``: ``(N,
+    C, L)`` C-contiguous."""
+    n, c, length = x.shape
+    for i in range(n):
+        for ch in range(c):
+            src = x[i, ch]
+            row = out[i, ch]
+            ac = a[ch]
+            bc = b[ch]
+            for p in range(length):
+                row[p] = (src[p] * ac) + bc
+            _activate(row, code, p0, p1)

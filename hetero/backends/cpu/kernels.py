@@ -172,10 +172,34 @@ def _conv(shared: Callable) -> Callable:
     return kernel
 
 
+def _batch_norm(shared: Callable) -> Callable:
+    """Inference batch-norm as one pass per channel row: ``x * a + b`` then the activation,
+    where NumPy makes a pass per step, each broadcasting a ``(C, 1)`` column."""
+    def kernel(xp, ins, attrs, outs):
+        x, out = ins[0], outs[0]
+        if not _covered(xp, ins, outs) or x.ndim < 2:
+            return shared(xp, ins, attrs, outs)
+        a, b = nn.batch_norm_affine(np, *ins[1:], attrs["epsilon"])  # the reference's a, b
+        n, c = x.shape[:2]
+        rest = int(np.prod(x.shape[2:], dtype=np.int64))
+        activation, params = attrs["activation"], attrs["activation_params"]
+        code = _activation_code(activation, params, out.dtype)
+        t = out.dtype.type
+        loops.affine(x.reshape(n, c, rest), out.reshape(n, c, rest), a, b,
+                     loops.NONE if code is None else code[0],
+                     t(0) if code is None else code[1], t(0) if code is None else code[2])
+        if code is None:
+            nn.apply_activation(np, out, activation, params)
+
+    kernel.__doc__ = "batch_norm as one compiled pass per channel (hetero.backends.cpu)"
+    return kernel
+
+
 #: op -> (reference kernel -> compiled kernel)
 KERNELS: dict[str, Callable[[Callable], Callable]] = {
     "conv2d": _conv,
     "conv2d_add": _conv,
     "max_pool2d": _pool(True),
     "avg_pool2d": _pool(False),
+    "batch_norm": _batch_norm,
 }
