@@ -348,6 +348,10 @@ def _conv_kernel(xp, ins, attrs, outs, finish=None):
 #: least ``STACKED_MIN_PIXELS`` output pixels, takes ``_stacked_taps`` instead of im2col.
 STACKED_MAX_OUT_PER_IN = 0.5
 STACKED_MIN_PIXELS = 196
+#: ... and is cut into bands of output channels only from this many flops: DenseNet's 128 -> 32
+#: 3x3 conv at 14x14 (14.5 MFLOP) took 0.36-0.39 ms whole and 0.39-0.45 ms in two bands on two
+#: threads; at 28x28 (58 MFLOP) two bands won (0.83-0.89 against 0.93-0.98 ms).
+STACKED_SPLIT_MIN_FLOPS = 3e7
 
 
 def _stacked_taps(xp, x, w, extra, attrs, out, strides, pads, dilations) -> bool:
@@ -381,7 +385,9 @@ def _stacked_taps(xp, x, w, extra, attrs, out, strides, pads, dilations) -> bool
     bias = extra[0].reshape(o, 1) if extra else None
     z = extra[1].reshape(n, o, oh, ow) if len(extra) > 1 else None
     activation, params = attrs["activation"], attrs["activation_params"]
-    bands = max(1, min(SPLIT_MAX_PIECES, o // SPLIT_MIN_CHANNELS)) if xp is np else 1
+    flops = 2.0 * n * o * oh * ow * c * kh * kw
+    bands = (max(1, min(SPLIT_MAX_PIECES, o // SPLIT_MIN_CHANNELS))
+             if xp is np and flops >= STACKED_SPLIT_MIN_FLOPS else 1)
 
     def piece(k):
         img, b = divmod(k, bands)
