@@ -302,3 +302,131 @@ def test_numpy_operands_fit_the_tensor_dtype():
     # a float array next to an integer tensor is not cast down (NumPy's same_kind rule)
     with pytest.raises(ht.ShapeError, match="different dtypes"):
         ops.add(i, np.ones(3))
+
+
+# ----------------------------------------------------------------------------------------------
+# Fast paths of the CPU-speed issue, against float64 references
+
+_POW_BASES = np.concatenate([
+    [0.0, -0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 3.7, -3.7, 1e-20, -1e-20, 1e20, -1e20, 1e-40,
+     np.inf, -np.inf, np.nan],
+    np.random.default_rng(3).standard_normal(500) * 10,
+])
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 4e-7), (np.float64, 1e-15)])
+@pytest.mark.parametrize("e", [0, 1, 2, 3, 4, -1, -2, -3, -4, 0.5, -0.5, 1.5, 5, -7])
+@pytest.mark.parametrize("layout", ["0-d", "1x1", "broadcast"])
+def test_pow_constant_exponent_paths(dtype, rtol, e, layout):
+    from hetero.ops.elementwise import _pow_kernel
+
+    x = _POW_BASES.astype(dtype)
+    if layout == "1x1":
+        x = x[np.isfinite(x)]  # the +-0.5 paths fall back to power where an input is -inf
+    b = {"0-d": np.array(e, dtype), "1x1": np.full((1, 1), e, dtype),
+         "broadcast": np.broadcast_to(np.array(e, dtype), x.shape)}[layout]
+    out = np.empty(np.broadcast_shapes(x.shape, b.shape), dtype)
+    with np.errstate(all="ignore"):
+        _pow_kernel(np, [x, b], {}, [out])
+        want = np.broadcast_to(np.power(x.astype(np.float64), float(e)).astype(dtype), out.shape)
+    # results below the smallest normal number may differ in their last (subnormal) bit
+    np.testing.assert_allclose(out, want, rtol=rtol, atol=np.finfo(dtype).tiny)
+    assert (np.signbit(out) == np.signbit(want)).all()
+
+
+def test_pow_of_negative_bases_through_ops():
+    x = np.linspace(-3, 3, 1001).astype(np.float32)
+    for e in (3.0, 2.0, -1.0, 4.0, np.float32(3)):
+        got = ops.pow(x, e).numpy()
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, x.astype(np.float64) ** float(e), rtol=4e-7)
+    # an exponent tensor of varying values still takes the general path
+    b = np.linspace(-2, 2, 1001).astype(np.float32)
+    np.testing.assert_allclose(ops.pow(np.abs(x) + 0.1, b).numpy(),
+                               (np.abs(x.astype(np.float64)) + 0.1) ** b, rtol=2e-6)
+    # the +-0.5 paths keep NumPy's power at -0 and -inf (with and without -inf in the input)
+    for xs in ([-np.inf, -0.0, 0.0, np.inf, 4.0, -4.0, np.nan], [-0.0, 0.0, np.inf, 4.0, -4.0]):
+        xs = np.array(xs, np.float32)
+        for e in (0.5, -0.5):
+            with np.errstate(all="ignore"):
+                want = np.power(xs, np.float32(e))
+            got = ops.pow(xs, e).numpy()
+            np.testing.assert_array_equal(got, want)
+            assert (np.signbit(got) == np.signbit(want)).all()
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_pow_integer_constant_exponent(dtype):
+    from hetero.ops.elementwise import _pow_kernel
+
+    x = np.array([-5, -3, -1, 0, 1, 2, 7, 1000], dtype)
+    for e in range(5):
+        out = np.empty_like(x)
+        _pow_kernel(np, [x, np.array(e, dtype)], {}, [out])
+        np.testing.assert_array_equal(out, np.power(x, e))
+    with pytest.raises(ValueError):  # NumPy's rule, kept: no negative integer powers of ints
+        _pow_kernel(np, [x, np.array(-1, dtype)], {}, [np.empty_like(x)])
+
+
+def test_erf_float32_polynomial_is_accurate():
+    """The float32 polynomial (the default for float32 even where SciPy is installed) within
+    2e-7 of math.erf, with -0, +-inf and nan, and relative accuracy for tiny inputs."""
+    x = np.concatenate([np.linspace(-6, 6, 400001), np.geomspace(1e-38, 1e-3, 2000),
+                        -np.geomspace(1e-38, 1e-3, 2000)]).astype(np.float32)
+    got = ops.erf(x).numpy()
+    assert got.dtype == np.float32
+    want = _erf(x.astype(np.float64))
+    assert np.abs(got - want).max() <= 2e-7
+    tiny = np.abs(x) < 1e-3
+    np.testing.assert_allclose(got[tiny], want[tiny], rtol=3e-7)
+    special = ops.erf(np.array([0.0, -0.0, np.inf, -np.inf, np.nan], np.float32)).numpy()
+    assert special[:4].tolist() == [0.0, 0.0, 1.0, -1.0] and np.signbit(special[1])
+    assert np.isnan(special[4])
+    # float16 goes through float32
+    x16 = np.linspace(-4, 4, 801).astype(np.float16)
+    np.testing.assert_allclose(ops.erf(x16).numpy(), _erf(x16.astype(np.float64)), atol=1e-3)
+
+
+def test_erf_chunks_and_layouts():
+    """Inputs longer than a chunk, non-contiguous ones and 0-d ones give the same values."""
+    from hetero.ops import elementwise
+
+    x = np.random.default_rng(5).standard_normal(3 * elementwise._CHUNK + 17).astype(np.float32)
+    whole = ops.erf(x).numpy()
+    np.testing.assert_allclose(whole, _erf(x.astype(np.float64)), atol=2e-7)
+    np.testing.assert_array_equal(ops.erf(x[::2]).numpy(), whole[::2])
+    np.testing.assert_array_equal(ops.erf(x[:12].reshape(3, 4).T).numpy(),
+                                  whole[:12].reshape(3, 4).T)
+    assert abs(ops.erf(np.float32(0.5)).numpy() - math.erf(0.5)) < 2e-7
+
+
+def test_gelu_float32_polynomial():
+    x = np.concatenate([np.linspace(-9, 9, 200001), [0.0, -0.0, np.inf, np.nan]])
+    x = x.astype(np.float32)
+    got = ops.gelu(x).numpy()
+    x64 = x.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        want = _gelu_ref(x64)
+    finite = np.isfinite(x)
+    err = np.abs(got - want)[finite]
+    assert err.max() <= 5e-7  # half an ulp of 9 is 4.8e-7
+    # relative accuracy of the small negative results (no 1 + erf cancellation)
+    neg = (x64 < -0.1) & (x64 > -5)
+    np.testing.assert_allclose(got[neg], want[neg], rtol=1e-5)
+    assert got[-2] == np.inf and np.isnan(got[-1])
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.2, 1.0, 3.0, -0.5, 0.0])
+def test_leaky_relu_any_alpha(alpha):
+    x = np.concatenate([np.linspace(-3, 3, 101), [0.0, -0.0, np.inf, -np.inf, np.nan]])
+    x = x.astype(np.float32)
+    got = ops.leaky_relu(x, alpha).numpy()
+    with np.errstate(invalid="ignore"):
+        want = np.where(x >= 0, x, np.float32(alpha) * x)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_relu_float_keeps_nan_and_inf():
+    x = np.array([-np.inf, -1.0, 0.0, 2.0, np.inf, np.nan], np.float32)
+    got = ops.relu(x).numpy()
+    np.testing.assert_array_equal(got, [0, 0, 0, 2, np.inf, np.nan])
