@@ -323,6 +323,20 @@ def test_winograd_rewrite_keeps_results():
     assert optimize(opt, winograd=True).nodes == opt.nodes
 
 
+def test_winograd_keeps_to_its_map_sizes():
+    """Below WINOGRAD_MIN_PIXELS and above WINOGRAD_MAX_PIXELS output pixels the conv stays
+    conv2d (measured slower there); in between it becomes conv2d_winograd."""
+    from hetero.passes.optimize import WINOGRAD_MAX_PIXELS, WINOGRAD_MIN_PIXELS
+
+    for side, want in ((int(WINOGRAD_MIN_PIXELS ** 0.5) - 1, "conv2d"), (32, "conv2d_winograd"),
+                       (int(WINOGRAD_MAX_PIXELS ** 0.5) + 1, "conv2d")):
+        g = GraphBuilder()
+        x = g.input("x", (1, 128, side, side))
+        y = g.op("conv", "conv2d", [x, g.const("w", rand(128, 128, 3, 3) * 0.05)],
+                 pads=(1, 1, 1, 1))
+        assert optimize(g.graph(y), winograd=True).node("conv").op == want, side
+
+
 def test_batch_norm_folds_into_winograd_conv():
     from hetero.ops.nn import winograd_weights
 

@@ -29,8 +29,8 @@ follows then fuses as its activation.
 
 Then, with ``winograd=True`` (for graphs that run on CPUs: a GPU has cuDNN's own algorithms),
 ``use_winograd`` turns each 3x3, stride-1, ungrouped conv2d with constant weights where it pays
-(at least ``WINOGRAD_MIN_CHANNELS`` in and out, ``WINOGRAD_MIN_PIXELS`` output pixels, not annotated
-to a GPU) into ``conv2d_winograd`` with weights transformed once, here, instead of on every call.
+(at least ``WINOGRAD_MIN_CHANNELS`` in and out, ``WINOGRAD_MIN_PIXELS`` to
+``WINOGRAD_MAX_PIXELS`` output pixels, not annotated to a GPU) into ``conv2d_winograd`` with weights transformed once, here, instead of on every call.
 
 A producer is merged with its consumer only when the consumer is its sole reader and the producer's
 value is not itself a graph output, and only when both carry the same device annotation and no
@@ -54,7 +54,8 @@ from hetero.ops.registry import lookup
 
 __all__ = ["optimize", "fold_constants", "fold_batch_norm", "fuse_bias", "fuse_activation",
            "fuse_residual", "fold_channel_affine", "eliminate_dead", "use_winograd",
-           "MAX_FOLD_BYTES", "WINOGRAD_MIN_CHANNELS", "WINOGRAD_MIN_PIXELS"]
+           "MAX_FOLD_BYTES", "WINOGRAD_MIN_CHANNELS", "WINOGRAD_MIN_PIXELS",
+           "WINOGRAD_MAX_PIXELS"]
 
 #: Constant folding leaves nodes whose outputs would take more bytes than this (a broadcast of a
 #: small constant to a huge one is cheaper to compute than to store).
@@ -65,6 +66,11 @@ MAX_FOLD_BYTES = 64 << 20
 #: with AVX-512 OpenBLAS (scripts/bench_conv.py, docs/nn.md).
 WINOGRAD_MIN_CHANNELS = 128
 WINOGRAD_MIN_PIXELS = 100
+#: ... and lost on large maps, where its three tile-sized temporaries (16 x channels x tiles
+#: each) outgrow the caches and fault in fresh pages on every call: VGG-19's 128-channel 3x3 at
+#: 112x112 took 38.2 ms as Winograd (1,814 page faults per call) against 31.8 ms direct, on two
+#: intra-op threads; 256 channels at 56x56 19.1 against 24.7, 512 at 28x28 15.3 against 30.2.
+WINOGRAD_MAX_PIXELS = 4096
 
 _CONVS = frozenset({"conv2d", "conv2d_winograd"})
 _ACTIVATED = _CONVS | {"conv2d_add", "batch_norm"}  # ops with a fused ``activation`` attribute
@@ -478,7 +484,9 @@ def use_winograd(graph: Graph) -> Graph:
         if w is None or w.shape[2:] != (3, 3) or out.dtype.kind != "f":
             continue
         o, c = w.shape[:2]
-        if min(o, c) < WINOGRAD_MIN_CHANNELS or out.shape[2] * out.shape[3] < WINOGRAD_MIN_PIXELS:
+        pixels = out.shape[2] * out.shape[3]
+        if min(o, c) < WINOGRAD_MIN_CHANNELS or not WINOGRAD_MIN_PIXELS <= pixels <= \
+                WINOGRAD_MAX_PIXELS:
             continue
         u = rw.constant(graph.node(conv.inputs[1].node), winograd_weights(w), f"{conv.name}_u")
         new = conv.replace(op="conv2d_winograd",
