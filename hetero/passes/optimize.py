@@ -30,7 +30,8 @@ follows then fuses as its activation.
 Then, with ``winograd=True`` (for graphs that run on CPUs: a GPU has cuDNN's own algorithms),
 ``use_winograd`` turns each 3x3, stride-1, ungrouped conv2d with constant weights where it pays
 (at least ``WINOGRAD_MIN_CHANNELS`` in and out, ``WINOGRAD_MIN_PIXELS`` to
-``WINOGRAD_MAX_PIXELS`` output pixels, not annotated to a GPU) into ``conv2d_winograd`` with weights transformed once, here, instead of on every call.
+``WINOGRAD_MAX_PIXELS`` output pixels, not annotated to a GPU) into ``conv2d_winograd`` with
+weights transformed once, here, instead of on every call.
 
 A producer is merged with its consumer only when the consumer is its sole reader and the producer's
 value is not itself a graph output, and only when both carry the same device annotation and no
