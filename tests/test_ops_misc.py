@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from op_reference import SETTINGS, assert_matches, broadcast_pair, rand, seeds, shapes
+from op_reference import (
+    SETTINGS,
+    assert_matches,
+    broadcast_pair,
+    rand,
+    run_modes,
+    seeds,
+    shapes,
+)
 
 import hetero as ht
 from hetero.ops.registry import REGISTRY
@@ -297,3 +305,116 @@ def test_rank_zero_and_bool_inputs_are_shape_errors():
                lambda: ht.ops.sign(ht.tensor(np.array([True, False])))):
         with pytest.raises(ht.ShapeError, match="from test_ops_misc.py"):
             fn()
+
+
+# ----------------------------------------------------------------------------------------------
+# The mask-free activations (max/min/clip/fmax identities instead of masked copies): special
+# values, the sign of zero, the large-|x| ends and inputs above a scratch chunk
+
+_SPECIAL = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 1e-30, -1e-30, 1e-8,
+                     -1e-8, 0.25, 0.2500001, 0.5, -0.5, 1.0, -1.0, 7.6, 8.0, 16.0, 16.7, 17.0,
+                     20.0, -20.0, 30.0, 88.0, 89.0, -88.0, -104.0, -110.0, 1e4, -1e4, 3e38,
+                     -3e38], np.float32)
+
+
+def _special_inputs(n: int = 300_000) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    wide = rng.standard_normal(n) * np.exp(rng.uniform(-8, 5, n))  # 3e-4 .. 150 in magnitude
+    return np.concatenate([_SPECIAL, wide.astype(np.float32)])  # above _CHUNK: chunked runs
+
+
+def _elu_ref(alpha):
+    return lambda x: np.where(x > 0, x, alpha * np.expm1(x))
+
+
+def _celu_ref(alpha):
+    # max(0, x) is +0 at x = -0 (NumPy's maximum returns its second argument on a tie of zeros)
+    return lambda x: np.maximum(x, 0) + np.minimum(0, alpha * np.expm1(x / alpha))
+
+
+_MASK_FREE = {
+    "softplus": ({}, _softplus),
+    "mish": ({}, lambda x: x * np.tanh(_softplus(x))),
+    "elu": ({"alpha": 1.0}, _elu_ref(1.0)),
+    "elu_small": ({"alpha": 0.3}, _elu_ref(0.3)),
+    "elu_large": ({"alpha": 2.5}, _elu_ref(2.5)),
+    "selu": ({}, lambda x: SELU_GAMMA * _elu_ref(SELU_ALPHA)(x)),
+    "celu": ({"alpha": 1.0}, _celu_ref(1.0)),
+    "celu_small": ({"alpha": 0.5}, _celu_ref(0.5)),
+    "celu_negative": ({"alpha": -2.0}, _celu_ref(-2.0)),
+    "thresholded_relu": ({"alpha": 0.25}, lambda x: np.where(x > 0.25, x, 0.0)),
+    "thresholded_relu_zero": ({"alpha": 0.0}, lambda x: np.where(x > 0, x, 0.0)),
+    "thresholded_relu_negative": ({"alpha": -1.0}, lambda x: np.where(x > -1, x, 0.0)),
+}
+
+
+def _check_against(out, want, rtol=1e-6, atol=1e-7):
+    """``out`` (float32) is ``want`` (float64) to float32 rounding: nan where it is nan, the same
+    infinities, and zeros of the same sign."""
+    want32 = want.astype(np.float32)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(want32))
+    np.testing.assert_array_equal(np.isinf(out), np.isinf(want32))
+    fin = np.isfinite(want32)
+    np.testing.assert_array_equal(out[~fin & ~np.isnan(out)], want32[~fin & ~np.isnan(want32)])
+    np.testing.assert_allclose(out[fin], want[fin], rtol=rtol, atol=atol)
+    zero = want32 == 0
+    np.testing.assert_array_equal(np.signbit(out[zero]), np.signbit(want32[zero]))
+
+
+@pytest.mark.parametrize("case", sorted(_MASK_FREE))
+def test_mask_free_activations_special_values(case):
+    name = case.split("_small")[0].split("_large")[0].split("_negative")[0].split("_zero")[0]
+    attrs, ref = _MASK_FREE[case]
+    x = _special_inputs()
+    with np.errstate(all="ignore"):
+        want = ref(x.astype(np.float64))
+        (out,) = run_modes(_op(name, attrs), x)[0]
+    assert out.dtype == np.float32
+    _check_against(out, want, rtol=2e-6 if name == "mish" else 1e-6)
+
+
+def test_mask_free_activations_named_values():
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 100.0, -200.0], np.float32)
+
+    def run(name, **attrs):
+        with np.errstate(all="ignore"):
+            return apply(name, (x,), attrs).numpy()
+
+    nan, log2 = np.nan, np.float32(np.log(2))
+    np.testing.assert_array_equal(run("softplus"), [nan, np.inf, 0, log2, log2, 100, 0])
+    # mish(-inf) is -inf * tanh(0): nan, as the formula (and ONNX's reference) give it
+    np.testing.assert_array_equal(run("mish"), [nan, np.inf, nan, 0, 0, 100, 0])
+    np.testing.assert_array_equal(run("elu", alpha=0.5), [nan, np.inf, -0.5, 0, 0, 100, -0.5])
+    np.testing.assert_array_equal(np.signbit(run("elu", alpha=0.5)[3:5]), [False, True])
+    np.testing.assert_array_equal(np.signbit(run("selu")[3:5]), [False, True])
+    np.testing.assert_array_equal(np.signbit(run("celu")[3:5]), [False, False])
+    np.testing.assert_array_equal(run("thresholded_relu", alpha=1.0), [0, np.inf, 0, 0, 0, 100, 0])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+@pytest.mark.parametrize("name", ["softplus", "mish", "elu", "selu", "celu"])
+def test_mask_free_activations_other_dtypes(name, dtype):
+    # the exp bound follows the dtype: float16's exp(min(x, T)) must not overflow
+    x = np.concatenate([_SPECIAL, np.linspace(-30, 30, 2001)]).astype(dtype)
+    attrs, ref = _MASK_FREE[name]
+    with np.errstate(all="ignore"):
+        out = apply(name, (x,), attrs).numpy()
+        want = ref(x.astype(np.float64)).astype(dtype)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
+    tol = 2e-3 if dtype == np.float16 else 1e-13
+    np.testing.assert_allclose(out.astype(np.float64), want.astype(np.float64), rtol=tol,
+                               atol=tol)
+
+
+@pytest.mark.parametrize("slope", [[0.1, 0.5, 1.0], [1.0, 2.0, 3.5], [0.5, 2.0, 1.0],
+                                   [0.0, 0.5, 1.0], [-0.5, 0.25, 0.1], [np.nan, 0.5, 1.0],
+                                   [np.inf, 2.0, 1.0]])
+def test_prelu_slopes_special_values(slope):
+    # slopes all in (0, 1] or all in [1, inf) select by max/min; the others keep the masked copy
+    x = np.broadcast_to(_SPECIAL[:, None], (_SPECIAL.size, 3)).copy()
+    s = np.array(slope, np.float32)
+    with np.errstate(all="ignore"):
+        want = np.where(x < 0, x.astype(np.float64) * s, x)
+        (out,) = run_modes(_op("prelu"), x, s)[0]
+    _check_against(out, want)
