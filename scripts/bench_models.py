@@ -17,13 +17,23 @@ ratio hetero / onnxruntime.
 ``--profile`` also runs hetero with the profiler and prints, per model, the op types that take
 the most device time (summed over nodes).
 
+``--zoo [DIR]`` benchmarks the modern architectures ``scripts/export_zoo.py`` exported to DIR
+(default ~/.cache/hetero/zoo) instead: per model hetero (default placement), onnxruntime
+(intra_op_num_threads = cores) and PyTorch eager (``torch.set_num_threads(cores)``,
+``torch.inference_mode()``; n/a without torch) in rotating blocks, with the ratios, the relative
+error against onnxruntime (hetero's and torch's) and hetero's first-call cost (import +
+compile + first run). A model hetero cannot import or run shows its error in the table and is
+left out of the geometric means.
+
 Usage: python scripts/bench_models.py [--models resnet50,vgg19] [--runs 7] [--profile]
        [--markdown docs/benchmarks-models.md]
+       python scripts/bench_models.py --zoo [DIR] [--models resnet18,vit_b16] [--runs 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -36,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hetero  # noqa: E402
 import hetero.onnx as ho  # noqa: E402
+from hetero.errors import HeteroError  # noqa: E402
 from hetero.executor import Executor  # noqa: E402
 from tests.test_onnx_models import (  # noqa: E402
     MODELS,
@@ -102,14 +113,18 @@ def bench_model(name: str, machine, runs: int, warmup: int, profile: bool,
     }
     result["ratio"] = result["hetero_ms"] / result["ort_ms"]
     if profile:
-        _, prof = plan.run(*inputs, profile=True)
-        by_op: dict[str, float] = defaultdict(float)
-        for span in prof.spans:
-            by_op[span.op] += span.duration
-        total = sum(by_op.values()) or 1.0
-        result["top_ops"] = sorted(((op, s, s / total) for op, s in by_op.items()),
-                                   key=lambda t: -t[1])[:5]
+        result["top_ops"] = top_ops(plan, inputs)
     return result
+
+
+def top_ops(plan, inputs, n: int = 5) -> list[tuple[str, float, float]]:
+    """(op type, seconds, share) of the n op types with the most summed node time."""
+    _, prof = plan.run(*inputs, profile=True)
+    by_op: dict[str, float] = defaultdict(float)
+    for span in prof.spans:
+        by_op[span.op] += span.duration
+    total = sum(by_op.values()) or 1.0
+    return sorted(((op, s, s / total) for op, s in by_op.items()), key=lambda t: -t[1])[:n]
 
 
 def markdown(results: list[dict], machine, load: str) -> str:
@@ -145,9 +160,243 @@ def markdown(results: list[dict], machine, load: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------------------------------------
+# --zoo: modern architectures exported from PyTorch (scripts/export_zoo.py)
+
+DEFAULT_ZOO = os.path.join(os.path.expanduser("~"), ".cache", "hetero", "zoo")
+
+
+def zoo_models(folder: str) -> list[str]:
+    """The models export_zoo.py wrote to ``folder``, in its manifest's order."""
+    import json
+
+    path = os.path.join(folder, "manifest.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            names = list(json.load(f))
+    else:
+        names = sorted(n[:-5] for n in os.listdir(folder) if n.endswith(".onnx"))
+    return [n for n in names if os.path.exists(os.path.join(folder, f"{n}.onnx"))]
+
+
+def _torch_worker(conn, folder: str, threads: int) -> None:
+    """PyTorch eager in a process of its own (a spawned child the benchmark drives through a
+    pipe), so torch's libgomp and its thread pool stay out of hetero's process."""
+    import torch
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import export_zoo
+
+    torch.set_num_threads(threads)
+    conn.send(torch.__version__)
+    module = xt = None
+
+    def run():
+        with torch.inference_mode():
+            return module(xt)
+
+    while True:
+        msg = conn.recv()
+        if msg[0] == "load":
+            name = msg[1]
+            module = export_zoo.build(name)
+            module.load_state_dict(torch.load(os.path.join(folder, f"{name}.pt")))
+            xt = torch.from_numpy(np.load(os.path.join(folder, f"{name}.input.npy")))
+            conn.send(run().numpy())
+        elif msg[0] == "time":
+            torch.set_num_threads(threads)
+            conn.send(_times(run, msg[1], msg[2]))
+        else:
+            return
+
+
+class TorchEager:
+    """The parent's handle on ``_torch_worker``; None from ``start`` without torch."""
+
+    @classmethod
+    def start(cls, folder: str, threads: int) -> TorchEager | None:
+        import importlib.util
+        import multiprocessing
+
+        if importlib.util.find_spec("torch") is None:
+            return None
+        ctx = multiprocessing.get_context("spawn")
+        self = cls()
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_torch_worker, args=(child, folder, threads), daemon=True)
+        self.proc.start()
+        self.version = self.conn.recv()
+        return self
+
+    def load(self, name: str) -> np.ndarray:
+        self.conn.send(("load", name))
+        return self.conn.recv()
+
+    def times(self, runs: int, warmup: int) -> list[float]:
+        self.conn.send(("time", runs, warmup))
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self.conn.send(("quit",))
+        self.proc.join(10)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    label = "" if isinstance(exc, HeteroError) else f"{type(exc).__name__} (not a HeteroError): "
+    return (label + text)[:300].replace("|", "/")
+
+
+def bench_zoo_model(name: str, folder: str, threads: int, runs: int, warmup: int,
+                    rounds: int, profile: bool, eager: TorchEager | None) -> dict:
+    import onnx
+
+    path = os.path.join(folder, f"{name}.onnx")
+    x = np.load(os.path.join(folder, f"{name}.input.npy"))
+    sess = ort_session(onnx.load(path), threads)
+    feeds = {sess.get_inputs()[0].name: x}
+    want = sess.run(None, feeds)[0]
+    result: dict = {"model": name, "threads": threads, "input": "x".join(map(str, x.shape))}
+    blocks: list[tuple[str, list[float], object]] = [
+        ("ort", [], lambda: sess.run(None, feeds))]
+    try:  # first-call cost: import, compile, first run
+        t0 = time.perf_counter()
+        graph = ho.load(path)
+        t1 = time.perf_counter()
+        plan = hetero.compile(graph)
+        t2 = time.perf_counter()
+        out = plan.run(x)
+        t3 = time.perf_counter()
+        result.update(import_s=t1 - t0, compile_s=t2 - t1, first_run_s=t3 - t2,
+                      error=rel_error(out[0], want),
+                      nodes=sum(n.op not in ("input", "constant") for n in plan.graph.nodes),
+                      workers=len(plan.machine.cpus()),
+                      intra=getattr(getattr(plan, "_executor", None), "intra_op_threads", 1))
+        blocks.insert(0, ("hetero", [], lambda: plan.run(x)))
+    except Exception as exc:  # noqa: BLE001 - reported in the table, the benchmark goes on
+        result["hetero_error"] = _one_line(exc)
+        plan = None
+    if eager is not None:
+        result["torch_error"] = rel_error(eager.load(name), want)
+        blocks.append(("torch", [], None))
+    for k in range(rounds):
+        # the engines take turns going first, so none always follows another's spinning pool
+        shift = k % len(blocks)
+        for _label, times, fn in blocks[shift:] + blocks[:shift]:
+            times += eager.times(runs, warmup) if fn is None else _times(fn, runs, warmup)
+            time.sleep(0.1)
+    for label, times, _ in blocks:
+        result[f"{label}_ms"] = 1e3 * statistics.median(times)
+        result[f"{label}_min_ms"] = 1e3 * min(times)
+    if "hetero_ms" in result:
+        result["ratio"] = result["hetero_ms"] / result["ort_ms"]
+        if "torch_ms" in result:
+            result["torch_ratio"] = result["hetero_ms"] / result["torch_ms"]
+        if profile:
+            result["top_ops"] = top_ops(plan, [x])
+    return result
+
+
+def _geo(values: list[float]) -> float:
+    return float(np.exp(np.mean(np.log(values)))) if values else float("nan")
+
+
+def zoo_markdown(results: list[dict], machine, load: str, torch_version: str | None) -> str:
+    threads = results[0]["threads"] if results else os.cpu_count()
+    lines = [
+        f"Machine: {', '.join(d.name for d in machine.devices)} ({os.cpu_count()} cores); "
+        f"onnxruntime with intra_op_num_threads={threads}; "
+        + (f"PyTorch {torch_version} eager with set_num_threads({threads}), inference_mode, "
+           "in a process of its own"
+           if torch_version else "PyTorch not installed (n/a)")
+        + f"; load average during the run: {load}.",
+        "",
+        "| model | input | nodes | CPU workers x conv threads | hetero ms | onnxruntime ms | "
+        "torch ms | hetero / ort | hetero / torch | rel. error vs ort: hetero (torch) | "
+        "hetero first call s: import + compile + run |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def ms(r, key):
+        return f"{r[key]:.1f}" if key in r else "n/a"
+
+    for r in results:
+        terr = f"{r['torch_error']:.1e}" if "torch_error" in r else "n/a"
+        if "hetero_error" in r:
+            lines.append(f"| {r['model']} | {r['input']} | | | import/run failed: "
+                         f"{r['hetero_error']} | {ms(r, 'ort_ms')} | {ms(r, 'torch_ms')} | | | "
+                         f"- ({terr}) | |")
+            continue
+        tratio = f"{r['torch_ratio']:.2f}" if "torch_ratio" in r else "n/a"
+        first = r["import_s"] + r["compile_s"] + r["first_run_s"]
+        lines.append(f"| {r['model']} | {r['input']} | {r['nodes']} | "
+                     f"{r['workers']} x {r['intra']} | {r['hetero_ms']:.1f} | {r['ort_ms']:.1f} | "
+                     f"{ms(r, 'torch_ms')} | {r['ratio']:.2f} | {tratio} | "
+                     f"{r['error']:.1e} ({terr}) | {first:.2f}: {r['import_s']:.2f} + "
+                     f"{r['compile_s']:.2f} + {r['first_run_s']:.2f} |")
+    ok = [r for r in results if "ratio" in r]
+    geo = _geo([r["ratio"] for r in ok])
+    geo_torch = _geo([r["torch_ratio"] for r in ok if "torch_ratio" in r])
+    geo_ort_torch = _geo([r["ort_ms"] / r["torch_ms"] for r in results if "torch_ms" in r])
+    lines += ["", f"Geometric means over the {len(ok)} models hetero runs: hetero / onnxruntime "
+              f"{geo:.2f}, hetero / torch "
+              + (f"{geo_torch:.2f}" if not math.isnan(geo_torch) else "n/a")
+              + (f" (onnxruntime / torch {geo_ort_torch:.2f})"
+                 if not math.isnan(geo_ort_torch) else "") + "."]
+    failed = [r for r in results if "hetero_error" in r]
+    if failed:
+        lines += ["", "Left out (hetero cannot import or run them): "
+                  + "; ".join(f"{r['model']}: {r['hetero_error']}" for r in failed) + "."]
+    if any("top_ops" in r for r in results):
+        lines += ["", "hetero device time by op type (profiled run, share of summed node time):",
+                  "", "| model | hetero / ort | top ops |", "|---|---:|---|"]
+        for r in sorted(ok, key=lambda r: -r["ratio"]):
+            tops = ", ".join(f"{op} {share:.0%} ({s * 1e3:.1f} ms)"
+                             for op, s, share in r.get("top_ops", []))
+            lines.append(f"| {r['model']} | {r['ratio']:.2f} | {tops} |")
+    return "\n".join(lines) + "\n"
+
+
+def zoo_main(args, machine) -> int:
+    folder = os.path.expanduser(args.zoo)
+    if not os.path.isdir(folder):
+        print(f"{folder}: no such folder; run scripts/export_zoo.py --out {folder} first",
+              file=sys.stderr)
+        return 2
+    names = args.models.split(",") if args.models else zoo_models(folder)
+    threads = len(machine.cpus())
+    eager = TorchEager.start(folder, threads)
+    results = []
+    for name in names:
+        r = bench_zoo_model(name, folder, threads, args.runs, args.warmup, args.rounds,
+                            args.profile, eager)
+        results.append(r)
+        if "hetero_error" in r:
+            het = f"hetero failed: {r['hetero_error']}"
+        else:
+            het = (f"hetero {r['hetero_ms']:8.1f} ms  ratio {r['ratio']:5.2f}  "
+                   f"err {r['error']:.1e}  first call "
+                   f"{r['import_s'] + r['compile_s'] + r['first_run_s']:.2f} s")
+        tms = f"{r['torch_ms']:8.1f} ms" if "torch_ms" in r else "     n/a"
+        print(f"{name:<20} onnxruntime {r['ort_ms']:8.1f} ms  torch {tms}  {het}", flush=True)
+        for op, s, share in r.get("top_ops", []):
+            print(f"    {op:<16} {s * 1e3:8.1f} ms  {share:5.1%}")
+    if eager is not None:
+        eager.close()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    text = zoo_markdown(results, machine, load, eager.version if eager else None)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--models", default=None,
+                        help="comma-separated (default: the nine light models, or with --zoo "
+                             "every exported model)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
@@ -156,10 +405,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--machine", choices=("default", "all"), default="default",
                         help="default: the machine compile picks (workers the graph can use); "
                              "all: one CPU worker per detected core")
+    parser.add_argument("--zoo", nargs="?", const=DEFAULT_ZOO, metavar="DIR",
+                        help="benchmark the models scripts/export_zoo.py exported to DIR "
+                             f"(default {DEFAULT_ZOO}) against onnxruntime and PyTorch eager")
     args = parser.parse_args(argv)
     machine = hetero.Machine.detect()
+    if args.zoo:
+        return zoo_main(args, machine)
     results = []
-    for name in args.models.split(","):
+    for name in (args.models or ",".join(MODELS)).split(","):
         r = bench_model(name, machine, args.runs, args.warmup, args.profile, args.rounds,
                         default_machine=args.machine == "default")
         results.append(r)
