@@ -53,7 +53,9 @@ from hetero.function import Function
 from hetero.graph import TensorSpec
 from hetero.ops import registry
 from hetero.pipeline import compile_graph, optimize_for
+from hetero.plan import Plan
 from hetero.report import fmt_bytes, fmt_time, text_table
+from hetero.threads import cpu_cores
 from hetero.version import __version__
 
 PROG = "hetero"
@@ -348,8 +350,6 @@ def _machine(args: argparse.Namespace) -> Any:
 def _warn_oversubscribed(machine: Any) -> None:
     """A warning (standard error) when a machine has more CPU workers than this host has cores:
     it still plans and runs, but the workers take turns on the cores."""
-    from hetero.threads import cpu_cores
-
     workers = sum(d.kind == "cpu" for d in machine.devices)
     cores = cpu_cores()
     if workers > cores:
@@ -594,10 +594,6 @@ def _is_plan_file(model: str) -> bool:
 def load_plan(path: str, machine: Any = None) -> Any:
     """A plan saved by ``hetero compile`` (``Plan.to_json``), verified (``Plan.from_json`` runs
     ``check``); ``machine`` replaces the recorded one."""
-    import json
-
-    from hetero.plan import Plan
-
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -721,8 +717,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    import json
-
     _check_writable(args.output)
     machine = _machine(args)
     cost = _cost(args, machine)

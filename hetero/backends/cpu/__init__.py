@@ -29,6 +29,8 @@ import os
 import threading
 from typing import Any
 
+from hetero.ops import registry
+
 __all__ = ["install", "installed", "status"]
 
 _lock = threading.Lock()
@@ -81,8 +83,6 @@ def _install() -> list[str]:
         from hetero.backends.cpu import kernels
     except ImportError as exc:  # numba (or its llvmlite) missing or broken
         raise _Off(f"numba is not importable ({exc}); pip install 'hetero[cpu]'") from None
-    from hetero.ops import registry
-
     names = []
     for name, make in kernels.KERNELS.items():
         op = registry.lookup(name)
