@@ -219,6 +219,29 @@ def test_batch_one_fully_connected_gemm_cut_equals_the_whole_product():
     assert (same == same[0, 0]).all()
 
 
+@pytest.mark.parametrize("a_shape,b_shape", [
+    ((1, 12, 197, 64), (1, 12, 64, 197)),  # ViT-B's attention scores, batch 1
+    ((1, 1, 6, 197, 197), (6, 197, 64)),   # leading 1s, b without them
+    ((1, 300, 64), (1, 64, 256)),          # batch 1 of one product: cut its columns
+])
+def test_batch_one_products_are_cut_below_the_leading_ones(a_shape, b_shape):
+    """A batch of size 1 is cut over the next axis (heads) or the product itself, and the cut
+    gives the bits of one thread and of NumPy's whole product."""
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal(a_shape).astype(np.float32)
+    b = rng.standard_normal(b_shape).astype(np.float32)
+    out = np.empty(np.broadcast_shapes(a_shape[:-2], b_shape[:-2]) + (a_shape[-2], b_shape[-1]),
+                   np.float32)
+    pieces = linalg._pieces(a, b, out)
+    assert pieces is not None and len(pieces) >= 2
+    for _, _, po, index in pieces:
+        assert np.shares_memory(po, out[index]) and po.shape == out[index].shape
+    two = run_kernel("matmul", [a, b], 2)
+    np.testing.assert_array_equal(two, run_kernel("matmul", [a, b], 1))
+    with threadpool_limits(1, "blas"):
+        np.testing.assert_array_equal(two, np.matmul(a, b))
+
+
 def test_resnet_sized_conv_is_cut_and_matches_one_thread(monkeypatch):
     """ResNet-50 shapes at the real thresholds: row bands of a 28x28 map, channel bands of a
     7x7 one."""

@@ -9,7 +9,8 @@ On the CPU a large product is cut into pieces that ``hetero.threads.parallel_for
 intra-op threads the executor grants, each one single-threaded GEMM writing its own slice of the
 output (``_pieces``): bands of output columns where the product is wide (a fully connected
 layer's features, a transformer's projections), bands of rows where it is tall, slices of the
-batch of a batched product. A Linear layer on a 3-D input, ``(B, S, K) @ (K, N)``, is one
+batch of a batched product (below leading axes of size 1: attention's ``(1, heads, S, d)``
+products are cut over the heads). A Linear layer on a 3-D input, ``(B, S, K) @ (K, N)``, is one
 ``(B*S, K) @ (K, N)`` product. The cut depends on the shapes only, so the result does not depend
 on how many threads ran it, and band edges fall on multiples of 64 columns or 16 rows, where
 OpenBLAS computes every element as the whole product does.
@@ -128,6 +129,12 @@ def _pieces(a, b, out) -> list[tuple[Any, Any, Any, tuple[slice, ...]]] | None:
     if a.ndim > 2 and b.ndim == 2 and out.flags.c_contiguous:
         rows = a.reshape(-1, k)  # a view when a is contiguous; a copy is worth the split
         return _pieces(rows, b, out.reshape(-1, out.shape[-1]))
+    if out.ndim > 2 and out.shape[0] == 1:  # batch 1 (attention's (1, heads, S, S)): cut below
+        def drop(x):
+            return x[0] if x.ndim == out.ndim else x
+
+        inner = _pieces(drop(a), drop(b), out[0])
+        return None if inner is None else [(pa, pb, po, (0, *ix)) for pa, pb, po, ix in inner]
     if out.ndim > 2:  # a batch of products: slices of the leading axis
         bands = min(nn.SPLIT_MAX_PIECES, out.shape[0])
         if bands < 2:
