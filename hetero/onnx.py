@@ -21,8 +21,11 @@ NumPy; ``Backend`` and ``BackendRep`` (subclasses of onnx's base classes) are bu
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +41,10 @@ from hetero.ops.registry import REGISTRY, lookup
 from hetero.pipeline import compile_graph
 
 # Backend and BackendRep are built on first access (module __getattr__), so they are not listed.
-__all__ = ["load", "supported_ops", "prepare", "run_model", "run_node", "StaticInputError"]
+_log = logging.getLogger("hetero.onnx")
+
+__all__ = ["load", "compile", "Model", "input_dims", "supported_ops", "prepare", "run_model",
+           "run_node", "StaticInputError"]
 
 # ----------------------------------------------------------------------------------------------
 # Values during import
@@ -1012,11 +1018,13 @@ def _tensor_to_array(tensor: Any, folder: str | None, where: str) -> np.ndarray:
 class _Importer:
     def __init__(self, model: Any, source: str, folder: str | None,
                  input_shapes: Mapping[str, Sequence[int]] | None = None,
-                 static_inputs: Mapping[str, Any] | None = None) -> None:
+                 static_inputs: Mapping[str, Any] | None = None,
+                 dims: Mapping[str, int] | None = None) -> None:
         self.model = model
         self.source = source
         self.folder = folder
         self.input_shapes = _check_input_shapes(model, input_shapes)
+        self.dims = _check_dims(dims)
         self.static_inputs = {k: np.array(v, copy=True) for k, v in (static_inputs or {}).items()}
         self.builder = _Builder(_clean(model.graph.name or "onnx"))
         self.opset = _opset(model)
@@ -1074,11 +1082,17 @@ class _Importer:
             raise ModelError(f"{where} has no shape; pass input_shapes={{{vi.name!r}: (...)}}")
         dims = []
         for d in tt.shape.dim:
-            if not d.HasField("dim_value"):
+            if d.HasField("dim_value"):
+                dims.append(d.dim_value)
+            elif d.dim_param and d.dim_param in self.dims:
+                dims.append(self.dims[d.dim_param])
+            else:
                 raise ModelError(f"{where} has a symbolic dimension "
-                                 f"{d.dim_param or '?'!r}; hetero graphs have static shapes: "
-                                 f"pass input_shapes={{{vi.name!r}: (...)}}")
-            dims.append(d.dim_value)
+                                 f"{d.dim_param or '?'!r}; a hetero graph has static shapes: "
+                                 f"pass input_shapes={{{vi.name!r}: (...)}}"
+                                 + (f" or dims={{{d.dim_param!r}: N}}" if d.dim_param else "")
+                                 + ", or use hetero.onnx.compile(), which specialises the "
+                                 "model for each input shape it is run on")
         return TensorSpec(tuple(dims), dtype)
 
     def _convert(self, node: Any, index: int, env: dict[str, _Val]) -> None:
@@ -1189,12 +1203,19 @@ def _check_input_shapes(proto: Any, input_shapes: Mapping[str, Any] | None
 
 
 def load(model: Any, *, input_shapes: Mapping[str, Sequence[int]] | None = None,
-         static_inputs: Mapping[str, Any] | None = None, base_dir: str | None = None) -> Graph:
+         static_inputs: Mapping[str, Any] | None = None, base_dir: str | None = None,
+         dims: Mapping[str, int] | None = None) -> Graph:
     """Import an ONNX model (a path or an ``onnx.ModelProto``) as a hetero Graph.
+
+    A Graph has static shapes. For a model with symbolic dimensions (``batch``, ``sequence``)
+    give their values with ``dims`` or whole shapes with ``input_shapes``, or use ``compile``,
+    which specialises the model for each input signature it runs on.
 
     Args:
         model: path to a ``.onnx`` file, or a ModelProto.
         input_shapes: shapes for graph inputs whose declared shape is symbolic or missing.
+        dims: values of named symbolic dimensions (``{"batch": 4}``), for every input that
+            declares them and has no entry in ``input_shapes``.
         static_inputs: values for graph inputs that become constants (needed where an input
             feeds a Reshape target, Slice bounds, ...); they are not inputs of the Graph.
         base_dir: folder for external tensor data of a ModelProto (a path uses its own folder).
@@ -1204,7 +1225,40 @@ def load(model: Any, *, input_shapes: Mapping[str, Sequence[int]] | None = None,
             external data path that leaves the model's folder.
     """
     proto, source, folder = _parse(model, base_dir)
-    return _Importer(proto, source, folder, input_shapes, static_inputs).run()
+    return _Importer(proto, source, folder, input_shapes, static_inputs, dims).run()
+
+
+def _check_dims(dims: Mapping[str, Any] | None) -> dict[str, int]:
+    """``dims`` as a dict of dimension name -> non-negative int."""
+    if dims is None:
+        return {}
+    if not isinstance(dims, Mapping):
+        raise ModelError(f"dims is a dict of symbolic dimension name -> size, got "
+                         f"{type(dims).__name__}")
+    out = {}
+    for name, size in dims.items():
+        if not isinstance(name, str) or isinstance(size, bool) \
+                or not isinstance(size, (int, np.integer)) or size < 0:
+            raise ModelError(f"dims[{name!r}] must be a non-negative int, got {size!r}")
+        out[name] = int(size)
+    return out
+
+
+def input_dims(model: Any) -> dict[str, tuple[int | str | None, ...] | None]:
+    """The declared shape of each graph input of ``model`` (a path or a ModelProto; external
+    data is not read): an int per fixed dimension, the name of a symbolic one (``"batch"``),
+    None for an unnamed one; None for an input without a declared shape."""
+    proto, _, _ = _read_model(model)
+    inits = {t.name for t in proto.graph.initializer}
+    return {vi.name: _declared_dims(vi) for vi in proto.graph.input if vi.name not in inits}
+
+
+def _declared_dims(vi: Any) -> tuple[int | str | None, ...] | None:
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                 for d in tt.shape.dim)
 
 
 def _parse(model: Any, base_dir: str | None) -> tuple[Any, str, str | None]:
@@ -1244,14 +1298,29 @@ def runner(graph: Graph, machine: Any = None, **options: Any) -> Callable[..., l
     return lambda *arrays: list(plan.run(*arrays))
 
 
-class _Runner:
-    """A loaded model, compiled per input signature, run on NumPy inputs.
+class Model:
+    """An ONNX model compiled per input signature: ``compile(path)`` returns one.
+
+    ``model(*arrays)`` (or ``model.run(...)`` with a list or a dict by input name) runs it and
+    returns the outputs as a list of NumPy arrays. The first run with a new input signature
+    (shapes, dtypes; the values of inputs that must be static) imports the model for those
+    shapes and compiles a Plan, which later runs with that signature reuse (``plans``). A model
+    with symbolic dimensions (``batch``, ``sequence``) thus runs at any size from one
+    ``compile``; each new specialisation is logged on the ``hetero.onnx`` logger with what
+    changed ("input x: shape (1, 3, 224, 224) -> (4, 3, 224, 224), batch 1 -> 4"), and a
+    warning says so past ``max_plans`` of them.
+
+    Arrays are checked against the declared inputs first: their number, dtype, rank, every
+    fixed dimension, and one value per named symbolic dimension across the inputs (a ModelError
+    naming the input and dimension otherwise).
 
     Graph inputs that feed import-time parameters (a Reshape target given as an input, ...)
     are found on the first import attempt (``StaticInputError``) and then treated as static:
-    their values become constants and are part of the compile cache key, as a Python argument
-    of ``@hetero.function`` is.
+    their values become constants and are part of the signature, as a Python argument of
+    ``@hetero.function`` is.
     """
+
+    max_plans = 8
 
     def __init__(self, model: Any, machine: Any = None, base_dir: str | None = None,
                  **options: Any) -> None:
@@ -1262,13 +1331,16 @@ class _Runner:
         inits = {t.name for t in g.initializer}
         self.inputs = [vi for vi in g.input if vi.name not in inits]
         self.input_names = [vi.name for vi in self.inputs]
+        self.declared = {vi.name: _declared_dims(vi) for vi in self.inputs}
         self.static_names: set[str] = set()
-        self._compiled: dict[tuple, tuple[tuple[str, ...], Callable[..., list]]] = {}
+        #: signature -> (graph input names, Plan), in the order they were compiled
+        self.plans: dict[tuple, tuple[tuple[str, ...], Any]] = {}
+        self._lock = threading.Lock()
         _check_supported(self.proto, self.source)
         declared = self._declared()
         if declared is not None:  # compile now, so an unsupported model fails in prepare()
             try:
-                self._compiled[self._key(declared)] = self._compile(declared, None)
+                self.plans[self._key(declared)] = self._compile(declared, None)
             except StaticInputError as exc:
                 self.static_names |= exc.inputs
 
@@ -1276,12 +1348,11 @@ class _Runner:
         """The declared input specs, or None if some are symbolic or of unsupported types."""
         specs = []
         for vi in self.inputs:
-            t = vi.type.tensor_type
-            if not t.HasField("shape") or any(not d.HasField("dim_value") for d in t.shape.dim):
+            dims = self.declared[vi.name]
+            if dims is None or any(not isinstance(d, int) for d in dims):
                 return None
             try:
-                specs.append(TensorSpec(tuple(d.dim_value for d in t.shape.dim),
-                                        _onnx_dtype(t.elem_type)))
+                specs.append(TensorSpec(dims, _onnx_dtype(vi.type.tensor_type.elem_type)))
             except ModelError:
                 return None
         return specs
@@ -1291,11 +1362,11 @@ class _Runner:
         for name, x in zip(self.input_names, items):
             value = x.tobytes() if name in self.static_names and isinstance(x, np.ndarray) \
                 else None
-            key.append((x.shape, np.dtype(x.dtype).str, value))
+            key.append((tuple(x.shape), np.dtype(x.dtype).str, value))
         return tuple(key)
 
     def _compile(self, specs: Sequence[Any], arrays: Sequence[np.ndarray] | None
-                 ) -> tuple[tuple[str, ...], Callable[..., list]]:
+                 ) -> tuple[tuple[str, ...], Any]:
         while True:
             static = {} if arrays is None else {
                 n: a for n, a in zip(self.input_names, arrays) if n in self.static_names}
@@ -1307,24 +1378,129 @@ class _Runner:
                     raise
                 self.static_names |= exc.inputs
                 continue
-            return graph.inputs, runner(graph, self.machine, **self.options)
+            machine = None if self.machine is None else resolve_machine(self.machine)
+            return graph.inputs, compile_graph(graph, machine, **self.options)
 
-    def run(self, inputs: Any) -> list[np.ndarray]:
-        if isinstance(inputs, Mapping):
-            inputs = [inputs[n] for n in self.input_names]
-        elif isinstance(inputs, np.ndarray):
-            inputs = [inputs]
+    def _arrays(self, inputs: Sequence[Any]) -> list[np.ndarray]:
+        if len(inputs) == 1 and isinstance(inputs[0], Mapping):
+            given = inputs[0]
+            unknown = [n for n in given if n not in self.input_names]
+            missing = [n for n in self.input_names if n not in given]
+            if unknown or missing:
+                raise ModelError(f"{self.source} takes inputs {', '.join(self.input_names)}; "
+                                 + (f"no input named {', '.join(map(repr, unknown))}"
+                                    if unknown else f"missing {', '.join(missing)}"))
+            inputs = [given[n] for n in self.input_names]
+        elif len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) \
+                and len(self.input_names) != 1:
+            inputs = list(inputs[0])
         arrays = [np.asarray(x) for x in inputs]
         if len(arrays) != len(self.input_names):
             raise ModelError(f"{self.source} takes {len(self.input_names)} inputs "
                              f"({', '.join(self.input_names)}), got {len(arrays)}")
-        entry = self._compiled.get(self._key(arrays))
-        if entry is None:
+        self._check(arrays)
+        return arrays
+
+    def _check(self, arrays: Sequence[np.ndarray]) -> None:
+        """The arrays against the declared inputs (see the class docstring)."""
+        named: dict[str, tuple[int, str]] = {}
+        for vi, x in zip(self.inputs, arrays):
+            name, dims = vi.name, self.declared[vi.name]
+            where = f"{self.source}: input {name!r}"
+            try:
+                want = _onnx_dtype(vi.type.tensor_type.elem_type)
+            except ModelError:
+                want = None
+            if want is not None and x.dtype != want:
+                raise ModelError(f"{where} is {want.name}, got an array of {x.dtype.name}")
+            if dims is None:
+                continue
+            if x.ndim != len(dims):
+                raise ModelError(f"{where} has shape {_shape_text(dims)} (rank {len(dims)}), "
+                                 f"got an array of shape {tuple(x.shape)}")
+            for axis, (d, n) in enumerate(zip(dims, x.shape)):
+                if isinstance(d, int) and d != n:
+                    raise ModelError(f"{where} has shape {_shape_text(dims)}: dimension {axis} "
+                                     f"is {d}, got an array of shape {tuple(x.shape)}")
+                if isinstance(d, str):
+                    seen = named.setdefault(d, (n, name))
+                    if seen[0] != n:
+                        raise ModelError(f"{where}: dimension {d!r} is {n} here but {seen[0]} "
+                                         f"in input {seen[1]!r}")
+
+    def _explain(self, key: tuple) -> str:
+        """What changed from the nearest compiled signature to ``key``."""
+        if not self.plans:
+            return "first run"
+
+        def changes(old: tuple) -> list[str]:
+            out = []
+            for name, (s0, d0, v0), (s1, d1, v1) in zip(self.input_names, old, key):
+                if s0 != s1:
+                    dims = self.declared.get(name) or ()
+                    named = sorted({f"{d} {a} -> {b}" for d, a, b in zip(dims, s0, s1)
+                                    if isinstance(d, str) and a != b})
+                    out.append(f"input {name}: shape {s0} -> {s1}"
+                               + (f" ({', '.join(named)})" if named else ""))
+                if d0 != d1:
+                    out.append(f"input {name}: dtype {np.dtype(d0).name} -> {np.dtype(d1).name}")
+                if v0 != v1:
+                    out.append(f"input {name}: a new value (it is static: it shapes the graph)")
+            return out
+
+        return "; ".join(min((changes(old) for old in self.plans), key=len)) or "new signature"
+
+    def plan(self, *inputs: Any) -> Any:
+        """The Plan that runs these inputs (compiled now if their signature is new)."""
+        return self._entry(self._arrays(inputs))[1]
+
+    def _entry(self, arrays: list[np.ndarray]) -> tuple[tuple[str, ...], Any]:
+        key = self._key(arrays)
+        entry = self.plans.get(key)
+        if entry is not None:
+            return entry
+        with self._lock:
+            key = self._key(arrays)  # static inputs may have been found meanwhile
+            entry = self.plans.get(key)
+            if entry is not None:
+                return entry
+            reason = self._explain(key)
+            _log.info("specialising %s: %s", self.source, reason)
             entry = self._compile([TensorSpec.of(a) for a in arrays], arrays)
-            self._compiled[self._key(arrays)] = entry
-        names, fn = entry
+            self.plans[self._key(arrays)] = entry
+            if len(self.plans) > self.max_plans:
+                warnings.warn(f"{self.source} has been compiled for {len(self.plans)} input "
+                              f"signatures (last because {reason}); each costs an import and "
+                              "a compile: pad inputs to a few sizes", stacklevel=3)
+        return entry
+
+    def run(self, *inputs: Any) -> list[np.ndarray]:
+        """The outputs for ``inputs``: arrays in input order, one list of them, or a dict by
+        input name."""
+        arrays = self._arrays(inputs)
+        names, plan = self._entry(arrays)
         by_name = dict(zip(self.input_names, arrays))
-        return fn(*(by_name[n] for n in names))
+        return list(plan.run(*(by_name[n] for n in names)))
+
+    __call__ = run
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{n}: {_shape_text(d) if d is not None else '?'}"
+                           for n, d in self.declared.items())
+        return f"<hetero.onnx.Model {self.source} ({shapes}), {len(self.plans)} plan(s)>"
+
+
+def _shape_text(dims: Sequence[int | str | None]) -> str:
+    return "x".join("?" if d is None else str(d) for d in dims) or "scalar"
+
+
+def compile(model: Any, machine: Any = None, *, base_dir: str | None = None,
+            **options: Any) -> Model:
+    """An ONNX model (a path or a ModelProto) ready to run at any input shape it admits: a
+    ``Model`` that imports and compiles a Plan per input signature on first use and caches it.
+    ``machine`` (a Machine or a spec such as ``"cpu:2,sim:1"``; by default the detected one)
+    and ``options`` (policy, cost, ...) are ``hetero.compile``'s."""
+    return Model(model, machine, base_dir=base_dir, **options)
 
 
 def _backend_classes() -> tuple[type, type]:
@@ -1334,11 +1510,14 @@ def _backend_classes() -> tuple[type, type]:
     class BackendRep(OnnxBackendRep):
         """A prepared model: ``run(inputs)`` returns the outputs as a tuple of NumPy arrays."""
 
-        def __init__(self, runner: _Runner) -> None:
-            self.runner = runner
+        def __init__(self, model: Model) -> None:
+            self.model = model
 
         def run(self, inputs: Any, **kwargs: Any) -> tuple[np.ndarray, ...]:
-            return tuple(self.runner.run(inputs))
+            if isinstance(inputs, Mapping):
+                return tuple(self.model.run(inputs))
+            return tuple(self.model.run(*([inputs] if isinstance(inputs, np.ndarray)
+                                          else inputs)))
 
     class Backend(OnnxBackend):
         """``onnx.backend.base.Backend`` that compiles models through hetero.
@@ -1356,7 +1535,7 @@ def _backend_classes() -> tuple[type, type]:
             if not cls.supports_device(device):
                 raise ModelError(f"device {device!r} is not available to hetero")
             machine = kwargs.pop("machine", None)
-            return BackendRep(_Runner(model, machine, **kwargs))
+            return BackendRep(Model(model, machine, **kwargs))
 
         @classmethod
         def run_model(cls, model: Any, inputs: Any, device: str = "CPU",

@@ -464,14 +464,30 @@ def test_onnx_errors_speak_the_command_line(tmp_path, capsys):
         onnx.save(helper.make_model(graph), str(tmp_path / f"{name}.onnx"))
         return str(tmp_path / f"{name}.onnx")
 
-    # a symbolic batch dimension: the advice is the option, not the library's argument
+    # a symbolic batch dimension: planned at 1, saying so and how to plan for other sizes
     sym = save("sym", "Relu", ["N", 3])
-    code, _, err = _main(["place", sym], capsys)
+    code, out, err = _main(["place", sym], capsys)
+    assert code == 0 and "relu" in out.lower()
+    assert "has symbolic dimensions; planned with x as 1x3 (N=1). Give --input x=SHAPE" in err
+    code, out, err = _main(["run", sym, "--input", "x=5x3", "--repeat", "1"], capsys)
+    assert code == 0 and "output y: float32[5, 3]" in out and "symbolic" not in err
+    # two inputs sharing a dimension: the given one sizes the other; an unnamed one is 1
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["B", 3, None])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    two = helper.make_graph([helper.make_node("Unsqueeze", ["x", "ax"], ["u"]),
+                             helper.make_node("Add", ["u", "z"], ["y"])], "two", [x, z], [y],
+                            initializer=[helper.make_tensor("ax", TensorProto.INT64, [1], [2])])
+    onnx.save(helper.make_model(two), str(tmp_path / "two.onnx"))
+    code, out, err = _main(["run", str(tmp_path / "two.onnx"), "--input", "x=4x3",
+                            "--repeat", "1"], capsys)
+    assert code == 0 and "output y: float32[4, 3, 1]" in out
+    assert "planned with z as 4x3x1 (B=4, unnamed=1)" in err
+    # no shape at all: the advice is the option, not the library's argument
+    code, _, err = _main(["place", save("noshape", "Relu", None)], capsys)
     assert code == 1
-    _check_stderr(1, err, "symbolic dimension 'N'")
+    _check_stderr(1, err, "has no shape")
     assert "--input x=SHAPE[:DTYPE]" in err and "input_shapes" not in err
-    code, out, _ = _main(["run", sym, "--input", "x=5x3", "--repeat", "1"], capsys)
-    assert code == 0 and "output y: float32[5, 3]" in out
     # a multi-line message keeps its list on the one line, not just its heading
     code, _, err = _main(["place", save("det", "Det", [3, 3])], capsys)
     assert code == 1
