@@ -79,8 +79,28 @@ class _Builder:
     import and folded (an op whose inputs are all constants runs at once through its NumPy
     kernel, ``Op.evaluate``), or a value of the graph being built."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, fold_budget: int, array_limit: int) -> None:
         self.graph = GraphBuilder(name)
+        self.fold_budget = fold_budget
+        self.array_limit = array_limit
+        self.folded = 0  # bytes of the arrays made by folding so far
+
+    def charge(self, nbytes: int, where: str, what: str) -> None:
+        """Count ``nbytes`` that folding is about to allocate; a ModelError naming the node if
+        that one array is over ``array_limit`` or the import would then hold more than
+        ``fold_budget`` bytes of folded constants (checked before allocating, so a hostile
+        shape never reaches NumPy)."""
+        if nbytes > self.array_limit:
+            raise ModelError(
+                f"{where}: folding {what} would allocate {nbytes:,} bytes, more than the "
+                f"import's limit for one folded constant ({self.array_limit:,} bytes); pass "
+                "fold_budget=<bytes> to load() if the model really needs it")
+        if self.folded + nbytes > self.fold_budget:
+            raise ModelError(
+                f"{where}: folding {what} would allocate {nbytes:,} bytes, past the import's "
+                f"constant-folding budget ({self.folded:,} of {self.fold_budget:,} bytes used); "
+                "pass a larger fold_budget to load() if the model really needs it")
+        self.folded += nbytes
 
     def fresh(self, base: str) -> str:
         return self.graph.fresh(base)
@@ -107,6 +127,7 @@ class _Builder:
         except HeteroError as exc:
             raise ModelError(f"{where}: cannot convert to {op_name}: {exc}") from None
         if fold and all(v.is_const for v in ins):
+            self.charge(sum(sp.nbytes for sp in specs), label, "constants")
             try:
                 outs = op.evaluate([v.array for v in ins], attrs, specs)
             except Exception as exc:
@@ -194,13 +215,31 @@ class _Ctx:
     def emit(self, op: str, ins: Sequence[_Val], **attrs: Any) -> _Val:
         return self.emit_multi(op, ins, **attrs)[0]
 
-    def emit_multi(self, op: str, ins: Sequence[_Val], **attrs: Any) -> list[_Val]:
+    def emit_multi(self, op: str, ins: Sequence[_Val], fold: bool = True,
+                   **attrs: Any) -> list[_Val]:
         name = self.base if self._k == 0 else f"{self.base}_{self._k}"
         self._k += 1
-        return self.imp.builder.emit(op, ins, attrs, name, self.where)
+        return self.imp.builder.emit(op, ins, attrs, name, self.where, fold=fold)
 
     def const_val(self, array: Any) -> _Val:
         return self.imp.builder.const(np.asarray(array))
+
+    def charge(self, shape: Sequence[int], dtype: Any, what: str) -> None:
+        """Charge an array of ``shape`` and ``dtype`` that this converter is about to build to
+        the folding budget (before building it)."""
+        n = math.prod(int(d) for d in shape)
+        self.imp.builder.charge(n * np.dtype(dtype).itemsize, f"{self.where} ({self.op_type})",
+                                what)
+
+
+def _fits(value: Any, dtype: np.dtype) -> bool:
+    """Does the number ``value`` convert to the integer or bool ``dtype`` exactly?"""
+    if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
+        return False
+    if dtype.kind == "b":
+        return value in (0, 1)
+    info = np.iinfo(dtype)
+    return info.min <= int(value) <= info.max
 
 
 def _clean(name: str) -> str:
@@ -393,7 +432,14 @@ def _range(ctx: _Ctx) -> list[_Val]:
     if start is None or limit is None or delta is None:
         raise ctx.fail("start, limit and delta are required")
     dtype = start.dtype
-    n = max(int(np.ceil((limit.item() - start.item()) / delta.item())), 0)
+    if delta.item() == 0:
+        raise ctx.fail("delta is 0")
+    steps = (limit.item() - start.item()) / delta.item()
+    if not math.isfinite(steps):
+        raise ctx.fail(f"start {start.item()}, limit {limit.item()}, delta {delta.item()} give "
+                       "no finite number of elements")
+    n = max(int(np.ceil(steps)), 0)
+    ctx.charge((n,), dtype, f"a range of {n:,} elements")
     return [ctx.const_val((start.item() + np.arange(n) * delta.item()).astype(dtype))]
 
 
@@ -584,10 +630,16 @@ def _split(ctx: _Ctx) -> list[_Val]:
             sizes = None if arr is None else tuple(int(s) for s in arr)
     n = ctx.n_outputs
     if not sizes:
-        n = int(ctx.attr("num_outputs", n))
+        if ctx.has_attr("num_outputs") and int(ctx.attr("num_outputs")) != n:
+            raise ctx.fail(f"num_outputs is {ctx.attr('num_outputs')}, but the node has {n} "
+                           "outputs")
+        if n < 1:
+            raise ctx.fail("the node has no outputs")
         chunk = -(-dim // n)
         sizes = tuple(min(chunk, dim - i * chunk) for i in range(n))
-    if sum(sizes) != dim:
+    if len(sizes) != n:
+        raise ctx.fail(f"{len(sizes)} split sizes for {n} outputs")
+    if sum(sizes) != dim or any(sz < 0 for sz in sizes):
         raise ctx.fail(f"split sizes {sizes} do not add up to dim {dim}")
     return ctx.emit_multi("split", [x], axis=axis, sizes=tuple(sizes))
 
@@ -646,7 +698,10 @@ def _pad(ctx: _Ctx) -> list[_Val]:
         pads = tuple(int(p) for p in ctx.attr("pads", ctx.attr("paddings", ())))
         value = float(ctx.attr("value", 0.0))
     else:
-        pads = tuple(int(p) for p in ctx.const(1, "pads").reshape(-1))
+        pads_arr = ctx.const(1, "pads")
+        if pads_arr is None or pads_arr.dtype.kind not in "iu":
+            raise ctx.fail("pads (input 1) must be an integer tensor")
+        pads = tuple(int(p) for p in pads_arr.reshape(-1))
         cv = ctx.const(2, "constant_value")
         value = 0.0 if cv is None or cv.size == 0 else cv.reshape(-1)[0].item()
         axes_arr = ctx.const(3, "axes")
@@ -658,6 +713,9 @@ def _pad(ctx: _Ctx) -> list[_Val]:
             pads = tuple(full)
     if mode not in ("constant", "reflect", "edge"):
         raise ctx.fail(f"pad mode {mode!r} is not supported (constant, reflect, edge)")
+    if x.spec.dtype.kind in "biu" and not _fits(value, x.spec.dtype):
+        raise ctx.fail(f"constant value {value!r} is not a {x.spec.dtype.name} (the input's "
+                       "type): infinite, NaN, fractional or out of range")
     if len(pads) != 2 * nd:
         raise ctx.fail(f"pads {pads} do not have 2 x rank ({nd}) entries")
     if not any(pads):
@@ -680,6 +738,64 @@ def _gather_elements(ctx: _Ctx) -> list[_Val]:
     x = ctx.inp(0)
     axis = ctx.axis(int(ctx.attr("axis", 0)), x.spec.ndim)
     return [ctx.emit("gather_elements", [x, ctx.inp(1)], axis=axis)]
+
+
+@_converts("GatherND", needs=("gather_nd",))
+def _gather_nd(ctx: _Ctx) -> list[_Val]:
+    return [ctx.emit("gather_nd", [ctx.inp(0), ctx.inp(1)],
+                     batch_dims=int(ctx.attr("batch_dims", 0)))]
+
+
+@_converts("ScatterND", needs=("scatter_nd",))
+def _scatter_nd(ctx: _Ctx) -> list[_Val]:
+    return [ctx.emit("scatter_nd", [ctx.inp(0), ctx.inp(1), ctx.inp(2)],
+                     reduction=ctx.attr("reduction", "none"))]
+
+
+@_converts("IsNaN", needs=("isnan",))
+def _isnan(ctx: _Ctx) -> list[_Val]:
+    return [ctx.emit("isnan", [ctx.inp(0)])]
+
+
+@_converts("IsInf", needs=("isinf",))
+def _isinf(ctx: _Ctx) -> list[_Val]:
+    return [ctx.emit("isinf", [ctx.inp(0)],
+                     detect_positive=int(ctx.attr("detect_positive", 1)),
+                     detect_negative=int(ctx.attr("detect_negative", 1)))]
+
+
+@_converts("TopK", needs=("topk",))
+def _topk(ctx: _Ctx) -> list[_Val]:
+    x = ctx.inp(0)
+    if ctx.opset < 10:
+        k = ctx.attr("k")
+    else:
+        arr = ctx.const(1, "K")
+        if arr is None or arr.size != 1 or arr.dtype.kind not in "iu":
+            raise ctx.fail("K (input 1) must be one integer")
+        k = int(arr.reshape(-1)[0])
+    if k is None:
+        raise ctx.fail("k is required")
+    return ctx.emit_multi("topk", [x], k=int(k),
+                          axis=ctx.axis(int(ctx.attr("axis", -1)), x.spec.ndim),
+                          largest=int(ctx.attr("largest", 1)), sorted=int(ctx.attr("sorted", 1)))
+
+
+@_converts("CumSum", needs=("cumsum",))
+def _cumsum(ctx: _Ctx) -> list[_Val]:
+    x = ctx.inp(0)
+    arr = ctx.const(1, "axis")
+    if arr is None or arr.size != 1 or arr.dtype.kind not in "iu":
+        raise ctx.fail("axis (input 1) must be one integer")
+    return [ctx.emit("cumsum", [x], axis=ctx.axis(int(arr.reshape(-1)[0]), x.spec.ndim),
+                     exclusive=int(ctx.attr("exclusive", 0)),
+                     reverse=int(ctx.attr("reverse", 0)))]
+
+
+@_converts("Einsum", needs=("einsum",))
+def _einsum(ctx: _Ctx) -> list[_Val]:
+    ins = [v for v in ctx.ins if v is not None]
+    return [ctx.emit("einsum", ins, equation=str(ctx.attr("equation")))]
 
 
 @_converts("Trilu", needs=("trilu",))
@@ -721,8 +837,14 @@ def _identity(ctx: _Ctx) -> list[_Val | None]:
         if ctx.opset < 7 and ctx.has_attr("is_test") and not ctx.attr("is_test"):
             raise ctx.fail("is_test=0 (training) is not supported (inference only)")
         if ctx.n_outputs > 1 and ctx.node.output[1]:
-            dtype = np.bool_ if ctx.opset >= 10 else x.spec.dtype
-            return [x, ctx.const_val(np.ones(x.spec.shape, dtype))]
+            dtype = np.dtype(np.bool_ if ctx.opset >= 10 else x.spec.dtype)
+            if x.is_const:
+                ctx.charge(x.spec.shape, dtype, "the all-ones Dropout mask")
+                return [x, ctx.const_val(np.ones(x.spec.shape, dtype))]
+            # the mask of a run-time value is made at run time: a one-element constant
+            # expanded there, never an input-sized array at import
+            one = ctx.const_val(np.ones((), dtype))
+            return [x, ctx.emit("expand", [one], fold=False, shape=x.spec.shape)]
     return [x]
 
 
@@ -743,8 +865,13 @@ def _constant(ctx: _Ctx) -> list[_Val]:
 @_converts("ConstantOfShape")
 def _constant_of_shape(ctx: _Ctx) -> list[_Val]:
     shape = tuple(int(d) for d in ctx.const(0, "shape").reshape(-1))
+    if any(d < 0 for d in shape):
+        raise ctx.fail(f"shape {shape} has a negative dimension")
     value = ctx.attr("value")
     fill = np.zeros(1, np.float32) if value is None else value.reshape(-1)
+    if fill.size != 1:
+        raise ctx.fail(f"value must hold one element, it holds {fill.size}")
+    ctx.charge(shape, fill.dtype, f"a constant of shape {shape}")
     return [ctx.const_val(np.full(shape, fill[0], fill.dtype))]
 
 
@@ -991,9 +1118,20 @@ def _tensor_to_array(tensor: Any, folder: str | None, where: str) -> np.ndarray:
         if offset < 0 or (length is not None and length < 0):
             raise ModelError(f"{where}: external data of {tensor.name!r} has an invalid offset "
                              f"or length ({info.get('offset')!r}, {info.get('length')!r})")
-        with open(path, "rb") as f:
-            f.seek(offset)
-            raw = f.read(length) if length is not None else f.read()
+        try:
+            with open(path, "rb") as f:
+                # bounds checked against the file before seeking or reading: a hostile offset
+                # or length never reaches seek() or becomes an allocation
+                size = os.fstat(f.fileno()).st_size
+                if offset > size or (length is not None and length > size - offset):
+                    want = "the rest of the file" if length is None else f"{length:,} bytes"
+                    raise ModelError(f"{where}: external data file {info['location']!r} holds "
+                                     f"{size:,} bytes; {want} at offset {offset:,} expected")
+                f.seek(offset)
+                raw = f.read(size - offset if length is None else length)
+        except OSError as exc:
+            raise ModelError(f"{where}: cannot read external data file {info['location']!r}: "
+                             f"{exc.strerror or exc}") from None
         if length is not None and len(raw) != length:
             raise ModelError(f"{where}: external data file {info['location']!r} holds "
                              f"{len(raw)} bytes at offset {offset}, {length} expected")
@@ -1019,24 +1157,44 @@ class _Importer:
     def __init__(self, model: Any, source: str, folder: str | None,
                  input_shapes: Mapping[str, Sequence[int]] | None = None,
                  static_inputs: Mapping[str, Any] | None = None,
-                 dims: Mapping[str, int] | None = None) -> None:
+                 dims: Mapping[str, int] | None = None, *,
+                 fold_budget: int | None = None) -> None:
         self.model = model
         self.source = source
         self.folder = folder
         self.input_shapes = _check_input_shapes(model, input_shapes)
         self.dims = _check_dims(dims)
         self.static_inputs = {k: np.array(v, copy=True) for k, v in (static_inputs or {}).items()}
-        self.builder = _Builder(_clean(model.graph.name or "onnx"))
+        if fold_budget is not None and (isinstance(fold_budget, bool) or
+                                        not isinstance(fold_budget, int) or fold_budget < 0):
+            raise ModelError(f"fold_budget must be a non-negative number of bytes, got "
+                             f"{fold_budget!r}")
+        self.fold_budget = fold_budget
+        self.builder = _Builder(_clean(model.graph.name or "onnx"), 0, 0)
         self.opset = _opset(model)
 
     def run(self) -> Graph:
+        try:
+            return self._run()
+        except UnicodeDecodeError as exc:  # a name or string attribute that is not UTF-8
+            raise ModelError(f"{self.source}: not a valid ONNX model: a name or string is not "
+                             f"valid UTF-8 ({exc})") from None
+
+    def _run(self) -> Graph:
         g = self.model.graph
+        _check_names(g, self.source)
         _check_supported(self.model, self.source)
         env: dict[str, _Val] = {}
         inits = {t.name for t in g.initializer}
         for t in g.initializer:
             arr = _tensor_to_array(t, self.folder, f"{self.source}:{t.name}")
             env[t.name] = _Val(TensorSpec.of(arr), array=arr, hint=t.name)
+        if self.fold_budget is None:
+            self.builder.fold_budget = _default_fold_budget(sum(v.array.nbytes
+                                                                for v in env.values()))
+            self.builder.array_limit = min(DEFAULT_FOLD_ARRAY_LIMIT, self.builder.fold_budget)
+        else:
+            self.builder.fold_budget = self.builder.array_limit = self.fold_budget
         for vi in g.input:
             if vi.name in inits:
                 continue  # (IR < 4) an initializer listed as an input: a constant
@@ -1116,10 +1274,15 @@ class _Importer:
             raise
         except HeteroError as exc:
             raise ModelError(f"{ctx.where} ({node.op_type}): {exc}") from None
-        except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError) as exc:
+        except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, OverflowError,
+                AttributeError) as exc:
             # attributes or inputs of a shape the converter does not expect: a malformed node
+            # (what the checker let through: a float where an int belongs, a missing input...)
             raise ModelError(f"{ctx.where} ({node.op_type}): malformed node: "
                              f"{type(exc).__name__}: {exc}") from exc
+        except MemoryError:
+            raise ModelError(f"{ctx.where} ({node.op_type}): converting the node ran out of "
+                             "memory") from None
         for name, v in zip(node.output, outs):
             if name:
                 if v is None:
@@ -1130,6 +1293,29 @@ class _Importer:
         for name in node.output[len(outs):]:
             if name:
                 raise ctx.fail(f"output {name!r} is not supported")
+
+
+def _check_names(graph: Any, source: str) -> None:
+    """Every name in ``graph`` is text: protobuf hands back a string field that is not valid
+    UTF-8 as ``bytes``, which would otherwise flow into names and messages."""
+    def bad(kind: str, name: Any) -> None:
+        if isinstance(name, bytes):
+            raise ModelError(f"{source}: not a valid ONNX model: {kind} name {name!r} is not "
+                             "valid UTF-8")
+
+    bad("graph", graph.name)
+    for group, kind in ((graph.input, "graph input"), (graph.output, "graph output"),
+                        (graph.initializer, "initializer"), (graph.value_info, "value_info")):
+        for item in group:
+            bad(kind, item.name)
+    for node in graph.node:
+        bad("node", node.name)
+        bad("op type", node.op_type)
+        bad("domain", node.domain)
+        for name in (*node.input, *node.output):
+            bad(f"{node.op_type} input or output", name)
+        for a in node.attribute:
+            bad(f"{node.op_type} attribute", a.name)
 
 
 def _opset(model: Any) -> int:
@@ -1204,7 +1390,7 @@ def _check_input_shapes(proto: Any, input_shapes: Mapping[str, Any] | None
 
 def load(model: Any, *, input_shapes: Mapping[str, Sequence[int]] | None = None,
          static_inputs: Mapping[str, Any] | None = None, base_dir: str | None = None,
-         dims: Mapping[str, int] | None = None) -> Graph:
+         dims: Mapping[str, int] | None = None, fold_budget: int | None = None) -> Graph:
     """Import an ONNX model (a path or an ``onnx.ModelProto``) as a hetero Graph.
 
     A Graph has static shapes. For a model with symbolic dimensions (``batch``, ``sequence``)
@@ -1219,13 +1405,32 @@ def load(model: Any, *, input_shapes: Mapping[str, Sequence[int]] | None = None,
         static_inputs: values for graph inputs that become constants (needed where an input
             feeds a Reshape target, Slice bounds, ...); they are not inputs of the Graph.
         base_dir: folder for external tensor data of a ModelProto (a path uses its own folder).
+        fold_budget: bytes that constant folding may allocate, for one array and in all. By
+            default one folded array may take ``DEFAULT_FOLD_ARRAY_LIMIT`` bytes and all of
+            them ``DEFAULT_FOLD_BUDGET`` plus twice the model's initializers, at most a quarter
+            of the machine's memory. Past it, the import is a ModelError naming the node.
 
     Raises:
         ModelError: malformed model, unsupported ops (all listed at once), dynamic shapes, or an
             external data path that leaves the model's folder.
     """
     proto, source, folder = _parse(model, base_dir)
-    return _Importer(proto, source, folder, input_shapes, static_inputs, dims).run()
+    return _Importer(proto, source, folder, input_shapes, static_inputs, dims,
+                     fold_budget=fold_budget).run()
+
+
+#: Bytes of folded constants an import may make beyond twice its initializers (see ``load``).
+DEFAULT_FOLD_BUDGET = 2 << 30
+#: Bytes one folded constant may take by default (the largest weight of VGG-19 is 392 MiB).
+DEFAULT_FOLD_ARRAY_LIMIT = 512 << 20
+
+
+def _default_fold_budget(initializer_bytes: int) -> int:
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = 8 << 30
+    return min(DEFAULT_FOLD_BUDGET + 2 * initializer_bytes, memory // 4)
 
 
 def _check_dims(dims: Mapping[str, Any] | None) -> dict[str, int]:
@@ -1270,22 +1475,67 @@ def _parse(model: Any, base_dir: str | None) -> tuple[Any, str, str | None]:
     if not proto.HasField("graph"):
         raise ModelError(f"{source}: not a valid ONNX model: it has no graph")
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(_checker_view(proto))
     except (onnx.checker.ValidationError, ValueError) as exc:
-        message = str(exc).strip()
-        # graph outputs without a declared type or shape are fine: hetero infers them
-        if not any(m in message for m in _UNTYPED_OUTPUT) or not _outputs_untyped(proto):
-            raise ModelError(f"{source}: not a valid ONNX model: {message}") from None
+        raise ModelError(f"{source}: not a valid ONNX model: {str(exc).strip()}") from None
     return proto, source, folder
 
 
-_UNTYPED_OUTPUT = ("Field 'type' of 'value_info' is required",
-                   "Field 'shape' of 'type' is required")
+#: Initializers larger than this are shown to the checker as a one-element stand-in.
+_CHECKER_INLINE_BYTES = 1 << 16
 
 
-def _outputs_untyped(proto: Any) -> bool:
-    return any(not vo.type.HasField("tensor_type") or not vo.type.tensor_type.HasField("shape")
-               for vo in proto.graph.output)
+def _checker_view(proto: Any) -> Any:
+    """What the onnx checker is given: ``proto`` with two differences, so the checker checks
+    everything else, always.
+
+    - A graph output without a declared type or shape gets a placeholder one (hetero infers it;
+      the checker would stop at the first such output and check nothing after it).
+    - An initializer stored externally (or large) is replaced by a one-element tensor of its
+      type: the checker would resolve an external file against the working directory, not the
+      model's folder. ``_tensor_to_array`` reads and checks the real data against the file.
+
+    The view is a new ModelProto that shares nothing with ``proto``; large initializers are
+    never copied into it.
+    """
+    from onnx import ModelProto, TensorProto
+
+    view = ModelProto()
+    _copy_fields(proto, view, skip="graph")
+    graph = proto.graph
+    _copy_fields(graph, view.graph, skip="initializer")
+    for t in graph.initializer:
+        external = t.data_location == TensorProto.EXTERNAL
+        if not external and t.ByteSize() <= _CHECKER_INLINE_BYTES:
+            view.graph.initializer.add().CopyFrom(t)
+            continue
+        stand_in = view.graph.initializer.add(name=t.name, data_type=t.data_type)
+        try:
+            itemsize = np.dtype(_onnx_dtype(t.data_type)).itemsize
+        except ModelError:
+            itemsize = 1
+        stand_in.raw_data = bytes(itemsize)
+    for vo in view.graph.output:
+        if not vo.type.HasField("tensor_type") and not vo.type.ListFields():
+            vo.type.tensor_type.elem_type = TensorProto.FLOAT
+        if vo.type.HasField("tensor_type") and not vo.type.tensor_type.HasField("shape"):
+            vo.type.tensor_type.shape.SetInParent()
+    return view
+
+
+def _copy_fields(src: Any, dst: Any, skip: str) -> None:
+    """Copy every set field of protobuf message ``src`` into ``dst`` but the one named ``skip``."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else \
+            field.label == field.LABEL_REPEATED
+        if repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1326,6 +1576,7 @@ class Model:
                  **options: Any) -> None:
         self.proto, self.source, self.folder = _parse(model, base_dir)
         self.machine = machine
+        self.fold_budget = options.pop("fold_budget", None)
         self.options = options
         g = self.proto.graph
         inits = {t.name for t in g.initializer}
@@ -1372,7 +1623,8 @@ class Model:
                 n: a for n, a in zip(self.input_names, arrays) if n in self.static_names}
             shapes = {n: s.shape for n, s in zip(self.input_names, specs)}
             try:
-                graph = _Importer(self.proto, self.source, self.folder, shapes, static).run()
+                graph = _Importer(self.proto, self.source, self.folder, shapes, static,
+                                  fold_budget=self.fold_budget).run()
             except StaticInputError as exc:
                 if arrays is None or not exc.inputs or exc.inputs <= self.static_names:
                     raise

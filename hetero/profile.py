@@ -37,6 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from hetero.backends import cupy as cuda_backend
 from hetero.graph import TRANSFER
 from hetero.ops.registry import lookup
 
@@ -233,6 +234,8 @@ class Profile:
         if simulated and self.spans:
             times = self.modelled_timeline().values()
             out["modelled_makespan"] = max(e for _, e in times) - min(b for b, _ in times)
+        if _cuda(self.plan):  # process-wide counts: a fallback is visible, not only warned
+            out["cudnn"] = cuda_backend.cudnn_report()
         return out
 
     def table(self) -> str:
@@ -258,6 +261,11 @@ class Profile:
                      f"(wall {s['wall'] * 1e3:.3f} ms)")
         if sim:
             lines += textwrap.wrap(_simulated_note(sim), width=100, subsequent_indent="  ")
+        if "cudnn" in s:
+            dnn = s["cudnn"]
+            lines.append(f"cuDNN (this process): {dnn['executed']} graph runs, "
+                         f"{dnn['fallback']} fallbacks to the shared CUDA kernel")
+            lines += [f"  refused {key[0]} {key[2:]}: {why}" for key, why in dnn["refused"].items()]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -403,6 +411,12 @@ def _simulated(plan: Any) -> set[str]:
     """Names of the plan's simulated devices."""
     machine = plan.machine
     return {d.name for d in machine.devices if d.backend == "sim"} if machine else set()
+
+
+def _cuda(plan: Any) -> bool:
+    """Does the plan run on a CUDA device?"""
+    machine = plan.machine
+    return bool(machine) and any(d.backend == "cupy" for d in machine.devices)
 
 
 def _simulated_note(sim: list[str]) -> str:

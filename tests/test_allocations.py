@@ -44,6 +44,11 @@ SCRATCH: dict[str, tuple[float, str]] = {
     "avg_pool2d": (13.5, "the padded copy of the input (4x the output at stride 2)"),
     "gather": (1.6, "np.take buffers its output when it checks the indices (mode='raise'), so "
                     "an index out of range raises instead of wrapping"),
+    "gather_nd": (2.0, "the flat offsets of every index tuple and the gathered copy"),
+    "scatter_nd": (2.0, "the flat offsets of every index tuple"),
+    "topk": (300.0, "a stable argsort of every row: int64 indices of the whole input"),
+    "cumsum": (2.0, "the reversed or shifted copy of an exclusive or reverse sum"),
+    "einsum": (2.0, "numpy.einsum's intermediate product"),
     "gather_elements": (8.5, "flat int64 offsets computed over the whole index tensor"),
     "instance_norm": (3.5, "the centred input and its square, for the statistics"),
     "layer_norm": (8.0, "float32 statistics (stash_type=1): the centred input, its square and "
@@ -94,6 +99,14 @@ def _graph(name: str):
         "gemm": lambda: b.op("gemm", _matrix(b), _matrix(b), const(COLS)),
         "prelu": lambda: b.op("prelu", x, const(C, 1, 1)),
         "where": lambda: b.op("where", b.input((N, C, H, W), dtype=bool), x, _image(b)),
+        "gather_nd": lambda: b.op("gather_nd", _matrix(b),
+                                  b.const(rng.integers(0, ROWS, (150, 1)).astype(np.int64))),
+        "scatter_nd": lambda: b.op("scatter_nd", _matrix(b),
+                                   b.const(np.arange(4, dtype=np.int64).reshape(4, 1)),
+                                   b.const(np.ones((4, COLS), np.float32))),
+        "topk": lambda: b.op("topk", _matrix(b), k=3),
+        "cumsum": lambda: b.op("cumsum", _matrix(b), axis=1),
+        "einsum": lambda: b.op("einsum", _matrix(b), equation="ij->ji"),
         "gather": lambda: b.op("gather", _matrix(b),
                                b.const(rng.integers(0, ROWS, 150).astype(np.int64)), axis=0),
         "gather_elements": lambda: b.op(

@@ -26,7 +26,8 @@ numba = pytest.importorskip("numba", reason="the compiled CPU kernels need numba
 from hetero.backends.cpu import kernels  # noqa: E402
 
 ACTIVATIONS = [("none", ()), ("relu", ()), ("leaky_relu", (0.1,)), ("clip", (0.0, 6.0)),
-               ("sigmoid", ()), ("tanh", ())]
+               ("sigmoid", ()), ("tanh", ()), ("silu", ()), ("hard_swish", ()),
+               ("hard_sigmoid", (0.2, 0.5)), ("hard_sigmoid", (1 / 6, 0.5))]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -51,6 +52,25 @@ def _same_bits(got, ref):
     np.testing.assert_array_equal(got, ref)
     numbers = ~np.isnan(ref)
     assert (np.signbit(got) == np.signbit(ref))[numbers].all()
+
+
+#: float32 silu is the one compiled activation that is not the reference's bits: its sigmoid
+#: comes from a rational tanh (hetero.backends.cpu._loops.TANH_P), within this much of NumPy's
+#: tanh, relative to max(1, |value|)
+SILU_TOLERANCE = 4e-6
+
+
+def _as_reference(got, ref, act, dtype):
+    """The reference's bits, or for float32 silu the same specials and values within
+    ``SILU_TOLERANCE``."""
+    if act[0] != "silu" or dtype != np.float32:
+        _same_bits(got, ref)
+        return
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    finite = np.isfinite(ref)
+    np.testing.assert_array_equal(got[~finite & ~np.isnan(ref)], ref[~finite & ~np.isnan(ref)])
+    err = np.abs(got[finite].astype(np.float64) - ref[finite])
+    assert (err <= SILU_TOLERANCE * np.maximum(1.0, np.abs(ref[finite]))).all(), err.max()
 
 
 @settings(max_examples=60, deadline=None)
@@ -81,7 +101,7 @@ def test_depthwise_gives_the_reference_bits(c, mult, h, w, k, s, d, p, act, bias
     attrs = {"strides": s, "pads": p, "dilations": d, "groups": c, "activation": act[0],
              "activation_params": act[1]}
     ref, got = _both(name, ins, attrs, (n, c * mult, oh, ow), dtype, intra)
-    _same_bits(got, ref)
+    _as_reference(got, ref, act, dtype)
 
 
 def test_special_values_and_signed_zeros_as_the_reference():
@@ -208,4 +228,115 @@ def test_batch_norm_gives_the_reference_bits(shape, act, dtype, special, seed):
     with np.errstate(invalid="ignore"):
         ref, got = _both("batch_norm", ins, {"activation": act[0], "activation_params": act[1]},
                          shape, dtype)
+    _as_reference(got, ref, act, dtype)
+
+
+SPECIALS = [0.0, -0.0, np.nan, np.inf, -np.inf, -3.0, 3.0]
+
+
+def _specials(x, rng, count):
+    """``x`` with ``count`` entries replaced by signed zeros, NaN, infinities and the hard
+    gates' corners (-3 and 3: hard_sigmoid(1/6, 1/2) exactly 0 and 1)."""
+    x.reshape(-1)[rng.integers(0, x.size, count)] = rng.choice(np.array(SPECIALS, x.dtype), count)
+    return x
+
+
+@settings(max_examples=40, deadline=None)
+@given(c=st.integers(1, 6), o=st.integers(1, 9), h=st.integers(1, 20), w=st.integers(1, 20),
+       k=st.sampled_from([(1, 1), (3, 3)]), act=st.sampled_from(ACTIVATIONS),
+       residual=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]),
+       intra=st.sampled_from([1, 2]), seed=st.integers(0, 2**31))
+def test_conv_epilogue_gives_the_reference_bits(c, o, h, w, k, act, residual, dtype, intra,
+                                                 seed):
+    """Ungrouped conv2d / conv2d_add: the compiled epilogue (bias, residual, activation; sigmoid,
+    tanh and float64 silu through NumPy's passes on each band) against the reference kernel."""
+    rng = np.random.default_rng(seed)
+    pad = k[0] // 2
+    ins = [(rng.standard_normal((1, c, h, w)) * 3).astype(dtype),
+           rng.standard_normal((o, c, *k)).astype(dtype), rng.standard_normal(o).astype(dtype)]
+    name = "conv2d"
+    if residual:
+        name = "conv2d_add"
+        ins.append(rng.standard_normal((1, o, h, w)).astype(dtype))
+    attrs = {"pads": (pad,) * 4, "activation": act[0], "activation_params": act[1]}
+    ref, got = _both(name, ins, attrs, (1, o, h, w), dtype, intra)
+    _as_reference(got, ref, act, dtype)
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.sampled_from(["hard_swish", "hard_sigmoid"]),
+       shape=st.sampled_from([(7,), (1, 3, 5, 7), (2, 16, 9, 9), (1, 40, 56, 56)]),
+       alpha=st.sampled_from([0.2, 1 / 6, -0.5]), beta=st.sampled_from([0.5, 0.0, -0.0, 0.7]),
+       dtype=st.sampled_from([np.float32, np.float64]), special=st.booleans(),
+       seed=st.integers(0, 2**31))
+def test_hard_gates_give_the_reference_bits(name, shape, alpha, beta, dtype, special, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    if special:
+        _specials(x, rng, 6)
+    attrs = {"alpha": alpha, "beta": beta} if name == "hard_sigmoid" else {}
+    with np.errstate(invalid="ignore"):
+        ref, got = _both(name, [x], attrs, shape, dtype)
     _same_bits(got, ref)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 2), c=st.integers(1, 40), h=st.integers(1, 30), w=st.integers(1, 30),
+       gate=st.sampled_from(["n", "1", "chw"]), swap=st.booleans(),
+       dtype=st.sampled_from([np.float32, np.float64]), special=st.booleans(),
+       seed=st.integers(0, 2**31))
+def test_channel_gate_mul_gives_the_reference_bits(n, c, h, w, gate, swap, dtype, special, seed):
+    """``mul`` of a map by a squeeze-excite gate ((N, C, 1, 1), (1, C, 1, 1) or (C, 1, 1)),
+    either operand first; other shapes (a full-size second operand) run NumPy's."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    g_shape = {"n": (n, c, 1, 1), "1": (1, c, 1, 1), "chw": (c, 1, 1)}[gate]
+    g = rng.standard_normal(g_shape).astype(dtype)
+    if special:
+        _specials(x, rng, 5)
+        _specials(g, rng, 1)
+    ins = [g, x] if swap else [x, g]
+    with np.errstate(invalid="ignore"):
+        ref, got = _both("mul", ins, {}, x.shape, dtype)
+        _same_bits(got, ref)
+        ref, got = _both("mul", [x, x[::-1].copy()], {}, x.shape, dtype)
+    _same_bits(got, ref)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 2), c=st.integers(1, 30), hw=st.sampled_from(
+           [(1, 1), (1, 7), (3, 3), (7, 7), (9, 13), (14, 14), (16, 25), (20, 20), (28, 28)]),
+       scale=st.sampled_from([1.0, 1e4]), dtype=st.sampled_from([np.float32, np.float64]),
+       special=st.booleans(), seed=st.integers(0, 2**31))
+def test_global_avg_pool_gives_the_reference_bits(n, c, hw, scale, dtype, special, seed):
+    """NumPy's pairwise sum (8 running sums up to 128 terms, halves above) and its float64
+    division by the count, bit for bit, on the maps the compiled loop takes and the larger ones
+    it hands back."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, c, *hw)) * scale + 1).astype(dtype)
+    if special:
+        _specials(x, rng, 3)
+    with np.errstate(invalid="ignore"):
+        ref, got = _both("global_avg_pool", [x], {}, (n, c, 1, 1), dtype)
+    _same_bits(got, ref)
+
+
+def test_all_negative_zero_mean_and_sum_signs_as_the_reference():
+    x = np.full((1, 3, 4, 4), -0.0, np.float32)
+    ref, got = _both("global_avg_pool", [x], {}, (1, 3, 1, 1), np.float32)
+    _same_bits(got, ref)
+
+
+def test_compiled_silu_against_the_reference_over_the_float32_range():
+    """Every region of the rational tanh (small, around the clamp, saturated), special values
+    as the reference has them (silu(-inf) is NaN in both: -inf * 0)."""
+    x = np.concatenate([np.linspace(-40, 40, 400_001), np.geomspace(1e-30, 1e38, 2000),
+                        -np.geomspace(1e-30, 1e38, 2000),
+                        [0.0, -0.0, np.inf, -np.inf, np.nan]]).astype(np.float32)
+    x = x.reshape(1, 1, 1, -1)
+    w = np.ones((1, 1, 1, 1), np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ref, got = _both("conv2d", [x, w], {"activation": "silu"}, x.shape, np.float32)
+    _as_reference(got, ref, ("silu", ()), np.float32)
+    assert np.isnan(ref[0, 0, 0, -2]) and np.isnan(got[0, 0, 0, -2])
+    assert (got != ref).any()  # the compiled loop ran, not the reference's passes

@@ -36,13 +36,25 @@ def test_hadolint_is_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_base_image_is_cuda_with_cudnn():
+def test_base_image_is_cuda_13_base():
+    """The CUDA base image (driver glue only): every CUDA library comes from PyPI, as for
+    ``pip install hetero[gpu]`` on a driver-only machine, so the image tests that set."""
     ins = _instructions()
     args = {a.split("=", 1)[0].removeprefix("ARG ").strip(): a.split("=", 1)[1]
             for k, a in ins if k == "ARG" and "=" in a}
     base = args.get("CUDA_IMAGE", "")
-    assert re.fullmatch(r"nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-ubuntu\d\d\.\d\d", base), base
+    assert re.fullmatch(r"nvidia/cuda:13\.\d+\.\d+-base-ubuntu\d\d\.\d\d", base), base
     assert ("FROM", "${CUDA_IMAGE}") in ins
+
+
+def test_image_installs_cuda_headers_and_libraries_from_pypi():
+    """What CuPy 14 and the cuDNN frontend need beyond a driver: the headers (cuda-runtime),
+    cuBLAS, cuRAND, NVRTC through ``cupy-cuda13x[ctk]``, and libcudnn."""
+    text = DOCKERFILE.read_text()
+    assert re.search(r"\bcupy-cuda13x\[ctk\]==", text)
+    for name in ("nvidia-cuda-runtime", "nvidia-cublas", "nvidia-curand", "nvidia-cuda-nvrtc",
+                 "nvidia-cudnn-cu13"):
+        assert re.search(rf"\b{name}==", text), f"{name} is not pinned in the image"
 
 
 def test_pip_installs_are_pinned():
@@ -55,7 +67,8 @@ def test_pip_installs_are_pinned():
             words = command.split("pip install", 1)[1].split()
             packages = [w for w in words if not w.startswith("-")]
             for pkg in packages:
-                assert pkg == "." or re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][\w.]*", pkg), pkg
+                assert pkg == "." or re.fullmatch(r"[A-Za-z0-9_.\-]+(\[[\w,]+\])?==[0-9][\w.]*",
+                                                  pkg), pkg
             if "." in packages:
                 assert "--no-deps" in words, "installing . must not pull unpinned dependencies"
 
@@ -72,8 +85,9 @@ def test_pinned_extras_cover_the_gpu_onnx_and_cpu_extras():
     wanted += extras["gpu"] + extras["onnx"] + extras["cpu"]
     text = DOCKERFILE.read_text()
     for requirement in wanted:
-        name = re.match(r"[A-Za-z0-9_.\-]+", requirement).group(0)
-        assert re.search(rf"\b{re.escape(name)}==", text), f"{name} is not pinned in the image"
+        name, extras = re.match(r"([A-Za-z0-9_.\-]+)(\[[\w,]+\])?", requirement).groups()
+        pin = rf"\b{re.escape(name)}{re.escape(extras or '')}=="
+        assert re.search(pin, text), f"{name}{extras or ''} is not pinned in the image"
 
 
 def test_runs_as_non_root_with_a_healthcheck():

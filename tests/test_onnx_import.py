@@ -203,7 +203,7 @@ def test_every_unsupported_op_listed_in_one_error():
     nodes = [
         helper.make_node("Relu", ["x"], ["a"], name="ok"),
         helper.make_node("Tan", ["a"], ["b"], name="tan1"),
-        helper.make_node("TopK", ["b", "k"], ["c", "i"], name="topk"),
+        helper.make_node("NonZero", ["b"], ["c"], name="nz"),
         helper.make_node("Tan", ["c"], ["y"], name="tan2"),
     ]
     model = make_model(nodes, [vi("x", [4])], [vi("y", None)], [init("k", np.array([2]))])
@@ -211,7 +211,7 @@ def test_every_unsupported_op_listed_in_one_error():
         ho.load(model)
     msg = str(e.value)
     assert "2 unsupported ONNX op type(s)" in msg
-    assert "Tan: tan1, tan2" in msg and "TopK: topk" in msg
+    assert "Tan: tan1, tan2" in msg and "NonZero: nz" in msg
 
 
 def test_unsupported_model_fails_in_prepare_before_running():
@@ -247,8 +247,8 @@ def test_malformed_models(tmp_path):
         ho.load(42)
     dangling = make_model([helper.make_node("Relu", ["nowhere"], ["y"])], [vi("x", [2])],
                           [vi("y", None)])
-    with pytest.raises(ModelError, match="'nowhere' is produced by no earlier node"):
-        ho.load(dangling)
+    with pytest.raises(ModelError, match="not a valid ONNX model: .*input 'nowhere' of node"):
+        ho.load(dangling)  # the checker's words
     no_graph = onnx.ModelProto()
     no_graph.ir_version = 8
     with pytest.raises(ModelError, match="no graph"):
@@ -260,12 +260,12 @@ def test_malformed_models(tmp_path):
 
 
 def test_malformed_node_is_a_model_error_naming_it():
-    """A node the checker lets through but the converter cannot read (Range with delta 0)."""
+    """A node the checker lets through but the converter cannot use (Range with delta 0)."""
     nodes = [helper.make_node("Range", ["s", "l", "d"], ["r"], name="bad_range"),
              helper.make_node("Add", ["x", "r"], ["y"])]
     inits = [init("s", np.float32(0)), init("l", np.float32(4)), init("d", np.float32(0))]
     model = make_model(nodes, [vi("x", [4])], [vi("y", None)], inits)
-    with pytest.raises(ModelError, match=r"m.onnx:bad_range \(Range\): malformed node"):
+    with pytest.raises(ModelError, match=r"m.onnx:bad_range \(Range\): delta is 0"):
         ho.load(model)
 
 
@@ -346,7 +346,7 @@ def test_external_data_symlink_leaving_the_folder_refused(tmp_path):
 
 @pytest.mark.parametrize("key,value,message", [
     ("offset", "-8", "invalid offset"), ("length", "abc", "invalid offset"),
-    ("length", "4096", "4096 expected"),
+    ("length", "4096", "holds 64 bytes; 4,096 bytes at offset 0 expected"),
 ])
 def test_external_data_bad_offset_or_length(tmp_path, key, value, message):
     folder, _ = _save_external(tmp_path)

@@ -257,7 +257,8 @@ def _attr_case_inputs(name):
 
 
 _GOOD = {"kernel_shape": (2, 2), "axis": 1, "shape": (1, 50), "size": 3, "pads": (0,) * 8,
-         "starts": (0,), "ends": (1,), "sizes": (1, 1), "repeats": (1, 1, 1, 1), "axes": (0,)}
+         "starts": (0,), "ends": (1,), "sizes": (1, 1), "repeats": (1, 1, 1, 1), "axes": (0,),
+         "equation": "ij->ji", "k": 1}
 _BAD = ["a", 1.5, (1.5,), ("a", "b"), {"x": 1}, 10**20, object()]
 
 

@@ -179,6 +179,9 @@ def test_depthwise_conv_property(n, c, mult, h, w, k, s, d, pads, act):
     ("sigmoid", (), lambda y: 1 / (1 + np.exp(-y))),
     ("tanh", (), np.tanh),
     ("clip", (-0.5, 0.75), lambda y: np.clip(y, -0.5, 0.75)),
+    ("silu", (), lambda y: y / (1 + np.exp(-y))),
+    ("hard_swish", (), lambda y: y * np.clip(y / 6 + 0.5, 0, 1)),
+    ("hard_sigmoid", (0.3, 0.4), lambda y: np.clip(0.3 * y + 0.4, 0, 1)),
 ])
 def test_conv2d_fused_activation(act, params, fn):
     x, w, b = rand(1, 3, 6, 6) * 4, rand(4, 3, 3, 3), rand(4)
@@ -566,3 +569,28 @@ def test_batch_norm_of_an_empty_batch(shape):
     p = np.ones(3, np.float32)
     out = apply("batch_norm", [np.zeros(shape, np.float32), p, p, p, p])
     assert out.shape == shape
+
+
+@pytest.mark.parametrize("shape, view", [
+    ((5, 7), None), ((3, 100_000), None), ((1, 4, 130, 130), None),
+    ((40, 3000), (slice(None), slice(100, 2900))),  # an epilogue's column band: strided rows
+    ((6, 40, 50), (slice(None), slice(None), slice(3, 45))),  # strided 3-D: one scratch
+])
+@pytest.mark.parametrize("act", ["silu", "hard_swish"])
+def test_gated_activations_have_the_bits_of_the_unfused_ops(shape, view, act):
+    """silu and hard_swish in place (chunked through a per-thread scratch on NumPy, whole
+    otherwise) give the bits of ``mul(x, sigmoid(x))`` and of the hard_swish op, and leave
+    everything outside the view alone."""
+    x = (RNG.standard_normal(shape) * 5).astype(np.float32)
+    x.reshape(-1)[:4] = [np.nan, -0.0, np.inf, -np.inf]
+    got = x.copy()
+    region = got if view is None else got[view]
+    with np.errstate(invalid="ignore"):  # inf * 0 in hard_swish, as in the op
+        want = x * run_op("sigmoid", [x]) if act == "silu" else run_op("hard_swish", [x])
+        nn.apply_activation(np, region, act)
+    expect = x.copy()
+    if view is None:
+        expect = want
+    else:
+        expect[view] = want[view]
+    np.testing.assert_array_equal(got, expect)

@@ -520,3 +520,114 @@ def test_folding_keeps_a_0d_constant_0d(machine):
     for node in plan.graph.nodes:
         if node.is_constant:
             assert plan.graph.constants[node.name].shape == node.outputs[0].shape
+
+
+def _silu_graph(*, producer="conv2d", order=(0, 1), device=None):
+    """x -> conv (or batch_norm) -> y; s = sigmoid(y); out = mul(y, s) (operands in ``order``)."""
+    g = GraphBuilder()
+    ann = {"device": device} if device else {}
+    x = g.input("x", (2, 3, 9, 9))
+    if producer == "conv2d":
+        y = g.op("conv", "conv2d", [x, g.const("w", rand(6, 3, 3, 3)), g.const("b", rand(6))],
+                 pads=(1, 1, 1, 1), **ann)
+    else:
+        y = g.op("bn", "batch_norm", [x, g.const("s", rand(3)), g.const("o", rand(3)),
+                                      g.const("m", rand(3)), g.const("v", np.abs(rand(3)) + .5)],
+                 **ann)
+    s = g.op("sig", "sigmoid", [y], **ann)
+    pair = (y, s)
+    out = g.op("silu", "mul", [pair[order[0]], pair[order[1]]], **ann)
+    return g, out
+
+
+@pytest.mark.parametrize("producer, order", [("conv2d", (0, 1)), ("conv2d", (1, 0)),
+                                             ("batch_norm", (0, 1))])
+def test_silu_fuses_into_the_producer_with_the_same_bits(producer, order):
+    """``mul(y, sigmoid(y))`` (SiLU as exporters write it) -> activation ``silu``: two nodes
+    fewer, the same values (the NumPy reference's silu has the very bits of the two ops:
+    tests/test_ops_nn.py; the compiled CPU one is within 4e-6: tests/test_cpu_kernels.py)."""
+    g, out = _silu_graph(producer=producer, order=order)
+    graph = g.graph(out)
+    fused = fuse_activation(graph)
+    check(fused)
+    ops = [n.op for n in fused.nodes if n.computes]
+    assert ops == [producer]
+    (node,) = (n for n in fused.nodes if n.computes)
+    assert node.attrs["activation"] == "silu" and node.name == ("conv" if producer == "conv2d"
+                                                                 else "bn")
+    assert fused.outputs == (node.value(),)
+    inputs = [(rand(2, 3, 9, 9) * 4).astype(np.float32)]
+    np.testing.assert_allclose(reference.run(fused, inputs)[0], reference.run(graph, inputs)[0],
+                               rtol=4e-6, atol=4e-6)
+
+
+def test_silu_not_fused_when_a_reader_or_output_needs_the_parts():
+    """The conv's value or the sigmoid read by a third node, or returned, keeps the three nodes;
+    ``mul(y, sigmoid(z))`` of another value is no SiLU."""
+    for extra in ("conv", "sig"):
+        g, out = _silu_graph()
+        other = g.op("other", "relu", [Value(extra)])
+        graph = g.graph(out, other)
+        assert "mul" in [n.op for n in fuse_activation(graph).nodes]
+        g, out = _silu_graph()
+        graph = g.graph(out, Value(extra))
+        assert "mul" in [n.op for n in fuse_activation(graph).nodes]
+    g = GraphBuilder()
+    x = g.input("x", (1, 2, 5, 5))
+    y = g.op("conv", "conv2d", [x, g.const("w", rand(2, 2, 1, 1))])
+    z = g.op("conv_z", "conv2d", [x, g.const("wz", rand(2, 2, 1, 1))])
+    s = g.op("sig", "sigmoid", [z])
+    out = g.op("m", "mul", [y, s])
+    fused = fuse_activation(g.graph(out))
+    assert [n.op for n in fused.nodes if n.computes].count("mul") == 1
+    assert all(n.attrs.get("activation", "none") != "silu" for n in fused.nodes)
+
+
+def test_silu_not_fused_across_devices():
+    g, _ = _silu_graph()
+    g.nodes[-1] = g.nodes[-1].replace(device="gpu:0")  # the mul annotated elsewhere
+    graph = g.graph(g.nodes[-1].value())
+    assert "mul" in [n.op for n in fuse_activation(graph).nodes]
+
+
+@pytest.mark.parametrize("act, kw", [("hard_swish", {}), ("hard_sigmoid", {}),
+                                     ("hard_sigmoid", {"alpha": 0.3, "beta": 0.4})])
+def test_hard_activations_fuse_with_the_same_bits(act, kw):
+    g = GraphBuilder()
+    x = g.input("x", (1, 2, 6, 6))
+    c = g.op("conv", "conv2d", [x, g.const("w", rand(4, 2, 3, 3)), g.const("b", rand(4))],
+             pads=(1, 1, 1, 1))
+    graph = g.graph(g.op("act", act, [c], **kw))
+    fused = fuse_activation(graph)
+    check(fused)
+    assert [n.op for n in fused.nodes if n.computes] == ["conv2d"]
+    inputs = [(rand(1, 2, 6, 6) * 8).astype(np.float32)]
+    np.testing.assert_array_equal(reference.run(fused, inputs)[0], reference.run(graph, inputs)[0])
+
+
+@pytest.mark.parametrize("machine, device", [("cpu:1", None), ("cpu:2", None),
+                                             ("cpu:1,sim:1", "gpu:0")])
+@pytest.mark.parametrize("act", ["silu", "hard_swish", "hard_sigmoid"])
+def test_fused_activations_run_on_cpu_workers_and_the_simulated_gpu(machine, device, act):
+    """The fused conv (compiled epilogue on a CPU worker, the reference kernel on the simulated
+    GPU) against the unfused graph run by the reference executor."""
+    g = GraphBuilder()
+    ann = {"device": device} if device else {}
+    x = g.input("x", (1, 8, 20, 20))
+    y = g.op("conv", "conv2d", [x, g.const("w", rand(16, 8, 3, 3)), g.const("b", rand(16))],
+             pads=(1, 1, 1, 1), **ann)
+    dw = g.op("dw", "conv2d", [y, g.const("wd", rand(16, 1, 3, 3))], pads=(1, 1, 1, 1),
+              groups=16, **ann)
+    if act == "silu":
+        out = g.op("m", "mul", [dw, g.op("s", "sigmoid", [dw], **ann)], **ann)
+        y2 = g.op("m0", "mul", [g.op("s0", "sigmoid", [y], **ann), y], **ann)
+        out = g.op("sum", "add", [out, g.op("pool", "max_pool2d", [y2], kernel_shape=(1, 1),
+                                            **ann)], **ann)
+    else:
+        out = g.op("a", act, [dw], **ann)
+    graph = g.graph(out)
+    inputs = [(rand(1, 8, 20, 20) * 3).astype(np.float32)]
+    want = reference.run(graph, inputs)[0]
+    plan = ht.compile(graph, machine=machine)
+    assert act in {n.attrs.get("activation") for n in plan.graph.nodes}
+    np.testing.assert_allclose(plan.run(*inputs)[0], want, rtol=1e-5, atol=1e-5)

@@ -34,10 +34,13 @@ and only constructing a device or running a kernel needs it.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib.resources
 import math
 import threading
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,12 +54,22 @@ from hetero.ops.registry import lookup
 
 __all__ = [
     "ACTIVATIONS",
+    "CUDNN_COUNTS",
     "CUDNN_FALLBACKS",
     "CudaDevice",
     "Event",
     "Stream",
+    "batch_norm_graph",
     "bias_act",
+    "channels_last",
+    "channels_last_strides",
+    "conv2d_graph",
     "cuda_device_count",
+    "cudnn_report",
+    "cudnn_unavailable",
+    "cudnn_version",
+    "format_cudnn_version",
+    "host_contiguous",
     "kernel_source",
     "kernel_sources",
     "lrn",
@@ -75,8 +88,12 @@ ACTIVATIONS = {
     "gelu": 5, "gelu_tanh": 6, "erf": 7, "clip": 8,
 }
 
-#: cuDNN graphs that cuDNN refused: key -> reason. Those shapes run on the shared kernel.
+#: cuDNN graphs that cuDNN refused, or could not run because cuDNN is missing: key -> reason.
+#: Those shapes run on the shared kernel.
 CUDNN_FALLBACKS: dict[tuple, str] = {}
+#: Since the process started: "executed" (cuDNN graphs run), "fallback" (calls meant for cuDNN
+#: that ran on the shared kernel instead). ``cudnn_report()`` reads both; the profile shows them.
+CUDNN_COUNTS: Counter[str] = Counter()
 
 _BLOCK = 256
 _MAX_GRID = 1 << 16  # grid-stride loops: more blocks than this buys nothing
@@ -96,15 +113,6 @@ def _cupy():
     return cupy
 
 
-def _cudnn():
-    """The cuDNN frontend module, or None where it is not installed or cannot load libcudnn."""
-    try:
-        import cudnn
-    except Exception:  # ImportError, or OSError when libcudnn is missing
-        return None
-    return cudnn
-
-
 def cuda_device_count() -> int:
     """Number of CUDA devices CuPy sees; 0 (never an error) without CuPy or a driver."""
     try:
@@ -117,6 +125,16 @@ def cuda_device_count() -> int:
 
 # ----------------------------------------------------------------------------------------------
 # Streams and events
+
+
+def host_contiguous(array: Any) -> np.ndarray:
+    """``array`` as a C-contiguous NumPy array of the same shape, copied only when needed.
+
+    ``np.ascontiguousarray`` returns at least one dimension, so a 0-d value would arrive on the
+    device as shape (1,) and no longer match its 0-d destination.
+    """
+    host = np.asarray(array)
+    return host if host.flags.c_contiguous else np.ascontiguousarray(host)
 
 
 def _cuda_failure(what: str, exc: BaseException) -> ExecutionError:
@@ -220,6 +238,19 @@ class Stream(_StreamBase):
 
     def __repr__(self) -> str:
         return f"Stream(gpu:{self.device_index} {self.name})"
+
+
+_PACK_STREAMS: dict[int, Stream] = {}
+_PACK_LOCK = threading.Lock()
+
+
+def _pack_stream(device_index: int) -> Stream:
+    """The stream of GPU ``device_index`` that packs non-contiguous sources of peer copies."""
+    with _PACK_LOCK:
+        stream = _PACK_STREAMS.get(device_index)
+        if stream is None:
+            stream = _PACK_STREAMS[device_index] = Stream(device_index, "pack")
+        return stream
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,7 +411,7 @@ class CudaDevice(Device):
     def from_host(self, array: Any):
         """Copy a host array to this device (synchronous)."""
         cp = _cupy()
-        host = np.ascontiguousarray(array)
+        host = host_contiguous(array)
         self._check_capacity(host.nbytes, None)
         try:
             with cp.cuda.Device(self.index):
@@ -427,7 +458,7 @@ class CudaDevice(Device):
         The caller keeps ``src`` alive and unmodified until the stream has passed the copy.
         """
         cp = _cupy()
-        src = np.ascontiguousarray(src)
+        src = host_contiguous(src)
         self._check_pair(dst, src, "copy_from_host")
         if src.nbytes:
             with cp.cuda.Device(self.index):
@@ -451,22 +482,34 @@ class CudaDevice(Device):
                                             cp.cuda.runtime.memcpyDeviceToHost, stream.ptr)
 
     def copy_peer(self, dst: Any, src: Any, stream: Stream) -> None:
-        """Enqueue a device -> device copy (``src`` and ``dst`` on any GPUs) on ``stream``."""
+        """Enqueue a device -> device copy (``src`` and ``dst`` on any GPUs) on ``stream``.
+
+        As for every copy, the caller has made ``stream`` wait for the work that produced
+        ``src``. A non-contiguous ``src`` is packed first: on ``stream`` when it lives on this
+        GPU; otherwise on the source GPU's pack stream, which waits for ``stream`` (so for the
+        producer) before packing, and for the copy before its next use, so the packed buffer
+        (from that stream's pool arena) is not reused while the copy still reads it.
+        """
         cp = _cupy()
         src_dev = int(src.device.id)
+        pack_stream = None
         if not src.flags.c_contiguous:
             if src_dev == self.index:
                 with cp.cuda.Device(src_dev), stream.raw:
                     src = cp.ascontiguousarray(src)
-            else:  # a stream runs work of its own device only: pack on the source GPU first
-                with cp.cuda.Device(src_dev):
+            else:  # a stream runs kernels of its own device only: pack on the source GPU
+                pack_stream = _pack_stream(src_dev)
+                pack_stream.wait(stream.record())
+                with cp.cuda.Device(src_dev), pack_stream.raw:
                     src = cp.ascontiguousarray(src)
-                    cp.cuda.get_current_stream().synchronize()
+                stream.wait(pack_stream.record())
         self._check_pair(dst, src, "copy_peer")
         if src.nbytes:
             with cp.cuda.Device(self.index):
                 cp.cuda.runtime.memcpyPeerAsync(dst.data.ptr, int(dst.device.id), src.data.ptr,
                                                 src_dev, src.nbytes, stream.ptr)
+        if pack_stream is not None:
+            pack_stream.wait(stream.record())
 
     # -- kernels ----------------------------------------------------------------------------
 
@@ -721,16 +764,87 @@ def ref_softmax(x: np.ndarray, *, log: bool = False) -> np.ndarray:
 # cuDNN graphs (nvidia-cudnn-frontend) on CuPy memory
 
 
+@functools.cache
+def cudnn_unavailable() -> str | None:
+    """Why cuDNN graphs cannot run in this process (the frontend does not import, or libcudnn
+    does not load), or None when they can. Needs no GPU."""
+    try:
+        import cudnn
+    except Exception as exc:  # ImportError, or OSError from a broken install
+        return (f"the cuDNN frontend does not import ({type(exc).__name__}: {exc}); "
+                f"pip install 'hetero[gpu]'")
+    try:
+        cudnn.backend_version()
+    except Exception as exc:  # the frontend loads libcudnn on first use
+        return (f"libcudnn does not load ({type(exc).__name__}: {exc}); "
+                f"pip install nvidia-cudnn-cu13")
+    return None
+
+
+def cudnn_version() -> str | None:
+    """The loaded libcudnn's version ("9.14.0"), asked through the frontend
+    (``cudnn.backend_version()``); None where the frontend or libcudnn is missing."""
+    if cudnn_unavailable() is not None:
+        return None
+    import cudnn
+
+    return format_cudnn_version(int(cudnn.backend_version()))
+
+
+def format_cudnn_version(code: int) -> str:
+    """cuDNN's version number as text: 9.x encodes major * 10000 + minor * 100 + patch,
+    8.x major * 1000 + minor * 100 + patch.
+
+    >>> format_cudnn_version(91400), format_cudnn_version(8902)
+    ('9.14.0', '8.9.2')
+    """
+    major, rest = divmod(int(code), 10000 if code >= 90000 else 1000)
+    minor, patch = divmod(rest, 100)
+    return f"{major}.{minor}.{patch}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Built:
+    """A cuDNN graph with its execution plan, ready to run on one stream."""
+
+    graph: Any
+    tensors: tuple
+    workspace: Any
+    handle: Any
+
+
 class _CudnnState:
-    """One cuDNN handle per device and the built graphs, keyed by shape and attributes."""
+    """cuDNN handles and built graphs, per stream.
+
+    The frontend's rule is one handle per stream: a handle is bound to its stream once, when it
+    is created, and never moved, so there is no ``set_stream`` before ``execute`` to race with
+    another thread. A graph is built (and given its workspace) per stream too, so two streams
+    never share a workspace.
+    """
 
     def __init__(self) -> None:
-        self.handles: dict[int, Any] = {}
-        self.graphs: dict[tuple, tuple] = {}
+        self.handles: dict[tuple[int, int], Any] = {}  # (device, stream ptr) -> handle
+        self.graphs: dict[tuple, _Built] = {}  # (key, stream ptr) -> built graph
         self.lock = threading.Lock()
 
 
 _CUDNN = _CudnnState()
+_COUNT_LOCK = threading.Lock()
+_WARNED: set[str] = set()
+
+
+def _count(what: str) -> None:
+    with _COUNT_LOCK:
+        CUDNN_COUNTS[what] += 1
+
+
+def cudnn_report() -> dict[str, Any]:
+    """What the cuDNN paths did in this process: ``executed`` (cuDNN graphs run), ``fallback``
+    (calls cuDNN was meant to take that ran on the shared kernel), and ``refused`` (key ->
+    reason, from ``CUDNN_FALLBACKS``). ``hetero.profile`` shows it."""
+    with _COUNT_LOCK:
+        return {"executed": CUDNN_COUNTS["executed"], "fallback": CUDNN_COUNTS["fallback"],
+                "refused": dict(CUDNN_FALLBACKS)}
 
 
 def _cudnn_dtype(cudnn, dtype: np.dtype):
@@ -743,29 +857,108 @@ def _elem_strides(a) -> list[int]:
     return [int(s) // a.itemsize for s in a.strides]
 
 
-def _cudnn_handle(cudnn, device_id: int):
-    handle = _CUDNN.handles.get(device_id)
+def channels_last_strides(shape: Sequence[int]) -> list[int]:
+    """Element strides of an NCHW-indexed tensor stored channels-last (NHWC): the layout the
+    frontend's samples declare and cuDNN's engines take (NCHW-packed graphs may find none).
+
+    >>> channels_last_strides((2, 3, 4, 5))
+    [60, 1, 15, 3]
+    """
+    _, c, h, w = (int(d) for d in shape)
+    return [h * w * c, 1, w * c, c]
+
+
+def channels_last(xp, a):
+    """``a`` (NCHW-indexed) over a channels-last buffer: ``a``'s own memory where it already is
+    in that order (C == 1 or H == W == 1), else an NHWC copy on the current stream."""
+    return xp.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+def _is_channels_last(a) -> bool:
+    return bool(a.transpose(0, 2, 3, 1).flags.c_contiguous)
+
+
+def _pygraph(cudnn, handle, io, compute):
+    kwargs = {"handle": handle} if handle is not None else {}
+    return cudnn.pygraph(io_data_type=io, intermediate_data_type=compute,
+                         compute_data_type=compute, **kwargs)
+
+
+def conv2d_graph(cudnn, handle, x_shape, w_shape, y_shape, dtype, pads, strides, dilations):
+    """The frontend graph of one convolution, every tensor declared channels-last over
+    NCHW-indexed dims; float64 computes in DOUBLE (cuDNN has no FLOAT compute for DOUBLE
+    data). ``handle`` may be None (a graph not yet bound to a device). Returns
+    ``(graph, (X, W, Y))``."""
+    dt = _cudnn_dtype(cudnn, dtype)
+    compute = cudnn.data_type.DOUBLE if np.dtype(dtype) == np.float64 else cudnn.data_type.FLOAT
+    graph = _pygraph(cudnn, handle, dt, compute)
+    tx = graph.tensor(name="X", dim=list(x_shape), stride=channels_last_strides(x_shape),
+                      data_type=dt)
+    tw = graph.tensor(name="W", dim=list(w_shape), stride=channels_last_strides(w_shape),
+                      data_type=dt)
+    ty = graph.conv_fprop(image=tx, weight=tw, pre_padding=[pads[0], pads[1]],
+                          post_padding=[pads[2], pads[3]], stride=list(strides),
+                          dilation=list(dilations), compute_data_type=compute)
+    ty.set_output(True)
+    ty.set_data_type(dt)
+    ty.set_dim(list(y_shape))
+    ty.set_stride(channels_last_strides(y_shape))
+    return graph, (tx, tw, ty)
+
+
+def batch_norm_graph(cudnn, handle, x_shape, dtype):
+    """The frontend graph of batch-norm inference over channels-last X and Y (float32
+    parameters of shape [1, C, 1, 1]). Returns ``(graph, (X, mean, inv_variance, scale, bias,
+    Y))``."""
+    dt = _cudnn_dtype(cudnn, dtype)
+    fl = cudnn.data_type.FLOAT
+    graph = _pygraph(cudnn, handle, dt, fl)
+    channels = int(x_shape[1])
+    pshape = [1, channels, 1, 1]
+    tx = graph.tensor(name="X", dim=list(x_shape), stride=channels_last_strides(x_shape),
+                      data_type=dt)
+    params = [graph.tensor(name=n, dim=pshape, stride=channels_last_strides(pshape),
+                           data_type=fl)
+              for n in ("mean", "inv_variance", "scale", "bias")]
+    ty = graph.batchnorm_inference(input=tx, mean=params[0], inv_variance=params[1],
+                                   scale=params[2], bias=params[3])
+    ty.set_output(True)
+    ty.set_data_type(dt)
+    ty.set_dim(list(x_shape))
+    ty.set_stride(channels_last_strides(x_shape))
+    return graph, (tx, *params, ty)
+
+
+def _cudnn_handle(cudnn, device: int, stream: int):
+    """The handle of (``device``, ``stream``), created and bound to that stream once."""
+    handle = _CUDNN.handles.get((device, stream))
     if handle is None:
         handle = cudnn.create_handle()
-        _CUDNN.handles[device_id] = handle
+        cudnn.set_stream(handle=handle, stream=stream)
+        _CUDNN.handles[(device, stream)] = handle
     return handle
 
 
-def _cudnn_graph(key: tuple, build: Callable[[Any, Any], tuple]):
-    """The built graph for ``key`` (built once by ``build(cudnn, handle)``), or None if cuDNN is
-    missing or refused it (the reason goes to ``CUDNN_FALLBACKS`` and one warning)."""
+def _cudnn_graph(key: tuple, build: Callable[[Any, Any], tuple]) -> _Built | None:
+    """The graph for ``key`` built for the current stream (once, by ``build(cudnn, handle)``),
+    or None where cuDNN is unavailable or refused it (the reason goes to ``CUDNN_FALLBACKS``
+    and one warning)."""
     if key in CUDNN_FALLBACKS:
         return None
-    cudnn = _cudnn()
-    if cudnn is None:
+    missing = cudnn_unavailable()
+    if missing is not None:
+        _cudnn_refused(key, missing)
         return None
+    import cudnn
+
+    cp = _cupy()
+    device, stream = int(cp.cuda.Device().id), int(cp.cuda.get_current_stream().ptr)
     with _CUDNN.lock:
-        built = _CUDNN.graphs.get(key)
+        built = _CUDNN.graphs.get((key, stream))
         if built is not None:
             return built
-        cp = _cupy()
         try:
-            handle = _cudnn_handle(cudnn, int(cp.cuda.Device().id))
+            handle = _cudnn_handle(cudnn, device, stream)
             graph, tensors = build(cudnn, handle)
             graph.validate()
             graph.build_operation_graph()
@@ -774,99 +967,80 @@ def _cudnn_graph(key: tuple, build: Callable[[Any, Any], tuple]):
             graph.build_plans()
             workspace = cp.empty(int(graph.get_workspace_size()), dtype=np.uint8)
         except Exception as exc:  # cuDNN reports unsupported graphs with its own exceptions
-            _cudnn_refused(key, exc)
+            _cudnn_refused(key, f"{type(exc).__name__}: {exc}")
             return None
-        built = (graph, tensors, workspace, handle)
-        _CUDNN.graphs[key] = built
+        built = _Built(graph, tuple(tensors), workspace, handle)
+        _CUDNN.graphs[(key, stream)] = built
         return built
 
 
-def _cudnn_refused(key: tuple, exc: Exception) -> None:
-    reason = f"{type(exc).__name__}: {exc}"
+def _cudnn_refused(key: tuple, reason: str) -> None:
     CUDNN_FALLBACKS[key] = reason
+    if reason in _WARNED:  # cuDNN missing: one warning, not one per shape
+        return
+    if reason == cudnn_unavailable():
+        _WARNED.add(reason)
     warnings.warn(f"cuDNN cannot run {key[0]} for {key[1:]}; using the shared CUDA kernel "
                   f"instead ({reason})", RuntimeWarning, stacklevel=3)
 
 
-def _cudnn_execute(key: tuple, built: tuple, bindings: dict) -> bool:
-    """Run a built graph on the current stream; False (and a recorded fallback) if it fails."""
+def _cudnn_execute(key: tuple, built: _Built, bindings: dict) -> bool:
+    """Run a built graph on the current stream (its handle is bound to it); False (and a
+    recorded fallback) if it fails."""
     cp = _cupy()
-    cudnn = _cudnn()
-    graph, _tensors, workspace, handle = built
     try:
-        cudnn.set_stream(handle=handle, stream=int(cp.cuda.get_current_stream().ptr))
-        graph.execute(bindings, workspace, handle=handle)
+        built.graph.execute(bindings, built.workspace, handle=built.handle)
     except Exception as exc:
         with _CUDNN.lock:
-            _CUDNN.graphs.pop(key, None)
-        _cudnn_refused(key, exc)
+            _CUDNN.graphs.pop((key, int(cp.cuda.get_current_stream().ptr)), None)
+        _cudnn_refused(key, f"{type(exc).__name__}: {exc}")
         return False
+    _count("executed")
     return True
 
 
 def _conv2d_cudnn(x, w, out, attrs) -> bool:
-    """Convolution through cuDNN into ``out``; False where cuDNN cannot do it."""
+    """Convolution through cuDNN into ``out`` (over channels-last copies where ``x``, ``w`` or
+    ``out`` are not in that order already); False where cuDNN cannot do it."""
     cp = _cupy()
     pads = tuple(int(p) for p in attrs.get("pads", (0, 0, 0, 0)))
     strides = tuple(int(s) for s in attrs.get("strides", (1, 1)))
     dilations = tuple(int(d) for d in attrs.get("dilations", (1, 1)))
     key = ("conv2d", int(cp.cuda.Device().id), tuple(x.shape), tuple(w.shape), x.dtype.str,
            pads, strides, dilations)
-
-    def build(cudnn, handle):
-        dt = _cudnn_dtype(cudnn, x.dtype)
-        graph = cudnn.pygraph(io_data_type=dt, intermediate_data_type=cudnn.data_type.FLOAT,
-                              compute_data_type=cudnn.data_type.FLOAT, handle=handle)
-        tx = graph.tensor(name="X", dim=list(x.shape), stride=_elem_strides(x), data_type=dt)
-        tw = graph.tensor(name="W", dim=list(w.shape), stride=_elem_strides(w), data_type=dt)
-        ty = graph.conv_fprop(image=tx, weight=tw, pre_padding=[pads[0], pads[1]],
-                              post_padding=[pads[2], pads[3]], stride=list(strides),
-                              dilation=list(dilations), compute_data_type=cudnn.data_type.FLOAT)
-        ty.set_output(True)
-        ty.set_data_type(dt)
-        ty.set_dim(list(out.shape))
-        ty.set_stride(_elem_strides(out))
-        return graph, (tx, tw, ty)
-
-    built = _cudnn_graph(key, build)
+    built = _cudnn_graph(key, lambda cudnn, handle: conv2d_graph(
+        cudnn, handle, x.shape, w.shape, out.shape, x.dtype, pads, strides, dilations))
     if built is None:
         return False
-    tx, tw, ty = built[1]
-    return _cudnn_execute(key, built, {tx: x, tw: w, ty: out})
+    tx, tw, ty = built.tensors
+    y = out if _is_channels_last(out) else channels_last(cp, cp.empty_like(out))
+    if not _cudnn_execute(key, built, {tx: channels_last(cp, x), tw: channels_last(cp, w),
+                                       ty: y}):
+        return False
+    if y is not out:
+        out[...] = y
+    return True
 
 
 def _batch_norm_cudnn(x, scale, bias, mean, var, out, epsilon: float) -> bool:
     cp = _cupy()
     key = ("batch_norm", int(cp.cuda.Device().id), tuple(x.shape), x.dtype.str)
-    channels = int(x.shape[1])
-    pshape = [1, channels, 1, 1]
-    pstride = [channels, 1, 1, 1]
-
-    def build(cudnn, handle):
-        dt = _cudnn_dtype(cudnn, x.dtype)
-        fl = cudnn.data_type.FLOAT
-        graph = cudnn.pygraph(io_data_type=dt, intermediate_data_type=fl, compute_data_type=fl,
-                              handle=handle)
-        tx = graph.tensor(name="X", dim=list(x.shape), stride=_elem_strides(x), data_type=dt)
-        params = [graph.tensor(name=n, dim=pshape, stride=pstride, data_type=fl)
-                  for n in ("mean", "inv_variance", "scale", "bias")]
-        ty = graph.batchnorm_inference(input=tx, mean=params[0], inv_variance=params[1],
-                                       scale=params[2], bias=params[3])
-        ty.set_output(True)
-        ty.set_data_type(dt)
-        ty.set_stride(_elem_strides(out))
-        return graph, (tx, *params, ty)
-
-    built = _cudnn_graph(key, build)
+    built = _cudnn_graph(key, lambda cudnn, handle: batch_norm_graph(cudnn, handle, x.shape,
+                                                                      x.dtype))
     if built is None:
         return False
-    tx, tmean, tinv, tscale, tbias, ty = built[1]
+    tx, tmean, tinv, tscale, tbias, ty = built.tensors
     f32 = np.float32
     inv = 1.0 / cp.sqrt(var.astype(f32) + f32(epsilon))
-    return _cudnn_execute(key, built, {
-        tx: x, tmean: cp.ascontiguousarray(mean, dtype=f32), tinv: inv,
-        tscale: cp.ascontiguousarray(scale, dtype=f32),
-        tbias: cp.ascontiguousarray(bias, dtype=f32), ty: out})
+    y = out if _is_channels_last(out) else channels_last(cp, cp.empty_like(out))
+    if not _cudnn_execute(key, built, {
+            tx: channels_last(cp, x), tmean: cp.ascontiguousarray(mean, dtype=f32), tinv: inv,
+            tscale: cp.ascontiguousarray(scale, dtype=f32),
+            tbias: cp.ascontiguousarray(bias, dtype=f32), ty: y}):
+        return False
+    if y is not out:
+        out[...] = y
+    return True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -947,9 +1121,10 @@ def _conv2d_override(shared):
         act = _conv_activation(attrs)
         usable = (act is not None and x.ndim == 4 and x.dtype in (np.float32, np.float64)
                   and _float(x, w, out) and _contiguous(out))
-        if usable:
-            x, w = xp.ascontiguousarray(x), xp.ascontiguousarray(w)
-        if not usable or not _conv2d_cudnn(x, w, out, attrs):
+        if not usable:
+            return shared(xp, ins, attrs, outs)
+        if not _conv2d_cudnn(x, w, out, attrs):
+            _count("fallback")
             return shared(xp, ins, attrs, outs)
         if bias is not None or act[0] not in ("none", "identity"):
             bias_act(out, bias, out, act[0], alpha=act[1], beta=act[2])  # fused, in place
@@ -963,8 +1138,11 @@ def _batch_norm_override(shared):
         out = outs[0]
         usable = (x.ndim == 4 and x.dtype in (np.float32, np.float16) and out.dtype == x.dtype
                   and _contiguous(x, out) and attrs.get("activation", "none") == "none")
-        if not usable or not _batch_norm_cudnn(x, scale, bias, mean, var, out,
-                                               float(attrs.get("epsilon", 1e-5))):
+        if not usable:
+            return shared(xp, ins, attrs, outs)
+        if not _batch_norm_cudnn(x, scale, bias, mean, var, out,
+                                 float(attrs.get("epsilon", 1e-5))):
+            _count("fallback")
             return shared(xp, ins, attrs, outs)
 
     return kernel

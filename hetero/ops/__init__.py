@@ -8,6 +8,7 @@ Each family module lists its public functions in ``__all__``.
 # the Tensor operators and methods, now that every op exists
 from hetero.ops import methods  # noqa: E402,F401,I001
 from hetero.ops.elementwise import *  # noqa: F403
+from hetero.ops.index import *  # noqa: F403
 from hetero.ops.linalg import *  # noqa: F403
 from hetero.ops.misc import *  # noqa: F403
 from hetero.ops.nn import *  # noqa: F403

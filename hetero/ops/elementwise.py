@@ -29,7 +29,7 @@ __all__ = [
     "add", "sub", "mul", "div", "pow", "maximum", "minimum",
     "equal", "not_equal", "greater", "less", "greater_equal", "less_equal",
     "neg", "abs", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "erf", "reciprocal",
-    "floor", "ceil", "leaky_relu", "gelu", "clip", "cast", "where",
+    "floor", "ceil", "leaky_relu", "gelu", "clip", "cast", "where", "isnan", "isinf",
 ]
 
 _BOOL = np.dtype(bool)
@@ -568,6 +568,35 @@ register(Op("where", _where_infer, _where_kernel, arity=(3, 3), cost=_elementwis
             doc="a where cond else b"))
 
 
+def _float_test_infer(name: str):
+    def infer(ins, attrs):
+        require_float(ins[0], name)
+        return (TensorSpec(ins[0].shape, _BOOL),)
+    return infer
+
+
+def _isnan_kernel(xp, ins, attrs, outs):
+    xp.isnan(ins[0], out=outs[0])
+
+
+def _isinf_kernel(xp, ins, attrs, outs):
+    x, out = ins[0], outs[0]
+    pos, neg = attrs["detect_positive"], attrs["detect_negative"]
+    if pos and neg:
+        xp.isinf(x, out=out)
+    elif pos or neg:
+        xp.equal(x, xp.asarray(math.inf if pos else -math.inf, dtype=x.dtype), out=out)
+    else:
+        out[...] = False
+
+
+register(Op("isnan", _float_test_infer("isnan"), _isnan_kernel, cost=_elementwise_cost(1.0),
+            doc="x is NaN (bool)"))
+register(Op("isinf", _float_test_infer("isinf"), _isinf_kernel,
+            attrs={"detect_positive": 1, "detect_negative": 1}, cost=_elementwise_cost(1.0),
+            doc="x is +inf or -inf (bool); detect_positive/detect_negative pick the signs"))
+
+
 # ----------------------------------------------------------------------------------------------
 # Public functions
 
@@ -725,3 +754,14 @@ def where(cond, a, b, *, device=None):
     """``a`` where ``cond`` is true, else ``b`` (all three broadcast)."""
     a, b = scalars_like(promote_operands(a, b), "where")
     return apply("where", (cond, a, b), device=device)
+
+
+def isnan(x, *, device=None):
+    """Which elements of the floating-point ``x`` are NaN (bool)."""
+    return apply("isnan", (x,), device=device)
+
+
+def isinf(x, detect_positive: bool = True, detect_negative: bool = True, *, device=None):
+    """Which elements of the floating-point ``x`` are infinite (bool), of the signs asked for."""
+    return apply("isinf", (x,), {"detect_positive": int(detect_positive),
+                                 "detect_negative": int(detect_negative)}, device=device)

@@ -39,6 +39,7 @@ runs kernels on one thread, computes the very same bits.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -54,8 +55,11 @@ __all__ = [
 ]
 
 #: Activations that conv2d can apply to its output in place (``activation=`` attribute), with the
-#: number of ``activation_params`` each takes: leaky_relu (alpha), clip (min, max).
-ACTIVATIONS = {"none": 0, "relu": 0, "leaky_relu": 1, "sigmoid": 0, "tanh": 0, "clip": 2}
+#: number of ``activation_params`` each takes: leaky_relu (alpha), clip (min, max), hard_sigmoid
+#: (alpha, beta). silu is ``x * sigmoid(x)`` (EfficientNet's Sigmoid + Mul), hard_swish and
+#: hard_sigmoid are MobileNet v3's; each computes the bits of the ops it replaces.
+ACTIVATIONS = {"none": 0, "relu": 0, "leaky_relu": 1, "sigmoid": 0, "tanh": 0, "clip": 2,
+               "silu": 0, "hard_swish": 0, "hard_sigmoid": 2}
 
 # ----------------------------------------------------------------------------------------------
 # Intra-op parallelism (the pool itself is hetero.threads)
@@ -259,6 +263,11 @@ def apply_activation(xp, out, activation: str, params=()) -> None:
         out += out.dtype.type(0.5)
     elif activation == "tanh":
         xp.tanh(out, out=out)
+    elif activation in ("silu", "hard_swish"):
+        _gated(xp, out, activation)
+    elif activation == "hard_sigmoid":
+        alpha, beta = (float(params[0]), float(params[1])) if params else (0.2, 0.5)
+        _hard_sigmoid(xp, out, out, alpha, beta)
     elif activation == "clip":
         lo = params[0] if len(params) > 0 else None
         hi = params[1] if len(params) > 1 else None
@@ -268,6 +277,67 @@ def apply_activation(xp, out, activation: str, params=()) -> None:
             _bound(xp, out, hi, xp.minimum)
     else:  # guarded by inference; kept for direct kernel calls
         raise ValueError(f"unknown activation {activation!r}")
+
+
+def _sigmoid(xp, x, out) -> None:
+    """``out = sigmoid(x)`` as the sigmoid op computes it: ``0.5 * tanh(0.5 * x) + 0.5``."""
+    half = out.dtype.type(0.5)
+    xp.multiply(x, half, out=out)
+    xp.tanh(out, out=out)
+    out *= half
+    out += half
+
+
+def _hard_sigmoid(xp, x, out, alpha: float, beta: float) -> None:
+    """``out = clip(x * alpha + beta, 0, 1)``, each step rounded as the hard_sigmoid op's."""
+    xp.multiply(x, out.dtype.type(alpha), out=out)
+    xp.add(out, out.dtype.type(beta), out=out)
+    xp.clip(out, 0, 1, out=out)
+
+
+#: elements per chunk of ``_gated``'s scratch on NumPy (256 KiB of float32: the gate's passes
+#: stay in L2)
+_GATE_CHUNK = 1 << 16
+_GATE_SCRATCH = threading.local()
+
+
+def _gated(xp, out, activation: str) -> None:
+    """``out *= gate(out)`` in place: silu (gate sigmoid) or hard_swish (gate hard_sigmoid with
+    alpha 1/6, beta 1/2), the gate computed as its op computes it, so the product has the bits of
+    the unfused ``mul(x, sigmoid(x))`` / ``hard_swish(x)``. On NumPy the gate goes through a
+    per-thread scratch in chunks (no tensor-sized temporary; the chunk stays in cache)."""
+    def part(dst, s):
+        if activation == "silu":
+            _sigmoid(xp, dst, s)
+        else:
+            _hard_sigmoid(xp, dst, s, 1 / 6, 0.5)
+        xp.multiply(dst, s, out=dst)
+
+    if xp is not np:
+        part(out, xp.empty(out.shape, out.dtype))
+        return
+    bufs = getattr(_GATE_SCRATCH, "bufs", None)
+    if bufs is None:
+        bufs = _GATE_SCRATCH.bufs = {}
+    buf = bufs.get(out.dtype)
+    if buf is None:
+        buf = bufs[out.dtype] = np.empty(_GATE_CHUNK, out.dtype)
+    if out.size <= _GATE_CHUNK:
+        part(out, buf[:out.size].reshape(out.shape))
+        return
+    if out.flags.c_contiguous:
+        flat = out.reshape(-1)
+        for i in range(0, flat.size, _GATE_CHUNK):
+            dst = flat[i:i + _GATE_CHUNK]
+            part(dst, buf[:dst.size])
+        return
+    if out.ndim == 2 and out.shape[1] <= _GATE_CHUNK:  # a column band of an epilogue's rows
+        step = _GATE_CHUNK // out.shape[1]
+        for i in range(0, out.shape[0], step):
+            dst = out[i:i + step]
+            part(dst, buf[:dst.size].reshape(dst.shape))
+        return
+    part(out, np.empty(out.shape, out.dtype))
 
 
 def finish_numpy(out3, img, rows, cols, bias, z, activation, params) -> None:

@@ -16,10 +16,11 @@ nothing changes:
 4. ``fuse_bias``: ``add(conv2d(x, w), c)`` with a per-channel constant ``c`` becomes the conv's
    bias; ``add(gemm(a, b[, c]), d)`` and ``add(matmul(a, b), d)`` (2-D) with a constant ``d``
    become one ``gemm`` with ``d`` in its ``c``.
-5. ``fuse_activation``: ``relu``, ``leaky_relu``, ``sigmoid``, ``tanh`` or ``clip`` of a conv2d
-   or batch_norm output becomes its ``activation`` (DenseNet's batch_norm -> relu before each
-   conv: one pass over the map and one node fewer; a batch_norm that later folds into a conv
-   hands its activation on).
+5. ``fuse_activation``: ``relu``, ``leaky_relu``, ``sigmoid``, ``tanh``, ``clip``,
+   ``hard_swish`` or ``hard_sigmoid`` of a conv2d or batch_norm output becomes its ``activation``
+   (DenseNet's batch_norm -> relu before each conv: one pass over the map and one node fewer; a
+   batch_norm that later folds into a conv hands its activation on), and so does SiLU, exported
+   as ``mul(y, sigmoid(y))`` (EfficientNet: two nodes and two passes over the map fewer).
 6. ``eliminate_dead``: nodes no graph output depends on are dropped (graph inputs stay).
 
 With ``residual=True`` (also for CPUs: a GPU runs conv2d through cuDNN), ``fuse_residual`` turns
@@ -405,17 +406,30 @@ _ACTIVATIONS: dict[str, tuple[str, Callable]] = {
     "sigmoid": ("sigmoid", lambda a: ()),
     "tanh": ("tanh", lambda a: ()),
     "clip": ("clip", lambda a: (a["min"], a["max"])),
+    "hard_swish": ("hard_swish", lambda a: ()),
+    "hard_sigmoid": ("hard_sigmoid", lambda a: (float(a["alpha"]), float(a["beta"]))),
 }
 
 
 def fuse_activation(graph: Graph) -> Graph:
-    """``relu(conv2d(...))`` (and leaky_relu, sigmoid, tanh, clip; also of a batch_norm) -> the
-    producer with that activation."""
+    """``relu(conv2d(...))`` (and leaky_relu, sigmoid, tanh, clip, hard_swish, hard_sigmoid; also
+    of a batch_norm) -> the producer with that activation; ``mul(y, sigmoid(y))`` of such a ``y``
+    (SiLU, as exporters write it) -> the producer with activation ``silu``."""
     rw = _Rewrite(graph)
     readers = graph.consumers()
     for conv in graph.nodes:
         if (conv.op not in _ACTIVATED or conv.name in rw.taken
                 or conv.attrs.get("activation", "none") != "none"):
+            continue
+        silu = _silu_of(graph, readers, conv)
+        if silu is not None:
+            sigmoid, mul = silu
+            merged = conv.replace(attrs=conv.attrs.set(activation="silu", activation_params=()),
+                                  **_merged_annotations(conv, mul))
+            rw.replaced[conv.name] = [merged]
+            rw.removed.update((sigmoid.name, mul.name))
+            rw.alias[mul.value()] = merged.value()
+            rw.taken.update((conv.name, sigmoid.name, mul.name))
             continue
         act = _sole_reader(graph, readers, conv)
         if act is None or act.op not in _ACTIVATIONS or not _mergeable(conv, act):
@@ -430,6 +444,32 @@ def fuse_activation(graph: Graph) -> Graph:
                               **_merged_annotations(conv, act))
         rw.merge(conv, act, merged)
     return rw.build()
+
+
+def _silu_of(graph: Graph, readers: Mapping[str, list[str]], node: Node):
+    """``(sigmoid, mul)`` when ``node``'s value is read by exactly these two, as ``mul(y,
+    sigmoid(y))`` (either operand order) with the sigmoid read by the mul alone, none of the three
+    a graph output and all three under one annotation; else None."""
+    if len(node.outputs) != 1 or any(v.node == node.name for v in graph.outputs):
+        return None
+    names = readers.get(node.name, [])
+    if len(names) != 2 or names[0] == names[1]:
+        return None
+    a, b = (graph.node(n) for n in names)
+    sigmoid, mul = (a, b) if a.op == "sigmoid" else (b, a)
+    y = node.value()
+    if sigmoid.op != "sigmoid" or mul.op != "mul" or sigmoid.inputs != (y,):
+        return None
+    if set(mul.inputs) != {y, sigmoid.value()} or len(mul.inputs) != 2:
+        return None
+    reader = _sole_reader(graph, readers, sigmoid)
+    if reader is None or reader.name != mul.name:
+        return None
+    if sigmoid.outputs != node.outputs or mul.outputs != node.outputs:
+        return None
+    if not (_mergeable(node, sigmoid) and _mergeable(node, mul) and _mergeable(sigmoid, mul)):
+        return None
+    return sigmoid, mul
 
 
 def fuse_residual(graph: Graph) -> Graph:

@@ -160,6 +160,13 @@ CASES: list[tuple[str, list[np.ndarray], dict]] = [
     ("trilu", [N(5, 3)], {"upper": 0, "k": -1}),
     ("unsqueeze", [N(3, 4)], {"axes": (0,)}),
     ("where", [B(3, 4), N(3, 4), N(3, 4)], {}),
+    ("isnan", [N(3, 4)], {}),
+    ("isinf", [N(3, 4)], {}),
+    ("cumsum", [N(3, 4)], {"axis": 1}),
+    ("einsum", [N(3, 4), N(4, 5)], {"equation": "ij,jk->ik"}),
+    ("topk", [N(3, 6)], {"k": 2}),
+    ("gather_nd", [N(3, 4), np.array([[0], [2]], np.int64)], {}),
+    ("scatter_nd", [N(3, 4), np.array([[1]], np.int64), N(1, 4)], {}),
 ]
 
 #: Ops compared with a looser tolerance: cuDNN may use TF32 tensor cores for float32 convolutions
@@ -268,7 +275,12 @@ def test_op_on_gpu_matches_float64_reference(case, gpu):
     op, nattrs, specs = _prepare(name, ins, attrs)
     dins = [gpu.from_host(a) for a in ins]
     douts = [gpu.empty(s) for s in specs]
+    from hetero.backends import cupy as backend
+
+    before = backend.cudnn_report()["executed"]
     gpu.run_kernel(op, dins, nattrs, douts)
+    if name in ("conv2d", "batch_norm") and ins[0].ndim == 4:  # the cuDNN path, not its fallback
+        assert backend.cudnn_report()["executed"] == before + 1, backend.cudnn_report()
     want = _reference(name, ins, attrs)
     for d, w, spec in zip(douts, want, specs):
         if name == "cast" and spec.dtype.kind == "i":
@@ -373,12 +385,70 @@ def test_pool2d_kernel(mode, geometry, gpu):
 
 
 @pytest.mark.gpu
-def test_cudnn_paths_report_fallbacks(gpu):
-    """cuDNN is used where installed; any graph it refused is recorded with a reason."""
+def test_cudnn_is_loaded_and_reports_its_version(gpu):
+    """hetero[gpu] brings libcudnn: the frontend imports and loads it."""
     from hetero.backends import cupy as backend
 
-    for key, reason in backend.CUDNN_FALLBACKS.items():
-        assert key[0] in ("conv2d", "batch_norm") and reason
+    assert backend.cudnn_unavailable() is None, backend.cudnn_unavailable()
+    assert backend.cudnn_version().split(".")[0] in ("9", "10"), backend.cudnn_version()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,ins,attrs", [
+    ("conv2d", [N(2, 3, 9, 9), N(4, 3, 3, 3)], {"pads": (1, 1, 1, 1)}),
+    ("conv2d", [N(2, 3, 9, 9).astype(np.float64), N(4, 3, 3, 3).astype(np.float64)],
+     {"strides": (2, 2)}),
+    ("conv2d", [N(1, 1, 8, 8), N(2, 1, 3, 3)], {}),
+    ("batch_norm", [N(2, 3, 4, 5), N(3), N(3), N(3), P(3)], {"epsilon": 1e-3}),
+], ids=["conv-f32", "conv-f64", "conv-c1", "bn-f32"])
+def test_cudnn_graph_is_built_and_executed(name, ins, attrs, gpu):
+    """The cuDNN path itself runs (one more graph execution, no fallback) and is right."""
+    from hetero.backends import cupy as backend
+
+    before = backend.cudnn_report()
+    op, nattrs, specs = _prepare(name, ins, attrs)
+    douts = [gpu.empty(s) for s in specs]
+    gpu.run_kernel(op, [gpu.from_host(a) for a in ins], nattrs, douts)
+    after = backend.cudnn_report()
+    assert after["refused"] == before["refused"], after["refused"]
+    assert after["executed"] == before["executed"] + 1 and after["fallback"] == before["fallback"]
+    want = _reference(name, ins, attrs)[0]
+    got = gpu.to_host(douts[0])
+    np.testing.assert_allclose(got, want, rtol=5e-3, atol=5e-3 * max(np.abs(want).max(), 1))
+
+
+@pytest.mark.gpu
+def test_cudnn_on_two_streams_from_two_threads(gpu, cp):
+    """Convolutions from two host threads on two streams: one handle per stream, right values."""
+    import threading
+
+    from hetero.backends import cupy as backend
+
+    x, w = N(4, 8, 16, 16), N(8, 8, 3, 3)
+    op, nattrs, specs = _prepare("conv2d", [x, w], {"pads": (1, 1, 1, 1)})
+    want = _reference("conv2d", [x, w], {"pads": (1, 1, 1, 1)})[0]
+    dx, dw = gpu.from_host(x), gpu.from_host(w)
+    streams = [gpu.compute_stream, gpu.h2d_stream]
+    errors = []
+
+    def worker(stream):
+        try:
+            for _ in range(20):
+                out = gpu.empty(specs[0])
+                stream.launch(op.kernel_for("cupy"), cp, [dx, dw], nattrs, [out])
+                stream.synchronize()
+                np.testing.assert_allclose(gpu.to_host(out), want, rtol=5e-3, atol=5e-2)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in streams]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    bound = {s for (_dev, s) in backend._CUDNN.handles}
+    assert {s.ptr for s in streams} <= bound
 
 
 @pytest.mark.gpu

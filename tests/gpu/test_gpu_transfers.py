@@ -7,6 +7,8 @@ stream is seen by another only through an event, and every such handoff here goe
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -78,6 +80,57 @@ def test_device_to_device_same_gpu(gpu):
     np.testing.assert_array_equal(gpu.to_host(dst), host)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_0d_copy_from_host(dtype, gpu):
+    """A 0-d value stays 0-d (np.ascontiguousarray would make it (1,) and the copy refuse)."""
+    host = np.array(_array((), dtype))
+    dst = gpu.empty(TensorSpec((), dtype))
+    gpu.copy_from_host(dst, host, gpu.h2d_stream)
+    gpu.h2d_stream.synchronize()
+    assert gpu.to_host(dst).shape == () and gpu.to_host(dst) == host
+
+
+def _produced_late(dev, shape):
+    """A non-contiguous view whose values a long kernel chain on ``dev``'s compute stream
+    writes last, and the event after that chain."""
+    x = dev.empty(TensorSpec(shape, np.float32))
+
+    def chain(a):
+        a.fill(0)
+        for _ in range(300):
+            a += 1
+
+    dev.compute_stream.launch(chain, x)
+    return x[::2].T, dev.compute_stream.record()
+
+
+def test_non_contiguous_copy_on_one_gpu_waits_for_its_producer(gpu):
+    src, produced = _produced_late(gpu, (2048, 1024))
+    dst = gpu.empty(TensorSpec(src.shape, np.float32))
+    gpu.h2d_stream.wait(produced)
+    gpu.copy_peer(dst, src, gpu.h2d_stream)
+    gpu.h2d_stream.synchronize()
+    assert np.all(gpu.to_host(dst) == 300)
+
+
+def test_non_contiguous_peer_copy_waits_for_its_producer(cp):
+    """The pack on the source GPU waits for the producer (through the copy stream), not on the
+    legacy default stream, which does not wait for non-blocking streams."""
+    from hetero.backends.cupy import CudaDevice
+
+    if cp.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two CUDA devices")
+    a, b = CudaDevice.from_index(0), CudaDevice.from_index(1)
+    for _ in range(3):
+        src, produced = _produced_late(a, (2048, 1024))
+        dst = b.empty(TensorSpec(src.shape, np.float32))
+        b.h2d_stream.wait(produced)
+        b.copy_peer(dst, src, b.h2d_stream)
+        del src  # the packed buffer must outlive the copy all the same
+        b.h2d_stream.synchronize()
+        assert np.all(b.to_host(dst) == 300)
+
+
 def test_peer_copy_between_two_gpus(cp):
     from hetero.backends.cupy import CudaDevice
 
@@ -131,20 +184,33 @@ def test_event_timing(gpu, cp):
     assert start.elapsed_ms(end) >= 0.0
 
 
+SPIN = r"""
+extern "C" __global__ void spin(long long cycles, int* done) {
+    long long start = clock64();
+    while (clock64() - start < cycles) { }
+    *done = 1;
+}
+"""
+
+
 def test_launch_returns_before_the_work_is_done(gpu, cp):
-    """launch() enqueues: the host gets control back and synchronize() waits."""
-    x = gpu.empty(TensorSpec((4096, 4096), np.float32))
-    y = gpu.empty(TensorSpec((4096, 4096), np.float32))
-
-    def work():
-        x.fill(1)
-        for _ in range(3):
-            cp.matmul(x, x, out=y)
-
-    gpu.compute_stream.launch(work)
+    """launch() enqueues: the host gets control back while a kernel that spins for about
+    0.3 s still runs (the stream is not done), and synchronize() waits for it."""
+    kernel = cp.RawKernel(SPIN, "spin")
+    done = gpu.empty(TensorSpec((1,), np.int32))
+    gpu.compute_stream.launch(kernel, (1,), (1,), (np.int64(0), done))  # compile it first
     gpu.compute_stream.synchronize()
-    assert gpu.compute_stream.query()
-    assert float(gpu.to_host(y)[0, 0]) == 4096.0
+    gpu.compute_stream.launch(done.fill, 0)
+    cycles = np.int64(0.3 * 2.5e9)  # >= 0.12 s at any clock up to 2.5 GHz
+    start = time.perf_counter()
+    gpu.compute_stream.launch(kernel, (1,), (1,), (cycles, done))
+    returned = time.perf_counter() - start
+    still_running = not gpu.compute_stream.query()
+    gpu.compute_stream.synchronize()
+    finished = time.perf_counter() - start
+    assert still_running, "the stream was done when launch() returned: launch waited"
+    assert finished > 0.1 and returned < finished / 4, (returned, finished)
+    assert gpu.compute_stream.query() and int(gpu.to_host(done)[0]) == 1
 
 
 def test_run_kernel_refuses_host_arrays(gpu):

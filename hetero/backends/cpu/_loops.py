@@ -3,8 +3,10 @@
 
 Every loop computes the very values of the NumPy code it replaces, in the same floating-point
 order (numba's default keeps IEEE semantics: no reassociation, no fused multiply-add), so a
-compiled kernel and the reference kernel give the same bits. ``nogil``: the intra-op pieces run
-them on several threads at once. ``cache``: compiled once per machine, then loaded from disk.
+compiled kernel and the reference kernel give the same bits; the one exception is float32 SiLU
+(``_silu_row``: a rational tanh, within 4e-6 of NumPy's, docs/cpu-kernels.md). ``nogil``: the
+intra-op pieces run them on several threads at once. ``cache``: compiled once per machine, then
+loaded from disk.
 
 The loops index flat arrays with unsigned offsets: numba then emits no negative-index
 wrap-around test and LLVM vectorises the inner loops (measured on a depthwise 3x3 of 144
@@ -17,6 +19,10 @@ import numba
 from numba import uint64 as _u
 
 jit = numba.njit(cache=True, nogil=True)
+#: the loops with a floating-point division: numba's default (Python's) error model tests every
+#: divisor for zero, and the branch keeps LLVM from vectorising the loop; NumPy's model divides
+#: as IEEE does (x / 0 is inf or NaN), which is what the reference kernels do
+jit_ieee = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 
 @jit
@@ -72,10 +78,48 @@ def depthwise(x, w, out, mult, kh, kw, sh, sw, dh, dw, top, left, c0, c1):
 
 #: activation codes of ``epilogue`` (``hetero.backends.cpu.kernels`` maps the names; the others
 #: run NumPy's ``apply_activation`` after it)
-NONE, RELU, LEAKY, CLIP = 0, 1, 2, 3
+NONE, RELU, LEAKY, CLIP, HSWISH, HSIGMOID, SILU = 0, 1, 2, 3, 4, 5, 6
+
+#: ``tanh(t) = t * P(t^2) / Q(t^2)`` on ``|t| <= TANH_CLAMP`` (Eigen's float32 rational,
+#: ``generic_fast_tanh_float``): the compiled SiLU's sigmoid, ``0.5 * tanh(x / 2) + 0.5``
+#: as the reference computes it with NumPy's tanh, within 3e-6 of it (float32 only)
+TANH_CLAMP = 7.90531110763549805
+TANH_P = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05,
+          5.12229709037114e-08, -8.60467152213735e-11, 2.00018790482477e-13,
+          -2.76076847742355e-16)
+TANH_Q = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04,
+          1.19825839466702e-06)
+_P1, _P3, _P5, _P7, _P9, _P11, _P13 = TANH_P
+_Q0, _Q2, _Q4, _Q6 = TANH_Q
 
 
-@jit
+@jit_ieee
+def _silu_row(row):
+    """``row *= sigmoid(row)`` in place, the sigmoid from the rational tanh (float32 rows)."""
+    t32 = row.dtype.type
+    half, c = t32(0.5), t32(TANH_CLAMP)
+    p1, p3, p5, p7, p9, p11, p13 = t32(_P1), t32(_P3), t32(_P5), t32(_P7), t32(_P9), t32(_P11), \
+        t32(_P13)
+    q0, q2, q4, q6 = t32(_Q0), t32(_Q2), t32(_Q4), t32(_Q6)
+    for k in range(row.shape[0]):
+        v = row[k]
+        t = v * half
+        t = c if t > c else t  # NaN stays NaN
+        t = -c if t < -c else t
+        t2 = t * t
+        p = t2 * p13 + p11
+        p = t2 * p + p9
+        p = t2 * p + p7
+        p = t2 * p + p5
+        p = t2 * p + p3
+        p = t2 * p + p1
+        q = t2 * q6 + q4
+        q = t2 * q + q2
+        q = t2 * q + q0
+        row[k] = v * ((t * p / q) * half + half)
+
+
+@jit_ieee
 def _activate(row, code, a, b):
     """``apply_activation`` in place on a 1-D ``row``: np.maximum(v, t) is v where v > t or v is
     NaN, else t (so -0.0 against 0.0 gives 0.0, as NumPy's); np.minimum alike."""
@@ -95,9 +139,22 @@ def _activate(row, code, a, b):
             v = row[p]
             v = v if (v > a or v != v) else a
             row[p] = v if (v < b or v != v) else b
+    elif code == HSIGMOID or code == HSWISH:
+        # clip(v * a + b, 0, 1) (times v for hard_swish: a = 1/6, b = 1/2), each step rounded
+        # as the hard_sigmoid op's NumPy passes round it
+        zero = row.dtype.type(0)
+        one = row.dtype.type(1)
+        for p in range(n):
+            v = row[p]
+            s = (v * a) + b
+            s = zero if s < zero else s  # np.clip: NaN and -0.0 stay as they are
+            s = one if s > one else s
+            row[p] = s * v if code == HSWISH else s
+    elif code == SILU:
+        _silu_row(row)
 
 
-@jit
+@jit_ieee
 def epilogue(y, r0, r1, c0, c1, bias, z, has_bias, has_z, code, a, b):
     """A convolution's epilogue on rows ``r0:r1``, columns ``c0:c1`` of ``y`` (``(O, P)``,
     C-contiguous), row by row while the row is in cache: ``+ bias[o]``, then ``+ z`` (like
@@ -234,7 +291,7 @@ def depthwise_flat(x, w, out, mult, kh, kw, sh, sw, dh, dw, top, left, c0, c1, b
                     of[ob + _u(q)] = af[ab + _u(q)]
 
 
-@jit
+@jit_ieee
 def affine(x, out, a, b, code, p0, p1):
     """``out[n, c] = x[n, c] * a[c] + b[c]`` (the product rounded, then the sum, as NumPy's two
     passes round them), then the activation ``code``, one row at a time. ``x``, ``out``: ``(N,
@@ -249,3 +306,90 @@ def affine(x, out, a, b, code, p0, p1):
             for p in range(length):
                 row[p] = (src[p] * ac) + bc
             _activate(row, code, p0, p1)
+
+
+@jit
+def hard_gate(x, out, swish, a, b):
+    """``out = clip(x * a + b, 0, 1)`` (the hard_sigmoid op's passes, each step rounded as they
+    round it), times ``x`` when ``swish`` (hard_swish: a = 1/6, b = 1/2), in one pass. ``x``,
+    ``out``: C-contiguous, of one size."""
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    zero = x.dtype.type(0)
+    one = x.dtype.type(1)
+    for p in range(xf.shape[0]):
+        v = xf[_u(p)]
+        s = (v * a) + b
+        s = zero if s < zero else s  # np.clip: NaN and -0.0 stay as they are
+        s = one if s > one else s
+        of[_u(p)] = s * v if swish else s
+
+
+@jit
+def channel_scale(x, g, out):
+    """``out[i, c, :] = x[i, c, :] * g[i or 0, c]``: a squeeze-excite gate broadcast over the map
+    (NumPy's ``multiply`` of ``(N, C, H, W)`` by ``(N, C, 1, 1)``). ``x``, ``out``: ``(N, C,
+    L)``; ``g``: ``(N or 1, C)``; all C-contiguous."""
+    n, c, length = x.shape
+    one_g = g.shape[0] == 1
+    for i in range(n):
+        gi = 0 if one_g else i
+        for ch in range(c):
+            src = x[i, ch]
+            dst = out[i, ch]
+            s = g[gi, ch]
+            for p in range(length):
+                dst[p] = src[p] * s
+
+
+@jit
+def _pairwise_sum(a, lo, n):
+    """NumPy's pairwise sum of ``a[lo:lo+n]`` (``pairwise_sum`` in its umath loops: below 8
+    terms one by one from 0; up to 128 eight running sums combined as ``((r0+r1)+(r2+r3)) +
+    ((r4+r5)+(r6+r7))``, then the rest; above, the two halves (cut at a multiple of 8)), the very
+    order of ``np.add.reduce`` over a contiguous run."""
+    if n < 8:
+        res = a.dtype.type(0)
+        for i in range(n):
+            res = res + a[_u(lo + i)]
+        return res
+    if n <= 128:
+        r0 = a[_u(lo)]
+        r1 = a[_u(lo + 1)]
+        r2 = a[_u(lo + 2)]
+        r3 = a[_u(lo + 3)]
+        r4 = a[_u(lo + 4)]
+        r5 = a[_u(lo + 5)]
+        r6 = a[_u(lo + 6)]
+        r7 = a[_u(lo + 7)]
+        stop = n - n % 8
+        for i in range(8, stop, 8):
+            b = _u(lo + i)
+            r0 = r0 + a[b]
+            r1 = r1 + a[b + _u(1)]
+            r2 = r2 + a[b + _u(2)]
+            r3 = r3 + a[b + _u(3)]
+            r4 = r4 + a[b + _u(4)]
+            r5 = r5 + a[b + _u(5)]
+            r6 = r6 + a[b + _u(6)]
+            r7 = r7 + a[b + _u(7)]
+        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        for i in range(stop, n):
+            res = res + a[_u(lo + i)]
+        return res
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pairwise_sum(a, lo, n2) + _pairwise_sum(a, lo + n2, n - n2)
+
+
+@jit
+def row_means(x, out):
+    """``out[r] = (0 + pairwise_sum(x[r])) / L`` for the rows of ``x`` (``(R, L)``,
+    C-contiguous), the division in float64 and rounded once to ``out``'s dtype, as ``np.mean``
+    divides its sum by an ``intp`` count."""
+    rows, length = x.shape
+    xf = x.reshape(-1)
+    zero = x.dtype.type(0)
+    for r in range(rows):
+        s = zero + _pairwise_sum(xf, r * length, length)
+        out[r] = float(s) / float(length)
