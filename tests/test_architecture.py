@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hetero.errors", "hetero.version", "hetero.threads"),
     ("hetero.graph", "hetero.builder", "hetero.spaces", "hetero.scheduling"),
     ("hetero.devices", "hetero.config"),
-    ("hetero.ops.registry",),
+    ("hetero.ops.registry", "hetero.ops.scratch"),
     ("hetero.tracing",),
     ("hetero.ops", "hetero.ops.elementwise", "hetero.ops.index", "hetero.ops.linalg",
      "hetero.ops.misc", "hetero.ops.nn", "hetero.ops.reduce", "hetero.ops.shape",

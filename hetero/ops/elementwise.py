@@ -16,13 +16,13 @@ installed its ``erf`` ufunc runs instead, and the polynomials are the fallback.
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 
 from hetero.errors import ShapeError
 from hetero.graph import TensorSpec
 from hetero.ops.registry import Cost, Op, broadcast_shapes, register, require_float, same_dtype
+from hetero.ops.scratch import by_chunks
 from hetero.tracing import apply, promote_operands, scalars_like
 
 __all__ = [
@@ -332,35 +332,9 @@ _LOG_ERFC_F32 = (
 _GELU_BOUND = _LOG_ERFC_BOUND * math.sqrt(2)
 _GELU_F32 = (-math.log(2),) + tuple(c * 2 ** (-k / 2) for k, c in enumerate(_LOG_ERFC_F32) if k)
 
-#: elements per chunk of the float32 evaluations: their scratch (one chunk per thread, reused)
-#: stays in the L2 cache, and a run allocates nothing
+#: elements per chunk of the float32 evaluations (hetero.ops.scratch): their scratch stays in
+#: the L2 cache, and a run allocates nothing
 _CHUNK = 1 << 16
-_SCRATCH = threading.local()
-
-
-def _by_chunks(xp, part, x, out) -> None:
-    """``part(xp, x, out, s)`` over matching chunks of ``x`` and ``out`` with a float32 scratch
-    ``s`` of the chunk's size. NumPy arrays go chunk by chunk through a per-thread buffer; other
-    namespaces (a GPU runs one kernel per pass, and chunks would multiply the launches) and
-    non-contiguous arrays get one scratch of the full size."""
-    n = out.size
-    if (xp.__name__ != "numpy" or x.shape != out.shape or not x.flags.c_contiguous
-            or not out.flags.c_contiguous or n <= _CHUNK):
-        part(xp, x, out, xp.empty(out.shape, np.float32) if n > _CHUNK or xp.__name__ != "numpy"
-             else _scratch(n).reshape(out.shape))
-        return
-    xf, of = x.reshape(-1), out.reshape(-1)
-    buf = _scratch(_CHUNK)
-    for i in range(0, n, _CHUNK):
-        j = min(i + _CHUNK, n)
-        part(np, xf[i:j], of[i:j], buf[:j - i])
-
-
-def _scratch(n: int):
-    buf = getattr(_SCRATCH, "buf", None)
-    if buf is None:
-        buf = _SCRATCH.buf = np.empty(_CHUNK, np.float32)
-    return buf[:n]
 
 
 def _log_erfc_into(xp, x, out, s, coeffs, bound) -> None:
@@ -392,10 +366,10 @@ def _gelu32_part(xp, x, out, s) -> None:
 def _float32_into(xp, part, x, out) -> None:
     """``part`` (a float32 evaluation) into ``out`` of dtype float32 or float16."""
     if out.dtype == np.float32 and x.dtype == np.float32:
-        _by_chunks(xp, part, x, out)
+        by_chunks(xp, part, x, out, chunk=_CHUNK, dtype=np.float32)
     else:  # float16: float32 arithmetic, rounded once at the end
         o32 = xp.empty(out.shape, np.float32)
-        _by_chunks(xp, part, x.astype(np.float32), o32)
+        by_chunks(xp, part, x.astype(np.float32), o32, chunk=_CHUNK, dtype=np.float32)
         out[...] = o32
 
 

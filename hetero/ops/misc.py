@@ -8,7 +8,6 @@ InstanceNormalization. Kernels are written once against the array namespace ``xp
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 
@@ -23,6 +22,7 @@ from hetero.ops.registry import (
     require_float,
     same_dtype,
 )
+from hetero.ops.scratch import by_chunks
 from hetero.tracing import apply
 
 __all__ = [
@@ -87,8 +87,8 @@ register(Op("add_n", _infer_add_n, _add_n_kernel, arity=(1, None), cost=_add_n_c
 
 # The activations below compute into their output buffer (out=) and allocate no tensor-sized
 # temporary (tests/test_allocations.py): a formula that needs a second value per element takes
-# it from a small per-thread scratch, chunk by chunk (_by_chunks). None of them uses a masked
-# step (copyto/ufunc with where=): on random signs a masked pass costs ~5 ns an element, ten
+# it from a small per-thread scratch, chunk by chunk (hetero.ops.scratch). None of them uses a
+# masked step (copyto/ufunc with where=): on random signs a masked pass costs ~5 ns an element, ten
 # plain passes' worth; each select is an arithmetic identity instead (max/min/clip/fmax),
 # keeping NaN, +-inf and the sign of zero as the formula has them.
 
@@ -97,38 +97,6 @@ register(Op("add_n", _infer_add_n, _add_n_kernel, arity=(1, None), cost=_add_n_c
 #: for np.clip) cost more than they save (measured: selu per 1M float32, 1.4 ms unchunked and
 #: at 1 << 17, 2.4 ms at 1 << 15, 5 ms at 1 << 12)
 _CHUNK = 1 << 17
-_SCRATCH = threading.local()
-
-
-def _scratch(dtype, n: int):
-    bufs = getattr(_SCRATCH, "bufs", None)
-    if bufs is None:
-        bufs = _SCRATCH.bufs = {}
-    buf = bufs.get(dtype)
-    if buf is None:
-        buf = bufs[dtype] = np.empty(_CHUNK, dtype)
-    return buf[:n]
-
-
-def _by_chunks(xp, part, x, out) -> None:
-    """``part(xp, x, out, s)`` over matching chunks of ``x`` and ``out``, with a scratch ``s``
-    of the chunk's shape and ``out``'s dtype. Contiguous NumPy arrays go chunk by chunk through
-    a per-thread buffer (a run allocates nothing); other namespaces (a GPU runs one kernel per
-    pass, and chunks would multiply the launches) and non-contiguous arrays above a chunk get
-    one scratch of the full size."""
-    n = out.size
-    if n <= _CHUNK and xp.__name__ == "numpy":
-        part(xp, x, out, _scratch(out.dtype, n).reshape(out.shape))
-        return
-    if (xp.__name__ != "numpy" or x.shape != out.shape or not x.flags.c_contiguous
-            or not out.flags.c_contiguous):
-        part(xp, x, out, xp.empty(out.shape, out.dtype))
-        return
-    xf, of = x.reshape(-1), out.reshape(-1)
-    buf = _scratch(out.dtype, _CHUNK)
-    for i in range(0, n, _CHUNK):
-        j = min(i + _CHUNK, n)
-        part(xp, xf[i:j], of[i:j], buf[:j - i])
 
 
 def _exp_bound(dtype) -> float:
@@ -159,7 +127,7 @@ def _elu_into(xp, x, out, alpha) -> None:
         xp.clip(x, 0, math.inf, out=s)
         _expm1_neg_into(xp, x, out, alpha, scale_arg=False)
         xp.add(out, s, out=out)
-    _by_chunks(xp, part, x, out)
+    by_chunks(xp, part, x, out, chunk=_CHUNK)
 
 
 def _elu_kernel(xp, ins, attrs, outs):
@@ -443,7 +411,7 @@ def _celu_kernel(xp, ins, attrs, outs):
             _expm1_neg_into(xp, x, out, a, scale_arg=True)
             xp.clip(out, -math.inf, 0, out=out)  # min(0, a * expm1(min(x, 0) / a))
             xp.add(out, s, out=out)
-        _by_chunks(xp, part, x, out)
+        by_chunks(xp, part, x, out, chunk=_CHUNK)
     xp.add(out, 0.0, out=out)  # the formula's +0 for x = -0 (max(0, -0) + min(0, -0))
 
 
@@ -463,7 +431,7 @@ def _thresholded_relu_kernel(xp, ins, attrs, outs):
         xp.fmax(x, s, out=out)
         xp.greater(x, alpha, out=s)
         xp.multiply(out, s, out=out)
-    _by_chunks(xp, part, x, out)
+    by_chunks(xp, part, x, out, chunk=_CHUNK)
 
 
 def _ufunc_kernel(name: str):

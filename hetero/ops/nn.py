@@ -39,13 +39,13 @@ runs kernels on one thread, computes the very same bits.
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 
 from hetero.errors import ShapeError
 from hetero.graph import TensorSpec
 from hetero.ops.registry import REQUIRED, Cost, Op, register, require_float, same_dtype
+from hetero.ops.scratch import by_chunks
 from hetero.threads import intra_op_threads, parallel_for
 from hetero.tracing import apply
 
@@ -298,7 +298,6 @@ def _hard_sigmoid(xp, x, out, alpha: float, beta: float) -> None:
 #: elements per chunk of ``_gated``'s scratch on NumPy (256 KiB of float32: the gate's passes
 #: stay in L2)
 _GATE_CHUNK = 1 << 16
-_GATE_SCRATCH = threading.local()
 
 
 def _gated(xp, out, activation: str) -> None:
@@ -306,38 +305,14 @@ def _gated(xp, out, activation: str) -> None:
     alpha 1/6, beta 1/2), the gate computed as its op computes it, so the product has the bits of
     the unfused ``mul(x, sigmoid(x))`` / ``hard_swish(x)``. On NumPy the gate goes through a
     per-thread scratch in chunks (no tensor-sized temporary; the chunk stays in cache)."""
-    def part(dst, s):
+    def part(xp, _, dst, s):
         if activation == "silu":
             _sigmoid(xp, dst, s)
         else:
             _hard_sigmoid(xp, dst, s, 1 / 6, 0.5)
         xp.multiply(dst, s, out=dst)
 
-    if xp is not np:
-        part(out, xp.empty(out.shape, out.dtype))
-        return
-    bufs = getattr(_GATE_SCRATCH, "bufs", None)
-    if bufs is None:
-        bufs = _GATE_SCRATCH.bufs = {}
-    buf = bufs.get(out.dtype)
-    if buf is None:
-        buf = bufs[out.dtype] = np.empty(_GATE_CHUNK, out.dtype)
-    if out.size <= _GATE_CHUNK:
-        part(out, buf[:out.size].reshape(out.shape))
-        return
-    if out.flags.c_contiguous:
-        flat = out.reshape(-1)
-        for i in range(0, flat.size, _GATE_CHUNK):
-            dst = flat[i:i + _GATE_CHUNK]
-            part(dst, buf[:dst.size])
-        return
-    if out.ndim == 2 and out.shape[1] <= _GATE_CHUNK:  # a column band of an epilogue's rows
-        step = _GATE_CHUNK // out.shape[1]
-        for i in range(0, out.shape[0], step):
-            dst = out[i:i + step]
-            part(dst, buf[:dst.size].reshape(dst.shape))
-        return
-    part(out, np.empty(out.shape, out.dtype))
+    by_chunks(xp, part, out, out, chunk=_GATE_CHUNK)
 
 
 def finish_numpy(out3, img, rows, cols, bias, z, activation, params) -> None:
