@@ -231,8 +231,8 @@ def _load_onnx(path: str, inputs: Sequence[InputArg]) -> Any:
         arr = arg.array()
         shapes[arg.name] = tuple(arr.shape) if arr is not None else arg.shape
     try:
-        assumed = _assume_symbolic_dims(path, hx.input_dims(path), shapes)
-        graph = hx.load(path, input_shapes={**shapes, **assumed} or None)
+        graph, assumed = hx.load_assuming(path, input_shapes=shapes or None)
+        _say_assumed(path, assumed)
     except HeteroError as exc:
         _raise_onnx_error(path, shapes, exc)
     except Exception as exc:  # what the protobuf parser makes of a file of another format
@@ -260,34 +260,18 @@ def _load_onnx(path: str, inputs: Sequence[InputArg]) -> Any:
     return graph
 
 
-def _assume_symbolic_dims(path: str, declared: dict[str, Any],
-                          given: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    """Shapes for the inputs with symbolic dimensions that ``--input`` does not give: a named
-    dimension takes its size from the given inputs that declare it, else 1, and so does an
-    unnamed one. Says on standard error which values it assumed for which dimensions."""
-    sizes: dict[str, int] = {}
-    for name, shape in given.items():
-        dims = declared.get(name)
-        if dims is not None and len(dims) == len(shape):
-            for d, n in zip(dims, shape):
-                if isinstance(d, str):
-                    sizes.setdefault(d, n)
-    out, said = {}, []
-    for name, dims in declared.items():
-        if name in given or dims is None or all(isinstance(d, int) for d in dims):
-            continue
-        shape = tuple(d if isinstance(d, int) else sizes.get(d, 1) if d else 1 for d in dims)
-        named = [f"{d}={sizes.get(d, 1)}" for d in dict.fromkeys(d for d in dims
-                                                                 if isinstance(d, str))]
-        if any(d is None for d in dims):
-            named.append("unnamed=1")
-        out[name] = shape
+def _say_assumed(path: str, assumed: dict[str, Any]) -> None:
+    """On standard error: which sizes ``load_assuming`` gave which symbolic dimensions."""
+    if not assumed:
+        return
+    said = []
+    for name, (shape, values) in assumed.items():
+        named = [f"{d or 'unnamed'}={n}" for d, n in sorted(values.items(),
+                                                            key=lambda kv: kv[0] is None)]
         said.append(f"{name} as {'x'.join(map(str, shape)) or 'scalar'} ({', '.join(named)})")
-    if said:
-        hint = " ".join(f"--input {n}=SHAPE" for n in out)
-        print(f"{PROG}: {path} has symbolic dimensions; planned with {'; '.join(said)}. "
-              f"Give {hint} to plan for other sizes", file=sys.stderr)
-    return out
+    hint = " ".join(f"--input {n}=SHAPE" for n in assumed)
+    print(f"{PROG}: {path} has symbolic dimensions; planned with {'; '.join(said)}. "
+          f"Give {hint} to plan for other sizes", file=sys.stderr)
 
 
 def _raise_onnx_error(path: str, shapes: dict[str, Any], exc: HeteroError) -> NoReturn:

@@ -43,8 +43,8 @@ from hetero.pipeline import compile_graph
 # Backend and BackendRep are built on first access (module __getattr__), so they are not listed.
 _log = logging.getLogger("hetero.onnx")
 
-__all__ = ["load", "compile", "Model", "input_dims", "supported_ops", "prepare", "run_model",
-           "run_node", "StaticInputError"]
+__all__ = ["load", "load_assuming", "compile", "Model", "input_dims", "supported_ops", "prepare",
+           "run_model", "run_node", "StaticInputError"]
 
 # ----------------------------------------------------------------------------------------------
 # Values during import
@@ -1417,6 +1417,36 @@ def load(model: Any, *, input_shapes: Mapping[str, Sequence[int]] | None = None,
     proto, source, folder = _parse(model, base_dir)
     return _Importer(proto, source, folder, input_shapes, static_inputs, dims,
                      fold_budget=fold_budget).run()
+
+
+def load_assuming(model: Any, *, input_shapes: Mapping[str, Sequence[int]] | None = None,
+                  default: int = 1) -> tuple[Graph, dict[str, tuple[tuple[int, ...], dict]]]:
+    """``load`` for a model whose symbolic dimensions may be left open: every input that
+    ``input_shapes`` does not give and that declares symbolic dimensions gets a shape where a
+    named dimension takes its size from the given inputs that declare it, else ``default``, and
+    an unnamed one ``default``. Reads the model once. Returns the Graph and, per input whose
+    shape was assumed, ``(shape, {dimension name or None: size})``."""
+    proto, source, folder = _parse(model, None)
+    given = _check_input_shapes(proto, input_shapes)
+    inits = {t.name for t in proto.graph.initializer}
+    declared = {vi.name: _declared_dims(vi) for vi in proto.graph.input if vi.name not in inits}
+    sizes: dict[str, int] = {}
+    for name, shape in given.items():
+        dims = declared.get(name)
+        if dims is not None and len(dims) == len(shape):
+            for d, n in zip(dims, shape):
+                if isinstance(d, str):
+                    sizes.setdefault(d, n)
+    assumed = {}
+    for name, dims in declared.items():
+        if name in given or dims is None or all(isinstance(d, int) for d in dims):
+            continue
+        values = {d: sizes.get(d, default) if d else default
+                  for d in dims if not isinstance(d, int)}
+        shape = tuple(d if isinstance(d, int) else values[d] for d in dims)
+        assumed[name] = (shape, values)
+    shapes = {**given, **{n: shape for n, (shape, _) in assumed.items()}}
+    return _Importer(proto, source, folder, shapes).run(), assumed
 
 
 #: Bytes of folded constants an import may make beyond twice its initializers (see ``load``).

@@ -167,3 +167,14 @@ def test_many_signatures_warn_once_past_max_plans(monkeypatch):
     assert len(texts) == 1 and "compiled for 3 input signatures" in texts[0]
     assert "(batch 1 -> 3)" in texts[0]  # the nearest signature compiled before
     assert caught[0].filename == __file__  # the warning points at the caller's line
+
+
+def test_load_assuming_sizes_open_dimensions_from_the_given_inputs_or_the_default():
+    proto = dynamic_attention()
+    graph, assumed = ho.load_assuming(proto, input_shapes={"x": (2, 6, 8)})
+    assert graph.node("mask").outputs[0].shape == (6, 6)
+    assert assumed == {"mask": ((6, 6), {"seq": 6})}
+    graph, assumed = ho.load_assuming(proto, default=3)
+    assert assumed == {"x": ((3, 3, 8), {"batch": 3, "seq": 3}), "mask": ((3, 3), {"seq": 3})}
+    graph, assumed = ho.load_assuming(dynamic_cnn(), input_shapes={"x": (5, 3, 16, 16)})
+    assert assumed == {} and graph.node("x").outputs[0].shape == (5, 3, 16, 16)
