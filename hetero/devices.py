@@ -586,9 +586,27 @@ def rates_for(info: GpuInfo) -> dict[str, Any]:
             "info": {**facts, "card": None}}
 
 
+def _cuda_driver_present() -> bool:
+    """Whether the CUDA driver library loads: without it there is no GPU to ask about, and
+    cuda-python (installed without a driver, as in the dev extra) stays unimported."""
+    import ctypes
+
+    for name in ("nvcuda.dll",) if os.name == "nt" else ("libcuda.so.1", "libcuda.so"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
 def detect_gpus() -> list[GpuInfo]:
     """The CUDA GPUs the driver reports, through cuda-python (imported here, lazily). Empty when
-    cuda-python, the driver or a GPU is missing; never raises, never imports CuPy."""
+    the driver, cuda-python or a GPU is missing; never raises, never imports CuPy, and imports
+    cuda-python only where a driver is present."""
+    if not _cuda_driver_present():
+        log.debug("no CUDA GPU: the driver library (libcuda) does not load")
+        return []
     try:
         try:
             from cuda.bindings import driver

@@ -240,6 +240,7 @@ def _install_fake_cuda(monkeypatch, models):
     monkeypatch.setitem(sys.modules, "cuda", cuda)
     monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
     monkeypatch.setitem(sys.modules, "cuda.bindings.driver", driver)
+    monkeypatch.setattr(dv, "_cuda_driver_present", lambda: True)
 
 
 def test_detect_gpus_reads_the_driver(monkeypatch):
@@ -253,6 +254,12 @@ def test_detect_gpus_reads_the_driver(monkeypatch):
     assert rates["peak_flops"]["conv"] == CARDS["h100"].tf32  # cuDNN uses TF32 on sm_80+
     guess = dv.rates_for(infos[1])  # not in the table: estimated from SMs and clock
     assert guess["peak_flops"]["matmul"] == pytest.approx(132 * 128 * 2 * 1.98e9)
+
+
+def test_without_a_driver_cuda_python_is_not_asked(monkeypatch):
+    _install_fake_cuda(monkeypatch, ["NVIDIA H100 80GB HBM3"])
+    monkeypatch.setattr(dv, "_cuda_driver_present", lambda: False)
+    assert dv.detect_gpus() == []
 
 
 def test_detect_builds_cuda_devices_and_skips_unusable_ones(monkeypatch, caplog):
