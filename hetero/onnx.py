@@ -920,11 +920,14 @@ def _resolve_pads(ctx: _Ctx, in_hw: Sequence[int], kernel: Sequence[int],
 
 
 def _spatial_rank(ctx: _Ctx, x: _Val) -> int:
-    """Spatial dims of an N,C,... input: 2 (native) or 1 (run as 2-D with a unit width)."""
+    """Spatial dims of an N,C,... input for the 2-D ops: 2 (native) or 1 (run as 2-D with a
+    unit width); 3-D and up go to the N-d ops before this is asked."""
     nsp = x.spec.ndim - 2
-    if nsp not in (1, 2):
-        raise ctx.fail(f"{ctx.op_type} on a rank-{x.spec.ndim} input is not supported: only "
-                       "1-D and 2-D spatial data (3-D or 4-D tensors, N,C,H[,W]) are")
+    if nsp < 1:
+        raise ctx.fail(f"{ctx.op_type} on a rank-{x.spec.ndim} input: it needs N, C and at "
+                       "least one spatial axis")
+    if nsp > 2:
+        raise ctx.fail(f"{ctx.op_type} on a rank-{x.spec.ndim} input is not supported here")
     return nsp
 
 
@@ -946,11 +949,26 @@ def _pads_2d(pads: tuple[int, ...], nsp: int) -> tuple[int, ...]:
     return pads if nsp == 2 else (pads[0], 0, pads[1], 0)
 
 
-@_converts("Conv", needs=("conv2d", "reshape"))
+def _nd_window(ctx: _Ctx, x: _Val, kernel: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """strides, pads and dilations of a window op on any number of spatial axes."""
+    nsp = x.spec.ndim - 2
+    if nsp < 1:
+        raise ctx.fail(f"needs an N,C,spatial... input, got {x.spec}")
+    strides = tuple(int(v) for v in ctx.attr("strides", (1,) * nsp))
+    dilations = tuple(int(v) for v in ctx.attr("dilations", (1,) * nsp))
+    pads = _resolve_pads(ctx, x.spec.shape[2:], kernel, strides, dilations)
+    return {"strides": strides, "pads": pads, "dilations": dilations}
+
+
+@_converts("Conv", needs=("conv2d", "conv_nd", "reshape"))
 def _conv(ctx: _Ctx) -> list[_Val]:
     x, w = ctx.inp(0), ctx.inp(1)
-    nsp = _spatial_rank(ctx, x)
     kernel = tuple(ctx.attr("kernel_shape", w.spec.shape[2:]))
+    if x.spec.ndim >= 5:  # 3-D and up: the N-d op
+        ins = [x, w] + ([ctx.inp(2)] if ctx.opt(2) is not None else [])
+        return [ctx.emit("conv_nd", ins, groups=int(ctx.attr("group", 1)),
+                         **_nd_window(ctx, x, kernel))]
+    nsp = _spatial_rank(ctx, x)
     strides = tuple(ctx.attr("strides", (1,) * nsp))
     dilations = tuple(ctx.attr("dilations", (1,) * nsp))
     pads = _resolve_pads(ctx, x.spec.shape[2:], kernel, strides, dilations)
@@ -963,6 +981,30 @@ def _conv(ctx: _Ctx) -> list[_Val]:
     y = ctx.emit("conv2d", ins, strides=_pair(strides, nsp, 1), pads=_pads_2d(pads, nsp),
                  dilations=_pair(dilations, nsp, 1), groups=int(ctx.attr("group", 1)))
     return [_from_2d(ctx, y) if nsp == 1 else y]
+
+
+def _pool_nd(ctx: _Ctx, op: str) -> list[_Val]:
+    """MaxPool / AveragePool through the N-d ops: 3-D and up, and what the 2-D ops lack
+    (integer inputs, MaxPool's Indices, AveragePool's dilations)."""
+    x = ctx.inp(0)
+    kernel = tuple(int(k) for k in ctx.attr("kernel_shape"))
+    attrs: dict[str, Any] = {"kernel_shape": kernel, "ceil_mode": int(ctx.attr("ceil_mode", 0)),
+                             **_nd_window(ctx, x, kernel)}
+    if op == "avg_pool_nd":
+        attrs["count_include_pad"] = int(ctx.attr("count_include_pad", 0))
+        return [ctx.emit(op, [x], **attrs)]
+    indices = ctx.n_outputs > 1 and bool(ctx.node.output[1])
+    return ctx.emit_multi(op, [x], indices=int(indices),
+                          storage_order=int(ctx.attr("storage_order", 0)), **attrs)
+
+
+def _needs_pool_nd(ctx: _Ctx, op: str) -> bool:
+    x = ctx.inp(0)
+    if x.spec.ndim >= 5 or x.spec.ndim < 3:
+        return True
+    if op == "max_pool2d":
+        return x.spec.dtype.kind != "f" or (ctx.n_outputs > 1 and bool(ctx.node.output[1]))
+    return any(d != 1 for d in ctx.attr("dilations", ()))
 
 
 def _pool(ctx: _Ctx, op: str) -> _Val:
@@ -988,22 +1030,223 @@ def _pool(ctx: _Ctx, op: str) -> _Val:
     return ctx.emit(op, [x], **attrs)
 
 
-@_converts("MaxPool", needs=("max_pool2d", "reshape"))
+@_converts("MaxPool", needs=("max_pool2d", "max_pool_nd", "reshape"))
 def _max_pool(ctx: _Ctx) -> list[_Val]:
-    if ctx.attr("storage_order", 0):
-        raise ctx.fail("storage_order=1 is not supported")
+    if _needs_pool_nd(ctx, "max_pool2d") or ctx.attr("storage_order", 0):
+        return _pool_nd(ctx, "max_pool_nd")
     return [_pool(ctx, "max_pool2d")]
 
 
-@_converts("AveragePool", needs=("avg_pool2d", "reshape"))
+@_converts("AveragePool", needs=("avg_pool2d", "avg_pool_nd", "reshape"))
 def _avg_pool(ctx: _Ctx) -> list[_Val]:
+    if _needs_pool_nd(ctx, "avg_pool2d"):
+        return _pool_nd(ctx, "avg_pool_nd")
     return [_pool(ctx, "avg_pool2d")]
+
+
+@_converts("ConvTranspose", needs=("conv_transpose",))
+def _conv_transpose(ctx: _Ctx) -> list[_Val]:
+    x, w = ctx.inp(0), ctx.inp(1)
+    nsp = x.spec.ndim - 2
+    if nsp < 1 or w.spec.ndim != x.spec.ndim:
+        raise ctx.fail(f"input {x.spec} and weight {w.spec} must be N,C,spatial... of one rank")
+    kernel = tuple(int(k) for k in ctx.attr("kernel_shape", w.spec.shape[2:]))
+    if kernel != w.spec.shape[2:]:
+        raise ctx.fail(f"kernel_shape {kernel} differs from the weight's {w.spec.shape[2:]}")
+    strides = tuple(int(v) for v in ctx.attr("strides", (1,) * nsp))
+    dilations = tuple(int(v) for v in ctx.attr("dilations", (1,) * nsp))
+    extra = tuple(int(v) for v in ctx.attr("output_padding", (0,) * nsp))
+    if len(strides) != nsp or len(dilations) != nsp or len(extra) != nsp:
+        raise ctx.fail(f"strides {strides}, dilations {dilations} and output_padding {extra} "
+                       f"need {nsp} entries")
+    auto = ctx.attr("auto_pad", "NOTSET") or "NOTSET"
+    if auto not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        raise ctx.fail(f"unknown auto_pad {auto!r}")
+    shape = ctx.attr("output_shape")
+    if shape is not None and len(shape) == nsp + 2:
+        shape = shape[2:]
+    if shape is None and auto in ("SAME_UPPER", "SAME_LOWER"):
+        shape = tuple(n * s for n, s in zip(x.spec.shape[2:], strides))
+    if shape is not None:
+        if len(shape) != nsp:
+            raise ctx.fail(f"output_shape {tuple(shape)} needs {nsp} entries")
+        # ONNX: the pads that give output_shape, the odd one at the end (at the start for
+        # SAME_UPPER's mirror image, SAME_LOWER... as the spec words it)
+        begins, ends = [], []
+        for n, k, s, d, e, o in zip(x.spec.shape[2:], kernel, strides, dilations, extra, shape):
+            total = s * (n - 1) + e + (k - 1) * d + 1 - int(o)
+            if auto == "SAME_UPPER":
+                begins.append(total // 2)
+                ends.append(total - total // 2)
+            else:
+                begins.append(total - total // 2)
+                ends.append(total // 2)
+        pads = tuple(begins + ends)
+    elif auto == "VALID":
+        pads = (0,) * (2 * nsp)
+    else:
+        pads = tuple(int(p) for p in ctx.attr("pads", (0,) * (2 * nsp)))
+        if len(pads) != 2 * nsp or min(pads) < 0:
+            raise ctx.fail(f"pads {pads} must be {2 * nsp} non-negative integers")
+    ins = [x, w] + ([ctx.inp(2)] if ctx.opt(2) is not None else [])
+    return [ctx.emit("conv_transpose", ins, strides=strides, pads=pads, dilations=dilations,
+                     output_padding=extra, groups=int(ctx.attr("group", 1)))]
+
+
+def _resize_geometry(ctx: _Ctx, shape: tuple[int, ...], scales: np.ndarray | None,
+                     sizes: np.ndarray | None, axes: tuple[int, ...] | None,
+                     roi: np.ndarray | None) -> tuple[tuple[int, ...], tuple[float, ...],
+                                                      tuple[float, ...]]:
+    """Per-axis output sizes, scales and roi (begins, then ends) of a Resize, as
+    onnx.reference's ``_interpolate_nd`` derives them (axes, keep_aspect_ratio_policy)."""
+    r = len(shape)
+    axes = tuple(range(r)) if axes is None else tuple(ctx.axis(int(a), r) for a in axes)
+    if len(set(axes)) != len(axes):
+        raise ctx.fail(f"axes {axes} repeat an axis")
+    if roi is not None and roi.size:
+        roi = roi.astype(np.float64).reshape(-1)
+        if roi.size != 2 * len(axes):
+            raise ctx.fail(f"roi has {roi.size} values; {2 * len(axes)} needed")
+        full = [0.0] * r + [1.0] * r
+        for i, a in enumerate(axes):
+            full[a], full[r + a] = float(roi[i]), float(roi[len(axes) + i])
+        roi_t = tuple(full)
+    else:
+        roi_t = ()
+    if sizes is not None:
+        sizes = sizes.reshape(-1)
+        if sizes.size != len(axes) or sizes.dtype.kind not in "iu" or (sizes < 0).any():
+            raise ctx.fail(f"sizes {sizes.tolist()} must be {len(axes)} non-negative integers")
+        out = list(shape)
+        for i, a in enumerate(axes):
+            out[a] = int(sizes[i])
+        scale = [o / n if n else 1.0 for o, n in zip(out, shape)]
+        policy = ctx.attr("keep_aspect_ratio_policy", "stretch")
+        if policy not in ("stretch", "not_larger", "not_smaller"):
+            raise ctx.fail(f"unknown keep_aspect_ratio_policy {policy!r}")
+        if policy != "stretch":
+            pick = min if policy == "not_larger" else max
+            one = pick(scale[a] for a in axes)
+            scale = [one if i in axes else 1.0 for i in range(r)]
+            out = [int(one * shape[i] + 0.5) if i in axes else shape[i] for i in range(r)]
+    else:
+        if scales is None:
+            raise ctx.fail("needs scales or sizes")
+        scales = scales.astype(np.float64).reshape(-1)
+        if scales.size != len(axes) or not np.all(np.isfinite(scales)) or (scales <= 0).any():
+            raise ctx.fail(f"scales {scales.tolist()} must be {len(axes)} positive numbers")
+        scale = [1.0] * r
+        for i, a in enumerate(axes):
+            scale[a] = float(scales[i])
+        out = [int(s * n) for s, n in zip(scale, shape)]
+    return tuple(out), tuple(float(s) for s in scale), roi_t
+
+
+def _emit_resize(ctx: _Ctx, x: _Val, sizes, scales, roi, **attrs: Any) -> _Val:
+    return ctx.emit("resize", [x], sizes=sizes, scales=scales, roi=roi, **attrs)
+
+
+@_converts("Resize", needs=("resize",))
+def _resize(ctx: _Ctx) -> list[_Val]:
+    x = ctx.inp(0)
+    mode = ctx.attr("mode", "nearest")
+    if ctx.opset < 11:  # X, scales; asymmetric coordinates, onnxruntime's nearest rounding
+        scales = ctx.const(1, "scales")
+        sizes, scale, roi = _resize_geometry(ctx, x.spec.shape, scales, None, None, None)
+        return [_emit_resize(ctx, x, sizes, scale, roi, mode=mode, nearest_mode="simple",
+                             coordinate_transformation_mode="asymmetric")]
+    roi = ctx.const(1, "roi")
+    scales = ctx.const(2, "scales")
+    sizes_in = ctx.const(3, "sizes")
+    if scales is not None and scales.size == 0:
+        scales = None
+    if sizes_in is not None and sizes_in.size == 0:
+        sizes_in = None
+    if (scales is None) == (sizes_in is None):
+        raise ctx.fail("exactly one of scales and sizes must be given")
+    axes = ctx.attr("axes")
+    sizes, scale, roi_t = _resize_geometry(ctx, x.spec.shape, scales, sizes_in, axes, roi)
+    transform = ctx.attr("coordinate_transformation_mode", "half_pixel")
+    if transform != "tf_crop_and_resize":
+        roi_t = ()
+    return [_emit_resize(
+        ctx, x, sizes, scale, roi_t, mode=mode, coordinate_transformation_mode=transform,
+        nearest_mode=ctx.attr("nearest_mode", "round_prefer_floor"),
+        cubic_coeff_a=float(ctx.attr("cubic_coeff_a", -0.75)),
+        exclude_outside=int(ctx.attr("exclude_outside", 0)),
+        extrapolation_value=float(ctx.attr("extrapolation_value", 0.0)),
+        antialias=int(ctx.attr("antialias", 0)))]
+
+
+@_converts("Upsample", needs=("resize",))
+def _upsample(ctx: _Ctx) -> list[_Val]:
+    x = ctx.inp(0)
+    if ctx.opset < 9:
+        scales = ctx.attr("scales")
+        if scales is None:
+            raise ctx.fail("scales is required")
+        scales = np.asarray(scales, np.float64)
+    else:
+        scales = ctx.const(1, "scales")
+    sizes, scale, roi = _resize_geometry(ctx, x.spec.shape, scales, None, None, None)
+    mode = ctx.attr("mode", "nearest")
+    mode = "linear" if mode == "bilinear" else mode
+    return [_emit_resize(ctx, x, sizes, scale, roi, mode=mode, nearest_mode="simple",
+                         coordinate_transformation_mode="asymmetric")]
+
+
+@_converts("Attention", needs=("attention",))
+def _attention(ctx: _Ctx) -> list[_Val | None]:
+    q, k, v = ctx.inp(0), ctx.inp(1), ctx.inp(2)
+    mask, past_k, past_v = ctx.opt(3), ctx.opt(4), ctx.opt(5)
+    nonpad = ctx.opt(6)
+    if (past_k is None) != (past_v is None):
+        raise ctx.fail("past_key and past_value must be given together")
+    if nonpad is not None and past_k is not None:
+        raise ctx.fail("nonpad_kv_seqlen cannot be combined with past_key/past_value")
+    ins = [q, k, v] + [t for t in (mask, past_k, past_v, nonpad) if t is not None]
+    wanted = [bool(o) for o in ctx.node.output]
+    n = max((i + 1 for i, w in enumerate(wanted) if w), default=1)
+    scale = ctx.attr("scale")
+    if scale is not None and float(scale) == 0.0:  # hetero's attention reads 0 as "default"
+        raise ctx.fail("scale=0 (every score zero) is not supported")
+    outs = ctx.emit_multi(
+        "attention", ins, has_mask=int(mask is not None), has_past=int(past_k is not None),
+        has_nonpad=int(nonpad is not None), is_causal=int(ctx.attr("is_causal", 0)),
+        scale=0.0 if scale is None else float(scale),
+        q_num_heads=int(ctx.attr("q_num_heads", 0)), kv_num_heads=int(ctx.attr("kv_num_heads", 0)),
+        softcap=float(ctx.attr("softcap", 0.0)),
+        qk_matmul_output_mode=int(ctx.attr("qk_matmul_output_mode", 0)),
+        left_window_size=int(ctx.attr("left_window_size", -1)),
+        right_window_size=int(ctx.attr("right_window_size", -1)), outputs=n)
+    return [o if w else None for o, w in zip(outs, wanted)]
+
+
+@_converts("NonZero")
+def _nonzero(ctx: _Ctx) -> list[_Val]:
+    x = ctx.inp(0)
+    if not x.is_const:
+        raise StaticInputError(
+            f"{ctx.where} (NonZero): NonZero of a run-time value has a data-dependent output "
+            "shape, which hetero's static-shape plans cannot hold; it runs only where its "
+            "input is computed from constants and shapes (this one depends on graph input(s) "
+            f"{', '.join(sorted(x.sources)) or 'unknown'}: pass their values as static_inputs)",
+            x.sources)
+    if x.spec.ndim == 0:
+        raise ctx.fail("NonZero of a rank-0 tensor is not supported")
+    ctx.charge((max(x.spec.ndim, 1), x.spec.size), np.int64, "NonZero's indices")
+    return [ctx.const_val(np.asarray(np.nonzero(x.array), np.int64).reshape(x.spec.ndim, -1))]
 
 
 def _global_pool_converter(onnx_op: str, op: str) -> None:
     @_converts(onnx_op, needs=(op, "reshape"))
     def convert(ctx: _Ctx) -> list[_Val]:
         x = ctx.inp(0)
+        shape = x.spec.shape
+        if x.spec.ndim >= 5:  # 3-D and up: one flattened spatial axis, then the N-d shape back
+            flat = ctx.emit("reshape", [x], shape=shape[:2] + (math.prod(shape[2:]), 1))
+            return [ctx.emit("reshape", [ctx.emit(op, [flat])],
+                             shape=shape[:2] + (1,) * (x.spec.ndim - 2))]
         if _spatial_rank(ctx, x) == 1:
             return [_from_2d(ctx, ctx.emit(op, [_to_2d(ctx, x)]))]
         return [ctx.emit(op, [x])]

@@ -19,21 +19,20 @@ import re
 
 #: ONNX op types hetero converts (hetero/onnx.py), checked against ``supported_ops()`` in tests.
 CLAIMED_OPS = frozenset({
-    "Abs", "Add", "And", "ArgMax", "ArgMin", "AveragePool", "BatchNormalization", "Cast",
-    "CastLike", "Ceil", "Celu", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv", "Cos",
-    "CumSum", "Div", "Dropout", "Einsum", "Elu", "Equal", "Erf", "Exp", "Expand", "Flatten",
-    "Floor", "Gather", "GatherElements", "GatherND", "Gelu", "Gemm", "GlobalAveragePool",
-    "GlobalMaxPool", "Greater", "GreaterOrEqual", "HardSigmoid", "HardSwish", "Identity",
-    "InstanceNormalization", "IsInf", "IsNaN", "LRN", "LayerNormalization", "LeakyRelu",
-    "Less", "LessOrEqual", "Log", "LogSoftmax", "MatMul", "Max", "MaxPool", "Mean", "Min",
-    "Mish", "Mod", "Mul", "Neg", "Not", "Or", "PRelu", "Pad", "Pow", "Range", "Reciprocal",
-    "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape", "Round",
-    "ScatterND", "Selu", "Shape", "Sigmoid", "Sign", "Sin", "Size", "Slice", "Softmax",
-    "Softplus", "Softsign", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh",
-    "ThresholdedRelu", "Tile", "TopK", "Transpose", "Trilu", "Unsqueeze", "Where", "Xor",
+    "Abs", "Add", "And", "ArgMax", "ArgMin", "Attention", "AveragePool", "BatchNormalization",
+    "Cast", "CastLike", "Ceil", "Celu", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv",
+    "ConvTranspose", "Cos", "CumSum", "Div", "Dropout", "Einsum", "Elu", "Equal", "Erf", "Exp",
+    "Expand", "Flatten", "Floor", "Gather", "GatherElements", "GatherND", "Gelu", "Gemm",
+    "GlobalAveragePool", "GlobalMaxPool", "Greater", "GreaterOrEqual", "HardSigmoid", "HardSwish",
+    "Identity", "InstanceNormalization", "IsInf", "IsNaN", "LRN", "LayerNormalization",
+    "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax", "MatMul", "Max", "MaxPool", "Mean",
+    "Min", "Mish", "Mod", "Mul", "Neg", "NonZero", "Not", "Or", "PRelu", "Pad", "Pow", "Range",
+    "Reciprocal", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape", "Resize",
+    "Round", "ScatterND", "Selu", "Shape", "Sigmoid", "Sign", "Sin", "Size", "Slice", "Softmax",
+    "Softplus", "Softsign", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "ThresholdedRelu",
+    "Tile", "TopK", "Transpose", "Trilu", "Unsqueeze", "Upsample", "Where", "Xor",
 })
 
-_3D = "3-D spatial data (5-D tensors): hetero's conv and pool ops are 1-D/2-D only"
 _DTYPE = ("tensor type not supported: hetero has bool, int8-64, uint8-64 and float16/32/64; "
           "not bfloat16, float8, float4, int4/int2 or strings")
 _TRAINING = "training mode (hetero runs inference only)"
@@ -41,18 +40,14 @@ _TYPES = "optional and sequence values are not supported (tensors only)"
 
 #: Tests of claimed ops that use an unsupported feature: regex on the test name -> reason.
 EXCLUDED: dict[str, str] = {
-    r"^test_(Conv3d|AvgPool3d|MaxPool3d)": _3D,
-    r"^test_(conv|averagepool|maxpool)_3d": _3D,
     r"^test_cast(like)?_.*(BFLOAT16|FLOAT8|FLOAT4|INT4|UINT4|INT2|UINT2|STRING)": _DTYPE,
     r"(?i)_(bf16|bfloat16)(_|$)": _DTYPE,
     r"^test_equal_string": _DTYPE,
     r"^test_training_dropout": _TRAINING,
     r"^test_batchnorm_.*training_mode": _TRAINING,
     r"^test_identity_(opt|sequence)": _TYPES,
-    r"^test_averagepool_2d_dilations": "AveragePool with dilations (opset 19): avg_pool2d has "
-                                       "no dilations",
-    r"^test_maxpool_with_argmax": "the Indices output of MaxPool is not supported",
-    r"^test_maxpool_2d_uint8": "max_pool2d takes floating-point inputs only",
+    r"^test_nonzero_example": "NonZero of a graph input: its output shape depends on the data "
+                              "(hetero folds NonZero of constants and shapes only)",
     r"^test_wrap_pad": "Pad mode 'wrap' is not supported (constant, reflect, edge are)",
 }
 

@@ -56,6 +56,16 @@ SCRATCH: dict[str, tuple[float, str]] = {
     "log_softmax": (1.6, "exp of the shifted values, to sum them"),
     "lrn": (2.0, "squares of the input and their windowed sums"),
     "pad": (1.6, "reflect and edge modes go through np.pad, which builds the padded tensor"),
+    "conv_nd": (36.0, "the N-d reference's im2col columns (C_in * taps values per output "
+                      "position: 27 for 3x3x3) and the zero-padded input"),
+    "conv_transpose": (3.5, "every tap's product before the strided adds (col2im), and the "
+                            "uncropped output"),
+    "max_pool_nd": (7.0, "the padded copy of the input (4x the output at stride 2)"),
+    "avg_pool_nd": (7.0, "the padded copy of the input (4x the output at stride 2)"),
+    "resize": (7.0, "per resized axis, the gathered neighbours (2 for linear, 4 for cubic) and "
+                    "their weighted products"),
+    "attention": (15.0, "the scores, the mask bias, their exponentials and the probabilities "
+                        "(heads x queries x keys each)"),
 }
 
 
@@ -139,6 +149,18 @@ def _graph(name: str):
         "pow": lambda: b.op("pow", b.op("abs", x), const(1, 1, 1, 1, positive=True)),
         "mod": lambda: b.op("mod", x, const(1, 1, 1, 1, positive=True)),
         "clip": lambda: b.op("clip", x, min=-1.0, max=1.0),
+        "conv_nd": lambda: b.op("conv_nd", b.input((N, 8, 8, 12, 12)), const(8, 8, 3, 3, 3),
+                                pads=(1,) * 6),
+        "conv_transpose": lambda: b.op("conv_transpose", b.input((N, C, H // 2, W // 2)),
+                                       const(C, C, 2, 2), strides=(2, 2)),
+        "max_pool_nd": lambda: b.op("max_pool_nd", x, kernel_shape=(3, 3), strides=(2, 2),
+                                    pads=(1, 1, 1, 1)),
+        "avg_pool_nd": lambda: b.op("avg_pool_nd", x, kernel_shape=(3, 3), strides=(2, 2),
+                                    pads=(1, 1, 1, 1)),
+        "resize": lambda: b.op("resize", b.input((N, C, H // 2, W // 2)), sizes=(N, C, H, W),
+                               scales=(1.0, 1.0, 2.0, 2.0), mode="linear"),
+        "attention": lambda: b.op("attention", b.input((1, 2, 64, 32)), b.input((1, 2, 64, 32)),
+                                  b.input((1, 2, 64, 32)), is_causal=1),
     }
     logical = {"logical_and", "logical_or", "logical_xor"}
     if name in special:

@@ -7,6 +7,7 @@ Each family module lists its public functions in ``__all__``.
 
 # the Tensor operators and methods, now that every op exists
 from hetero.ops import methods  # noqa: E402,F401,I001
+from hetero.ops.attention import *  # noqa: F403
 from hetero.ops.elementwise import *  # noqa: F403
 from hetero.ops.index import *  # noqa: F403
 from hetero.ops.linalg import *  # noqa: F403
@@ -15,4 +16,5 @@ from hetero.ops.nn import *  # noqa: F403
 from hetero.ops.reduce import *  # noqa: F403
 from hetero.ops.registry import REGISTRY, Cost, Op, lookup  # noqa: F401
 from hetero.ops.shape import *  # noqa: F403
+from hetero.ops.spatial import *  # noqa: F403
 from hetero.ops.transfer import *  # noqa: F403

@@ -527,7 +527,7 @@ def _trilu_kernel(xp, ins, attrs, outs):
     else:
         dropped = xp.logical_not(xp.tri(rows, cols, k, dtype=bool))
     xp.copyto(out, x)
-    xp.copyto(out, 0, where=dropped)
+    xp.copyto(out, xp.zeros((), dtype=out.dtype), where=dropped)  # bool tensors too
 
 
 register(Op("trilu", _infer_trilu, _trilu_kernel, attrs={"upper": 1, "k": 0}, op_class="data",

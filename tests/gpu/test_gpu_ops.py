@@ -167,6 +167,23 @@ CASES: list[tuple[str, list[np.ndarray], dict]] = [
     ("topk", [N(3, 6)], {"k": 2}),
     ("gather_nd", [N(3, 4), np.array([[0], [2]], np.int64)], {}),
     ("scatter_nd", [N(3, 4), np.array([[1]], np.int64), N(1, 4)], {}),
+    ("conv_nd", [N(1, 4, 4, 5, 6), N(6, 2, 3, 3, 3), N(6)],
+     {"strides": (1, 2, 1), "pads": (1, 1, 0, 1, 0, 1), "groups": 2}),
+    ("conv_transpose", [N(1, 4, 3, 4), N(4, 3, 3, 3), N(6)],
+     {"strides": (2, 2), "pads": (1, 0, 0, 1), "output_padding": (1, 0), "groups": 2}),
+    ("conv_transpose", [N(1, 2, 3, 3, 3), N(2, 2, 2, 2, 2)], {"strides": (2, 2, 2)}),
+    ("max_pool_nd", [N(1, 2, 5, 6, 7)], {"kernel_shape": (3, 3, 3), "strides": (2, 2, 2),
+                                         "pads": (1,) * 6, "indices": 1}),
+    ("avg_pool_nd", [N(1, 2, 5, 6, 7)], {"kernel_shape": (3, 3, 3), "strides": (2, 2, 2),
+                                         "pads": (1,) * 6, "ceil_mode": 1}),
+    ("resize", [N(1, 2, 4, 5)], {"sizes": (1, 2, 8, 7), "scales": (1.0, 1.0, 2.0, 1.4),
+                                 "mode": "linear"}),
+    ("resize", [N(1, 2, 4, 5)], {"sizes": (1, 2, 6, 10), "scales": (1.0, 1.0, 1.5, 2.0),
+                                 "mode": "cubic", "coordinate_transformation_mode":
+                                 "align_corners"}),
+    ("resize", [N(1, 2, 4, 5)], {"sizes": (1, 2, 8, 10), "scales": (1.0, 1.0, 2.0, 2.0)}),
+    ("attention", [N(2, 4, 3, 8), N(2, 2, 5, 8), N(2, 2, 5, 8), B(2, 1, 3, 5)],
+     {"has_mask": 1, "is_causal": 1, "outputs": 4}),
 ]
 
 #: Ops compared with a looser tolerance: cuDNN may use TF32 tensor cores for float32 convolutions
