@@ -264,7 +264,8 @@ def test_resnet_sized_conv_is_cut_and_matches_one_thread(monkeypatch):
         np.testing.assert_array_equal(two, one)
         want = np.maximum(ref_conv(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1), 0)
         np.testing.assert_allclose(one, want, rtol=1e-4, atol=1e-3)
-    assert pieces == [3, 3, 4, 4]  # 28 rows // (256 px / 28) -> 3 bands; 512 channels -> 4
+    # 28 rows // (256 px / 28) -> 3 bands, made 4 by nn._even_bands; 512 channels -> 4
+    assert pieces == [4, 4, 4, 4]
 
 
 def test_a_failing_piece_fails_the_node_with_its_name(monkeypatch):

@@ -151,6 +151,12 @@ def _pieces(a, b, out) -> list[tuple[Any, Any, Any, tuple[slice, ...]]] | None:
     m, n = out.shape
     if n >= m and n // GEMM_MIN_COLUMNS >= 2:
         bands = min(nn.SPLIT_MAX_PIECES, n // GEMM_MIN_COLUMNS)
+        # three column bands (384-511 columns) become two: three pieces left one of two
+        # threads idle for a third of the product, and four would cut 384 columns into
+        # 64-aligned bands of 64 and 128. (196, 1536) @ (1536, 384) (ConvNeXt-T's stage 3), two
+        # threads, interleaved medians of 41: three bands 1.57 ms, two 1.26, four 1.64
+        # (docs/cpu-kernels.md)
+        bands = 2 if bands == 3 else bands
         edges = _edges(n, bands, GEMM_BAND_ALIGN)
         cols = [slice(edges[i], edges[i + 1]) for i in range(bands)]
         return [(a, b[:, c], out[:, c], (slice(None), c)) for c in cols]

@@ -82,8 +82,30 @@ def _pair(value, name: str, opname: str) -> tuple[int, int]:
     return pair
 
 
+#: ``_window_attrs`` per (attrs, op, kernel): a node's attributes are one immutable ``Attrs``
+#: for every call, and parsing them again cost 2.7 us a call, twice per convolution (5 of a
+#: small 1x1 convolution's 14 us; docs/cpu-kernels.md, "Even pieces and memoized attributes").
+_WINDOW_ATTRS: dict = {}
+_WINDOW_ATTRS_MAX = 4096
+
+
 def _window_attrs(attrs, opname: str, kernel: tuple[int, int]):
-    """Strides, pads (top, left, bottom, right) and dilations, validated."""
+    """Strides, pads (top, left, bottom, right) and dilations, validated (memoized for
+    hashable ``attrs``; a failed check raises every time)."""
+    key = (attrs, opname, kernel)
+    try:
+        return _WINDOW_ATTRS[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable mapping (a plain dict): no memo
+        return _check_window_attrs(attrs, opname, kernel)
+    found = _check_window_attrs(attrs, opname, kernel)
+    if len(_WINDOW_ATTRS) < _WINDOW_ATTRS_MAX:
+        _WINDOW_ATTRS[key] = found
+    return found
+
+
+def _check_window_attrs(attrs, opname: str, kernel: tuple[int, int]):
     strides = _pair(attrs.get("strides") or (1, 1), "strides", opname)
     dilations = _pair(attrs.get("dilations") or (1, 1), "dilations", opname)
     pads = tuple(int(p) for p in (attrs.get("pads") or (0, 0, 0, 0)))
@@ -469,6 +491,22 @@ SPLIT_MIN_CHANNELS = 16
 SPLIT_MAX_PIECES = 4
 
 
+#: ... and three row bands become four from this many flops (see ``_even_bands``).
+EVEN_BANDS_MIN_FLOPS = 5e7
+
+
+def _even_bands(bands: int, rows: int, flops: float) -> int:
+    """Three row bands become four (where there are four rows and the conv is large): the
+    pool's two or four threads then take the same number of pieces each, where three left one
+    thread idle for a third of the conv. 28x28 maps (784 pixels: three bands of 256), two
+    threads, interleaved medians of 41 (docs/cpu-kernels.md), three -> four bands: 128 -> 128
+    3x3 1.93 -> 1.68 ms, 256 -> 256 3x3 7.2 -> 5.4, 3x3/2 from 56x56 2.04 -> 1.67, 512 -> 128
+    1x1 0.79 -> 0.70; but 32 -> 192 1x1 (9.6 MFLOP) 0.17 -> 0.20, hence the flops floor."""
+    if bands == 3 and rows >= 4 and SPLIT_MAX_PIECES >= 4 and flops >= EVEN_BANDS_MIN_FLOPS:
+        return 4
+    return bands
+
+
 def _split_conv(x, w, extra, attrs, out, strides, pads, dilations,
                 finish=finish_numpy) -> bool:
     """An ungrouped NumPy convolution cut into pieces run by ``parallel_for``; False (nothing
@@ -495,7 +533,8 @@ def _split_conv(x, w, extra, attrs, out, strides, pads, dilations,
         buf = _padded(np, x, pads, _needed(oh, kh, strides[0], dilations[0]),
                       _needed(ow, kw, strides[1], dilations[1]), 0.0)
         view = _windows(np, buf, oh, ow, (kh, kw), strides, dilations)
-    bands = min(SPLIT_MAX_PIECES, oh, oh * ow // SPLIT_MIN_PIXELS)
+    bands = _even_bands(min(SPLIT_MAX_PIECES, oh, oh * ow // SPLIT_MIN_PIXELS), oh,
+                        2.0 * n * o * oh * ow * c * kh * kw)
     if bands >= 2:  # row bands of the output map, each with its own im2col
         def band(i):
             img, b = divmod(i, bands)

@@ -9,7 +9,8 @@ them instead of compiling again.
 What is compiled and why (docs/cpu-kernels.md has the measurements): the depthwise
 convolution (``conv2d`` with one input channel per group: MobileNet, EfficientNet, ShuffleNet),
 a direct loop per channel and tap, NCHW in and out, where NumPy needs a channels-last copy and a
-pass over the whole tensor per tap (3-3.5x faster on one core at MobileNet's 3x3 shapes). Ungrouped
+pass over the whole tensor per tap (3-3.5x faster on one core at MobileNet's 3x3 shapes); on maps
+narrower than 14 (24 when strided) one loop over NumPy's channels-last copy instead. Ungrouped
 convolutions stay NumPy's im2col and OpenBLAS's GEMM: measured here, their time is the GEMM's,
 and compiled im2col packing and epilogues were no faster than NumPy's copies (same doc).
 

@@ -393,3 +393,33 @@ def row_means(x, out):
     for r in range(rows):
         s = zero + _pairwise_sum(xf, r * length, length)
         out[r] = float(s) / float(length)
+
+
+@jit
+def depthwise_nhwc(buf, wt, acc, kw, sh, sw, dh, dw, r0, r1):
+    """Rows ``r0:r1`` of a depthwise convolution (one input channel per group) computed
+    channels-last, as the NumPy kernel does: ``acc[r, q, c] = sum over taps t of
+    buf[r*sh + i*dh, q*sw + j*dw, c] * wt[t, c]`` (``t = i*kw + j``), the first product
+    assigned and each later one rounded, then added, in tap order. ``buf``: the zero-padded
+    input ``(Hb, Wb, C)``; ``wt``: ``(KH*KW, C)``; ``acc``: ``(OH, OW, C)``; all C-contiguous.
+    The inner loop runs along the channels, contiguous whatever the map's width or stride."""
+    _, wb, c = buf.shape
+    _, ow, _ = acc.shape
+    taps = wt.shape[0]
+    bf = buf.reshape(-1)
+    wf = wt.reshape(-1)
+    af = acc.reshape(-1)
+    cu = _u(c)
+    for r in range(r0, r1):
+        for q in range(ow):
+            ob = _u((r * ow + q) * c)
+            xb0 = _u(((r * sh) * wb + q * sw) * c)
+            for k in range(cu):
+                af[ob + k] = bf[xb0 + k] * wf[k]
+            for t in range(1, taps):
+                i = t // kw
+                j = t - i * kw
+                xb = _u(((r * sh + i * dh) * wb + q * sw + j * dw) * c)
+                wo = _u(t * c)
+                for k in range(cu):
+                    af[ob + k] = af[ob + k] + bf[xb + k] * wf[wo + k]

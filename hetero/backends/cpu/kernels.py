@@ -22,6 +22,12 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 #: 2.47, 0.54; stride 2, 96 at 112x112: 4.26, 1.64, 2.82; 240 at 28x28 5x5: 0.90, 0.97, 1.12.
 #: Every path gives the same bits, so the choice changes only the time.
 DEPTHWISE_ROWS_MIN_WIDTH = 24
+#: A depthwise convolution with multiplier 1 on a map narrower than this (stride 1), or than
+#: ``DEPTHWISE_ROWS_MIN_WIDTH`` (stride 2 and above), takes the channels-last compiled loop
+#: (``loops.depthwise_nhwc``). One core, today's kernel -> channels-last: stride 2, 5x5, 288
+#: channels to 7x7 214 -> 62 us, 96 to 14x14 282 -> 87 us; stride 1, 5x5, 576 at 7x7 215 ->
+#: 103 us, 240 at 14x14 162 -> 160 us (a tie, hence 14); 144 at 56x56 3x3 351 -> 1024 us.
+DEPTHWISE_NHWC_MAX_WIDTH = 14
 
 #: Window taps (outputs x kernel taps) a compiled depthwise convolution or pool needs before it
 #: is cut into channel bands: the compiled loops run 3-7x faster than the NumPy ones that
@@ -97,9 +103,12 @@ def _depthwise(x, w, out, extra, attrs, strides, pads, dilations, groups) -> boo
     o, _, kh, kw = w.shape
     _, _, oh, ow = out.shape
     flat = strides == (1, 1)
+    mult = o // groups
+    if mult == 1 and ow < (DEPTHWISE_NHWC_MAX_WIDTH if flat else DEPTHWISE_ROWS_MIN_WIDTH):
+        _depthwise_nhwc(x, w, out, extra, attrs, strides, pads, dilations)
+        return True
     if not flat and ow < DEPTHWISE_ROWS_MIN_WIDTH:
         return False
-    mult = o // groups
     w2 = w.reshape(o, kh * kw)
     bias = extra[0].reshape(o, 1) if extra else None
     z = extra[1].reshape(n, o, oh * ow) if len(extra) > 1 else None
@@ -123,6 +132,38 @@ def _depthwise(x, w, out, extra, attrs, strides, pads, dilations, groups) -> boo
 
     parallel_for(n * bands, piece)
     return True
+
+
+def _depthwise_nhwc(x, w, out, extra, attrs, strides, pads, dilations) -> None:
+    """A depthwise convolution (one channel a group, multiplier 1) on a narrow map, computed
+    channels-last as NumPy's taps compute it (``nn._depthwise``: the same padded NHWC copy,
+    the same products and sums in tap order, so the same bits), but in one compiled pass whose
+    inner loop runs along the channels: NCHW rows of 7-14 outputs are too short for the NCHW
+    loops, and NumPy makes two passes per tap (``scripts/bench_layout.py --only depthwise``)."""
+    n, c, h, wd = x.shape
+    _, _, kh, kw = w.shape
+    _, _, oh, ow = out.shape
+    (sh, sw), (dh, dw), (top, left) = strides, dilations, pads[:2]
+    hb = max(nn._needed(oh, kh, sh, dh), top + h)
+    wb = max(nn._needed(ow, kw, sw, dw), left + wd)
+    wt = np.ascontiguousarray(w.reshape(c, kh * kw).T)  # (tap, C)
+    bias = extra[0].reshape(c, 1) if extra else None
+    z = extra[1].reshape(n, c, oh * ow) if len(extra) > 1 else None
+    out3 = out.reshape(n, c, oh * ow)
+    activation, params = attrs["activation"], attrs["activation_params"]
+    bands = min(oh, _bands(c, out.size * kh * kw))
+    for img in range(n):
+        buf = np.zeros((hb, wb, c), x.dtype)
+        buf[top:top + h, left:left + wd] = x[img].transpose(1, 2, 0)
+        acc = np.empty((oh, ow, c), x.dtype)
+
+        def piece(i, buf=buf, acc=acc):
+            loops.depthwise_nhwc(buf, wt, acc, kw, sh, sw, dh, dw, i * oh // bands,
+                                 (i + 1) * oh // bands)
+
+        parallel_for(bands, piece)
+        out[img] = acc.transpose(2, 0, 1)
+        finish(out3, img, slice(None), slice(None), bias, z, activation, params)
 
 
 def _pool(is_max: bool) -> Callable[[Callable], Callable]:
