@@ -340,3 +340,27 @@ def test_compiled_silu_against_the_reference_over_the_float32_range():
     _as_reference(got, ref, ("silu", ()), np.float32)
     assert np.isnan(ref[0, 0, 0, -2]) and np.isnan(got[0, 0, 0, -2])
     assert (got != ref).any()  # the compiled loop ran, not the reference's passes
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.sampled_from(["erf", "gelu"]),
+       shape=st.sampled_from([(7,), (1, 3, 5, 7), (2, 16, 9, 9), (1, 40, 56, 56), (70001,)]),
+       scale=st.sampled_from([0.5, 3.0, 30.0]), dtype=st.sampled_from([np.float32, np.float64]),
+       special=st.booleans(), intra=st.sampled_from([1, 2, 3]), seed=st.integers(0, 2**31))
+def test_float32_erf_and_gelu_give_the_reference_bits(name, shape, scale, dtype, special, intra,
+                                                      seed):
+    """The compiled polynomial pass (and float64, which the reference keeps) over any cut."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * scale).astype(dtype)
+    if special:
+        _specials(x, rng, 6)
+    attrs = {"approximate": "none"} if name == "gelu" else {}
+    with np.errstate(invalid="ignore", over="ignore"):
+        ref, got = _both(name, [x], attrs, shape, dtype, intra)
+    _same_bits(got, ref)
+
+
+def test_tanh_gelu_is_the_reference_kernel():
+    x = np.linspace(-5, 5, 1001, dtype=np.float32)
+    ref, got = _both("gelu", [x], {"approximate": "tanh"}, x.shape, np.float32, 2)
+    _same_bits(got, ref)

@@ -15,6 +15,8 @@ channels at 56x56: 1.75 ms with per-row views, 0.99 ms flat).
 
 from __future__ import annotations
 
+import math
+
 import numba
 from numba import uint64 as _u
 
@@ -423,3 +425,53 @@ def depthwise_nhwc(buf, wt, acc, kw, sh, sw, dh, dw, r0, r1):
                 wo = _u(t * c)
                 for k in range(cu):
                     af[ob + k] = af[ob + k] + bf[xb + k] * wf[wo + k]
+
+
+@jit
+def log_erfc_poly(x, out, s, bound, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10):
+    """The float32 erf's and GELU's polynomial (``hetero.ops.elementwise._log_erfc_into``) in one
+    pass where NumPy makes 21: ``s = |clip(x, -bound, bound)|`` and ``out = (((c10*s + c9)*s +
+    c8)*s ... + c1)*s`` (plus ``c0`` where it is not 0), each product and sum rounded as NumPy's
+    passes round it. ``x``, ``out``, ``s``: flat float32 arrays of one size; the constants
+    float32, as NumPy casts a Python float next to a float32 array."""
+    zero = x.dtype.type(0)
+    lo = -bound
+    for p in range(x.shape[0]):
+        v = x[_u(p)]
+        v = lo if v < lo else v  # np.clip: NaN stays NaN
+        v = bound if v > bound else v
+        t = abs(v)
+        acc = t * c10
+        acc = (acc + c9) * t
+        acc = (acc + c8) * t
+        acc = (acc + c7) * t
+        acc = (acc + c6) * t
+        acc = (acc + c5) * t
+        acc = (acc + c4) * t
+        acc = (acc + c3) * t
+        acc = (acc + c2) * t
+        acc = (acc + c1) * t
+        if c0 != zero:
+            acc = acc + c0
+        out[_u(p)] = acc
+        s[_u(p)] = t
+
+
+@jit
+def copysign_into(out, x):
+    """``out = copysign(out, x)`` (NumPy's ``copysign`` pass: a bit operation, so exact).
+    Flat arrays of one size and dtype."""
+    for p in range(out.shape[0]):
+        out[_u(p)] = math.copysign(out[_u(p)], x[_u(p)])
+
+
+@jit
+def gelu_tail(x, out, s):
+    """``out = max(x, 0) - out * s`` as the float32 GELU's last three NumPy passes round it
+    (``out *= s``, ``np.clip(x, 0, inf)``: NaN and -0.0 stay as they are, then the
+    difference). Flat arrays of one size and dtype."""
+    zero = x.dtype.type(0)
+    for p in range(out.shape[0]):
+        v = x[_u(p)]
+        v = zero if v < zero else v
+        out[_u(p)] = v - out[_u(p)] * s[_u(p)]

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 
 from hetero.backends.cpu import _loops as loops
+from hetero.ops import elementwise as ew
 from hetero.ops import nn
+from hetero.ops.scratch import by_chunks
 from hetero.threads import intra_op_threads, parallel_for
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -315,9 +317,63 @@ def _global_avg_pool(shared: Callable) -> Callable:
     return kernel
 
 
+#: Elements per piece of a compiled float32 erf / GELU cut over the intra-op threads (below
+#: it, one piece: the hand-off costs more than half the pass).
+ERF_SPLIT_MIN = 1 << 16
+
+
+def _float32_poly(gelu: bool) -> Callable[[Callable], Callable]:
+    """float32 ``erf`` and exact ``gelu`` with their polynomial (``loops.log_erfc_poly``) in one
+    compiled pass where NumPy makes 21, NumPy's own ``expm1`` / ``exp`` (a SIMD routine whose
+    bits a compiled loop would not reproduce), and the last passes compiled into one, so the
+    bits are the reference's (``hetero.ops.elementwise._erf32_part`` and
+    ``_gelu32_part``); the flat array is cut over the intra-op threads (an elementwise result
+    does not depend on the cut)."""
+    coeffs = ew._GELU_F32 if gelu else ew._LOG_ERFC_F32
+    bound = np.float32(ew._GELU_BOUND if gelu else ew._LOG_ERFC_BOUND)
+    c = tuple(np.float32(v) for v in coeffs)
+
+    def part(xp, x, out, s):
+        xf, of, sf = x.reshape(-1), out.reshape(-1), s.reshape(-1)
+        loops.log_erfc_poly(xf, of, sf, bound, *c)
+        if gelu:
+            np.exp(of, out=of)  # erfc(|x| / sqrt(2)) / 2
+            loops.gelu_tail(xf, of, sf)  # max(x, 0) - |x| * that
+        else:
+            np.expm1(of, out=of)  # -erf(|x|)
+            loops.copysign_into(of, xf)
+
+    def make(shared: Callable) -> Callable:
+        def kernel(xp, ins, attrs, outs):
+            x, out = ins[0], outs[0]
+            if (not _covered(xp, ins, outs) or out.dtype != np.float32 or x.shape != out.shape
+                    or (gelu and attrs["approximate"] != "none")
+                    or ew._library(xp, "erfc" if gelu else "erf", out.dtype) is not None
+                    or np.shares_memory(x, out)):
+                return shared(xp, ins, attrs, outs)
+            xf, of = x.reshape(-1), out.reshape(-1)
+            n = xf.shape[0]
+            pieces = max(1, min(intra_op_threads(), n // ERF_SPLIT_MIN))
+            edges = [n * i // pieces // 16 * 16 for i in range(pieces)] + [n]
+
+            def piece(i):
+                a, b = edges[i], edges[i + 1]
+                by_chunks(np, part, xf[a:b], of[a:b], chunk=ew._CHUNK, dtype=np.float32)
+
+            parallel_for(pieces, piece)
+
+        kernel.__doc__ = (f"float32 {'gelu' if gelu else 'erf'} with its polynomial compiled, "
+                          "cut over the intra-op threads (hetero.backends.cpu)")
+        return kernel
+
+    return make
+
+
 #: op -> (reference kernel -> compiled kernel)
 KERNELS: dict[str, Callable[[Callable], Callable]] = {
     "mul": _mul,
+    "erf": _float32_poly(False),
+    "gelu": _float32_poly(True),
     "hard_swish": _hard_gate(True),
     "hard_sigmoid": _hard_gate(False),
     "global_avg_pool": _global_avg_pool,
