@@ -364,3 +364,35 @@ def test_tanh_gelu_is_the_reference_kernel():
     x = np.linspace(-5, 5, 1001, dtype=np.float32)
     ref, got = _both("gelu", [x], {"approximate": "tanh"}, x.shape, np.float32, 2)
     _same_bits(got, ref)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.sampled_from([(1, 7), (3, 1), (2, 5, 8), (9, 127), (4, 128), (3, 129),
+                              (2, 3, 768), (70, 1000), (2, 3000)]),
+       bias=st.booleans(), scale=st.sampled_from([1.0, 1e3]),
+       dtype=st.sampled_from([np.float32, np.float64]), special=st.booleans(),
+       intra=st.sampled_from([1, 2, 3]), seed=st.integers(0, 2**31))
+def test_layer_norm_gives_the_reference_bits(shape, bias, scale, dtype, special, intra, seed):
+    """Every output (y, mean, 1/std) over the last axis: NumPy's pairwise sums, its float64
+    division by the count, over any cut; float64 and other axes are the reference's."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * scale + 1).astype(dtype)
+    if special:
+        _specials(x, rng, 2)
+    params = [rng.standard_normal(shape[-1]).astype(dtype) for _ in range(1 + bias)]
+    op = registry.lookup("layer_norm")
+    for axis in (-1, 0):
+        attrs = op.normalize_attrs({"axis": axis})
+        norm = shape[axis % len(shape):]
+        if axis == 0:
+            params = [rng.standard_normal(norm).astype(dtype) for _ in range(1 + bias)]
+        stats = shape[:axis % len(shape)] + (1,) * len(norm)
+        shapes = [shape, stats, stats]
+        want = [np.empty(s, dtype if i == 0 else np.float32) for i, s in enumerate(shapes)]
+        got = [np.full(s, np.nan, w.dtype) for s, w in zip(shapes, want)]
+        with np.errstate(invalid="ignore", over="ignore"):
+            op.kernel(np, [x, *params], attrs, want)
+            with threads.intra_op(intra):
+                op.kernel_for("numpy")(np, [x, *params], attrs, got)
+        for g, w in zip(got, want):
+            _same_bits(g, w)

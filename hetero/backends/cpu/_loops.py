@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import numba
+import numpy as np
 from numba import uint64 as _u
 
 jit = numba.njit(cache=True, nogil=True)
@@ -345,43 +346,82 @@ def channel_scale(x, g, out):
 
 
 @jit
-def _pairwise_sum(a, lo, n):
-    """NumPy's pairwise sum of ``a[lo:lo+n]`` (``pairwise_sum`` in its umath loops: below 8
-    terms one by one from 0; up to 128 eight running sums combined as ``((r0+r1)+(r2+r3)) +
-    ((r4+r5)+(r6+r7))``, then the rest; above, the two halves (cut at a multiple of 8)), the very
-    order of ``np.add.reduce`` over a contiguous run."""
+def _pairwise_leaf(a, lo, n):
+    """NumPy's pairwise sum of a run of at most 128 terms: below 8 one by one from 0, else eight
+    running sums combined as ``((r0+r1)+(r2+r3)) + ((r4+r5)+(r6+r7))``, then the rest."""
     if n < 8:
         res = a.dtype.type(0)
         for i in range(n):
             res = res + a[_u(lo + i)]
         return res
+    r0 = a[_u(lo)]
+    r1 = a[_u(lo + 1)]
+    r2 = a[_u(lo + 2)]
+    r3 = a[_u(lo + 3)]
+    r4 = a[_u(lo + 4)]
+    r5 = a[_u(lo + 5)]
+    r6 = a[_u(lo + 6)]
+    r7 = a[_u(lo + 7)]
+    stop = n - n % 8
+    for i in range(8, stop, 8):
+        b = _u(lo + i)
+        r0 = r0 + a[b]
+        r1 = r1 + a[b + _u(1)]
+        r2 = r2 + a[b + _u(2)]
+        r3 = r3 + a[b + _u(3)]
+        r4 = r4 + a[b + _u(4)]
+        r5 = r5 + a[b + _u(5)]
+        r6 = r6 + a[b + _u(6)]
+        r7 = r7 + a[b + _u(7)]
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    for i in range(stop, n):
+        res = res + a[_u(lo + i)]
+    return res
+
+
+@jit
+def _pairwise_sum(a, lo, n):
+    """NumPy's pairwise sum of ``a[lo:lo+n]`` (``pairwise_sum`` in its umath loops: up to 128
+    terms ``_pairwise_leaf``; above, the two halves, cut at a multiple of 8, each summed so and
+    added left + right), the very order of ``np.add.reduce`` over a contiguous run. The halving
+    is walked with an explicit stack, not recursion: numba's on-disk cache cannot link a
+    recursive function into a second caller ("Symbol not found: .numba.unresolved$...")."""
     if n <= 128:
-        r0 = a[_u(lo)]
-        r1 = a[_u(lo + 1)]
-        r2 = a[_u(lo + 2)]
-        r3 = a[_u(lo + 3)]
-        r4 = a[_u(lo + 4)]
-        r5 = a[_u(lo + 5)]
-        r6 = a[_u(lo + 6)]
-        r7 = a[_u(lo + 7)]
-        stop = n - n % 8
-        for i in range(8, stop, 8):
-            b = _u(lo + i)
-            r0 = r0 + a[b]
-            r1 = r1 + a[b + _u(1)]
-            r2 = r2 + a[b + _u(2)]
-            r3 = r3 + a[b + _u(3)]
-            r4 = r4 + a[b + _u(4)]
-            r5 = r5 + a[b + _u(5)]
-            r6 = r6 + a[b + _u(6)]
-            r7 = r7 + a[b + _u(7)]
-        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-        for i in range(stop, n):
-            res = res + a[_u(lo + i)]
-        return res
-    n2 = n // 2
-    n2 -= n2 % 8
-    return _pairwise_sum(a, lo, n2) + _pairwise_sum(a, lo + n2, n - n2)
+        return _pairwise_leaf(a, lo, n)
+    st_lo = np.empty(64, np.int64)  # depth <= log2(n / 128) + 1
+    st_n = np.empty(64, np.int64)
+    stage = np.zeros(64, np.int8)  # 0: not split yet, 1: summing the left half, 2: the right
+    left = np.empty(64, a.dtype)
+    sp = 0
+    st_lo[0] = lo
+    st_n[0] = n
+    while True:
+        cn = st_n[sp]
+        if cn > 128:
+            half = cn // 2
+            half -= half % 8
+            stage[sp] = 1
+            st_lo[sp + 1] = st_lo[sp]
+            st_n[sp + 1] = half
+            stage[sp + 1] = 0
+            sp += 1
+            continue
+        v = _pairwise_leaf(a, st_lo[sp], cn)
+        while True:  # hand the finished sum at sp to its parent
+            if sp == 0:
+                return v
+            sp -= 1
+            if stage[sp] == 1:
+                left[sp] = v
+                stage[sp] = 2
+                half = st_n[sp] // 2
+                half -= half % 8
+                st_lo[sp + 1] = st_lo[sp] + half
+                st_n[sp + 1] = st_n[sp] - half
+                stage[sp + 1] = 0
+                sp += 1
+                break
+            v = left[sp] + v
 
 
 @jit
@@ -475,3 +515,34 @@ def gelu_tail(x, out, s):
         v = x[_u(p)]
         v = zero if v < zero else v
         out[_u(p)] = v - out[_u(p)] * s[_u(p)]
+
+
+@jit_ieee
+def layer_norm_rows(x, scale, bias, has_bias, eps, out, mean, inv, sq, r0, r1):
+    """Rows ``r0:r1`` of the float32 layer norm over the last axis, in the reference's passes
+    (``hetero.ops.misc._layer_norm_kernel``): ``mean = (0 + pairwise_sum(row)) / L`` (the
+    division in float64, rounded once, as ``np.mean`` divides by an ``intp`` count), ``c = row -
+    mean``, ``var`` the same mean of the rounded squares ``c * c``, ``inv = 1 / sqrt(var + eps)``,
+    ``out = (c * inv) * scale (+ bias)``. ``x``, ``out``: ``(R, L)``; ``scale``, ``bias``:
+    ``(L,)``; ``mean``, ``inv``: ``(R,)``; ``sq``: scratch ``(L,)``; all C-contiguous float32."""
+    length = x.shape[1]
+    zero = x.dtype.type(0)
+    one = x.dtype.type(1)
+    for r in range(r0, r1):
+        row = x[r]
+        dst = out[r]
+        m = x.dtype.type(float(zero + _pairwise_sum(row, 0, length)) / float(length))
+        for p in range(length):
+            c = row[p] - m
+            dst[p] = c
+            sq[p] = c * c
+        v = x.dtype.type(float(zero + _pairwise_sum(sq, 0, length)) / float(length))
+        iv = one / math.sqrt(v + eps)
+        if has_bias:
+            for p in range(length):
+                dst[p] = ((dst[p] * iv) * scale[p]) + bias[p]
+        else:
+            for p in range(length):
+                dst[p] = (dst[p] * iv) * scale[p]
+        mean[r] = m
+        inv[r] = iv

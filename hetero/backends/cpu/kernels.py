@@ -369,11 +369,53 @@ def _float32_poly(gelu: bool) -> Callable[[Callable], Callable]:
     return make
 
 
+#: Rows per piece of a compiled layer norm cut over the intra-op threads, times the row length
+#: (below it, one piece).
+LAYER_NORM_SPLIT_MIN = 1 << 16
+
+
+def _layer_norm(shared: Callable) -> Callable:
+    """float32 ``layer_norm`` over the last axis (what the exporters emit for transformers) as
+    one compiled pass per row where NumPy makes ten over the tensor with temporaries; the
+    reference's bits (``loops.layer_norm_rows``); rows cut over the intra-op threads."""
+    def kernel(xp, ins, attrs, outs):
+        x, scale = ins[0], ins[1]
+        bias = ins[2] if len(ins) == 3 else None
+        out, mean, inv = outs
+        length = x.shape[-1] if x.ndim else 0
+        if (not _covered(xp, [x, *outs], outs) or x.dtype != np.float32 or x.ndim < 1
+                or attrs["axis"] % x.ndim != x.ndim - 1 or attrs["stash_type"] != 1
+                or length == 0 or x.size == 0
+                or any(p.dtype != x.dtype or p.size != length or not p.flags.c_contiguous
+                       for p in ins[1:])
+                or np.shares_memory(x, out)):
+            return shared(xp, ins, attrs, outs)
+        rows = x.size // length
+        x2, o2 = x.reshape(rows, length), out.reshape(rows, length)
+        m1, i1 = mean.reshape(rows), inv.reshape(rows)
+        s1 = scale.reshape(length)
+        b1 = s1 if bias is None else bias.reshape(length)
+        eps = np.float32(attrs["epsilon"])
+        pieces = max(1, min(intra_op_threads(), rows, x.size // LAYER_NORM_SPLIT_MIN))
+        edges = [rows * i // pieces for i in range(pieces + 1)]
+
+        def piece(i):
+            sq = np.empty(length, np.float32)
+            loops.layer_norm_rows(x2, s1, b1, bias is not None, eps, o2, m1, i1, sq,
+                                  edges[i], edges[i + 1])
+
+        parallel_for(pieces, piece)
+
+    kernel.__doc__ = "float32 layer_norm over the last axis, compiled per row (hetero.backends.cpu)"
+    return kernel
+
+
 #: op -> (reference kernel -> compiled kernel)
 KERNELS: dict[str, Callable[[Callable], Callable]] = {
     "mul": _mul,
     "erf": _float32_poly(False),
     "gelu": _float32_poly(True),
+    "layer_norm": _layer_norm,
     "hard_swish": _hard_gate(True),
     "hard_sigmoid": _hard_gate(False),
     "global_avg_pool": _global_avg_pool,
