@@ -396,3 +396,59 @@ def test_layer_norm_gives_the_reference_bits(shape, bias, scale, dtype, special,
                 op.kernel_for("numpy")(np, [x, *params], attrs, got)
         for g, w in zip(got, want):
             _same_bits(g, w)
+
+
+@settings(max_examples=40, deadline=None)
+@given(op=st.sampled_from(kernels.SPLIT_ELEMENTWISE),
+       shapes=st.sampled_from([((1, 9, 5), (1, 9, 5)), ((1, 9, 5), (5,)), ((1, 1, 7, 3), (7, 1)),
+                               ((4, 6), (1, 6)), ((1, 6, 4, 4), (1, 6, 1, 1)), ((3,), ()),
+                               ((1, 1), (1, 1)), ((2, 8), (2, 1))]),
+       dtype=st.sampled_from([np.float32, np.float64]), intra=st.sampled_from([1, 2, 3]),
+       seed=st.integers(0, 2**31))
+def test_split_elementwise_gives_the_reference_bits(op, shapes, dtype, intra, seed):
+    """An elementwise op cut over the intra-op threads (any cut, broadcast inputs whole) gives
+    the reference kernel's bits."""
+    rng = np.random.default_rng(seed)
+    entry = registry.lookup(op)
+    arity = 1 if op == "sigmoid" else 2
+    if op == "where":
+        ins = [rng.random(shapes[0]) > 0.5, rng.standard_normal(shapes[1]).astype(dtype),
+               rng.standard_normal(shapes[0]).astype(dtype)]
+    else:
+        ins = [rng.standard_normal(s).astype(dtype) for s in shapes[:arity]]
+        if op == "sqrt":
+            ins[0] = np.abs(ins[0])
+    out_shape = np.broadcast_shapes(*(a.shape for a in ins))
+    attrs = entry.normalize_attrs({})
+    want = np.empty(out_shape, dtype)
+    got = np.full(out_shape, np.nan, dtype)
+    with np.errstate(all="ignore"), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernels, "SPLIT_MIN_ELEMENTS", 4)
+        entry.kernel(np, ins, attrs, [want])
+        with threads.intra_op(intra):
+            entry.kernel_for("numpy")(np, ins, attrs, [got])
+    _same_bits(got, want)
+
+
+@settings(max_examples=30, deadline=None)
+@given(op=st.sampled_from(["softmax", "log_softmax"]),
+       shape=st.sampled_from([(1, 12, 7, 9), (5, 129), (3, 1), (1, 1, 300), (2, 3, 4)]),
+       axis=st.sampled_from([-1, 0, 1]), dtype=st.sampled_from([np.float32, np.float64]),
+       intra=st.sampled_from([1, 2, 3]), special=st.booleans(), seed=st.integers(0, 2**31))
+def test_split_softmax_gives_the_reference_bits(op, shape, axis, dtype, intra, special, seed):
+    """softmax / log_softmax with their rows cut over the intra-op threads (last axis; other
+    axes take the reference) give the reference kernel's bits."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 10).astype(dtype)
+    if special:
+        _specials(x, rng, 2)
+    entry = registry.lookup(op)
+    attrs = entry.normalize_attrs({"axis": axis % len(shape) if axis == -1 else axis})
+    want = np.empty(shape, dtype)
+    got = np.full(shape, np.nan, dtype)
+    with np.errstate(all="ignore"), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernels, "SPLIT_MIN_ELEMENTS", 4)
+        entry.kernel(np, [x], attrs, [want])
+        with threads.intra_op(intra):
+            entry.kernel_for("numpy")(np, [x], attrs, [got])
+    _same_bits(got, want)
