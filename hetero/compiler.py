@@ -37,7 +37,8 @@ def as_graph(fn_or_graph: Any, example_inputs: Sequence[Any] | None = None) -> G
 
 
 def compile(fn_or_graph: Any, machine: Any = None, policy: str | None = None, cost: Any = None,
-            example_inputs: Sequence[Any] | None = None, *, optimize: bool = True) -> Plan:
+            example_inputs: Sequence[Any] | None = None, *, optimize: bool = True,
+            memory: Any = None) -> Plan:
     """Compile ``fn_or_graph`` for ``machine`` into a Plan: place, partition, schedule, memory.
 
     Args:
@@ -54,6 +55,9 @@ def compile(fn_or_graph: Any, machine: Any = None, policy: str | None = None, co
         example_inputs: arrays (or Tensors) to trace a function with.
         optimize: run the graph optimizer first (on a machine without a GPU also residual-add
             fusion and Winograd for 3x3 convolutions, which pay on CPUs).
+        memory: memory budget per device, ``{"gpu:0": "2GiB"}`` (sizes like "512MiB",
+            "1.5GB"; ``hetero.budget``): weights, activations, workspaces and copy buffers of
+            the plan stay within it, and a simulated GPU enforces it when the plan runs.
 
     Returns:
         The Plan; ``plan.run(*inputs)`` runs it.
@@ -62,7 +66,7 @@ def compile(fn_or_graph: Any, machine: Any = None, policy: str | None = None, co
         machine = machine if machine is not None else fn_or_graph.machine
         policy = policy or fn_or_graph.policy
     graph = as_graph(fn_or_graph, example_inputs)
-    return compile_graph(graph, machine, policy, cost, optimize=optimize)
+    return compile_graph(graph, machine, policy, cost, optimize=optimize, memory=memory)
 
 
 def calibrate(graph: Any, machine: Any, cost: MeasuredCost | None = None,

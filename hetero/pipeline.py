@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from hetero.budget import apply_budget
 from hetero.config import config, resolve_machine
 from hetero.cost import resolve_cost
 from hetero.devices import Machine
@@ -162,17 +163,17 @@ class Evaluations:
 
 
 def place(graph: Graph, machine: Any = None, cost: Any = None,
-          policy: str = "heft") -> place_pass.Placement:
+          policy: str = "heft", *, memory: Any = None) -> place_pass.Placement:
     """``hetero.passes.place.place`` with candidates evaluated as the plan will run them
-    (``ht.place``)."""
-    machine = resolve_machine(machine)
+    (``ht.place``); ``memory`` budgets devices (``hetero.budget.apply_budget``)."""
+    machine = apply_budget(resolve_machine(machine), memory)
     cost = resolve_cost(cost, machine)
     return place_pass.place(graph, machine, cost, policy,
                             evaluate=Evaluations(graph, machine, cost))
 
 
 def compile_graph(graph: Graph, machine: Any = None, policy: str | None = None, cost: Any = None,
-                  *, optimize: bool = True) -> Plan:
+                  *, optimize: bool = True, memory: Any = None) -> Plan:
     """Compile ``graph`` for ``machine`` into a Plan (see the module docstring).
 
     Args:
@@ -181,12 +182,15 @@ def compile_graph(graph: Graph, machine: Any = None, policy: str | None = None, 
         policy: "heft" (default), "peft", "cpu", "gpu" or "annotated".
         cost: "roofline" (default), "measured", or a cost model object (``resolve_cost``).
         optimize: run the graph optimizer first (``optimize_for``).
+        memory: budget per device, ``{"gpu:0": "2GiB"}``: the plan holds a machine whose
+            budgeted devices have that capacity (``hetero.budget.apply_budget``).
     """
     policy = policy or "heft"
     checks = config.checks
     if checks:
         check(graph)
     machine = default_machine(graph) if machine is None else resolve_machine(machine)
+    machine = apply_budget(machine, memory)
     if optimize:
         graph = optimize_for(graph, machine)
         if checks:
@@ -208,11 +212,12 @@ def compile_graph(graph: Graph, machine: Any = None, policy: str | None = None, 
 
 
 def compare_policies(graph: Graph, machine: Any = None, cost: Any = None,
-                     policies: Sequence[str] = place_pass.POLICIES) -> dict[str, float]:
+                     policies: Sequence[str] = place_pass.POLICIES, *, memory: Any = None
+                     ) -> dict[str, float]:
     """Estimated makespan of each policy's plan of ``graph`` (as given: not optimized again)
     under one cost model and list scheduler, plus ``"lower_bound"``. A policy that cannot place
     the graph maps to ``math.inf``."""
-    machine = resolve_machine(machine)
+    machine = apply_budget(resolve_machine(machine), memory)
     cost = resolve_cost(cost, machine)
     result: dict[str, float] = {}
     for p in policies:

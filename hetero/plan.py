@@ -101,6 +101,27 @@ class Plan:
         """The transfer nodes of the plan, in graph order."""
         return tuple(n for n in self.graph.nodes if n.is_transfer)
 
+    @property
+    def peak_memory(self) -> dict[str, int]:
+        """Predicted peak bytes per memory space when the plan runs: its arena (activations,
+        workspaces, copy buffers) plus the constants uploaded to that space (one copy per space
+        that reads them), the figure a device's capacity or memory budget must hold. The
+        simulated GPU's ``peak_allocated`` after a run is at most this."""
+        from hetero.spaces import device_space
+
+        # the executor allocates every arena, an empty one as 1 byte
+        peaks = {space: max(arena.arena_bytes, 1) for space, arena in
+                 (self.memory.arenas.items() if self.memory is not None else ())}
+        consumers = self.graph.consumers()
+        for node in self.graph.nodes:
+            if not node.is_constant:
+                continue
+            spaces = {device_space(self.graph.node(r).device or "cpu:0", self.machine)
+                      for r in consumers[node.name]}
+            for space in spaces:
+                peaks[space] = peaks.get(space, 0) + sum(s.nbytes for s in node.outputs)
+        return peaks
+
     # -- JSON ------------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
@@ -117,6 +138,7 @@ class Plan:
             "lower_bound": self.lower_bound,
             "policy": self.policy,
             "memory": memory.to_json() if memory is not None else None,
+            "peak_memory": self.peak_memory,
             "cost": _cost_to_json(self.cost),
         }
 

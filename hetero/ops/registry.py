@@ -85,6 +85,10 @@ class Op:
     kernels: dict[str, Kernel] = field(default_factory=dict)
     splits: bool = False
     doc: str = ""
+    #: reverse-mode rule ``(ins, outs, cotangents, attrs) -> input cotangents`` over Tensors,
+    #: built with ``hetero.tracing.apply`` (``hetero.ops.vjp`` fills it, ``hetero.autodiff``
+    #: calls it)
+    vjp: Callable[..., Any] | None = None
 
     def kernel_for(self, backend: str) -> Kernel | None:
         """The kernel that runs this op on ``backend``, or None if it has none there."""

@@ -1,0 +1,289 @@
+"""Layers, the Sequential model and Keras-style training (see ``hetero.nn``)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import hetero.ops as F
+from hetero.autodiff import value_and_grad
+from hetero.errors import ShapeError
+from hetero.tracing import Tensor, current_annotation, device, user_line
+
+
+class Module:
+    """A layer: named parameters and a forward function. ``where`` is the user's line that made
+    it, so shape errors name it; ``device`` the ``ht.device`` scope it was made in (it runs
+    there)."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, np.ndarray] = {}
+        self.where = user_line()
+        self.device = current_annotation()[0]
+        self.training = True
+
+    def forward(self, p: dict[str, Any], x: Any) -> Any:
+        raise NotImplementedError
+
+    def check(self, x: Any) -> None:
+        """Refuse an input this layer cannot take, naming it and where it was made."""
+
+    def __call__(self, x: Any, p: dict[str, Any] | None = None) -> Any:
+        try:
+            self.check(x)
+        except ShapeError as exc:
+            raise ShapeError(f"{type(self).__name__} layer made at {self.where}: {exc}") from None
+        p = self.params if p is None else p
+        if self.device is not None:
+            with device(self.device):
+                return self.forward(p, x)
+        return self.forward(p, x)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}={v.shape}" for k, v in self.params.items())
+        return f"{type(self).__name__}({shapes})"
+
+
+def _init(rng: np.random.Generator, fan_in: int, shape: tuple[int, ...]) -> np.ndarray:
+    return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+
+class Dense(Module):
+    """``x @ weight + bias`` over the last axis (weight is in x out)."""
+
+    def __init__(self, units_in: int, units_out: int, seed: int = 0) -> None:
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.params = {"weight": _init(rng, units_in, (units_in, units_out)),
+                       "bias": np.zeros(units_out, np.float32)}
+
+    def check(self, x):
+        if x.shape[-1] != self.params["weight"].shape[0]:
+            raise ShapeError(f"expects {self.params['weight'].shape[0]} input features, got "
+                             f"input of shape {tuple(x.shape)}")
+
+    def forward(self, p, x):
+        return F.add(F.matmul(x, p["weight"]), p["bias"])
+
+
+class Conv2d(Module):
+    """2-D convolution over NCHW input (ONNX Conv attributes)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0,
+                 groups: int = 1, seed: int = 0) -> None:
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        fan = c_in // groups * kernel * kernel
+        self.params = {"weight": _init(rng, fan, (c_out, c_in // groups, kernel, kernel)),
+                       "bias": np.zeros(c_out, np.float32)}
+        self.attrs = {"strides": (stride, stride), "pads": (padding,) * 4, "groups": groups}
+
+    def check(self, x):
+        c = self.params["weight"].shape[1] * self.attrs["groups"]
+        if len(x.shape) != 4 or x.shape[1] != c:
+            raise ShapeError(f"expects NCHW input with {c} channels, got shape {tuple(x.shape)}")
+
+    def forward(self, p, x):
+        return F.conv2d(x, p["weight"], p["bias"], **self.attrs)
+
+
+class LayerNorm(Module):
+    """Normalisation over the last axis, then ``* scale + bias`` (the layer_norm op)."""
+
+    def __init__(self, features: int, epsilon: float = 1e-5) -> None:
+        super().__init__()
+        self.epsilon = epsilon
+        self.params = {"scale": np.ones(features, np.float32),
+                       "bias": np.zeros(features, np.float32)}
+
+    def check(self, x):
+        if x.shape[-1] != self.params["scale"].shape[0]:
+            raise ShapeError(f"expects {self.params['scale'].shape[0]} features on the last "
+                             f"axis, got shape {tuple(x.shape)}")
+
+    def forward(self, p, x):
+        return F.layer_norm(x, p["scale"], p["bias"], epsilon=self.epsilon)
+
+
+class _Stateless(Module):
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, p, x):
+        return self.fn(x)
+
+
+class ReLU(_Stateless):
+    def __init__(self) -> None:
+        super().__init__(F.relu)
+
+
+class Tanh(_Stateless):
+    def __init__(self) -> None:
+        super().__init__(F.tanh)
+
+
+class Flatten(_Stateless):
+    def __init__(self) -> None:
+        super().__init__(lambda x: F.flatten(x, axis=1))
+
+
+class MaxPool2d(_Stateless):
+    def __init__(self, k: int, stride: int | None = None) -> None:
+        self.k, self.s = k, stride or k
+        s = self.s
+        super().__init__(lambda x: F.max_pool2d(x, kernel_shape=(k, k), strides=(s, s)))
+
+
+class AvgPool2d(_Stateless):
+    def __init__(self, k: int, stride: int | None = None) -> None:
+        self.k, self.s = k, stride or k
+        s = self.s
+        super().__init__(lambda x: F.avg_pool2d(x, kernel_shape=(k, k), strides=(s, s)))
+
+
+def cross_entropy(logits: Any, onehot: Any) -> Any:
+    """Mean over the batch of ``-sum(onehot * log_softmax(logits))``."""
+    return F.neg(F.mean(F.sum(F.mul(F.log_softmax(logits, axis=-1), onehot), axes=(1,))))
+
+
+class Sequential(Module):
+    """Layers applied in order; parameters are named ``"<index>.<name>"``."""
+
+    def __init__(self, *layers: Module) -> None:
+        super().__init__()
+        self.layers = list(layers)
+        self.params = {f"{i}.{k}": v for i, m in enumerate(layers) for k, v in m.params.items()}
+        self._step = None
+
+    def forward(self, p, x):
+        for i, m in enumerate(self.layers):
+            x = m(x, {k: p[f"{i}.{k}"] for k in m.params})
+        return x
+
+    # -- weights ------------------------------------------------------------------------------
+
+    def save_weights(self, path: str) -> None:
+        np.savez(path, **self.params)
+
+    def load_weights(self, path: str) -> None:
+        with np.load(path) as data:
+            missing = sorted(set(self.params) - set(data.files))
+            if missing:
+                raise ShapeError(f"{path}: no weights for {', '.join(missing)}")
+            for k in self.params:
+                if data[k].shape != self.params[k].shape:
+                    raise ShapeError(f"{path}: weight {k} has shape {data[k].shape}, the model "
+                                     f"{self.params[k].shape}")
+            new = {k: np.array(data[k], np.float32) for k in self.params}
+        self._set(new)
+
+    def _set(self, new: dict[str, np.ndarray]) -> None:
+        self.params = new
+        for i, m in enumerate(self.layers):
+            m.params = {k: new[f"{i}.{k}"] for k in m.params}
+
+    # -- Keras conventions --------------------------------------------------------------------
+
+    def compile(self, optimizer: Any, loss: str = "cross_entropy",
+                metrics: tuple[str, ...] = ("accuracy",), graph: bool = True) -> None:
+        if loss != "cross_entropy":
+            raise ShapeError(f"unknown loss {loss!r} (known: cross_entropy)")
+        self.optimizer, self.metrics, self.graph = optimizer, tuple(metrics), graph
+        self._step = None
+
+    def _build_step(self) -> Callable[..., Any]:
+        names = list(self.params)
+        opt = self.optimizer
+
+        def loss_fn(params, x, y):
+            return cross_entropy(self.forward(dict(zip(names, params, strict=True)), x), y)
+
+        vg = value_and_grad(loss_fn)
+
+        def step(t, x, y, *flat):
+            n = len(names)
+            params, state = list(flat[:n]), list(flat[n:])
+            loss, grads = vg(params, x, y)
+            new_params, new_state = opt.update(params, grads, state, t)
+            return (loss, *new_params, *new_state)
+
+        if self.graph:
+            from hetero.function import function
+            return function(step)
+        return step
+
+    def fit(self, x: np.ndarray, y: np.ndarray, epochs: int = 1, batch_size: int = 32,
+            validation_data: tuple[np.ndarray, np.ndarray] | None = None, seed: int = 0,
+            verbose: bool = True) -> dict[str, list[float]]:
+        """Train; ``y`` are integer class labels. Returns the per-epoch history."""
+        if self._step is None:
+            self._step = self._build_step()
+            self._state = self.optimizer.init(list(self.params.values()))
+            self._t = 0
+        classes = self.layers[-1].params["bias"].shape[0] if self.layers[-1].params else \
+            int(y.max()) + 1
+        rng = np.random.default_rng(seed)
+        history: dict[str, list[float]] = {"loss": [], "accuracy": [], "time": []}
+        if validation_data is not None:
+            history["val_accuracy"] = []
+        n = len(x) - len(x) % batch_size  # whole batches only: one traced shape
+        for epoch in range(epochs):
+            order = rng.permutation(len(x))[:n]
+            t0, losses = time.perf_counter(), []
+            steps = n // batch_size
+            for b in range(steps):
+                idx = order[b * batch_size:(b + 1) * batch_size]
+                xb = x[idx].astype(np.float32)
+                yb = np.eye(classes, dtype=np.float32)[y[idx]]
+                self._t += 1
+                out = self._step(np.float32(self._t), xb, yb, *self.params.values(),
+                                 *self._state)
+                out = [np.asarray(o.numpy() if isinstance(o, Tensor) else o) for o in out]
+                k = len(self.params)
+                self._set(dict(zip(self.params, out[1:1 + k], strict=True)))
+                self._state = out[1 + k:]
+                losses.append(float(out[0]))
+                if verbose:
+                    _bar(epoch, epochs, b + 1, steps, float(np.mean(losses)), t0)
+            dt = time.perf_counter() - t0
+            acc = self.evaluate(x, y)["accuracy"]
+            history["loss"].append(float(np.mean(losses)))
+            history["accuracy"].append(acc)
+            history["time"].append(dt)
+            line = f" - accuracy {acc:.4f}"
+            if validation_data is not None:
+                va = self.evaluate(*validation_data)["accuracy"]
+                history["val_accuracy"].append(va)
+                line += f" - val_accuracy {va:.4f}"
+            if verbose:
+                sys.stdout.write(line + f" - {dt:.2f}s\n")
+                sys.stdout.flush()
+        return history
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        outs = []
+        for i in range(0, len(x), batch_size):
+            outs.append(np.asarray(self(x[i:i + batch_size].astype(np.float32)).numpy()))
+        return np.concatenate(outs)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        logits = self.predict(x)
+        z = logits - logits.max(1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        return {"loss": float(-logp[np.arange(len(y)), y].mean()),
+                "accuracy": float((logits.argmax(1) == y).mean())}
+
+
+def _bar(epoch: int, epochs: int, step: int, steps: int, loss: float, t0: float) -> None:
+    width = 30
+    done = int(width * step / steps)
+    bar = "=" * max(done - 1, 0) + (">" if done < width else "=") + "." * (width - done)
+    sys.stdout.write(f"\rEpoch {epoch + 1}/{epochs} {step}/{steps} [{bar}] "
+                     f"{time.perf_counter() - t0:.1f}s - loss {loss:.4f}")
+    sys.stdout.flush()
