@@ -74,6 +74,17 @@ def _tanh_d(x, y, attrs):
 
 
 def _gelu_d(x, y, attrs):
+    if attrs["approximate"] == "tanh":
+        # y = x/2 (1 + tanh(u)), u = c (x + k x^3): y' = (1 + t)/2 + x/2 (1 - t^2) c (1 + 3k x^2)
+        c, k = np.sqrt(2.0 / np.pi), 0.044715
+        x2 = apply("mul", [x, x])
+        t = apply("tanh", [apply("mul", [_c(x, c), apply("add", [x, apply(
+            "mul", [_c(x, k), apply("mul", [x2, x])])])])])
+        du = apply("mul", [_c(x, c), apply("add", [_c(x, 1.0), apply("mul", [_c(x, 3 * k), x2])])])
+        sech2 = apply("sub", [_c(x, 1.0), apply("mul", [t, t])])
+        return apply("add", [apply("mul", [_c(x, 0.5), apply("add", [_c(x, 1.0), t])]),
+                             apply("mul", [apply("mul", [_c(x, 0.5), x]),
+                                           apply("mul", [sech2, du])])])
     # d/dx x*Phi(x) = Phi(x) + x*phi(x)  (the exact, erf form)
     phi_cdf = apply("mul", [_c(x, 0.5), apply("add", [_c(x, 1.0), apply(
         "erf", [apply("mul", [x, _c(x, 1.0 / np.sqrt(2.0))])])])])
