@@ -26,6 +26,7 @@ from hetero.version import __version__  # noqa: F401
 _LAZY = {
     "scheduling": ("hetero.scheduling", None),
     "onnx": ("hetero.onnx", None),
+    "distributed": ("hetero.distributed", None),
     "place": ("hetero.pipeline", "place"),
     "partition": ("hetero.passes.partition", "partition"),
     "schedule": ("hetero.passes.schedule", "schedule"),
@@ -42,6 +43,8 @@ _LAZY = {
     "TableCost": ("hetero.cost", "TableCost"),
     "compare_policies": ("hetero.pipeline", "compare_policies"),
     "check": ("hetero.verify", "check"),
+    "grad": ("hetero.autodiff", "grad"),
+    "value_and_grad": ("hetero.autodiff", "value_and_grad"),
 }
 
 

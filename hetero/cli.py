@@ -94,8 +94,13 @@ def _one_line(text: str, *, items: int = 4, hint: bool = True) -> str:
 
 
 def machine_arg(spec: str) -> Any:
-    """``--devices SPEC`` -> Machine (argparse type)."""
+    """``--devices SPEC`` -> Machine (argparse type); a spec of several nodes
+    (``2x(cpu:2,sim:1@t4)``) -> ``hetero.distributed.Cluster``."""
+    from hetero.distributed import is_cluster_spec, parse_cluster  # light: no Dask import
+
     try:
+        if is_cluster_spec(spec):
+            return parse_cluster(spec)
         return Machine.parse(spec)
     except HeteroError as exc:
         msg = str(exc).replace(SPEC_GRAMMAR, "").strip().rstrip(":").strip()
@@ -356,10 +361,15 @@ def _trace_python(path: str, func: str, inputs: Sequence[InputArg]) -> Any:
 
 
 def _machine(args: argparse.Namespace) -> Any:
+    from hetero.budget import apply_budget  # --memory: capacities lowered to the budgets
+
+    if _is_cluster(args.devices):
+        raise ModelError(f"--devices {args.devices.spec!r} describes several nodes: 'hetero "
+                         "place' and 'hetero run' take such a spec, this command one machine's")
     if args.devices is None:
-        return Machine.detect()
+        return apply_budget(Machine.detect(), getattr(args, "memory", None))
     _warn_oversubscribed(args.devices)
-    return args.devices
+    return apply_budget(args.devices, getattr(args, "memory", None))
 
 
 def _warn_oversubscribed(machine: Any) -> None:
@@ -546,6 +556,8 @@ def _check_format_output(args: argparse.Namespace) -> None:
 
 def cmd_place(args: argparse.Namespace) -> int:
     _check_format_output(args)
+    if _is_cluster(args.devices):
+        return _place_cluster(args)
     machine = _machine(args)
     cost = _cost(args, machine)
     graph = optimize_for(load_model(args.model, args.input), machine)  # once, for every policy
@@ -568,6 +580,108 @@ def cmd_place(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------
 # hetero run
+
+
+def _is_cluster(devices: Any) -> bool:
+    return type(devices).__name__ == "Cluster"
+
+
+def _place_cluster(args: argparse.Namespace) -> int:
+    """``hetero place`` for a cluster of several nodes: the split over the nodes, the values that
+    cross the network, and each node's own placement report."""
+    from hetero.distributed import split
+
+    cluster = args.devices
+    graph = load_model(args.model, args.input)
+    stages = split(graph, cluster, policy=_policy(args))
+    crossing = []
+    for st in stages:
+        for dst, names in st.sends.items():
+            for name in names:
+                spec = st.plan.graph.spec(next(v for v, n in zip(st.plan.graph.outputs,
+                                                                st.outputs) if n == name))
+                crossing.append({"value": name, "src": st.node, "dst": stages[dst].node,
+                                 "kind": "n2n", "bytes": spec.nbytes,
+                                 "seconds": cluster.network.time(spec.nbytes)})
+    docs = [report.build(st.plan, source=f"{args.model} ({st.node})", policies=None)
+            for st in stages]
+    if args.format == "json":
+        text = json.dumps({"format": "hetero.cluster-placement/1", "cluster": cluster.to_json(),
+                           "transfers": crossing,
+                           "nodes": [{"name": st.node, "report": doc}
+                                     for st, doc in zip(stages, docs)]}, indent=2) + "\n"
+    elif args.format == "table":
+        rows = [cluster.describe(), "", "node-to-node transfers (kind n2n):"]
+        rows += [f"  {c['value']}: {c['src']} -> {c['dst']}, {c['bytes']} B, "
+                 f"{fmt_time(c['seconds'])}" for c in crossing] or ["  none"]
+        for st, doc in zip(stages, docs):
+            rows += ["", f"== node {st.node} ==", report.render(doc, "table")]
+        text = "\n".join(rows) + "\n"
+    else:
+        raise ModelError(f"--format {args.format} for a cluster of several nodes: use table or "
+                         "json (the DOT and HTML reports draw one machine)")
+    _write(text, args.output)
+    return 0
+
+
+def _run_dask(args: argparse.Namespace) -> int:
+    """``hetero run --dask TARGET``: the plan run by Dask actors, one node of a cluster spec per
+    worker (pipelined), or one replica of a single machine's plan per worker."""
+    from hetero import distributed as hd
+
+    if args.profile:
+        raise ModelError("--profile records a run in this process; it does not combine with "
+                         "--dask")
+    if _is_plan_file(args.model):
+        raise ModelError(f"{args.model}: --dask compiles the model for its nodes; give the "
+                         "model, not a saved plan")
+    devices = args.devices
+    cluster = devices if _is_cluster(devices) else None
+    graph = load_model(args.model, args.input)
+    arrays = _run_inputs(graph, args.input, args.seed)
+    target = args.dask or f"local:{len(cluster) if cluster else 1}"
+    with hd.connect(target) as conn:
+        if cluster is not None and len(cluster) > 1:
+            stages = hd.split(graph, cluster, policy=_policy(args))
+            runner: Any = hd.PipelineRunner(conn, stages)
+            what = (f"cluster {cluster.spec}: {len(stages)} nodes on Dask workers "
+                    f"{', '.join(runner._workers)}")
+        else:
+            machine = cluster.machines[0] if cluster is not None else _machine(args)
+            plan = _compile(args, graph, machine, _cost(args, machine))
+            runner = conn.runner(plan)
+            what = (f"machine {machine.spec}: one replica per Dask worker "
+                    f"({', '.join(runner.workers)})")
+        outputs = runner.run(*arrays)  # warm-up
+        times = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            outputs = runner.run(*arrays)
+            times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        runner.map([arrays] * args.repeat)
+        rate = args.repeat / (time.perf_counter() - t0)
+    print(f"model {graph.name} ({args.model})  {what}")
+    print(f"measured  median {fmt_time(statistics.median(times))} of {args.repeat} run(s); "
+          f"map of {args.repeat}: {rate:.1f} runs/s")
+    names = _output_names(graph)
+    for name, out in zip(names, outputs):
+        arr = np.asarray(out)
+        print(f"output {name}: {arr.dtype}{list(arr.shape)}")
+    if args.output:
+        buf = io.BytesIO()
+        np.savez(buf, **{name: np.asarray(out) for name, out in zip(names, outputs)})
+        _write(buf.getvalue(), args.output)
+        print(f"wrote the outputs of the last run to {args.output}")
+    if args.check:
+        worst = 0.0
+        for got, want in zip(outputs, reference.run(graph, arrays)):
+            g = np.asarray(got, dtype=np.float64)
+            w = np.asarray(want, dtype=np.float64)
+            if g.size:
+                worst = max(worst, float(np.max(np.abs(g - w) / (1.0 + np.abs(w)))))
+        print(f"check against the reference executor: max relative error {worst:.3g}")
+    return 0
 
 
 def _run_inputs(graph: Any, given: Sequence[InputArg], seed: int) -> list[np.ndarray]:
@@ -647,6 +761,8 @@ def _check_plan_options(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if getattr(args, "dask", None) is not None or _is_cluster(args.devices):
+        return _run_dask(args)
     for path in (args.profile, args.output):
         if path:
             _check_writable(path)  # before the benchmark, not after it
@@ -926,6 +1042,9 @@ def build_parser() -> argparse.ArgumentParser:
     machine.add_argument("--devices", metavar="SPEC", type=machine_arg, default=None,
                          help=f"machine to plan for, e.g. {SPEC_EXAMPLE!r} (default: the devices "
                               "detected on this host); simulated GPUs work anywhere")
+    machine.add_argument("--memory", metavar="DEVICE=SIZE", action="append", default=None,
+                         help="memory budget of a device, e.g. gpu:0=2GiB (sizes like 512MiB, "
+                              "1.5GB); the plan stays within it; repeatable")
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("model", metavar="MODEL",
                        help="an .onnx file, or path/to/file.py:function ('hetero run' also "
@@ -999,6 +1118,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a Chrome trace (chrome://tracing, Perfetto) of one more run")
     p.add_argument("--check", action="store_true",
                    help="also compare the outputs with the sequential reference executor")
+    p.add_argument("--dask", metavar="TARGET", default=None,
+                   help="run on Dask distributed: 'local:N' (a LocalCluster of N worker "
+                        "processes here) or a scheduler address 'tcp://HOST:8786'; with a "
+                        "--devices spec of several nodes, node k runs on the k-th worker")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     p.add_argument("-o", "--output", metavar="OUTPUTS.npz", default=None,
                    help="save the outputs of the last timed run as a NumPy .npz archive, one "

@@ -26,12 +26,13 @@ PACKAGE = pathlib.Path(ht.__file__).parent
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("hetero.errors", "hetero.version", "hetero.threads"),
     ("hetero.graph", "hetero.builder", "hetero.spaces", "hetero.scheduling"),
-    ("hetero.devices", "hetero.config"),
+    ("hetero.devices", "hetero.config", "hetero.budget"),
     ("hetero.ops.registry", "hetero.ops.scratch"),
     ("hetero.tracing",),
     ("hetero.ops", "hetero.ops.elementwise", "hetero.ops.index", "hetero.ops.linalg",
      "hetero.ops.misc", "hetero.ops.nn", "hetero.ops.reduce", "hetero.ops.shape",
-     "hetero.ops.transfer", "hetero.ops.methods", "hetero.ops.spatial", "hetero.ops.attention"),
+     "hetero.ops.transfer", "hetero.ops.methods", "hetero.ops.spatial", "hetero.ops.attention",
+     "hetero.ops.vjp"),
     ("hetero.backends", "hetero.backends.sim", "hetero.backends.cupy", "hetero.backends.cpu",
      "hetero.backends.cpu.kernels", "hetero.backends.cpu._loops"),
     ("hetero.cost",),
@@ -41,8 +42,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hetero.executor",),
     ("hetero.plan",),
     ("hetero.pipeline",),
-    ("hetero.function", "hetero.compiler", "hetero.onnx"),
-    ("hetero.report",),
+    ("hetero.function", "hetero.compiler", "hetero.onnx", "hetero.autodiff"),
+    ("hetero.report", "hetero.distributed", "hetero.optim", "hetero.nn", "hetero.nn.layers",
+     "hetero.nn.onnx_export"),
     ("hetero.cli", "hetero.__main__", "hetero"),
 )
 
