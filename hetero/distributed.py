@@ -426,6 +426,23 @@ class PipelineRunner:
         self._start()
 
     def _start(self) -> None:
+        """Make the node actors; a worker that died a moment ago may still be listed by the
+        scheduler (the scatter to it fails), so a failure of Dask's own retries until the
+        timeout; hetero's errors (a resource mismatch, a load that failed) do not."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return self._start_once()
+            except HeteroError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a worker that left, a closed comm
+                if time.monotonic() > deadline:
+                    raise ExecutionError(f"starting the actors of {len(self.stages)} cluster "
+                                         f"node(s) failed within {self.timeout:g} s: "
+                                         f"{type(exc).__name__}: {exc}") from None
+                time.sleep(self.poll)
+
+    def _start_once(self) -> None:
         workers = self.conn.workers(at_least=len(self.stages), timeout=self.timeout)
         if len(workers) < len(self.stages):
             raise ExecutionError(f"{len(self.stages)} cluster node(s) need as many Dask workers; "
@@ -465,10 +482,13 @@ class PipelineRunner:
     def _send(self, batch: int, inputs: Sequence[Any]) -> None:
         assert self._actors is not None
         arrays = [np.asarray(a) for a in inputs]
-        for st, actor in zip(self.stages, self._actors):
+        for st, actor, w in zip(self.stages, self._actors, self._workers):
             mine = {f"__graph{src[1]}": arrays[src[1]] for src in st.inputs if src[0] == "graph"}
             if mine or not any(src[0] == "stage" for src in st.inputs):
-                actor.put(batch, mine)
+                try:
+                    actor.put(batch, mine)
+                except Exception as exc:  # noqa: BLE001 - the worker is gone or its comm closed
+                    self._lost(st, w, f"{type(exc).__name__}: {exc}")
 
     def _take(self, batch: int) -> list[np.ndarray]:
         assert self._actors is not None
