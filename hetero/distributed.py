@@ -30,6 +30,9 @@ import numpy as np
 
 from hetero.devices import Link, Machine
 from hetero.errors import DeviceError, ExecutionError, HeteroError
+from hetero.executor import Executor
+from hetero.passes.memory import plan_memory
+from hetero.threads import cpu_cores
 
 #: The network between two nodes when the spec does not say: 10 Gb/s Ethernet, 50 us.
 DEFAULT_NETWORK = Link(10e9 / 8, 50e-6)
@@ -65,6 +68,26 @@ def split_name(name: str) -> tuple[str | None, str]:
     """("node1", "cpu:0") for "node1/cpu:0"; (None, "cpu:0") for an unqualified name."""
     node, sep, dev = name.partition("/")
     return (node, dev) if sep else (None, name)
+
+
+def _host(worker: str) -> str:
+    """The host part of a Dask worker address (``tcp://10.0.0.5:40123`` -> ``10.0.0.5``)."""
+    return worker.rsplit("://", 1)[-1].rsplit(":", 1)[0]
+
+
+def _shares(workers: Sequence[str]) -> list[int]:
+    """For each of ``workers``, how many of them run on its host: the actors of one runner on
+    one host split its cores between them."""
+    hosts = [_host(w) for w in workers]
+    return [hosts.count(h) for h in hosts]
+
+
+def _executor(plan: Any, share: int) -> Executor:
+    """The executor an actor runs its plan with: its splitting kernels use the cores of its
+    host over the ``share`` actors of the runner there (two replicas on a 2-core host get one
+    core each, rather than both cutting every conv in two and fighting for the same cores)."""
+    loaded = plan if plan.memory is not None else plan_memory(plan)
+    return Executor(loaded, intra_op_threads=max(1, cpu_cores() // max(1, share)))
 
 
 @dataclass(frozen=True)
@@ -276,16 +299,18 @@ class PlanActor:
     """Lives on one Dask worker: reads the plan (JSON, with its constants) once, loads its
     executor at creation (arenas allocated, constants uploaded), then runs it per call."""
 
-    def __init__(self, plan_json: dict[str, Any], warm_inputs: list[np.ndarray] | None) -> None:
+    def __init__(self, plan_json: dict[str, Any], warm_inputs: list[np.ndarray] | None,
+                 share: int = 1) -> None:
         from hetero.plan import Plan
 
         self.plan = Plan.from_json(plan_json)
+        self.executor = _executor(self.plan, share)  # arenas allocated, constants uploaded
         self.runs = 0
-        if warm_inputs is not None:  # loads the executor: arenas, constants, first touches
-            self.plan.run(*warm_inputs)
+        if warm_inputs is not None:  # first touches
+            self.executor.run(list(warm_inputs))
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        outs = self.plan.run(*inputs)
+        outs = self.executor.run(list(inputs))
         self.runs += 1
         return [np.array(o, copy=True) for o in outs]
 
@@ -310,7 +335,7 @@ class StageActor:
     def __init__(self, plan_json: dict[str, Any], index: int, node: str,
                  inputs: list[tuple[Any, ...]], outputs: list[str],
                  sends: dict[int, list[str]], results: list[tuple[int, str]],
-                 warm_inputs: list[np.ndarray]) -> None:
+                 warm_inputs: list[np.ndarray], share: int = 1) -> None:
         import threading
 
         from hetero.plan import Plan
@@ -327,7 +352,8 @@ class StageActor:
         self._waiters: dict[int, tuple[Any, Any]] = {}
         self._sent: list[Any] = []
         self._names = [src[2] if src[0] == "stage" else f"__graph{src[1]}" for src in inputs]
-        self.plan.run(*warm_inputs)  # loads the executor once: arenas, constants
+        self.executor = _executor(self.plan, share)  # loaded once: arenas, constants
+        self.executor.run(list(warm_inputs))
 
     def wire(self, peers: dict[int, Any]) -> None:
         self.peers = dict(peers)
@@ -343,7 +369,7 @@ class StageActor:
             args = [have[n] for n in self._names]
             del self._pending[batch]
         try:
-            outs = self.plan.run(*args)
+            outs = self.executor.run(list(args))
             made = {name: np.array(o, copy=True) for name, o in zip(self.outputs, outs)}
         except Exception as exc:  # noqa: BLE001 - reported to the client and downstream nodes
             self.fail(batch, f"node {self.node}, partition {self.plan.graph.name!r}: "
@@ -459,13 +485,13 @@ class PipelineRunner:
                                   f"start that worker with --resources \"{want}\" (nothing was "
                                   "run)")
         futs = []
-        for st, js, w in zip(self.stages, self._jsons, workers):
+        for st, js, w, share in zip(self.stages, self._jsons, workers, _shares(workers)):
             warm = [np.zeros(s.shape, s.dtype) for s in st.plan.graph.input_specs]
             # the sub-plan (weights included) goes straight to its worker, not via the scheduler
             [data] = self.conn.client.scatter([js], workers=[w], direct=True, hash=False)
             futs.append(self.conn.client.submit(
                 StageActor, data, st.index, st.node, list(st.inputs), list(st.outputs),
-                {k: list(v) for k, v in st.sends.items()}, list(st.results), warm,
+                {k: list(v) for k, v in st.sends.items()}, list(st.results), warm, share,
                 actor=True, workers=[w], allow_other_workers=False, pure=False))
         actors = []
         for st, w, fut in zip(self.stages, workers, futs):
@@ -592,7 +618,8 @@ class Runner:
             warm = [np.zeros(s.shape, s.dtype) for s in self.plan.graph.input_specs]
             [data] = self.conn.client.scatter([self._json], workers=[worker], direct=True,
                                               hash=False)
-            fut = self.conn.client.submit(PlanActor, data, warm, actor=True,
+            share = _shares(self.workers)[self.workers.index(worker)]
+            fut = self.conn.client.submit(PlanActor, data, warm, share, actor=True,
                                           workers=[worker], allow_other_workers=False, pure=False)
             try:
                 actor = fut.result(timeout=self.timeout)
