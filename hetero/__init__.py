@@ -45,6 +45,7 @@ _LAZY = {
     "check": ("hetero.verify", "check"),
     "grad": ("hetero.autodiff", "grad"),
     "value_and_grad": ("hetero.autodiff", "value_and_grad"),
+    "vjp": ("hetero.autodiff", "vjp"),
 }
 
 

@@ -379,6 +379,11 @@ class Trace:
     def add(self, node: Node) -> Node:
         return self.builder.add(node)
 
+    def capture(self, x: Tensor, where: str | None) -> Value:
+        """The value standing for ``x``, a tensor of another trace, read here. A plain trace
+        refuses; a nested one (``hetero.autodiff``'s) may make it an input."""
+        raise TraceError(f"{where}: a value traced by another @function is used here")
+
     def graph(self, outputs: Sequence[Value]) -> Graph:
         return self.builder.build(outputs)
 
@@ -463,7 +468,7 @@ def _record(trace: Trace, op, inputs, attrs: Attrs, dev, soft, col, where) -> An
             if x._trace is None:
                 v = trace.add_constant(x.numpy(), where)
             elif x._trace is not trace:
-                raise TraceError(f"{where}: a value traced by another @function is used here")
+                v = trace.capture(x, where)
             else:
                 v = x._value
             values.append(v)

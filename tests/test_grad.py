@@ -259,3 +259,308 @@ def test_pool_rules_match_finite_differences(pool, k, stride, pad, seed):
         kw["count_include_pad"] = 1
     loss = _weighted(lambda x: getattr(F, pool)(x, **kw), seed + 1)
     np.testing.assert_allclose(grad(loss)(x).numpy(), _fd(loss, x), rtol=1e-5, atol=1e-6)
+
+
+# max/min reductions, pow, maximum/minimum, strided slices and gather on any axis
+EXTRA = {
+    "max": lambda x: F.max(x, axes=(1,), keepdims=0),
+    "min": lambda x: F.min(x, axes=(0,), keepdims=1),
+    "max_all": lambda x: F.max(x),
+    "pow": lambda x: F.pow(F.add(F.mul(x, x), 0.5), 1.5),
+    "pow_int_exponent": lambda x: F.pow(x, 3.0),
+    "pow_of_x": lambda x: F.pow(2.5, x),
+    "maximum": lambda x: F.maximum(x, np.linspace(-1, 1, x.shape[-1])),
+    "minimum": lambda x: F.minimum(x, F.tanh(x)),
+    "slice_step": lambda x: F.slice(x, starts=(0, -1), ends=(10, -100), axes=(0, 1),
+                                    steps=(2, -1)),
+    "gather_axis1": lambda x: F.gather(x, np.array([[1, -1], [0, 0]]), axis=1),
+    "gather_axis0_2d": lambda x: F.gather(x, np.array([[0, 1], [1, 0]]), axis=0),
+    "abs": lambda x: F.abs(x), "sin": lambda x: F.sin(x), "cos": lambda x: F.cos(x),
+    "erf": lambda x: F.erf(x), "softplus": lambda x: F.softplus(x),
+    "leaky_relu": lambda x: F.leaky_relu(x, 0.2), "elu": lambda x: F.elu(x, 0.7),
+    "clip": lambda x: F.clip(x, -0.5, 0.8), "clip_min": lambda x: F.clip(x, min=0.1),
+    "add_n": lambda x: F.add_n(x, F.mul(x, x), F.tanh(x)),
+    "pad_crop": lambda x: F.pad(x, (1, -1, 0, 2), value=0.5),
+    "tile": lambda x: F.tile(x, (2, 3)),
+    "global_pools": lambda x: F.add(F.global_avg_pool(F.reshape(x, shape=(1, 1) + x.shape)),
+                                    F.global_max_pool(F.reshape(x, shape=(1, 1) + x.shape))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXTRA))
+@settings(max_examples=8, deadline=None)
+@given(shape=st.tuples(st.integers(2, 4), st.integers(2, 4)), seed=st.integers(0, 1000))
+def test_reduction_pow_and_indexing_rules_match_finite_differences(name, shape, seed):
+    x = np.random.default_rng(seed).standard_normal(shape)
+    loss = _weighted(EXTRA[name], seed + 1)
+    np.testing.assert_allclose(grad(loss)(x).numpy(), _fd(loss, x), rtol=1e-5, atol=1e-6)
+
+
+def test_max_and_max_pool_share_the_cotangent_among_ties():
+    x = np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]])
+    g = grad(lambda x: F.sum(F.max(x, axes=(1,), keepdims=0)))(x).numpy()
+    np.testing.assert_allclose(g, [[0, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3]])
+    # a window of equal values passes on its cotangent once, not once per tied input
+    g = grad(lambda x: F.sum(F.max_pool2d(x, (2, 2), (2, 2))))(np.zeros((1, 1, 4, 4))).numpy()
+    np.testing.assert_allclose(g, np.full((1, 1, 4, 4), 0.25))
+    # away from ties, max_pool2d's gradient is PyTorch's
+    torch = pytest.importorskip("torch")
+    xr = np.random.default_rng(4).standard_normal((2, 3, 6, 5))
+    g = grad(lambda x: F.sum(F.mul(F.max_pool2d(x, (3, 2), (2, 1), (1, 0, 1, 0)), 2.0)))(xr)
+    tx = torch.tensor(xr, requires_grad=True)
+    (2 * torch.nn.functional.max_pool2d(tx, (3, 2), (2, 1), (1, 0))).sum().backward()
+    np.testing.assert_allclose(g.numpy(), tx.grad.numpy())
+
+
+def test_pow_gradient_at_zero_base_is_finite():
+    assert np.array_equal(grad(lambda x: F.sum(F.pow(x, 2.0)))(np.zeros(3)).numpy(), np.zeros(3))
+    assert np.array_equal(grad(lambda x: F.sum(F.pow(x, 0.0)))(np.zeros(3)).numpy(), np.zeros(3))
+
+
+def test_infinite_loss_and_unused_outputs_do_not_poison_the_gradient():
+    x = np.array([0.0, 1.0, 2.0])
+
+    def f(x):
+        return F.sum(F.log(x))  # -inf: graph mode must not seed with loss * 0 + 1 (NaN)
+
+    @ht.function
+    def graph_grad(x):
+        return grad(f)(x)
+    with np.errstate(divide="ignore"):
+        eager = grad(f)(x).numpy()
+        graph = np.asarray(graph_grad(x))
+    np.testing.assert_array_equal(eager, [np.inf, 1.0, 0.5])
+    np.testing.assert_array_equal(graph, eager)
+    # the unused piece of a split holds inf: its zero cotangent must stay zero
+    y = np.array([1.0, 2.0, np.inf, 3.0])
+
+    def first_half(y):
+        return F.sum(F.split(y, sizes=(2, 2), axis=0)[0])
+
+    @ht.function
+    def graph_split(y):
+        return grad(first_half)(y)
+    np.testing.assert_array_equal(grad(first_half)(y).numpy(), [1.0, 1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(np.asarray(graph_split(y)), [1.0, 1.0, 0.0, 0.0])
+
+
+def test_against_pytorch_transformer_block():
+    """A pre-norm single-head attention block with a GELU MLP, residuals and a softmax
+    cross-entropy head: every parameter's gradient equals torch.autograd's."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    t, d, h, c = 5, 8, 16, 3
+    x = rng.standard_normal((t, d))
+    labels = rng.integers(0, c, t)
+    shapes = {"ln1": (d,), "b1": (d,), "wq": (d, d), "wk": (d, d), "wv": (d, d), "wo": (d, d),
+              "ln2": (d,), "w1": (d, h), "bh": (h,), "w2": (h, d), "head": (d, c)}
+    params = {k: rng.standard_normal(s) * (0.5 if len(s) == 2 else 1.0) + (1.0 if k[:2] == "ln"
+                                                                          else 0.0)
+              for k, s in shapes.items()}
+
+    def block(p, x, ops, softmax, ln, gelu, onehot_loss):
+        a = ln(x, p["ln1"], p["b1"])
+        q, k, v = (ops.matmul(a, p[n]) for n in ("wq", "wk", "wv"))
+        kt = ops.transpose(k, (1, 0)) if ops is not torch else k.T
+        att = softmax(ops.mul(ops.matmul(q, kt), 1.0 / np.sqrt(d)))
+        x = ops.add(x, ops.matmul(ops.matmul(att, v), p["wo"]))
+        m = gelu(ops.add(ops.matmul(ln(x, p["ln2"], None), p["w1"]), p["bh"]))
+        x = ops.add(x, ops.matmul(m, p["w2"]))
+        return onehot_loss(ops.matmul(x, p["head"]))
+
+    def ht_loss(p):
+        return block(
+            p, x, F, lambda z: F.softmax(z, axis=-1), F.layer_norm, F.gelu,
+            lambda z: F.neg(F.mean(F.sum(F.mul(F.log_softmax(z, axis=-1), np.eye(c)[labels]),
+                                         axes=(1,)))))
+    value, g = value_and_grad(ht_loss)(params)
+
+    tp = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    nnf = torch.nn.functional
+    tl = block(tp, torch.tensor(x), torch, lambda z: torch.softmax(z, -1),
+               lambda z, s, b: nnf.layer_norm(z, (d,), s, b), nnf.gelu,
+               lambda z: nnf.cross_entropy(z, torch.tensor(labels)))
+    tl.backward()
+    # hetero's layer_norm kernel keeps its statistics in float32 (ONNX stash_type=1)
+    np.testing.assert_allclose(value.numpy(), tl.item(), rtol=1e-6)
+    for k in shapes:
+        np.testing.assert_allclose(g[k].numpy(), tp[k].grad.numpy(), rtol=1e-5, atol=1e-6,
+                                   err_msg=k)
+
+
+@settings(max_examples=8, deadline=None)
+@given(k=st.integers(2, 3), stride=st.integers(1, 2), top=st.integers(0, 1), left=st.integers(0, 1),
+       seed=st.integers(0, 1000))
+def test_avg_pool_rule_without_counting_padding_matches_finite_differences(k, stride, top, left,
+                                                                           seed):
+    x = np.random.default_rng(seed).standard_normal((1, 2, 5, 6))
+    kw = {"kernel_shape": (k, k), "strides": (stride, stride), "pads": (top, left, 1, 0),
+          "count_include_pad": 0}  # ONNX's default: a window divides by the inputs it covers
+    loss = _weighted(lambda x: F.avg_pool2d(x, **kw), seed + 1)
+    np.testing.assert_allclose(grad(loss)(x).numpy(), _fd(loss, x), rtol=1e-5, atol=1e-6)
+
+
+def test_closures_over_enclosing_traced_values_and_second_order():
+    rng = np.random.default_rng(6)
+    x, w = rng.standard_normal((4, 3)), rng.standard_normal((3, 2))
+
+    @ht.function
+    def step(w, x):
+        h = F.tanh(x)  # traced by step, read by the loss from its closure
+        return grad(lambda w: F.sum(F.tanh(F.matmul(h, w))))(w)
+    hx = np.tanh(x)
+    np.testing.assert_allclose(np.asarray(step(w, x)), hx.T @ (1 - np.tanh(hx @ w) ** 2),
+                               rtol=1e-12)
+
+    v = np.array([0.5, -1.0, 2.0])
+
+    def outer(x):  # d/dx sum(d/dy sum(x * y * y) at y = x) = d/dx sum(2 x^2) = 4 x
+        return F.sum(grad(lambda y: F.sum(F.mul(F.mul(x, y), y)))(x))
+
+    @ht.function
+    def second(x):
+        return grad(outer)(x)
+    np.testing.assert_allclose(grad(outer)(v).numpy(), 4 * v)
+    np.testing.assert_allclose(np.asarray(second(v)), 4 * v)
+
+
+def test_device_pins_inside_the_differentiated_function_hold_for_forward_and_backward():
+    from hetero.compiler import compile
+
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal((4, 3)), rng.standard_normal((3, 2))
+
+    def loss(w, x):
+        h = F.matmul(x, w)
+        with ht.device("cpu:1"):
+            h = F.tanh(h)
+        return F.sum(h)
+
+    def step(w, x):
+        return grad(loss)(w, x)
+    c = compile(step, "cpu:2", example_inputs=(w, x))
+    dev = {n.op: n.device for n in c.graph.nodes if n.computes}
+    assert dev["tanh"] == "cpu:1"
+    assert dev["sub"] == "cpu:1"  # tanh's rule, 1 - y * y, runs where tanh did
+    out = c.run(w, x)
+    out = out[0] if isinstance(out, (list, tuple)) else out
+    np.testing.assert_allclose(np.asarray(out), x.T @ (1 - np.tanh(x @ w) ** 2), rtol=1e-12)
+
+
+def test_vjp_takes_an_explicit_cotangent_for_a_non_scalar_output():
+    rng = np.random.default_rng(8)
+    x, w, ct = rng.standard_normal((4, 3)), rng.standard_normal((3, 2)), rng.standard_normal((4, 2))
+    out, back = ht.vjp(lambda x, w: F.tanh(F.matmul(x, w)), x, w)
+    np.testing.assert_allclose(out.numpy(), np.tanh(x @ w))
+    gx, gw = back(ct)
+    d = ct * (1 - np.tanh(x @ w) ** 2)
+    np.testing.assert_allclose(gx.numpy(), d @ w.T, rtol=1e-12)
+    np.testing.assert_allclose(gw.numpy(), x.T @ d, rtol=1e-12)
+    with pytest.raises(GradError, match=r"cotangent has shape \(2,\), the output \(4, 2\)"):
+        back(np.ones(2))
+
+    @ht.function
+    def traced(x, w, ct):
+        return ht.vjp(lambda p: F.tanh(F.matmul(x, p["w"])), {"w": w})[1](ct)[0]["w"]
+    np.testing.assert_allclose(np.asarray(traced(x, w, ct)), x.T @ d, rtol=1e-12)
+
+
+@settings(max_examples=6, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 3), seed=st.integers(0, 1000))
+def test_batch_norm_rule_matches_finite_differences_for_all_five_inputs(n, c, seed):
+    rng = np.random.default_rng(seed)
+    x, s, b, m = (rng.standard_normal(sh) for sh in [(n, c, 2, 3), (c,), (c,), (c,)])
+    v = rng.random(c) + 0.5
+    w = rng.standard_normal(x.shape)
+
+    def loss(x, s, b, m, v):
+        return F.sum(F.mul(F.batch_norm(x, s, b, m, v), w))
+    args = [x, s, b, m, v]
+    for i, g in enumerate(grad(loss, (0, 1, 2, 3, 4))(*args)):
+        def f(a, i=i):
+            return loss(*(a if j == i else args[j] for j in range(5)))
+        np.testing.assert_allclose(g.numpy(), _fd(f, args[i]), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_norm_with_batch_statistics_from_ops_is_pytorch_training_mode():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(9)
+    x, s, b = rng.standard_normal((4, 3, 2, 5)), rng.standard_normal(3), rng.standard_normal(3)
+    w = rng.standard_normal(x.shape)
+
+    def loss(x, s, b):
+        mu = F.mean(x, axes=(0, 2, 3), keepdims=0)
+        xc = F.sub(x, F.reshape(mu, shape=(1, 3, 1, 1)))
+        var = F.mean(F.mul(xc, xc), axes=(0, 2, 3), keepdims=0)
+        return F.sum(F.mul(F.batch_norm(x, s, b, mu, var), w))
+    ours = grad(loss, (0, 1, 2))(x, s, b)
+    t = [torch.tensor(a, requires_grad=True) for a in (x, s, b)]
+    y = torch.nn.functional.batch_norm(t[0], None, None, t[1], t[2], training=True)
+    (y * torch.tensor(w)).sum().backward()
+    for g, tt in zip(ours, t, strict=True):
+        np.testing.assert_allclose(g.numpy(), tt.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_has_aux_returns_the_auxiliary_pytree_eagerly_and_traced():
+    rng = np.random.default_rng(10)
+    x, w = rng.standard_normal((4, 3)), rng.standard_normal((3, 2))
+
+    def loss(w, x):
+        logits = F.matmul(x, w)
+        return F.sum(F.tanh(logits)), {"logits": logits, "n": 4}
+    (v, aux), g = value_and_grad(loss, has_aux=True)(w, x)
+    g2, aux2 = grad(loss, has_aux=True)(w, x)
+    np.testing.assert_allclose(aux["logits"].numpy(), x @ w)
+    assert aux["n"] == 4 and aux2["n"] == 4
+    np.testing.assert_allclose(v.numpy(), np.tanh(x @ w).sum())
+    expect = x.T @ (1 - np.tanh(x @ w) ** 2)
+    np.testing.assert_allclose(g.numpy(), expect)
+    np.testing.assert_allclose(g2.numpy(), expect)
+
+    @ht.function
+    def step(w, x):
+        g, aux = grad(loss, has_aux=True)(w, x)
+        return g, aux["logits"]
+    tg, tl = step(w, x)
+    np.testing.assert_allclose(np.asarray(tg), expect, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(tl), x @ w, rtol=1e-12)
+    with pytest.raises(GradError, match="must return a pair"):
+        grad(lambda w: F.sum(w), has_aux=True)(w)
+
+
+@pytest.mark.parametrize("groups,stride,pad,dil,opad", [(2, 2, 1, 1, 1), (3, 1, 1, 2, 0),
+                                                        (1, 3, 0, 1, 2)])
+def test_conv_transpose_rule_and_second_order_conv_match_pytorch(groups, stride, pad, dil, opad):
+    torch = pytest.importorskip("torch")
+    tf = torch.nn.functional
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 6, 4, 5))
+    w, b = rng.standard_normal((6, 6 // groups, 3, 3)), rng.standard_normal(6)
+    geo = {"strides": (stride, stride), "pads": (pad,) * 4, "dilations": (dil, dil)}
+
+    def loss(x, w, b):
+        y = F.conv_transpose(x, w, b, output_padding=(opad, 0), groups=groups, **geo)
+        return F.sum(F.mul(y, F.tanh(y)))
+    ours = grad(loss, (0, 1, 2))(x, w, b)
+    t = [torch.tensor(a, requires_grad=True) for a in (x, w, b)]
+    y = tf.conv_transpose2d(t[0], t[1], t[2], stride=stride, padding=pad,
+                            output_padding=(opad, 0), groups=groups, dilation=dil)
+    (y * torch.tanh(y)).sum().backward()
+    for g, tt in zip(ours, t, strict=True):
+        np.testing.assert_allclose(g.numpy(), tt.grad.numpy(), rtol=1e-10, atol=1e-10)
+
+    # a gradient of conv2d's weight gradient runs conv_transpose's rule
+    def inner(w, x):
+        y = F.conv2d(x, w, groups=groups, **geo)
+        return F.sum(F.mul(y, y))
+
+    def outer(x, w):
+        gw = grad(inner)(w, x)
+        return F.sum(F.mul(gw, gw))
+    wc = rng.standard_normal((6, 6 // groups, 3, 3))
+    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(wc)
+    tw.requires_grad_(True)
+    yy = tf.conv2d(tx, tw, stride=stride, padding=pad, dilation=dil, groups=groups)
+    (gw,) = torch.autograd.grad((yy * yy).sum(), tw, create_graph=True)
+    (gw * gw).sum().backward()
+    np.testing.assert_allclose(grad(outer)(x, wc).numpy(), tx.grad.numpy(), rtol=1e-9)

@@ -9,6 +9,7 @@ ordinary graph nodes and outside one it runs eagerly. ``install()`` stores them 
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 import numpy as np
@@ -201,7 +202,7 @@ def _concat(ins, outs, cts, attrs):
 
 
 def _split(ins, outs, cts, attrs):
-    parts = [c if c is not None else apply("mul", [o, _c(o, 0.0)])
+    parts = [c if c is not None else apply("expand", [_c(o, 0.0)], {"shape": o.shape})
              for c, o in zip(cts, outs, strict=True)]
     return [apply("concat", parts, {"axis": attrs["axis"]})]
 
@@ -211,28 +212,55 @@ def _slice(ins, outs, cts, attrs):
     axes = attrs["axes"] if attrs["axes"] is not None else tuple(range(len(attrs["starts"])))
     steps = attrs["steps"] or (1,) * len(axes)
     before, after = [0] * x.ndim, [0] * x.ndim
+    strided = []
     for a, st, en, sp in zip(axes, attrs["starts"], attrs["ends"], steps, strict=True):
         a %= x.ndim
-        if sp != 1:
-            raise NotImplementedError("slice with a step other than 1 has no gradient rule")
+        if sp != 1:  # ONNX clamps the bounds as Python slicing does
+            strided.append((a, np.arange(x.shape[a])[builtins_slice(st, en, sp)]))
+            continue
         lo, hi, _ = builtins_slice(st, en, 1).indices(x.shape[a])
         before[a], after[a] = lo, x.shape[a] - max(hi, lo)
-    return [apply("pad", [cts[0]], {"pads": tuple(before + after), "mode": "constant",
-                                     "value": 0.0})]
+    ct = cts[0]
+    if any(before) or any(after):
+        ct = apply("pad", [ct], {"pads": tuple(before + after), "mode": "constant", "value": 0.0})
+    for a, idx in strided:
+        ct = _embed(ct, a, idx, x.shape[a])
+    return [ct]
+
+
+def _embed(ct, axis, idx, n):
+    """``ct`` put back at positions ``idx`` of an axis of length ``n`` (zeros elsewhere, repeats
+    added): ``scatter_nd`` over that axis moved to the front."""
+    perm = (axis,) + tuple(i for i in range(ct.ndim) if i != axis)
+    if axis:
+        ct = apply("transpose", [ct], {"perm": perm})
+    zeros = np.zeros((n,) + tuple(ct.shape[idx.ndim:]), ct.dtype)
+    where = apply("unsqueeze", [apply("cast", [idx], {"to": "int64"})], {"axes": (idx.ndim,)})
+    out = apply("scatter_nd", [zeros, where, ct], {"reduction": "add"})
+    if axis:
+        out = apply("transpose", [out], {"perm": tuple(int(i) for i in np.argsort(perm))})
+    return out
 
 
 builtins_slice = slice
 
 
 def _gather(ins, outs, cts, attrs):
-    """Cotangent rows added back where they were read (``scatter_nd`` with ``add``); axis 0 and
-    non-negative indices (what an embedding lookup is)."""
+    """Cotangent slices added back where they were read (``scatter_nd`` with ``add`` over the
+    gathered axis moved to the front; an embedding lookup is axis 0)."""
     x, idx = ins
-    if attrs["axis"] % x.ndim != 0:
-        raise NotImplementedError("gather's gradient rule covers axis 0 only")
-    zeros = np.zeros(x.shape, x.dtype)
-    where = apply("unsqueeze", [apply("cast", [idx], {"to": "int64"})], {"axes": (idx.ndim,)})
-    return [apply("scatter_nd", [zeros, where, cts[0]], {"reduction": "add"}), None]
+    k, r = attrs["axis"] % x.ndim, idx.ndim
+    ct = cts[0]
+    if k:  # the index dims to the front, then x's other axes in order
+        perm = tuple(range(k, k + r)) + tuple(range(k)) + tuple(range(k + r, ct.ndim))
+        ct = apply("transpose", [ct], {"perm": perm})
+    xperm = (k,) + tuple(i for i in range(x.ndim) if i != k)
+    zeros = np.zeros(tuple(x.shape[i] for i in xperm), x.dtype)
+    where = apply("unsqueeze", [apply("cast", [idx], {"to": "int64"})], {"axes": (r,)})
+    out = apply("scatter_nd", [zeros, where, ct], {"reduction": "add"})
+    if k:
+        out = apply("transpose", [out], {"perm": tuple(int(i) for i in np.argsort(xperm))})
+    return [out, None]
 
 
 def _layer_norm(ins, outs, cts, attrs):
@@ -276,7 +304,16 @@ def _conv2d(ins, outs, cts, attrs):
                                    - p[i] - p[i + 2]) for i in range(2))
     dx = apply("conv_transpose", [g, w], {"strides": s, "pads": p, "dilations": d,
                                           "output_padding": extra, "groups": groups})
-    cin, cout = x.shape[1] // groups, w.shape[0] // groups
+    res = [dx, _conv_weight_grad(x, g, (kh, kw), s, d, p, groups)]
+    if len(ins) == 3:
+        res.append(apply("sum", [g], {"axes": (0, 2, 3), "keepdims": 0}))
+    return res
+
+
+def _conv_weight_grad(x, g, kernel, s, d, p, groups):
+    """The weight cotangent of ``conv2d(x, w)`` whose output's cotangent is ``g``."""
+    kh, kw = kernel
+    cin, cout = x.shape[1] // groups, g.shape[1] // groups
     xt = apply("transpose", [x], {"perm": (1, 0, 2, 3)})
     gt = apply("transpose", [g], {"perm": (1, 0, 2, 3)})
     parts = []
@@ -288,8 +325,24 @@ def _conv2d(ins, outs, cts, attrs):
         r = apply("conv2d", [xk, gk], {"strides": d, "dilations": s, "pads": p})
         r = apply("slice", [r], {"starts": (0, 0), "ends": (kh, kw), "axes": (2, 3)})
         parts.append(apply("transpose", [r], {"perm": (1, 0, 2, 3)}))
-    dw = parts[0] if groups == 1 else apply("concat", parts, {"axis": 0})
-    res = [dx, dw]
+    return parts[0] if groups == 1 else apply("concat", parts, {"axis": 0})
+
+
+def _conv_transpose(ins, outs, cts, attrs):
+    """y = conv2d's input-adjoint of x under w: dx = conv2d(ct, w) (same geometry), dw = conv2d's
+    weight cotangent with ct as its input and x as its output's cotangent; 2-D only."""
+    x, w = ins[0], ins[1]
+    g = cts[0]
+    if x.ndim != 4:
+        raise NotImplementedError("conv_transpose's gradient rule covers 2-D (NCHW) only")
+    s = tuple(attrs["strides"]) or (1, 1)
+    d = tuple(attrs["dilations"]) or (1, 1)
+    p = tuple(attrs["pads"]) or (0, 0, 0, 0)
+    if min(p) < 0:
+        raise NotImplementedError("conv_transpose with negative pads has no gradient rule")
+    groups = attrs["groups"]
+    dx = apply("conv2d", [g, w], {"strides": s, "pads": p, "dilations": d, "groups": groups})
+    res = [dx, _conv_weight_grad(g, x, w.shape[2:], s, d, p, groups)]
     if len(ins) == 3:
         res.append(apply("sum", [g], {"axes": (0, 2, 3), "keepdims": 0}))
     return res
@@ -309,17 +362,27 @@ def _scatter_window(part, x, attrs, kernel):
 
 
 def _avg_pool2d(ins, outs, cts, attrs):
-    x = ins[0]
+    x, g = ins[0], cts[0]
     kh, kw = attrs["kernel_shape"]
-    if attrs["ceil_mode"] or (any(attrs["pads"]) and not attrs["count_include_pad"]):
-        raise NotImplementedError("avg_pool2d's gradient rule needs ceil_mode=0 and either no "
-                                  "padding or count_include_pad=1")
-    kernel = np.full((x.shape[1], 1, kh, kw), 1.0 / (kh * kw))
-    return [_scatter_window(cts[0], x, attrs, kernel)]
+    if attrs["ceil_mode"]:
+        raise NotImplementedError("avg_pool2d's gradient rule needs ceil_mode=0")
+    if attrs["count_include_pad"] or not any(attrs["pads"]):
+        kernel = np.full((x.shape[1], 1, kh, kw), 1.0 / (kh * kw))
+        return [_scatter_window(g, x, attrs, kernel)]
+    # each window divides by the inputs it covers (padding not counted): a static (oh, ow) table
+    s, d, p = attrs["strides"], attrs["dilations"], attrs["pads"]
+
+    def covered(n, k, i):
+        return np.array([builtins.sum(0 <= o * s[i] - p[i] + t * d[i] < n for t in range(k))
+                         for o in range(g.shape[2 + i])])
+    counts = np.outer(covered(x.shape[2], kh, 0), covered(x.shape[3], kw, 1))
+    share = apply("mul", [g, (1.0 / counts).astype(g.dtype)])
+    return [_scatter_window(share, x, attrs, np.ones((x.shape[1], 1, kh, kw)))]
 
 
 def _max_pool2d(ins, outs, cts, attrs):
-    """Each window's cotangent goes to the input(s) equal to its maximum (ties all get it)."""
+    """Each window's cotangent goes to the input(s) equal to its maximum, shared equally among
+    ties (JAX's convention for max; PyTorch gives all of it to the first)."""
     x, y, g = ins[0], outs[0], cts[0]
     if attrs["ceil_mode"]:
         raise NotImplementedError("max_pool2d's gradient rule needs ceil_mode=0")
@@ -330,19 +393,143 @@ def _max_pool2d(ins, outs, cts, attrs):
         xp = apply("pad", [x], {"pads": (0, 0, p[0], p[1], 0, 0, p[2], p[3]), "mode": "constant",
                                 "value": float("-inf")})
     oh, ow = y.shape[2], y.shape[3]
-    total = None
+    hits = {}
+    count = None
     for i in range(kh):
         for j in range(kw):
             win = apply("slice", [xp], {"starts": (i * d[0], j * d[1]),
                                         "ends": (i * d[0] + s[0] * (oh - 1) + 1,
                                                  j * d[1] + s[1] * (ow - 1) + 1),
                                         "axes": (2, 3), "steps": (s[0], s[1])})
-            hit = apply("where", [apply("equal", [win, y]), g, _c(g, 0.0)])
+            hits[i, j] = apply("equal", [win, y])
+            one = apply("cast", [hits[i, j]], {"to": str(g.dtype)})
+            count = one if count is None else apply("add", [count, one])
+    share = apply("div", [g, apply("maximum", [count, _c(g, 1.0)])])
+    total = None
+    for i in range(kh):
+        for j in range(kw):
+            hit = apply("where", [hits[i, j], share, _c(g, 0.0)])
             kernel = np.zeros((x.shape[1], 1, kh, kw))
             kernel[:, :, i, j] = 1.0
             back = _scatter_window(hit, x, attrs, kernel)
             total = back if total is None else apply("add", [total, back])
     return [total]
+
+
+def _max_reduce(ins, outs, cts, attrs):
+    """max/min over axes: the cotangent goes to the entries equal to the result, shared equally
+    among ties (JAX's convention)."""
+    x = ins[0]
+    hit = apply("equal", [x, _expand_back(outs[0], x, attrs)])
+    kept = {"axes": _axes_of(x, attrs), "keepdims": 1}
+    count = apply("sum", [apply("cast", [hit], {"to": str(x.dtype)})], kept)
+    share = apply("div", [_expand_back(cts[0], x, attrs),
+                          apply("expand", [apply("maximum", [count, _c(x, 1.0)])],
+                                {"shape": x.shape})])
+    return [apply("where", [hit, share, _c(x, 0.0)])]
+
+
+def _pow(ins, outs, cts, attrs):
+    """d(a**b)/da = b * a**(b-1) (b == 0 gives 0, also at a == 0); d/db = a**b * log(a) for
+    a > 0 and 0 elsewhere (a constant exponent's cotangent is dropped)."""
+    a, b = ins
+    g = cts[0]
+    if a.dtype.kind != "f":
+        return [None, None]
+    zero_b = apply("equal", [b, _c(b, 0.0)])
+    exp = apply("where", [zero_b, _c(b, 1.0), apply("sub", [b, _c(b, 1.0)])])
+    ga = apply("mul", [g, apply("mul", [b, apply("pow", [a, exp])])])
+    pos = apply("greater", [a, _c(a, 0.0)])
+    loga = apply("log", [apply("where", [pos, a, _c(a, 1.0)])])
+    gb = apply("mul", [g, apply("mul", [outs[0], loga])])
+    return [_sum_to(ga, a.shape), _sum_to(gb, b.shape)]
+
+
+def _pick(op):
+    """maximum / minimum: the cotangent goes to the chosen operand, halved on ties."""
+    def rule(ins, outs, cts, attrs):
+        a, b = ins
+        g = cts[0]
+        half = apply("mul", [g, _c(g, 0.5)])
+        tie = apply("equal", [a, b])
+        a_wins = apply(op, [a, b])
+        ga = apply("where", [tie, half, apply("where", [a_wins, g, _c(g, 0.0)])])
+        gb = apply("where", [tie, half, apply("where", [a_wins, _c(g, 0.0), g])])
+        return [_sum_to(ga, a.shape), _sum_to(gb, b.shape)]
+    return rule
+
+
+def _where_d(cond, a, b):
+    def d(x, y, attrs):
+        return apply("where", [cond(x, attrs), a(x, y, attrs), b(x, y, attrs)])
+    return d
+
+
+def _clip_d(x, y, attrs):
+    inside = None
+    for bound, cmp in ((attrs["min"], "greater_equal"), (attrs["max"], "less_equal")):
+        if bound is not None:
+            m = apply(cmp, [x, _c(x, bound)])
+            inside = m if inside is None else apply("logical_and", [inside, m])
+    if inside is None:
+        return apply("expand", [_c(x, 1.0)], {"shape": x.shape})
+    return apply("cast", [inside], {"to": str(x.dtype)})
+
+
+def _pad(ins, outs, cts, attrs):
+    """Constant padding: the cotangent cut back (and a crop's zeros padded back): pad(-pads)."""
+    if attrs["mode"] != "constant":
+        raise NotImplementedError(f"pad mode {attrs['mode']!r} has no gradient rule")
+    return [apply("pad", [cts[0]], {"pads": tuple(-int(v) for v in attrs["pads"]),
+                                     "mode": "constant", "value": 0.0})] + [None] * (len(ins) - 1)
+
+
+def _tile(ins, outs, cts, attrs):
+    """The cotangent viewed as (r0, d0, r1, d1, ...) and summed over the repeats."""
+    x = ins[0]
+    reps = tuple(int(r) for r in attrs["repeats"])
+    split = tuple(v for r, d in zip(reps, x.shape, strict=True) for v in (r, d))
+    ct = apply("reshape", [cts[0]], {"shape": split})
+    ct = apply("sum", [ct], {"axes": tuple(range(0, 2 * x.ndim, 2)), "keepdims": 0})
+    return [ct]
+
+
+def _global_avg_pool(ins, outs, cts, attrs):
+    x = ins[0]
+    n = int(np.prod(x.shape[2:]))
+    return [apply("mul", [apply("expand", [cts[0]], {"shape": x.shape}), _c(x, 1.0 / n)])]
+
+
+def _global_max_pool(ins, outs, cts, attrs):
+    x = ins[0]
+    axes = {"axes": tuple(range(2, x.ndim)), "keepdims": 1}
+    return _max_reduce(ins, outs, cts, axes)
+
+
+def _batch_norm(ins, outs, cts, attrs):
+    """y = (x - mean) * rstd * scale + bias per channel (axis 1), rstd = 1 / sqrt(var + eps):
+    cotangents for all five inputs, so statistics computed from x by ops (training mode) get
+    their share too."""
+    if attrs["activation"] != "none":
+        raise NotImplementedError("batch_norm with a fused activation has no gradient rule")
+    x, scale, _bias, mean, var = ins
+    g = cts[0]
+    chan = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    others = {"axes": (0,) + tuple(range(2, x.ndim)), "keepdims": 0}
+
+    def per_channel(v):
+        return apply("reshape", [v], {"shape": chan})
+    rstd = apply("reciprocal", [apply("sqrt", [apply("add", [var, _c(var, attrs["epsilon"])])])])
+    a = apply("mul", [scale, rstd])
+    xc = apply("sub", [x, per_channel(mean)])
+    gx = apply("mul", [g, per_channel(a)])
+    gs = apply("sum", [apply("mul", [g, apply("mul", [xc, per_channel(rstd)])])], others)
+    gb = apply("sum", [g], others)
+    gm = apply("neg", [apply("sum", [gx], others)])
+    # d rstd / d var = -rstd^3 / 2
+    gv = apply("mul", [apply("sum", [apply("mul", [gx, xc])], others),
+                       apply("mul", [_c(var, -0.5), apply("mul", [rstd, rstd])])])
+    return [gx, gs, gb, gm, gv]
 
 
 def _reshape_like(ins, outs, cts, attrs):
@@ -373,6 +560,24 @@ RULES = {
     "matmul": _matmul, "sum": _sum, "mean": _mean,
     "reshape": _reshape, "transpose": _transpose,
     "softmax": _softmax, "log_softmax": _log_softmax, "where": _where,
+    "max": _max_reduce, "min": _max_reduce, "pow": _pow,
+    "abs": _unary(lambda x, y, a: apply("sign", [x])),
+    "sin": _unary(lambda x, y, a: apply("cos", [x])),
+    "cos": _unary(lambda x, y, a: apply("neg", [apply("sin", [x])])),
+    "erf": _unary(lambda x, y, a: apply("mul", [_c(x, 2.0 / np.sqrt(np.pi)), apply(
+        "exp", [apply("neg", [apply("mul", [x, x])])])])),
+    "softplus": _unary(lambda x, y, a: apply("sigmoid", [x])),
+    "leaky_relu": _unary(_where_d(lambda x, a: apply("greater_equal", [x, _c(x, 0.0)]),
+                                  lambda x, y, a: _c(x, 1.0), lambda x, y, a: _c(x, a["alpha"]))),
+    "elu": _unary(_where_d(lambda x, a: apply("greater", [x, _c(x, 0.0)]),
+                           lambda x, y, a: _c(x, 1.0),
+                           lambda x, y, a: apply("add", [y, _c(y, a["alpha"])]))),
+    "clip": _unary(_clip_d),
+    "dropout": lambda ins, outs, cts, attrs: [cts[0]],  # the op is inference-mode: x unchanged
+    "add_n": lambda ins, outs, cts, attrs: [cts[0]] * len(ins),
+    "pad": _pad, "tile": _tile, "batch_norm": _batch_norm, "conv_transpose": _conv_transpose,
+    "global_avg_pool": _global_avg_pool, "global_max_pool": _global_max_pool,
+    "maximum": _pick("greater"), "minimum": _pick("less"),
 }
 
 
