@@ -664,15 +664,7 @@ def _run_dask(args: argparse.Namespace) -> int:
     print(f"model {graph.name} ({args.model})  {what}")
     print(f"measured  median {fmt_time(statistics.median(times))} of {args.repeat} run(s); "
           f"map of {args.repeat}: {rate:.1f} runs/s")
-    names = _output_names(graph)
-    for name, out in zip(names, outputs):
-        arr = np.asarray(out)
-        print(f"output {name}: {arr.dtype}{list(arr.shape)}")
-    if args.output:
-        buf = io.BytesIO()
-        np.savez(buf, **{name: np.asarray(out) for name, out in zip(names, outputs)})
-        _write(buf.getvalue(), args.output)
-        print(f"wrote the outputs of the last run to {args.output}")
+    _report_outputs(graph, outputs, args)
     if args.check:
         worst = 0.0
         for got, want in zip(outputs, reference.run(graph, arrays)):
@@ -735,6 +727,20 @@ def load_plan(path: str, machine: Any = None) -> Any:
     except HeteroError as exc:
         raise ModelError(f"{path}: {exc}") from exc
 
+
+
+def _report_outputs(graph, outputs, args) -> None:
+    """Print each output's dtype and shape; with ``-o``, save them (numpy .npz)."""
+    names = _output_names(graph)
+    for name, out in zip(names, outputs):
+        arr = np.asarray(out)
+        print(f"output {name}: {arr.dtype}{list(arr.shape)}")
+    if args.output:
+        buf = io.BytesIO()
+        np.savez(buf, **{name: np.asarray(out) for name, out in zip(names, outputs)})
+        _write(buf.getvalue(), args.output)
+        print(f"wrote the outputs of the last run to {args.output} (numpy .npz: "
+              f"{', '.join(names)})")
 
 def _output_names(graph: Any) -> list[str]:
     """The names of a graph's outputs (a saved plan's come home through copies: the name is the
@@ -804,16 +810,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if any(d.backend == "sim" for d in machine.devices):
         print("note: a simulated GPU computes with NumPy on this host, so it runs no faster "
               "than the host does, whatever card it simulates")
-    names = _output_names(graph)
-    for name, out in zip(names, outputs):
-        arr = np.asarray(out)
-        print(f"output {name}: {arr.dtype}{list(arr.shape)}")
-    if args.output:
-        buf = io.BytesIO()
-        np.savez(buf, **{name: np.asarray(out) for name, out in zip(names, outputs)})
-        _write(buf.getvalue(), args.output)
-        print(f"wrote the outputs of the last run to {args.output} (numpy .npz: "
-              f"{', '.join(names)})")
+    _report_outputs(graph, outputs, args)
     if args.check:
         expected = reference.run(graph, arrays)
         worst = 0.0
