@@ -501,8 +501,13 @@ class PipelineRunner:
                 raise ExecutionError(f"node {st.node} (Dask worker {w}): loading partition "
                                      f"{st.plan.graph.name!r} failed: "
                                      f"{type(exc).__name__}: {exc}") from None
-        for a in actors:
-            a.wire(dict(enumerate(actors))).result(timeout=self.timeout)
+        for st, w, a in zip(self.stages, workers, actors):
+            try:
+                a.wire(dict(enumerate(actors))).result(timeout=self.timeout)
+            except Exception as exc:  # noqa: BLE001 - the worker died between load and wiring
+                raise ExecutionError(f"node {st.node} (Dask worker {w}), partition "
+                                     f"{st.plan.graph.name!r}: wiring the node's actors failed: "
+                                     f"{type(exc).__name__}: {exc}") from None
         self._actors, self._workers = actors, workers
 
     def _send(self, batch: int, inputs: Sequence[Any]) -> None:
@@ -523,7 +528,10 @@ class PipelineRunner:
         for st, actor, w in zip(self.stages, self._actors, self._workers):
             if not st.results:
                 continue
-            call = actor.take(batch)
+            try:
+                call = actor.take(batch)
+            except Exception as exc:  # noqa: BLE001 - Dask raises on a lost actor's attribute
+                self._lost(st, w, f"{type(exc).__name__}: {exc}")
             while True:
                 try:
                     results.update(call.result(timeout=self.poll))
@@ -630,6 +638,20 @@ class Runner:
             self._actors[worker] = actor
         return actor
 
+    def _call(self, worker: str, method: str, *args: Any) -> Any:
+        """The future of ``method(*args)`` on ``worker``'s replica; Dask raises a plain
+        RuntimeError on the attribute of an actor whose worker is gone, made an ExecutionError
+        here like every other loss."""
+        actor = self._actor(worker)
+        try:
+            return getattr(actor, method)(*args)
+        except Exception as exc:  # noqa: BLE001 - the worker holding the actor was lost
+            self._actors.pop(worker, None)
+            raise ExecutionError(f"node {worker} (Dask worker), partition: the whole plan "
+                                 f"{self.plan.graph.name!r}, {method}: "
+                                 f"{type(exc).__name__}: {exc}; the replica is made again "
+                                 "on the next run") from None
+
     def _collect(self, worker: str, call: Any, what: str) -> list[np.ndarray]:
         try:
             return call.result(timeout=self.timeout)
@@ -647,7 +669,7 @@ class Runner:
         """The outputs of the plan on ``inputs``, from the next replica."""
         worker = self.workers[next(self._turn)]
         arrays = [np.asarray(a) for a in inputs]
-        return self._collect(worker, self._actor(worker).run(arrays), "run")
+        return self._collect(worker, self._call(worker, "run", arrays), "run")
 
     def map(self, batches: Iterable[Sequence[Any]]) -> list[list[np.ndarray]]:
         """The outputs for each input set of ``batches``, in order; all replicas work at once
@@ -656,7 +678,7 @@ class Runner:
         for batch in batches:
             worker = self.workers[next(self._turn)]
             arrays = [np.asarray(a) for a in batch]
-            pending.append((worker, self._actor(worker).run(arrays)))
+            pending.append((worker, self._call(worker, "run", arrays)))
         results = []
         for i, (worker, call) in enumerate(pending):
             results.append(self._collect(worker, call, f"map input {i}"))
@@ -665,7 +687,8 @@ class Runner:
     def _slow_run(self, seconds: float, *inputs: Any) -> list[np.ndarray]:
         worker = self.workers[next(self._turn)]
         arrays = [np.asarray(a) for a in inputs]
-        return self._collect(worker, self._actor(worker).slow_run(arrays, seconds), "run")
+        return self._collect(worker, self._call(worker, "slow_run", arrays, seconds),
+                             "run")
 
 
 # ----------------------------------------------------------------------------------------------
