@@ -12,8 +12,10 @@ layer's features, a transformer's projections), bands of rows where it is tall, 
 batch of a batched product (below leading axes of size 1: attention's ``(1, heads, S, d)``
 products are cut over the heads). A Linear layer on a 3-D input, ``(B, S, K) @ (K, N)``, is one
 ``(B*S, K) @ (K, N)`` product. The cut depends on the shapes only, so the result does not depend
-on how many threads ran it, and band edges fall on multiples of 64 columns or 16 rows, where
-OpenBLAS computes every element as the whole product does.
+on how many threads ran it. Band edges fall on multiples of 64 columns or 16 rows, where
+OpenBLAS's SkylakeX kernel computes every element as the whole product does; its Haswell kernel
+(AMD EPYC) rounds row and column tails differently even within one call, so there a band's bits
+can differ from the whole product's by an ulp (never from one run or thread count to another).
 """
 
 from __future__ import annotations
