@@ -11,10 +11,12 @@ from hetero.nn.layers import (
     AvgPool2d,
     Conv2d,
     Dense,
+    Embedding,
     Flatten,
     LayerNorm,
     MaxPool2d,
     Module,
+    MultiHeadAttention,
     ReLU,
     Sequential,
     Tanh,
@@ -22,5 +24,6 @@ from hetero.nn.layers import (
 )
 from hetero.nn.onnx_export import export_onnx
 
-__all__ = ["AvgPool2d", "Conv2d", "Dense", "Flatten", "LayerNorm", "MaxPool2d", "Module", "ReLU",
-           "Sequential", "Tanh", "cross_entropy", "export_onnx"]
+__all__ = ["AvgPool2d", "Conv2d", "Dense", "Embedding", "Flatten", "LayerNorm", "MaxPool2d",
+           "Module", "MultiHeadAttention", "ReLU", "Sequential", "Tanh", "cross_entropy",
+           "export_onnx"]

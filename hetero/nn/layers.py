@@ -20,6 +20,8 @@ class Module:
     it, so shape errors name it; ``device`` the ``ht.device`` scope it was made in (it runs
     there)."""
 
+    integer_input = False  # whether the layer takes integer input (indices), kept as given
+
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
         self.where = user_line()
@@ -109,6 +111,72 @@ class LayerNorm(Module):
         return F.layer_norm(x, p["scale"], p["bias"], epsilon=self.epsilon)
 
 
+class Embedding(Module):
+    """Rows of ``weight`` (num_embeddings x dim) picked by an integer index tensor of any shape;
+    the output has shape ``indices.shape + (dim,)``."""
+
+    integer_input = True
+
+    def __init__(self, num_embeddings: int, dim: int, seed: int = 0) -> None:
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.params = {"weight": rng.standard_normal((num_embeddings, dim)).astype(np.float32)}
+
+    def check(self, x):
+        if isinstance(x, Tensor):
+            dtype, shape = x.dtype, tuple(x.shape)
+        else:
+            dtype, shape = np.asarray(x).dtype, np.shape(x)
+        if dtype.kind not in "iu":
+            raise ShapeError(f"expects integer indices, got {dtype.name} input of shape {shape}")
+
+    def forward(self, p, x):
+        return F.gather(p["weight"], x, axis=0)
+
+
+class MultiHeadAttention(Module):
+    """Self-attention over (batch, seq, dim) input: ``dim`` split into ``heads`` heads, scaled
+    dot-product scores softmaxed over the keys (with ``causal``, a query sees only keys at or
+    before its position), the heads joined and projected back to ``dim``. Weights are in x out
+    (``x @ q_weight + q_bias``), as in ``Dense``."""
+
+    _MASKED = -1e9  # added to the scores a causal query may not see
+
+    def __init__(self, dim: int, heads: int, causal: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        if heads < 1 or dim % heads:
+            raise ShapeError(f"MultiHeadAttention: dim {dim} is not divisible by heads {heads}")
+        self.dim, self.heads, self.causal = dim, heads, causal
+        rng = np.random.default_rng(seed)
+        for name in ("q", "k", "v", "out"):
+            self.params[f"{name}_weight"] = _init(rng, dim, (dim, dim))
+            self.params[f"{name}_bias"] = np.zeros(dim, np.float32)
+
+    def check(self, x):
+        if len(x.shape) != 3 or x.shape[-1] != self.dim:
+            raise ShapeError(f"expects (batch, seq, {self.dim}) input, got shape "
+                             f"{tuple(x.shape)}")
+
+    def forward(self, p, x):
+        b, s, _ = x.shape
+        h, d = self.heads, self.dim // self.heads
+
+        def project(name, perm):
+            y = F.add(F.matmul(x, p[f"{name}_weight"]), p[f"{name}_bias"])
+            return F.transpose(F.reshape(y, (b, s, h, d)), perm)
+
+        q = project("q", (0, 2, 1, 3))  # (b, h, s, d)
+        k = project("k", (0, 2, 3, 1))  # (b, h, d, s)
+        v = project("v", (0, 2, 1, 3))
+        scores = F.mul(F.matmul(q, k), float(1.0 / np.sqrt(d)))
+        if self.causal:
+            mask = np.triu(np.full((s, s), self._MASKED, np.float32), k=1)
+            scores = F.add(scores, mask)
+        y = F.matmul(F.softmax(scores, axis=-1), v)  # (b, h, s, d)
+        y = F.reshape(F.transpose(y, (0, 2, 1, 3)), (b, s, self.dim))
+        return F.add(F.matmul(y, p["out_weight"]), p["out_bias"])
+
+
 class _Stateless(Module):
     def __init__(self, fn: Callable[[Any], Any]) -> None:
         super().__init__()
@@ -188,6 +256,12 @@ class Sequential(Module):
         for i, m in enumerate(self.layers):
             m.params = {k: new[f"{i}.{k}"] for k in m.params}
 
+    def _input(self, x: np.ndarray) -> np.ndarray:
+        """A batch as the first layer takes it: float32, or integers kept for an Embedding."""
+        if self.layers and self.layers[0].integer_input and np.asarray(x).dtype.kind in "iu":
+            return np.asarray(x)
+        return np.asarray(x).astype(np.float32)
+
     # -- Keras conventions --------------------------------------------------------------------
 
     def compile(self, optimizer: Any, loss: str = "cross_entropy",
@@ -239,7 +313,7 @@ class Sequential(Module):
             steps = n // batch_size
             for b in range(steps):
                 idx = order[b * batch_size:(b + 1) * batch_size]
-                xb = x[idx].astype(np.float32)
+                xb = self._input(x[idx])
                 yb = np.eye(classes, dtype=np.float32)[y[idx]]
                 self._t += 1
                 out = self._step(np.float32(self._t), xb, yb, *self.params.values(),
@@ -269,7 +343,7 @@ class Sequential(Module):
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         outs = []
         for i in range(0, len(x), batch_size):
-            outs.append(np.asarray(self(x[i:i + batch_size].astype(np.float32)).numpy()))
+            outs.append(np.asarray(self(self._input(x[i:i + batch_size])).numpy()))
         return np.concatenate(outs)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
