@@ -9,8 +9,11 @@ traces loss, gradients and the optimizer's update into one ``@ht.function`` grap
 
 from hetero.nn.layers import (
     AvgPool2d,
+    BatchNorm,
     Conv2d,
     Dense,
+    Dropout,
+    DropoutTraceError,
     Embedding,
     Flatten,
     LayerNorm,
@@ -24,6 +27,6 @@ from hetero.nn.layers import (
 )
 from hetero.nn.onnx_export import export_onnx
 
-__all__ = ["AvgPool2d", "Conv2d", "Dense", "Embedding", "Flatten", "LayerNorm", "MaxPool2d",
-           "Module", "MultiHeadAttention", "ReLU", "Sequential", "Tanh", "cross_entropy",
-           "export_onnx"]
+__all__ = ["AvgPool2d", "BatchNorm", "Conv2d", "Dense", "Dropout", "DropoutTraceError",
+           "Embedding", "Flatten", "LayerNorm", "MaxPool2d", "Module", "MultiHeadAttention",
+           "ReLU", "Sequential", "Tanh", "cross_entropy", "export_onnx"]

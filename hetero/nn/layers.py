@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 import hetero.ops as F
-from hetero.autodiff import value_and_grad
-from hetero.errors import ShapeError
-from hetero.tracing import Tensor, current_annotation, device, user_line
+from hetero.autodiff import _GradTrace, value_and_grad
+from hetero.errors import ShapeError, TraceError
+from hetero.tracing import Tensor, _traces, current_annotation, device, user_line
 
 
 class Module:
@@ -24,6 +24,7 @@ class Module:
 
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
+        self.state: dict[str, np.ndarray] = {}  # layer state that is not trained (BatchNorm's)
         self.where = user_line()
         self.device = current_annotation()[0]
         self.training = True
@@ -177,6 +178,122 @@ class MultiHeadAttention(Module):
         return F.add(F.matmul(y, p["out_weight"]), p["out_bias"])
 
 
+class DropoutTraceError(TraceError):
+    """A Dropout in training mode inside a cached trace (``@ht.function``) with no mask fed in:
+    a mask drawn while tracing would be baked into the graph and reused at every call."""
+
+
+class BatchNorm(Module):
+    """Batch normalisation over axis 1 of (N, C) or NCHW input, then ``* scale + bias``.
+
+    Trained params: ``scale``, ``bias``. Layer state (``self.state``, not in ``params``, so no
+    optimizer touches it): ``running_mean``, ``running_var``.
+
+    Training mode (``self.training``): normalises with the batch's statistics over every axis
+    but 1 (biased variance), computed with differentiable ops (mean, sub, mul) feeding the
+    batch_norm op, so gradients flow through them. The running statistics follow PyTorch:
+    ``running = (1 - momentum) * running + momentum * batch_stat``, the variance's batch
+    statistic being the unbiased one (``var * n / (n - 1)``). Eval mode: normalises with the
+    running statistics.
+
+    How the running statistics are updated: eagerly (a plain ``layer(x)`` call on arrays) the
+    layer updates them itself, in NumPy. In ``Sequential.fit``'s traced train step the layer
+    instead hands its batch mean and variance to the step (``_collect``), which returns them as
+    extra outputs; ``fit`` then applies the update in NumPy after every step. Inside any other
+    trace (your own ``@ht.function`` or ``value_and_grad``) nothing is updated in training
+    mode: the statistics are graph values, not numbers, there.
+    """
+
+    def __init__(self, channels: int, momentum: float = 0.1, epsilon: float = 1e-5) -> None:
+        super().__init__()
+        if not 0.0 <= momentum <= 1.0:
+            raise ShapeError(f"BatchNorm: momentum must be in [0, 1], got {momentum}")
+        self.channels, self.momentum, self.epsilon = channels, momentum, epsilon
+        self.params = {"scale": np.ones(channels, np.float32),
+                       "bias": np.zeros(channels, np.float32)}
+        self.state = {"running_mean": np.zeros(channels, np.float32),
+                      "running_var": np.ones(channels, np.float32)}
+        self._collect: list[tuple[Any, Any, int]] | None = None
+
+    def check(self, x):
+        shape = tuple(x.shape)
+        if len(shape) not in (2, 4) or shape[1] != self.channels:
+            raise ShapeError(f"expects (N, {self.channels}) or NCHW input with {self.channels} "
+                             f"channels, got shape {shape}")
+
+    def update_running(self, mean: np.ndarray, var: np.ndarray, n: int) -> None:
+        """Fold one batch's mean and biased variance (``n`` values a channel) into the running
+        statistics (PyTorch's rule, unbiased variance)."""
+        m = self.momentum
+        unbiased = np.asarray(var, np.float64) * (n / max(n - 1, 1))
+        rm, rv = self.state["running_mean"], self.state["running_var"]
+        self.state["running_mean"] = ((1 - m) * rm + m * np.asarray(mean, np.float64)
+                                      ).astype(np.float32)
+        self.state["running_var"] = ((1 - m) * rv + m * unbiased).astype(np.float32)
+
+    def forward(self, p, x):
+        eps = self.epsilon
+        dtype = np.dtype(x.dtype)
+        if not self.training:
+            return F.batch_norm(x, p["scale"], p["bias"],
+                                np.asarray(self.state["running_mean"], dtype),
+                                np.asarray(self.state["running_var"], dtype), epsilon=eps)
+        shape = tuple(x.shape)
+        axes = (0,) + tuple(range(2, len(shape)))
+        n = int(np.prod([shape[a] for a in axes]))
+        chan = (1, shape[1]) + (1,) * (len(shape) - 2)
+        mean = F.mean(x, axis=axes)
+        xc = F.sub(x, F.reshape(mean, chan))
+        var = F.mean(F.mul(xc, xc), axis=axes)
+        y = F.batch_norm(x, p["scale"], p["bias"], mean, var, epsilon=eps)
+        if self._collect is not None:
+            self._collect.append((mean, var, n))
+        elif not (isinstance(mean, Tensor) and mean.is_traced):
+            self.update_running(np.asarray(mean.numpy() if isinstance(mean, Tensor) else mean),
+                                np.asarray(var.numpy() if isinstance(var, Tensor) else var), n)
+        return y
+
+
+class Dropout(Module):
+    """Training mode: ``x * keep / (1 - rate)``, ``keep`` a fresh Bernoulli(1 - rate) mask each
+    call; eval mode: the identity.
+
+    The library has no random op, so a mask cannot be drawn inside a graph. In
+    ``Sequential.fit``'s traced step the mask is therefore an input of the step: ``fit`` draws a
+    new one in NumPy for every step and feeds it in (``_mask``). Eagerly, and inside a one-shot
+    ``value_and_grad`` trace, the layer draws it itself. Inside any other trace (your own
+    ``@ht.function``) with no mask fed in it raises ``DropoutTraceError`` rather than bake one
+    mask into the graph.
+    """
+
+    def __init__(self, rate: float, seed: int | None = None) -> None:
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise ShapeError(f"Dropout: rate must be in [0, 1), got {rate}")
+        self.rate = float(rate)
+        self.rng = np.random.default_rng(seed)
+        self._mask: Any = None  # fed by fit's traced step
+        self.last_shape: tuple[int, ...] | None = None
+
+    def make_mask(self, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+        """A fresh keep-mask already scaled by ``1 / (1 - rate)``."""
+        keep = self.rng.random(shape) >= self.rate
+        return (keep / (1.0 - self.rate)).astype(dtype)
+
+    def forward(self, p, x):
+        self.last_shape = tuple(x.shape)
+        if not self.training or self.rate == 0.0:
+            return x
+        if self._mask is not None:
+            return F.mul(x, self._mask)
+        if any(not isinstance(t, _GradTrace) for t in _traces()):
+            raise DropoutTraceError(
+                f"Dropout layer made at {self.where}: in training mode inside a traced "
+                "function a mask drawn now would be reused at every call; feed one (as "
+                "Sequential.fit does), or set training = False")
+        return F.mul(x, self.make_mask(tuple(x.shape), np.dtype(x.dtype)))
+
+
 class _Stateless(Module):
     def __init__(self, fn: Callable[[Any], Any]) -> None:
         super().__init__()
@@ -236,8 +353,14 @@ class Sequential(Module):
 
     # -- weights ------------------------------------------------------------------------------
 
+    def _states(self) -> dict[str, dict[str, np.ndarray]]:
+        """Each layer's untrained state (BatchNorm's running statistics) by layer index."""
+        return {str(i): m.state for i, m in enumerate(self.layers) if m.state}
+
     def save_weights(self, path: str) -> None:
-        np.savez(path, **self.params)
+        """Parameters and layer state (saved as ``state.<index>.<name>``) in one npz."""
+        state = {f"state.{i}.{k}": v for i, st in self._states().items() for k, v in st.items()}
+        np.savez(path, **self.params, **state)
 
     def load_weights(self, path: str) -> None:
         with np.load(path) as data:
@@ -249,7 +372,18 @@ class Sequential(Module):
                     raise ShapeError(f"{path}: weight {k} has shape {data[k].shape}, the model "
                                      f"{self.params[k].shape}")
             new = {k: np.array(data[k], np.float32) for k in self.params}
+            states = {}
+            for i, st in self._states().items():
+                for k, v in st.items():
+                    key = f"state.{i}.{k}"
+                    if key in data.files:  # files saved before layers had state lack it
+                        if data[key].shape != v.shape:
+                            raise ShapeError(f"{path}: state {i}.{k} has shape "
+                                             f"{data[key].shape}, the model {v.shape}")
+                        states[(i, k)] = np.array(data[key], np.float32)
         self._set(new)
+        for (i, k), v in states.items():
+            self.layers[int(i)].state[k] = v
 
     def _set(self, new: dict[str, np.ndarray]) -> None:
         self.params = new
@@ -271,26 +405,79 @@ class Sequential(Module):
         self.optimizer, self.metrics, self.graph = optimizer, tuple(metrics), graph
         self._step = None
 
+    def _walk(self) -> list[Module]:
+        """Every layer, nested Sequentials' included."""
+        out: list[Module] = []
+        for m in self.layers:
+            out.append(m)
+            if isinstance(m, Sequential):
+                out.extend(m._walk())
+        return out
+
+    def _set_training(self, training: bool) -> dict[int, bool]:
+        """Put every layer in training or eval mode; returns the modes before, for
+        ``_restore``."""
+        before = {id(m): m.training for m in [self, *self._walk()]}
+        for m in [self, *self._walk()]:
+            m.training = training
+        return before
+
+    def _restore(self, before: dict[int, bool]) -> None:
+        for m in [self, *self._walk()]:
+            m.training = before.get(id(m), m.training)
+
     def _build_step(self) -> Callable[..., Any]:
         names = list(self.params)
         opt = self.optimizer
+        norms = [m for m in self._walk() if isinstance(m, BatchNorm)]
+        drops = [m for m in self._walk() if isinstance(m, Dropout) and m.rate > 0]
 
-        def loss_fn(params, x, y):
-            return cross_entropy(self.forward(dict(zip(names, params, strict=True)), x), y)
+        def loss_fn(params, x, y, masks):
+            for m in norms:
+                m._collect = []
+            for m, mask in zip(drops, masks, strict=True):
+                m._mask = mask
+            try:
+                logits = self.forward(dict(zip(names, params, strict=True)), x)
+                stats = [v for m in norms for (mean, var, _n) in m._collect for v in (mean, var)]
+                self._norm_counts[tuple(x.shape)] = [c[2] for m in norms for c in m._collect]
+            finally:
+                for m in norms:
+                    m._collect = None
+                for m in drops:
+                    m._mask = None
+            return cross_entropy(logits, y), stats
 
-        vg = value_and_grad(loss_fn)
+        vg = value_and_grad(loss_fn, has_aux=True)
 
         def step(t, x, y, *flat):
-            n = len(names)
-            params, state = list(flat[:n]), list(flat[n:])
-            loss, grads = vg(params, x, y)
+            n, k = len(names), len(flat) - len(drops)
+            params, state, masks = list(flat[:n]), list(flat[n:k]), list(flat[k:])
+            (loss, stats), grads = vg(params, x, y, masks)
             new_params, new_state = opt.update(params, grads, state, t)
-            return (loss, *new_params, *new_state)
+            return (loss, *new_params, *new_state, *stats)
 
+        self._norms, self._drops = norms, drops
+        self._norm_counts: dict[tuple[int, ...], list[int]] = {}
         if self.graph:
             from hetero.function import function
             return function(step)
         return step
+
+    def _masks(self, xb: np.ndarray) -> list[np.ndarray]:
+        """Fresh dropout masks for one step of ``fit`` (their shapes found once, by an eager
+        eval-mode forward pass of the batch)."""
+        if not self._drops:
+            return []
+        if self._mask_shapes.get(xb.shape) is None:
+            before = self._set_training(False)
+            try:
+                self(xb)
+            finally:
+                self._restore(before)
+            self._mask_shapes[xb.shape] = [m.last_shape for m in self._drops]
+        return [m.make_mask(s) for m, s in zip(self._drops, self._mask_shapes[xb.shape],
+                                               strict=True)]
 
     def fit(self, x: np.ndarray, y: np.ndarray, epochs: int = 1, batch_size: int = 32,
             validation_data: tuple[np.ndarray, np.ndarray] | None = None, seed: int = 0,
@@ -300,6 +487,7 @@ class Sequential(Module):
             self._step = self._build_step()
             self._state = self.optimizer.init(list(self.params.values()))
             self._t = 0
+            self._mask_shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         classes = self.layers[-1].params["bias"].shape[0] if self.layers[-1].params else \
             int(y.max()) + 1
         rng = np.random.default_rng(seed)
@@ -316,12 +504,20 @@ class Sequential(Module):
                 xb = self._input(x[idx])
                 yb = np.eye(classes, dtype=np.float32)[y[idx]]
                 self._t += 1
-                out = self._step(np.float32(self._t), xb, yb, *self.params.values(),
-                                 *self._state)
+                masks = self._masks(xb)
+                before = self._set_training(True)
+                try:
+                    out = self._step(np.float32(self._t), xb, yb, *self.params.values(),
+                                     *self._state, *masks)
+                finally:
+                    self._restore(before)
                 out = [np.asarray(o.numpy() if isinstance(o, Tensor) else o) for o in out]
-                k = len(self.params)
+                k, s = len(self.params), len(out) - 2 * len(self._norms)
                 self._set(dict(zip(self.params, out[1:1 + k], strict=True)))
-                self._state = out[1 + k:]
+                self._state = out[1 + k:s]
+                counts = self._norm_counts[tuple(xb.shape)]
+                for j, m in enumerate(self._norms):
+                    m.update_running(out[s + 2 * j], out[s + 2 * j + 1], counts[j])
                 losses.append(float(out[0]))
                 if verbose:
                     _bar(epoch, epochs, b + 1, steps, float(np.mean(losses)), t0)
@@ -341,9 +537,15 @@ class Sequential(Module):
         return history
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """The model's outputs, in eval mode (Dropout off, BatchNorm on running statistics)."""
         outs = []
-        for i in range(0, len(x), batch_size):
-            outs.append(np.asarray(self(self._input(x[i:i + batch_size])).numpy()))
+        before = self._set_training(False)
+        try:
+            for i in range(0, len(x), batch_size):
+                y = self(self._input(x[i:i + batch_size]))
+                outs.append(np.asarray(y.numpy() if isinstance(y, Tensor) else y))
+        finally:
+            self._restore(before)
         return np.concatenate(outs)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
