@@ -605,11 +605,11 @@ def _place_cluster(args: argparse.Namespace) -> int:
                                  "seconds": cluster.network.time(spec.nbytes)})
     docs = [report.build(st.plan, source=f"{args.model} ({st.node})", policies=None)
             for st in stages]
+    document = {"format": "hetero.cluster-placement/1", "cluster": cluster.to_json(),
+                "transfers": crossing,
+                "nodes": [{"name": st.node, "report": doc} for st, doc in zip(stages, docs)]}
     if args.format == "json":
-        text = json.dumps({"format": "hetero.cluster-placement/1", "cluster": cluster.to_json(),
-                           "transfers": crossing,
-                           "nodes": [{"name": st.node, "report": doc}
-                                     for st, doc in zip(stages, docs)]}, indent=2) + "\n"
+        text = json.dumps(document, indent=2) + "\n"
     elif args.format == "table":
         rows = [cluster.describe(), "", "node-to-node transfers (kind n2n):"]
         rows += [f"  {c['value']}: {c['src']} -> {c['dst']}, {c['bytes']} B, "
@@ -617,10 +617,12 @@ def _place_cluster(args: argparse.Namespace) -> int:
         for st, doc in zip(stages, docs):
             rows += ["", f"== node {st.node} ==", report.render(doc, "table")]
         text = "\n".join(rows) + "\n"
-    else:
-        raise ModelError(f"--format {args.format} for a cluster of several nodes: use table or "
-                         "json (the DOT and HTML reports draw one machine)")
+    else:  # dot, html: each node's plan drawn as for one machine, plus the n2n transfers
+        text = report.render_cluster(document, args.format)
     _write(text, args.output)
+    if args.output not in (None, "-"):
+        print(f"wrote {args.format} report of {len(stages)} cluster node(s) to {args.output}",
+              file=sys.stderr)
     return 0
 
 

@@ -43,7 +43,8 @@ from hetero.spaces import lane_of
 from hetero.version import __version__
 
 __all__ = ["FORMATS", "SCHEMA_VERSION", "build", "device_colors", "policy_makespans",
-           "fmt_bytes", "fmt_time", "layout_graph", "render", "render_dot", "render_html",
+           "fmt_bytes", "fmt_time", "layout_graph", "render", "render_cluster",
+           "render_cluster_dot", "render_cluster_html", "render_dot", "render_html",
            "render_json", "render_table", "schema", "text_table"]
 
 #: Version of the JSON document (and of ``hetero/schemas/placement.schema.json``). Bump the major
@@ -391,36 +392,46 @@ def _dot_id(text: str) -> str:
 
 def render_dot(report: Mapping[str, Any]) -> str:
     """Graphviz DOT: nodes filled by device colour, transfers as dashed ``cds`` nodes, a legend."""
-    colors = {d["name"]: d["color"] for d in report["machine"]["devices"]}
     lines = [f"digraph {_dot_id(report['model']['name'])} {{",
              "  rankdir=TB;",
              '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
              '  edge [fontname="Helvetica", fontsize=8, color="#555555"];']
+    lines += _dot_statements(report)
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _dot_statements(report: Mapping[str, Any], prefix: str = "",
+                    indent: str = "  ") -> list[str]:
+    """The statements of one plan's drawing (nodes, transfers, edges, the legend), every node ID
+    and the legend's subgraph name starting with ``prefix`` (a cluster's drawing holds several
+    plans, whose names would otherwise collide)."""
+    colors = {d["name"]: d["color"] for d in report["machine"]["devices"]}
+    lines = []
     for n in report["nodes"]:
         shape = "ellipse" if n["op"] == "input" else "box"
         label = f"{n['name']}\n{n['op']} on {n['device']}\n{fmt_time(n['time'])}"
         tip = _reason_text(n["reason"])
-        lines.append(f"  {_dot_id(n['name'])} [label={_dot_id(label)}, shape={shape}, "
-                     f"fillcolor={_dot_id(colors.get(n['device'], '#ffffff'))}, "
+        lines.append(f"{indent}{_dot_id(prefix + n['name'])} [label={_dot_id(label)}, "
+                     f"shape={shape}, fillcolor={_dot_id(colors.get(n['device'], '#ffffff'))}, "
                      f"tooltip={_dot_id(tip)}];")
     for t in report["transfers"]:
         label = f"{t['direction']} {fmt_bytes(t['bytes'])}\n{t['src']} -> {t['dst']}"
-        lines.append(f"  {_dot_id(t['name'])} [label={_dot_id(label)}, shape=cds, "
+        lines.append(f"{indent}{_dot_id(prefix + t['name'])} [label={_dot_id(label)}, shape=cds, "
                      f'style="filled,dashed", fillcolor={_dot_id(_TRANSFER_COLOR)}, '
                      f"color={_dot_id(colors.get(t['device'], '#000000'))}, penwidth=2];")
     for e in report["edges"]:
-        lines.append(f"  {_dot_id(e['src'])} -> {_dot_id(e['dst'])} "
+        lines.append(f"{indent}{_dot_id(prefix + e['src'])} -> {_dot_id(prefix + e['dst'])} "
                      f"[tooltip={_dot_id(fmt_bytes(e['bytes']))}];")
-    lines.append('  subgraph "cluster_legend" {')
-    lines.append('    label="devices"; fontname="Helvetica"; style=dashed;')
+    lines.append(f"{indent}subgraph {_dot_id('cluster_' + prefix + 'legend')} {{")
+    lines.append(f'{indent}  label="devices"; fontname="Helvetica"; style=dashed;')
     for d in report["machine"]["devices"]:
-        lines.append(f"    {_dot_id('legend ' + d['name'])} [label={_dot_id(d['name'])}, "
-                     f"fillcolor={_dot_id(d['color'])}];")
-    lines.append(f"    {_dot_id('legend transfer')} [label=\"transfer\", shape=cds, "
-                 f'style="filled,dashed", fillcolor={_dot_id(_TRANSFER_COLOR)}];')
-    lines.append("  }")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+        lines.append(f"{indent}  {_dot_id(prefix + 'legend ' + d['name'])} "
+                     f"[label={_dot_id(d['name'])}, fillcolor={_dot_id(d['color'])}];")
+    lines.append(f"{indent}  {_dot_id(prefix + 'legend transfer')} [label=\"transfer\", "
+                 f'shape=cds, style="filled,dashed", fillcolor={_dot_id(_TRANSFER_COLOR)}];')
+    lines.append(f"{indent}}}")
+    return lines
 
 
 # ----------------------------------------------------------------------------------------------
@@ -800,6 +811,133 @@ def render_html(report: Mapping[str, Any]) -> str:
                     numeric=(2, 3, 4, 5, 6, 7)),
         f"<script>{_JS}</script></body></html>\n",
     ])
+
+
+# ----------------------------------------------------------------------------------------------
+# A cluster of several nodes (DOT and HTML)
+#
+# The cluster document is plain data, the one ``hetero place --format json`` writes for a cluster:
+# ``{"cluster": {"spec", "network", ...}, "transfers": [{"value", "src", "dst", "kind",
+# "bytes", "seconds"}], "nodes": [{"name", "report"}]}``, each ``report`` one node's placement
+# report from ``build``. The renderers below draw every node's report the way the single-machine
+# renderers do and add the node-to-node (n2n) transfers between them.
+
+
+def _cluster_endpoint(report: Mapping[str, Any], value: str, *, sending: bool) -> str | None:
+    """The node of ``report`` that sends (computes) or receives (takes as input) ``value``."""
+    names = [n["name"] for n in report["nodes"] if n["name"] == value
+             and (n["op"] == "input") != sending]
+    names = names or [n["name"] for n in report["nodes"] if n["name"] == value]
+    return names[0] if names else None
+
+
+def _network_text(cluster: Mapping[str, Any]) -> str:
+    net = cluster.get("network") or {}
+    if not net.get("bandwidth"):
+        return "network (unknown)"
+    return (f"network {net['bandwidth'] * 8 / 1e9:.4g} Gb/s, "
+            f"{fmt_time(net.get('latency') or 0.0)}")
+
+
+def render_cluster_dot(doc: Mapping[str, Any]) -> str:
+    """Graphviz DOT for a cluster: one ``cluster_<node>`` subgraph per node holding that node's
+    plan as ``render_dot`` draws it (IDs prefixed ``<node>/``), and a bold edge per node-to-node
+    transfer labelled with its value, bytes and estimated network time."""
+    cluster = doc["cluster"]
+    lines = [f"digraph {_dot_id('cluster ' + cluster['spec'])} {{",
+             "  rankdir=TB; compound=true;",
+             f"  label={_dot_id(cluster['spec'] + ' - ' + _network_text(cluster))}; "
+             'labelloc=t; fontname="Helvetica";',
+             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
+             '  edge [fontname="Helvetica", fontsize=8, color="#555555"];']
+    reports = {n["name"]: n["report"] for n in doc["nodes"]}
+    extra: dict[str, list[str]] = {name: [] for name in reports}
+    edges = []
+    for t in doc["transfers"]:
+        ends = []
+        for node, sending in ((t["src"], True), (t["dst"], False)):
+            found = _cluster_endpoint(reports[node], t["value"], sending=sending) \
+                if node in reports else None
+            if found is None:  # drawn as a stand-in so that the edge has two declared ends
+                found = ("send " if sending else "receive ") + t["value"]
+                extra.setdefault(node, []).append(
+                    f"    {_dot_id(node + '/' + found)} [label={_dot_id(found)}, "
+                    'shape=plaintext, style=""];')
+            ends.append(f"{node}/{found}")
+        label = f"{t['value']} ({t.get('kind', 'n2n')})\n{fmt_bytes(t['bytes'])}, " \
+                f"{fmt_time(t['seconds'])}"
+        edges.append(f"  {_dot_id(ends[0])} -> {_dot_id(ends[1])} [label={_dot_id(label)}, "
+                     'color="#c00000", fontcolor="#c00000", penwidth=2, style=bold];')
+    for name, report in reports.items():
+        machine = report["machine"]["spec"]
+        lines.append(f"  subgraph {_dot_id('cluster_' + name)} {{")
+        lines.append(f"    label={_dot_id(f'node {name}: {machine}')}; style=rounded; "
+                     'color="#888888";')
+        lines += _dot_statements(report, prefix=f"{name}/", indent="    ")
+        lines += extra.get(name, [])
+        lines.append("  }")
+    lines += edges
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def render_cluster_html(doc: Mapping[str, Any]) -> str:
+    """One self-contained HTML page for a cluster: the node-to-node transfers, then a section per
+    node with its summary and nodes table and that node's full ``render_html`` page embedded
+    (``<iframe srcdoc>``: the page is inline, nothing is fetched, and its script and element IDs
+    stay its own)."""
+    cluster = doc["cluster"]
+    title = f"hetero cluster placement: {cluster['spec']}"
+    crossing = [[t["value"], t.get("kind", "n2n"), f"{t['src']} \u2192 {t['dst']}",
+                 (fmt_bytes(t["bytes"]), t["bytes"]), (fmt_time(t["seconds"]), t["seconds"])]
+                for t in doc["transfers"]]
+    parts = ["<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+             f"<title>{_esc(title)}</title><style>{_CSS}"
+             "iframe{width:100%;height:900px;border:1px solid #ddd;background:#fff}"
+             "section{margin-top:28px}</style></head><body>",
+             f"<h1>{_esc(title)}</h1>",
+             f'<div class="meta">{len(doc["nodes"])} node(s) · '
+             f'{_esc(_network_text(cluster))}</div>',
+             "<h2>Node-to-node transfers (kind n2n)</h2>",
+             _html_table("n2n", ["value", "kind", "route", "bytes", "time"], crossing,
+                         numeric=(3, 4)) if crossing
+             else "<p>No node-to-node transfers: no value crosses the network.</p>"]
+    for i, node in enumerate(doc["nodes"]):
+        report, name = node["report"], node["name"]
+        summary = report["summary"]
+        cards = [("machine", report["machine"]["spec"]),
+                 ("estimated makespan", fmt_time(summary["makespan"])),
+                 ("lower bound", fmt_time(summary["lower_bound"])),
+                 ("transfers", f"{summary['transfers']} "
+                               f"({fmt_bytes(summary['transfer_bytes'])})"),
+                 ("nodes", str(summary["nodes"]))]
+        rows = [[n["name"], n["op"], n["device"], (fmt_time(n["time"]), n["time"])]
+                for n in report["nodes"]]
+        parts += [f'<section id="node-{i}" data-cluster-node="{_esc(name)}">',
+                  f"<h2>Node {_esc(name)}</h2>",
+                  '<div class="cards">' + "".join(
+                      f'<div class="card"><span>{_esc(k)}</span><b>{_esc(v)}</b></div>'
+                      for k, v in cards) + "</div>",
+                  _html_table(f"nodes-{i}", ["node", "op", "device", "time"], rows,
+                              numeric=(3,)),
+                  f"<h2>Placement report of node {_esc(name)}</h2>",
+                  f'<iframe title="placement report of node {_esc(name)}" '
+                  f'sandbox="allow-scripts" srcdoc="{_esc(render_html(report))}"></iframe>',
+                  "</section>"]
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+CLUSTER_RENDERERS = {"dot": render_cluster_dot, "html": render_cluster_html}
+
+
+def render_cluster(doc: Mapping[str, Any], fmt: str) -> str:
+    """A cluster document (see above) as DOT or HTML."""
+    renderer = CLUSTER_RENDERERS.get(fmt)
+    if renderer is None:
+        raise HeteroError(f"no cluster renderer for format {fmt!r} "
+                          f"(known: {', '.join(CLUSTER_RENDERERS)})")
+    return renderer(doc)
 
 
 RENDERERS = {"table": render_table, "json": render_json, "dot": render_dot,
