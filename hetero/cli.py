@@ -52,6 +52,7 @@ from hetero.errors import HeteroError, ModelError, OutOfMemoryError
 from hetero.function import Function
 from hetero.graph import TensorSpec
 from hetero.ops import registry
+from hetero.passes.place import OFFLOAD_POLICIES, POLICIES
 from hetero.pipeline import compile_graph, optimize_for
 from hetero.plan import Plan
 from hetero.report import fmt_bytes, fmt_time, text_table
@@ -59,7 +60,6 @@ from hetero.threads import cpu_cores
 from hetero.version import __version__
 
 PROG = "hetero"
-POLICIES = ("heft", "peft", "cpu", "gpu", "annotated")
 SPEC_EXAMPLE = "cpu:2,sim:1@h100"
 
 
@@ -564,8 +564,10 @@ def cmd_place(args: argparse.Namespace) -> int:
     plan = _compile(args, graph, machine, cost, optimize=False)
     policies = None
     if not args.no_compare:
+        # with a memory budget, the offload policies people use today, side by side
+        others = ("cpu", "gpu", *(OFFLOAD_POLICIES if args.memory else ()))
         policies = report.policy_makespans(graph, machine, cost,
-                                           [p for p in ("cpu", "gpu") if p != _policy(args)])
+                                           [p for p in others if p != _policy(args)])
     doc = report.build(plan, source=args.model, policies=policies)
     _write(report.render(doc, args.format), args.output)
     note = _measured_note(plan, args)

@@ -250,13 +250,23 @@ class Executor:
         outputs = set(self._outputs)
         fixed: dict[Value, Any] = {}
         dynamic: dict[Value, list[tuple[list, int]]] = {}
+        # a weight streamed to a GPU on every run is kept in page-locked host memory, so that
+        # its copy is asynchronous (CUDA copies pageable memory through a staging buffer)
+        streamed = {n.inputs[0].node: self._device(n.device) for n in graph.nodes
+                    if n.is_transfer and n.attrs.get("streamed")}
         for node in graph.nodes:
             if node.is_input:
                 dynamic[Value(node.name, 0)] = []
                 continue
             dev = self._device(node.device or self._owner.get(node.name, "cpu:0"))
             if node.is_constant:
-                fixed[Value(node.name, 0)] = dev.from_host(graph.constants[node.name])
+                data = graph.constants[node.name]
+                if node.name in streamed:
+                    buf = streamed[node.name].pinned_empty(node.outputs[0])
+                    buf[...] = data
+                    fixed[Value(node.name, 0)] = buf
+                else:
+                    fixed[Value(node.name, 0)] = dev.from_host(data)
                 continue
             for i, spec in enumerate(node.outputs):
                 v = Value(node.name, i)

@@ -259,6 +259,12 @@ class Node:
                         doc="Does it run a kernel of its op (not an input, constant or transfer)?")
 
     @property
+    def reads(self) -> tuple[Value, ...]:
+        """The inputs whose bytes the node reads: all of them, except for a transfer, which reads
+        its first (a streamed weight's copy has order-only inputs after it)."""
+        return self.inputs[:1] if self.kind is NodeKind.TRANSFER else self.inputs
+
+    @property
     def label(self) -> str:
         """``name (op, from file:line)``, the way every message names a node."""
         return node_label(self.name, self.op, self.where)

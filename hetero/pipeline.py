@@ -20,6 +20,7 @@ evaluates each one as the plan will run it, partitioned and scheduled on the GPU
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,10 +29,11 @@ from hetero.config import config, resolve_machine
 from hetero.cost import resolve_cost
 from hetero.devices import Machine
 from hetero.errors import PlacementError
-from hetero.graph import Graph
+from hetero.graph import Graph, Value, fmt_bytes
 from hetero.ops.registry import lookup
 from hetero.passes import place as place_pass
-from hetero.passes.memory import plan_memory
+from hetero.passes.memory import layout, peak_bytes, plan_memory
+from hetero.passes.offload import Offload, hidden_fraction, streamable
 from hetero.passes.optimize import optimize
 from hetero.passes.partition import partition
 from hetero.passes.schedule import DeviceSchedule, schedule
@@ -139,19 +141,58 @@ class Evaluations:
         self.graph = graph
         self.machine = machine
         self.cost = cost
-        self._results: dict[tuple[str, ...], tuple[Graph, DeviceSchedule]] = {}
+        self._results: dict[tuple[Any, ...], tuple[Graph, DeviceSchedule]] = {}
+        self._peaks: dict[tuple[Any, ...], dict[str, int]] = {}
+        self._arenas: dict[tuple[Any, ...], dict[str, int]] = {}
 
-    def _key(self, device: Mapping[str, str]) -> tuple[str, ...]:
-        return tuple(device[n.name] for n in self.graph.nodes if n.name in device)
+    def _key(self, device: Mapping[str, str], offload: Offload | None = None
+             ) -> tuple[Any, ...]:
+        return (tuple(device[n.name] for n in self.graph.nodes if n.name in device),
+                offload.key() if offload else None)
 
-    def result(self, device: Mapping[str, str]) -> tuple[Graph, DeviceSchedule]:
-        """The partitioned graph and schedule of the placement ``device``."""
-        key = self._key(device)
+    def result(self, device: Mapping[str, str], offload: Offload | None = None
+               ) -> tuple[Graph, DeviceSchedule]:
+        """The partitioned graph and schedule of the placement ``device`` (with the constants
+        of ``offload`` streamed)."""
+        key = self._key(device, offload)
         hit = self._results.get(key)
         if hit is None:
-            parted = partition(self.graph, device, self.machine)
+            parted = partition(self.graph, device, self.machine, offload)
             hit = self._results[key] = (parted, schedule(parted, self.machine, self.cost))
         return hit
+
+    def peaks(self, device: Mapping[str, str], offload: Offload | None = None
+              ) -> dict[str, int]:
+        """Predicted peak bytes per memory space of the plan of this placement: its exact
+        memory plan (``hetero.passes.memory``) plus its resident constants."""
+        key = self._key(device, offload)
+        hit = self._peaks.get(key)
+        if hit is None:
+            parted, sched = self.result(device, offload)
+            kinds = {d.name: d.kind for d in self.machine.devices}
+            spaces = {d.name: d.memory_space for d in self.machine.devices}
+            est = sched.estimates
+            pos = {n.name: i for i, n in enumerate(parted.nodes)}
+            order = sorted(pos, key=lambda n: (est[n][0] if n in est else -1.0, pos[n]))
+            memory = layout(parted, sched.queues, kinds, spaces, order)
+            self._arenas[key] = {s: a.arena_bytes for s, a in memory.arenas.items()}
+            hit = self._peaks[key] = peak_bytes(parted, memory, self.machine)
+        return hit
+
+    def arena_bytes(self, device: Mapping[str, str], offload: Offload | None, space: str
+                    ) -> int:
+        """The size of ``space``'s arena in the plan of this placement."""
+        self.peaks(device, offload)
+        return self._arenas[self._key(device, offload)].get(space, 0)
+
+    def fits(self, device: Mapping[str, str], offload: Offload | None = None) -> bool:
+        """Does every GPU's predicted peak stay within its capacity (its budget)?"""
+        peaks = self.peaks(device, offload)
+        for dev in self.machine.devices:
+            if dev.kind != "cpu" and dev.capacity and \
+                    peaks.get(dev.memory_space, 0) > dev.capacity:
+                return False
+        return True
 
     def __call__(self, device: Mapping[str, str]
                  ) -> tuple[dict[str, float], dict[str, float], float]:
@@ -164,12 +205,204 @@ class Evaluations:
 
 def place(graph: Graph, machine: Any = None, cost: Any = None,
           policy: str = "heft", *, memory: Any = None) -> place_pass.Placement:
-    """``hetero.passes.place.place`` with candidates evaluated as the plan will run them
-    (``ht.place``); ``memory`` budgets devices (``hetero.budget.apply_budget``)."""
+    """``hetero.passes.place.place`` with candidates evaluated as the plan will run them, and
+    weights streamed where a GPU's memory cannot hold them (``ht.place``, see ``placed``);
+    ``memory`` budgets devices (``hetero.budget.apply_budget``)."""
     machine = apply_budget(resolve_machine(machine), memory)
     cost = resolve_cost(cost, machine)
-    return place_pass.place(graph, machine, cost, policy,
-                            evaluate=Evaluations(graph, machine, cost))
+    return placed(graph, machine, cost, policy, Evaluations(graph, machine, cost))
+
+
+def placed(graph: Graph, machine: Machine, cost: Any, policy: str,
+           evaluations: Evaluations) -> place_pass.Placement:
+    """The placement of ``graph`` under ``policy``, memory budgets included.
+
+    - "heft" / "peft": the placer's own placement when it fits every GPU's memory. Otherwise the
+      cheapest, by estimated makespan, of that capacity-moved placement (nodes moved to the
+      CPU) and placements that run as if memory were unlimited but stream the weights that do
+      not fit (``hetero.passes.offload``): for each prefetch distance, the most weights
+      resident (in the order they are used) that still let the exact memory plan fit.
+    - "sequential_offload": every node with a GPU kernel on a GPU, every weight streamed just
+      before its node and nothing overlapped (Hugging Face accelerate's CPU offload).
+    - "layer_split": the first k layers on the GPU with their weights resident, the rest on the
+      CPU, k the most that fits (llama.cpp's ``-ngl``).
+    - the others: ``hetero.passes.place.place``.
+    """
+    if policy == "sequential_offload":
+        return _sequential_offload(graph, machine, cost, evaluations)
+    if policy == "layer_split":
+        return _layer_split(graph, machine, cost, evaluations)
+    bounded = [d for d in machine.devices if d.kind != "cpu" and d.capacity]
+    if policy not in ("heft", "peft") or not bounded:
+        return place_pass.place(graph, machine, cost, policy, evaluate=evaluations)
+    try:
+        moved: place_pass.Placement | None = place_pass.place(graph, machine, cost, policy,
+                                                              evaluate=evaluations)
+    except PlacementError:
+        moved = None
+    if moved is not None and not any(r.kind == "capacity" for r in moved.reason.values()):
+        return moved  # it fits without moving anything (the memory pass checks it exactly)
+    free = place_pass.place(graph, machine, cost, policy, evaluate=evaluations, capacity=False)
+    best = moved if moved is not None and evaluations.fits(moved.device) else None
+    for prefetch in PREFETCH_DISTANCES:
+        offload = _most_resident(graph, machine, free.device, evaluations, prefetch)
+        if offload is None:
+            continue
+        candidate = _streamed_placement(graph, machine, free, offload, evaluations, policy)
+        if best is None or candidate.makespan < best.makespan * (1 - 1e-9):
+            best = candidate
+    if best is None:
+        if moved is None:  # the placer's own error names what cannot move
+            place_pass.place(graph, machine, cost, policy, evaluate=evaluations)
+        raise PlacementError(_no_fit(graph, machine, free.device, evaluations))
+    return best
+
+
+#: Prefetch distances the streamed candidates try (weights a copy may run ahead of compute).
+PREFETCH_DISTANCES = (1, 2, 3)
+
+
+def _no_fit(graph: Graph, machine: Machine, device: Mapping[str, str],
+            evaluations: Evaluations) -> str:
+    everything = Offload(frozenset(n for names in streamable(graph, device, machine).values()
+                                   for n in names), prefetch=0)
+    peaks = evaluations.peaks(device, everything)
+    parts = [f"{d.name}: {fmt_bytes(peaks.get(d.memory_space, 0))} needed with every weight "
+             f"streamed, {fmt_bytes(d.capacity)} available" for d in machine.devices
+             if d.kind != "cpu" and d.capacity and peaks.get(d.memory_space, 0) > d.capacity]
+    return ("the graph does not fit in GPU memory, not even with its weights streamed from the "
+            "host and its nodes moved to the CPU (" + "; ".join(parts) + ")")
+
+
+def _most_resident(graph: Graph, machine: Machine, device: Mapping[str, str],
+                   evaluations: Evaluations, prefetch: int,
+                   sequential: bool = False) -> Offload | None:
+    """The Offload that streams the fewest weights (the last ones used, per GPU space) and
+    fits, at this prefetch distance; None if even streaming every one does not fit."""
+    order = streamable(graph, device, machine)
+    if not order:
+        return None
+    streamed = {s: list(names) for s, names in order.items()}
+
+    def offload() -> Offload:
+        return Offload(frozenset(n for names in streamed.values() for n in names), prefetch,
+                       sequential)
+
+    if not evaluations.fits(device, offload()):
+        return None
+    for space, names in order.items():
+        lo, hi = 0, len(names)  # resident prefix length: lo fits; find the largest
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            streamed[space] = names[mid:]
+            if evaluations.fits(device, offload()):
+                lo = mid
+            else:
+                hi = mid - 1
+        streamed[space] = names[lo:]
+    result = offload()
+    return result if result else None
+
+
+def _streamed_placement(graph: Graph, machine: Machine, base: place_pass.Placement,
+                        offload: Offload, evaluations: Evaluations, policy: str,
+                        detail: str | None = None) -> place_pass.Placement:
+    """``base`` with ``offload``'s constants streamed: on the host, each with a "streamed"
+    Reason quoting the bytes, the budget, the prefetch distance and the share of its copy the
+    schedule hides behind compute."""
+    parted, sched = evaluations.result(base.device, offload)
+    peaks = evaluations.peaks(base.device, offload)
+    est = sched.estimates
+    device = dict(base.device)
+    reasons = dict(base.reason)
+    copies = {n.inputs[0].node: n for n in parted.nodes
+              if n.is_transfer and n.attrs.get("streamed")}
+    for name in offload.streamed:
+        device[name] = place_pass.HOST_DEVICE
+        copy = copies[name]
+        gpu = machine.device(copy.attrs["dst"])
+        space = gpu.memory_space
+        compute = [est[n.name] for n in parted.nodes if n.name in est
+                   and sched.lanes.get(n.name) == gpu.name and n.computes]
+        hidden = hidden_fraction([est[copy.name]], compute)
+        in_space = [c for c, t in copies.items() if t.attrs["dst"] == copy.attrs["dst"]]
+        streamed_bytes = sum(graph.spec(Value(c, 0)).nbytes for c in in_space)
+        resident = peaks.get(space, 0) - evaluations.arena_bytes(base.device, offload, space)
+        how = (detail or f"prefetched {offload.prefetch} weight"
+               f"{'s' if offload.prefetch != 1 else ''} ahead")
+        why = (f"{fmt_bytes(streamed_bytes)} of weights do not fit in {gpu.name}'s "
+               f"{fmt_bytes(gpu.capacity)} beside {fmt_bytes(resident)} of resident weights and "
+               f"{fmt_bytes(peaks.get(space, 0) - resident)} of activations and copy buffers"
+               if not offload.sequential else
+               f"{policy} streams every weight ({fmt_bytes(streamed_bytes)}) into {gpu.name}")
+        reasons[name] = place_pass.Reason(
+            "streamed", f"{why}; copied from host memory on every run into a rotating buffer, "
+            f"{how}, {hidden:.0%} of its copy hidden behind compute (estimated)")
+    start = {n.name: est.get(n.name, (0.0, 0.0))[0] for n in graph.nodes}
+    finish = {n.name: est.get(n.name, (0.0, 0.0))[1] for n in graph.nodes}
+    return dataclasses.replace(base, device=device, reason=reasons, start=start, finish=finish,
+                               makespan=sched.makespan, policy=policy, offload=offload)
+
+
+def _sequential_offload(graph: Graph, machine: Machine, cost: Any,
+                        evaluations: Evaluations) -> place_pass.Placement:
+    base = place_pass.place(graph, machine, cost, "gpu", evaluate=evaluations, capacity=False)
+    order = streamable(graph, base.device, machine)
+    if not order:
+        return dataclasses.replace(base, policy="sequential_offload")
+    offload = Offload(frozenset(n for names in order.values() for n in names), prefetch=0,
+                      sequential=True)
+    if not evaluations.fits(base.device, offload):
+        raise PlacementError(_no_fit(graph, machine, base.device, evaluations))
+    return _streamed_placement(graph, machine, base, offload, evaluations, "sequential_offload",
+                               detail="copied just before its node with nothing overlapped")
+
+
+def _layer_split(graph: Graph, machine: Machine, cost: Any,
+                 evaluations: Evaluations) -> place_pass.Placement:
+    gpu_base = place_pass.place(graph, machine, cost, "gpu", evaluate=evaluations,
+                                capacity=False)
+    cpu_base = place_pass.place(graph, machine, cost, "cpu", evaluate=evaluations)
+    order = streamable(graph, gpu_base.device, machine)
+    position = {n.name: i for i, n in enumerate(graph.nodes)}
+    consumers = graph.consumers()
+    # layer boundaries: where the k-th weight (in the order they are used) is first read
+    weights = sorted((position[consumers[c][0]], c) for names in order.values() for c in names)
+    cuts = [p for p, _ in weights] + [len(graph.nodes)]
+
+    def split(k: int) -> dict[str, str]:
+        cut = cuts[k] if k < len(weights) else len(graph.nodes)
+        device = {n.name: (gpu_base.device[n.name] if position[n.name] < cut
+                           else cpu_base.device[n.name]) for n in graph.nodes}
+        for node in graph.nodes:  # constants follow their first consumer
+            if node.is_constant:
+                readers = consumers[node.name]
+                device[node.name] = device[readers[0]] if readers else place_pass.HOST_DEVICE
+        return device
+
+    lo, hi = 0, len(weights)  # k = lo fits (k = 0: everything on the CPU)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if evaluations.fits(split(mid)):
+            lo = mid
+        else:
+            hi = mid - 1
+    device = split(lo)
+    start, finish, makespan = evaluations(device)
+    gpu_bytes = sum(graph.spec(Value(c, 0)).nbytes for _, c in weights[:lo])
+    reasons = {}
+    for node in graph.nodes:
+        on_gpu = machine.device(device[node.name]).kind != "cpu"
+        if node.is_input or node.is_constant:
+            reasons[node.name] = cpu_base.reason[node.name] if not on_gpu else \
+                gpu_base.reason[node.name]
+        else:
+            reasons[node.name] = place_pass.Reason(
+                "policy", f"layer_split: the first {lo} of {len(weights)} weights "
+                f"({fmt_bytes(gpu_bytes)}) are the most that fit on the GPU; this node is "
+                f"{'before' if on_gpu else 'after'} the split")
+    return place_pass.Placement(device=device, reason=reasons, start=start, finish=finish,
+                                makespan=makespan, policy="layer_split")
 
 
 def compile_graph(graph: Graph, machine: Any = None, policy: str | None = None, cost: Any = None,
@@ -197,26 +430,41 @@ def compile_graph(graph: Graph, machine: Any = None, policy: str | None = None, 
             check(graph)
     cost = resolve_cost(cost, machine, graph)  # a measured model: this plan's threads
     evaluations = Evaluations(graph, machine, cost)
-    placement = place_pass.place(graph, machine, cost, policy, evaluate=evaluations)
-    parted, sched = evaluations.result(placement.device)
+    placement = placed(graph, machine, cost, policy, evaluations)
+    parted, sched = evaluations.result(placement.device, placement.offload)
     if checks:
         check(parted, machine=machine)
     plan = Plan(graph=parted, machine=machine, placement=placement, queues=sched.queues,
                 estimates=sched.estimates, makespan=sched.makespan,
-                lower_bound=place_pass.lower_bound(graph, machine, cost), policy=policy,
-                cost=cost)
+                lower_bound=max(place_pass.lower_bound(graph, machine, cost),
+                                copy_bound(parted, sched)), policy=policy, cost=cost)
     plan = plan_memory(plan)
     if checks:
         check(plan)
     return plan
 
 
+def copy_bound(graph: Graph, sched: DeviceSchedule) -> float:
+    """The time the busiest copy engine needs for a plan's streamed weights alone: no run of
+    that plan can be faster (its copy bound; 0 without streamed weights)."""
+    busy: dict[str, float] = {}
+    for node in graph.nodes:
+        if node.is_transfer and node.attrs.get("streamed") and node.name in sched.estimates:
+            s, f = sched.estimates[node.name]
+            lane = sched.lanes[node.name]
+            busy[lane] = busy.get(lane, 0.0) + (f - s)
+    return max(busy.values(), default=0.0)
+
+
 def compare_policies(graph: Graph, machine: Any = None, cost: Any = None,
-                     policies: Sequence[str] = place_pass.POLICIES, *, memory: Any = None
+                     policies: Sequence[str] | None = None, *, memory: Any = None
                      ) -> dict[str, float]:
     """Estimated makespan of each policy's plan of ``graph`` (as given: not optimized again)
-    under one cost model and list scheduler, plus ``"lower_bound"``. A policy that cannot place
-    the graph maps to ``math.inf``."""
+    under one cost model and list scheduler, plus ``"lower_bound"`` (the compute bound). A
+    policy that cannot place the graph maps to ``math.inf``. Default policies: the placer's
+    (``PLACER_POLICIES``), and with a ``memory`` budget the offload ones too."""
+    if policies is None:
+        policies = place_pass.PLACER_POLICIES + (place_pass.OFFLOAD_POLICIES if memory else ())
     machine = apply_budget(resolve_machine(machine), memory)
     cost = resolve_cost(cost, machine)
     result: dict[str, float] = {}

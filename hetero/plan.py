@@ -101,26 +101,24 @@ class Plan:
         """The transfer nodes of the plan, in graph order."""
         return tuple(n for n in self.graph.nodes if n.is_transfer)
 
+    def copy_bytes(self) -> dict[str, dict[str, int]]:
+        """Planned bytes copied per run, per issuing GPU and kind ("h2d", "d2h", "d2d"): what a
+        simulated GPU's ``copied_bytes`` counts over one run (streamed weights included)."""
+        out: dict[str, dict[str, int]] = {}
+        for node in self.transfers():
+            per = out.setdefault(node.device or "", {"h2d": 0, "d2h": 0, "d2d": 0})
+            per[node.attrs["kind"]] += sum(s.nbytes for s in node.outputs)
+        return out
+
     @property
     def peak_memory(self) -> dict[str, int]:
         """Predicted peak bytes per memory space when the plan runs: its arena (activations,
         workspaces, copy buffers) plus the constants uploaded to that space (one copy per space
         that reads them), the figure a device's capacity or memory budget must hold. The
         simulated GPU's ``peak_allocated`` after a run is at most this."""
-        from hetero.spaces import device_space
+        from hetero.passes.memory import peak_bytes
 
-        # the executor allocates every arena, an empty one as 1 byte
-        peaks = {space: max(arena.arena_bytes, 1) for space, arena in
-                 (self.memory.arenas.items() if self.memory is not None else ())}
-        consumers = self.graph.consumers()
-        for node in self.graph.nodes:
-            if not node.is_constant:
-                continue
-            spaces = {device_space(self.graph.node(r).device or "cpu:0", self.machine)
-                      for r in consumers[node.name]}
-            for space in spaces:
-                peaks[space] = peaks.get(space, 0) + sum(s.nbytes for s in node.outputs)
-        return peaks
+        return peak_bytes(self.graph, self.memory, self.machine)
 
     # -- JSON ------------------------------------------------------------------------------------
 

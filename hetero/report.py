@@ -38,6 +38,7 @@ from typing import Any
 from hetero.cost import MeasuredCost, RooflineCost, TableCost, input_specs
 from hetero.errors import HeteroError
 from hetero.graph import fmt_bytes, toposort
+from hetero.passes.place import OFFLOAD_POLICIES
 from hetero.pipeline import compare_policies
 from hetero.spaces import lane_of
 from hetero.version import __version__
@@ -117,7 +118,7 @@ def policy_makespans(graph: Any, machine: Any, cost: Any = None,
     same pipeline and cost model as the reported plan). None where the policy does not apply
     (no GPU in the machine for "gpu") or cannot place the graph."""
     has_gpu = any(d.kind != "cpu" for d in machine.devices)
-    wanted = [p for p in policies if p != "gpu" or has_gpu]
+    wanted = [p for p in policies if p not in ("gpu", *OFFLOAD_POLICIES) or has_gpu]
     found = compare_policies(graph, machine, cost, wanted) if wanted else {}
     return {p: _finite(found[p]) if p in wanted else None for p in policies}
 
@@ -152,6 +153,7 @@ def build(plan: Any, *, source: str | None = None,
 
     nodes, transfers = [], []
     const_count, const_bytes = 0, 0
+    streamed, streamed_bytes = 0, 0
     for node in graph.nodes:
         if node.is_constant:
             const_count += 1
@@ -160,13 +162,21 @@ def build(plan: Any, *, source: str | None = None,
         s, f = times(node.name)
         if node.is_transfer:
             a = node.attrs
-            transfers.append({
+            entry = {
                 "name": node.name, "value": node.inputs[0].node,
                 "direction": a["kind"], "src": a["src"], "dst": a["dst"],
                 "device": node.device, "lane": lane_of(node),
                 "bytes": int(sum(sp.nbytes for sp in node.outputs)),
                 "consumers": list(consumers.get(node.name, [])),
-                "start": s, "finish": f, "time": f - s})
+                "start": s, "finish": f, "time": f - s}
+            if a.get("streamed"):
+                entry["streamed"] = True
+                streamed += 1
+                streamed_bytes += entry["bytes"]
+                why = reasons.get(node.inputs[0].node)
+                if why is not None and why.kind == "streamed":
+                    entry["reason"] = why.to_json()
+            transfers.append(entry)
             continue
         reason = reasons.get(node.name)
         if reason is None:
@@ -237,7 +247,9 @@ def build(plan: Any, *, source: str | None = None,
             "policies": comparison,
             "nodes": len(nodes), "transfers": len(transfers),
             "transfer_bytes": int(sum(t["bytes"] for t in transfers)),
-            "constants": const_count, "constant_bytes": int(const_bytes)},
+            "constants": const_count, "constant_bytes": int(const_bytes),
+            "streamed": streamed, "streamed_bytes": int(streamed_bytes),
+            "peak_memory": {k: int(v) for k, v in plan.peak_memory.items()}},
         "nodes": nodes,
         "transfers": transfers,
         "edges": edges,
@@ -371,7 +383,10 @@ def render_table(report: Mapping[str, Any]) -> str:
         out.append("compare: " + "   ".join(parts))
     out.append(f"{summary['nodes']} nodes, {summary['transfers']} transfers "
                f"({fmt_bytes(summary['transfer_bytes'])} per run), {summary['constants']} "
-               f"constants ({fmt_bytes(summary['constant_bytes'])}, uploaded once)")
+               f"constants ({fmt_bytes(summary['constant_bytes'])}, uploaded once)"
+               + (f", {summary['streamed']} weights streamed "
+                  f"({fmt_bytes(summary['streamed_bytes'])} per run)"
+                  if summary.get("streamed") else ""))
     return "\n".join(out) + "\n"
 
 

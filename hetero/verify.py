@@ -167,6 +167,10 @@ def check_partitioned(graph: Graph, machine: Any = None) -> None:
             if spaces[v.node] != s_space:
                 raise node_error(graph, node, f"copies {v} from {s_space} but it lives in "
                                               f"{spaces[v.node]}")
+            for w in node.inputs[1:]:  # order-only inputs of a streamed copy: its issuer's space
+                if spaces[w.node] != here:
+                    raise node_error(graph, node, f"waits for {w} in {spaces[w.node]}, not in "
+                                                  f"the space of its issuer ({here})")
             key = (v, d_space)
             if key in seen:
                 raise node_error(graph, node, f"{v} is already copied to {d_space} by "
@@ -307,7 +311,7 @@ def check_memory(plan: Any) -> None:
     hb = HappensBefore(graph, plan.queues, kinds)
     readers: dict[Value, list[str]] = {v: [] for v in located}
     for node in graph.nodes:
-        for v in node.inputs:
+        for v in node.reads:
             if v in readers:
                 readers[v].append(node.name)
 

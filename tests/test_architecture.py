@@ -36,7 +36,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hetero.backends", "hetero.backends.sim", "hetero.backends.cupy", "hetero.backends.cpu",
      "hetero.backends.cpu.kernels", "hetero.backends.cpu._loops"),
     ("hetero.cost",),
-    ("hetero.passes", "hetero.passes.optimize", "hetero.passes.place", "hetero.passes.partition",
+    ("hetero.passes", "hetero.passes.optimize", "hetero.passes.offload", "hetero.passes.place",
+     "hetero.passes.partition",
      "hetero.passes.schedule", "hetero.passes.memory"),
     ("hetero.verify", "hetero.reference", "hetero.profile"),
     ("hetero.executor",),
@@ -144,11 +145,11 @@ def test_compile_partitions_and_schedules_each_candidate_once(monkeypatch):
     evaluated = []
     real = pipeline.Evaluations.result
 
-    def result(self, device):
-        key = self._key(device)
+    def result(self, device, offload=None):
+        key = self._key(device, offload)
         if key not in self._results:
             evaluated.append(key)
-        return real(self, device)
+        return real(self, device, offload)
 
     monkeypatch.setattr(pipeline.Evaluations, "result", result)
     for graph, spec in ((mlp(batch=8, sizes=(64, 64, 8)), "cpu:2,sim:1"),

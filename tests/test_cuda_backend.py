@@ -567,3 +567,15 @@ def test_gpu_check_without_a_gpu_exits_2_before_installing(tmp_path):
                           env={"PATH": str(bin_dir), "OUT_DIR": str(tmp_path / "out")})
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "no NVIDIA GPU" in proc.stderr and "installing" not in proc.stdout
+
+
+def test_default_capacity_is_free_memory_less_a_margin():
+    gib = 2**30
+    # an H100 with 80 GiB, 79 free: 5% of the card (4 GiB) stays free
+    assert backend.default_capacity(79 * gib, 80 * gib) == 75 * gib
+    # what this process's pool already holds is still ours to use
+    assert backend.default_capacity(70 * gib, 80 * gib, held=9 * gib) == 75 * gib
+    # a small card keeps at least 256 MiB back; a full one still has a positive capacity
+    assert backend.default_capacity(2 * gib, 2 * gib) == 2 * gib - 256 * 2**20
+    assert backend.default_capacity(0, 16 * gib) == 1
+    assert backend.default_capacity(80 * gib, 80 * gib, held=80 * gib) == 80 * gib

@@ -283,14 +283,31 @@ def _set(obj: Any, **values: Any) -> None:
         object.__setattr__(obj, key, value)
 
 
+#: Share of a card's total memory a detected device leaves free by default (see CudaDevice).
+CAPACITY_MARGIN = 0.05
+MIN_CAPACITY_MARGIN = 256 * 2**20
+
+
+def default_capacity(free: int, total: int, held: int = 0) -> int:
+    """A detected GPU's default capacity: its ``free`` memory plus what this process's pool
+    already ``held``, less ``CAPACITY_MARGIN`` of ``total`` (at least ``MIN_CAPACITY_MARGIN``);
+    at least 1 byte, at most ``total``."""
+    margin = max(MIN_CAPACITY_MARGIN, int(total * CAPACITY_MARGIN))
+    return max(1, min(int(total), int(free) + int(held) - margin))
+
+
 class CudaDevice(Device):
     """One CUDA GPU driven through CuPy.
 
     Args:
         index: CUDA device ordinal.
         name: device name, default ``"gpu:<index>"``.
-        capacity: bytes this device may hold (default: the GPU's total memory). Allocations that
-            would take the memory pool past it raise ``OutOfMemoryError``.
+        capacity: bytes this device may hold. Default: the memory free when the device is
+            created, plus what this process's CuPy pool already holds, less a margin of
+            ``CAPACITY_MARGIN`` of the card's total (at least ``MIN_CAPACITY_MARGIN``) for the
+            CUDA context's growth, cuBLAS and cuDNN workspaces and fragmentation. Allocations
+            that would take the memory pool past it raise ``OutOfMemoryError``; a memory
+            budget (``memory={"gpu:0": "2GiB"}``) lowers it.
     """
 
     def __init__(self, index: int, *, name: str | None = None,
@@ -302,17 +319,21 @@ class CudaDevice(Device):
                               f"(this machine has {count} CUDA device(s))")
         with cp.cuda.Device(index):
             props = cp.cuda.runtime.getDeviceProperties(index)
-            _free, total = cp.cuda.runtime.memGetInfo()
+            free, total = cp.cuda.runtime.memGetInfo()
+            held = int(cp.get_default_memory_pool().total_bytes())
+        if capacity is None:
+            capacity = default_capacity(int(free), int(total), held)
         cc = (int(props.get("major", 0)), int(props.get("minor", 0)))
         rates, bandwidth = _rough_rates(props, cc)
         gpu_name = props.get("name", b"")
         gpu_name = gpu_name.decode() if isinstance(gpu_name, bytes) else str(gpu_name)
         info = {"index": int(index), "compute_capability": f"{cc[0]}.{cc[1]}",
-                "sm_count": int(props.get("multiProcessorCount", 0)), "total_memory": int(total)}
+                "sm_count": int(props.get("multiProcessorCount", 0)), "total_memory": int(total),
+                "free_memory": int(free)}
         # The memory space is named by the CUDA ordinal, as hetero.devices.space_of names CuPy
         # arrays; Machine.detect() names devices so that the two agree.
         _set(self, name=name or f"gpu:{index}", kind="gpu", memory_space=f"gpu:{index}",
-             backend="cupy", capacity=int(capacity if capacity is not None else total),
+             backend="cupy", capacity=int(capacity),
              model=gpu_name, info=info, specs={"model": gpu_name, **info},
              peak_flops=rates, mem_bandwidth=bandwidth, launch_overhead=5e-6,
              index=int(index), _streams=None, _lock=threading.Lock())

@@ -327,6 +327,7 @@ class SimDevice(Device):
         _DEVICES.add(self)
         self._allocated = 0
         self._peak = 0
+        self._copied = {"h2d": 0, "d2h": 0, "d2d": 0}
         # (op, attrs, shapes and dtypes) -> simulated seconds: eager mode repeats kernels
         self._durations: dict[tuple[Any, ...], float] = {}
         self.compute_stream = SimStream(self, "compute")
@@ -352,6 +353,23 @@ class SimDevice(Device):
     def reset_peak(self) -> None:
         with self._mem_lock:
             self._peak = self._allocated
+
+    @property
+    def copied_bytes(self) -> dict[str, int]:
+        """Bytes this device's streams have copied since creation or ``reset_copied``, per kind:
+        "h2d" (into it from the host), "d2h" (out of it to the host), "d2d" (into it from another
+        GPU). Uploads outside a stream (``from_host``: constants when a plan loads) do not
+        count."""
+        with self._mem_lock:
+            return dict(self._copied)
+
+    def reset_copied(self) -> None:
+        with self._mem_lock:
+            self._copied = dict.fromkeys(self._copied, 0)
+
+    def _count_copy(self, kind: str, nbytes: int) -> None:
+        with self._mem_lock:
+            self._copied[kind] += int(nbytes)
 
     def empty(self, spec: Any) -> SimArray:
         """A new buffer for ``spec`` in this device's memory; OutOfMemoryError past capacity."""
@@ -427,6 +445,7 @@ class SimDevice(Device):
                               f"{space_of(src)!r}, not on the host")
         self._check_copy(dst, src, "copy_from_host")
         t = self._link("host", self.memory_space).time(src.nbytes)
+        self._count_copy("h2d", src.nbytes)
         stream.launch_timed(t, "copy h2d", np.copyto, raw(dst), src)
 
     def copy_to_host(self, dst: np.ndarray, src: SimArray, stream: SimStream) -> None:
@@ -437,6 +456,7 @@ class SimDevice(Device):
                               f"{space_of(dst)!r}, not on the host")
         self._check_copy(dst, src, "copy_to_host")
         t = self._link(self.memory_space, "host").time(src.nbytes)
+        self._count_copy("d2h", src.nbytes)
         stream.launch_timed(t, "copy d2h", np.copyto, dst, raw(src))
 
     def copy_peer(self, dst: SimArray, src: SimArray, stream: SimStream) -> None:
@@ -447,6 +467,7 @@ class SimDevice(Device):
                               f"simulated GPU, it lives in {space_of(src)!r}")
         self._check_copy(dst, src, "copy_peer")
         t = self._link(src.memory_space, self.memory_space).time(src.nbytes)
+        self._count_copy("d2d", src.nbytes)
         stream.launch_timed(t, "copy d2d", np.copyto, raw(dst), raw(src))
 
     # -- kernels --------------------------------------------------------------------------

@@ -7,7 +7,9 @@ pinned to the device (not soft), so the placer keeps it there and the partitione
 transfer node in front of it.
 
 The ``transfer`` op is what partitioning inserts between memory spaces: the identity on its
-input's spec; the executor turns it into a copy on the issuing GPU's copy stream.
+first input's spec; the executor turns it into a copy on the issuing GPU's copy stream. A
+streamed weight's copy (``streamed=True``, ``hetero.passes.offload``) may have more inputs: they
+only order it (the copy starts after their producers) and are never read.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ def _transfer_kernel(xp, ins, attrs, outs) -> None:
     outs[0][...] = ins[0]
 
 
-register(Op(TRANSFER, _transfer_infer, _transfer_kernel, arity=(1, 1),
-            attrs={"src": REQUIRED, "dst": REQUIRED, "kind": REQUIRED},
+register(Op(TRANSFER, _transfer_infer, _transfer_kernel, arity=(1, None),
+            attrs={"src": REQUIRED, "dst": REQUIRED, "kind": REQUIRED, "streamed": False},
             cost=lambda ins, outs, attrs: Cost(0.0, float(ins[0].nbytes)), op_class="data",
             doc="copy one value between memory spaces (inserted by partition)"))
 

@@ -45,7 +45,7 @@ from typing import Any
 
 from hetero.errors import GraphError, OutOfMemoryError
 from hetero.graph import Graph, NodeKind, Value, fmt_bytes, toposort
-from hetero.spaces import output_space, stream_of
+from hetero.spaces import device_space, output_space, stream_of
 
 HOST_ALIGNMENT = 64
 GPU_ALIGNMENT = 256
@@ -160,6 +160,26 @@ def plan_memory(plan: Any) -> Any:
     memory = layout(plan.graph, plan.queues, kinds, spaces, order)
     _check_capacity(plan, memory)
     return dataclasses.replace(plan, memory=memory)
+
+
+def peak_bytes(graph: Graph, memory: MemoryPlan | None, machine: Any) -> dict[str, int]:
+    """Predicted peak bytes per memory space when a partitioned graph runs with ``memory``: its
+    arena (activations, workspaces, copy buffers, streamed weights' buffers) plus the constants
+    resident in that space (``Plan.peak_memory``)."""
+    # the executor allocates every arena, an empty one as 1 byte
+    peaks = {space: max(arena.arena_bytes, 1) for space, arena in
+             (memory.arenas.items() if memory is not None else ())}
+    consumers = graph.consumers()
+    for node in graph.nodes:
+        if not node.is_constant:
+            continue
+        readers = [graph.node(r) for r in consumers[node.name]]
+        # a streamed weight's copy reads it from host memory, where it stays
+        spaces = {device_space(r.attrs["src"] if r.is_transfer else r.device or "cpu:0",
+                               machine) for r in readers}
+        for space in spaces:
+            peaks[space] = peaks.get(space, 0) + sum(s.nbytes for s in node.outputs)
+    return peaks
 
 
 def _check_capacity(plan: Any, memory: MemoryPlan) -> None:
@@ -287,7 +307,7 @@ def _layout_space(graph: Graph, hb: HappensBefore, space: str, values: list[Valu
     idx = hb.index
     readers: dict[Value, list[int]] = {v: [] for v in values}
     for node in graph.nodes:
-        for v in node.inputs:
+        for v in node.reads:  # not a streamed copy's order-only inputs
             if v in readers:
                 readers[v].append(idx[node.name])
     size = {v: align(graph.spec(v).nbytes, alignment) for v in values}

@@ -11,7 +11,11 @@
   need a synchronisation (an event in the executor), not a copy;
 - a constant is duplicated into each memory space that uses it (named ``<const>@<space>``), so it
   is uploaded once when the plan is built, not copied on every run;
-- graph outputs produced outside the host come back through a d2h transfer.
+- graph outputs produced outside the host come back through a d2h transfer;
+- a constant that ``offload`` streams (``hetero.passes.offload``) stays in host memory and its
+  readers in a GPU space get a ``transfer`` with ``streamed=True`` instead of a resident copy: a
+  host-to-device copy on every run, whose extra inputs (the readers of an earlier streamed
+  weight) only order it, so its buffer can take the place of one already consumed.
 
 The stage's invariant (no op reads a value from another memory space) is checked by
 ``hetero.verify.check``: on every fully placed graph when a machine is given, or when the graph
@@ -26,6 +30,7 @@ from typing import Any
 from hetero.builder import GraphBuilder
 from hetero.errors import GraphError
 from hetero.graph import Attrs, Graph, Node, NodeKind, Value
+from hetero.passes.offload import Offload, order_inputs
 from hetero.spaces import INPUT_DEVICE, device_space, transfer_issuer, transfer_kind
 
 
@@ -33,7 +38,8 @@ def _placed(placement: Any) -> Mapping[str, str]:
     return placement.device if hasattr(placement, "device") else placement
 
 
-def partition(graph: Graph, placement: Any, machine: Any = None) -> Graph:
+def partition(graph: Graph, placement: Any, machine: Any = None,
+              offload: Offload | None = None) -> Graph:
     """A new graph whose every edge stays inside one memory space (see the module docstring).
 
     Args:
@@ -41,14 +47,20 @@ def partition(graph: Graph, placement: Any, machine: Any = None) -> Graph:
         placement: a Placement (or a plain mapping node name -> device name).
         machine: gives each device's memory space; without it "cpu:*" is "host" and a GPU is its
             own space.
+        offload: constants to stream instead of uploading them (default: the placement's
+            ``offload``, if it has one).
     """
     devices = _placed(placement)
+    if offload is None:
+        offload = getattr(placement, "offload", None)
+    streamed = offload.streamed if offload else frozenset()
+    after = order_inputs(graph, offload, devices, machine) if streamed else {}
     missing = [n for n in graph.nodes if n.name not in devices and not n.is_input]
     if missing:
         raise GraphError(f"{missing[0].label}: the placement gives it no device")
 
     def device_of(node: Node) -> str:
-        return INPUT_DEVICE if node.is_input else devices[node.name]
+        return INPUT_DEVICE if node.is_input or node.name in streamed else devices[node.name]
 
     def space(dev: str) -> str:
         return device_space(dev, machine)
@@ -68,7 +80,8 @@ def partition(graph: Graph, placement: Any, machine: Any = None) -> Graph:
         if key in copies:
             return copies[key]
         producer = graph.node(v.node) if v.node in graph else None
-        if producer is not None and producer.kind is NodeKind.CONSTANT:
+        if producer is not None and producer.kind is NodeKind.CONSTANT and \
+                v.node not in streamed:
             name = out.fresh(f"{v.node}@{dst_space.replace(':', '')}")
             node = out.add_constant(producer.replace(name=name, device=dst_dev),
                                     graph.constants[v.node])
@@ -77,8 +90,12 @@ def partition(graph: Graph, placement: Any, machine: Any = None) -> Graph:
             kind = transfer_kind(src_space, dst_space)
             name = out.fresh(f"{v.node}{'' if v.index == 0 else f'_{v.index}'}"
                              f"_to_{dst_space.replace(':', '')}")
-            node = out.add(Node(name=name, op="transfer", inputs=(v,),
-                                attrs=Attrs({"src": src_dev, "dst": dst_dev, "kind": kind}),
+            attrs = {"src": src_dev, "dst": dst_dev, "kind": kind}
+            inputs = (v,)
+            if v.node in streamed:
+                attrs["streamed"] = True
+                inputs += after.get(v.node, ())
+            node = out.add(Node(name=name, op="transfer", inputs=inputs, attrs=Attrs(attrs),
                                 outputs=(graph.spec(v),),
                                 device=transfer_issuer(src_dev, dst_dev, kind),
                                 where=producer.where if producer is not None else None))

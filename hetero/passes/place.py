@@ -65,14 +65,20 @@ from hetero.cost import input_specs, resolve_cost
 from hetero.errors import HeteroError, PlacementError
 from hetero.graph import Graph, Node, NodeKind, fmt_bytes
 from hetero.ops import registry
+from hetero.passes.offload import Offload
 from hetero.spaces import INPUT_DEVICE, device_space
 
 log = logging.getLogger("hetero.place")
 
-__all__ = ["POLICIES", "REASON_KINDS", "Evaluate", "Placement", "Reason", "lower_bound", "place",
-           "planned_peaks"]
+__all__ = ["OFFLOAD_POLICIES", "PLACER_POLICIES", "POLICIES", "REASON_KINDS", "Evaluate",
+           "Placement", "Reason", "lower_bound", "place", "planned_peaks"]
 
-POLICIES = ("heft", "peft", "cpu", "gpu", "annotated")
+#: Policies this module's ``place`` builds.
+PLACER_POLICIES = ("heft", "peft", "cpu", "gpu", "annotated")
+#: Policies the pipeline builds from placements with weights streamed or layers split by memory
+#: (``hetero.pipeline.place``); ``place`` here refuses them.
+OFFLOAD_POLICIES = ("sequential_offload", "layer_split")
+POLICIES = PLACER_POLICIES + OFFLOAD_POLICIES
 HOST_DEVICE = INPUT_DEVICE
 SINK = "__outputs__"
 
@@ -90,7 +96,7 @@ def _frozen_map(m: Mapping[str, Any] | None) -> Mapping[str, Any]:
 
 #: Every kind of reason a node can carry, in the words the report uses.
 REASON_KINDS = ("pinned", "soft-kept", "soft-overridden", "colocated", "no-kernel-elsewhere",
-                "cost", "capacity", "default", "input", "policy")
+                "cost", "capacity", "default", "input", "policy", "streamed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +131,9 @@ class Placement:
         reason: node name -> Reason.
         start, finish: node name -> estimated seconds from the start of a run.
         makespan: estimated finish of the last node.
-        policy: the policy that produced it ("heft", "peft", "cpu", "gpu", "annotated").
+        policy: the policy that produced it (one of ``POLICIES``).
+        offload: the constants streamed into a GPU on every run instead of uploaded once, and
+            how far ahead their copies run (``hetero.passes.offload.Offload``), or None.
     """
 
     device: Mapping[str, str]
@@ -134,6 +142,7 @@ class Placement:
     finish: Mapping[str, float] = field(default_factory=dict)
     makespan: float = 0.0
     policy: str = "heft"
+    offload: Offload | None = None
 
     def __post_init__(self) -> None:
         for name in ("device", "reason", "start", "finish"):
@@ -159,6 +168,7 @@ class Placement:
         return {
             "policy": self.policy,
             "makespan": self.makespan,
+            "offload": self.offload.to_json() if self.offload else None,
             "nodes": {n: {"device": d, "reason": self.reason[n].to_json(),
                           "start": self.start.get(n, 0.0), "finish": self.finish.get(n, 0.0)}
                       for n, d in self.device.items()},
@@ -171,7 +181,8 @@ class Placement:
                    reason={n: Reason.from_json(v["reason"]) for n, v in nodes.items()},
                    start={n: float(v["start"]) for n, v in nodes.items()},
                    finish={n: float(v["finish"]) for n, v in nodes.items()},
-                   makespan=float(data["makespan"]), policy=data["policy"])
+                   makespan=float(data["makespan"]), policy=data["policy"],
+                   offload=Offload.from_json(data.get("offload")))
 
 
 
@@ -500,7 +511,7 @@ def planned_peaks(graph: Graph, device: Mapping[str, str], start: Mapping[str, f
 
 
 def place(graph: Graph, machine: Any = None, cost: Any = None, policy: str = "heft", *,
-          evaluate: Evaluate) -> Placement:
+          evaluate: Evaluate, capacity: bool = True) -> Placement:
     """Choose a device for every node of ``graph`` on ``machine`` (see the module docstring).
 
     Args:
@@ -511,6 +522,8 @@ def place(graph: Graph, machine: Any = None, cost: Any = None, policy: str = "he
         evaluate: how a candidate placement runs (start and finish per node, makespan); the
             pipeline partitions and schedules it (``hetero.pipeline.place`` supplies this and
             keeps what it computed for the winner). Placement never runs a later stage itself.
+        capacity: move nodes off a GPU whose planned peak exceeds its capacity; False places as
+            if memory were unlimited (the pipeline then streams weights to make it fit).
 
     Returns:
         A Placement: device, Reason, estimated start and finish for every node, and the makespan.
@@ -523,6 +536,9 @@ def place(graph: Graph, machine: Any = None, cost: Any = None, policy: str = "he
     machine = resolve_machine(machine)
     if policy not in POLICIES:
         raise PlacementError(f"unknown placement policy {policy!r} (known: {', '.join(POLICIES)})")
+    if policy in OFFLOAD_POLICIES:
+        raise PlacementError(f"policy {policy!r} is built by hetero.pipeline.place (ht.place), "
+                             "which sizes it with the memory plan")
     cost = resolve_cost(cost, machine)
     ctx = _Context(graph, machine, cost)
     rules = _annotation_rules(graph, machine, policy, config.strict_placement)
@@ -531,7 +547,7 @@ def place(graph: Graph, machine: Any = None, cost: Any = None, policy: str = "he
     while True:
         outcome = _best_schedule(ctx, rules, tasks, policy, evaluate)
         device, start, finish = outcome.device, outcome.start, outcome.finish
-        over = _over_capacity(ctx, device, start, finish)
+        over = _over_capacity(ctx, device, start, finish) if capacity else None
         if over is None:
             break
         moved = _relieve(ctx, rules, tasks, device, over)

@@ -71,8 +71,11 @@ def schedule(graph: Graph, machine: Any = None, cost: Any = None) -> DeviceSched
         return durations[task]
 
     def comm(u: str, v: str, p: str, q: str) -> float:
+        consumer = graph.node(v)
+        if consumer.is_transfer and consumer.inputs[0].node != u:
+            return 0.0  # a streamed copy's order-only input: an event wait, no data
         src = output_device(graph.node(u))
-        dst = input_device(graph.node(v))
+        dst = input_device(consumer)
         if src == dst:
             return 0.0
         return float(cost.transfer(dag[u][v]["nbytes"], src, dst))
