@@ -1098,10 +1098,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="show where every node would run, and why",
                        description=_wrap(_PLACE_HELP),
                        epilog=_spec_help())
-    p.add_argument("--format", choices=("table", "json", "dot", "html"), default="table",
+    p.add_argument("--format", choices=("table", "json", "dot", "html", "svg"),
+                   default="table",
                    help="table (default), json (schema: hetero/schemas/placement.schema.json), "
                         "dot (Graphviz), html (one self-contained page: needs -o, or standard "
-                        "output redirected to a file)")
+                        "output redirected to a file), svg (the timeline alone)")
     p.add_argument("-o", "--output", metavar="FILE", default=None,
                    help="write the report to FILE (default: standard output)")
     p.add_argument("--no-compare", action="store_true",

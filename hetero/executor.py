@@ -488,6 +488,10 @@ class Executor:
             try:
                 self._bind(arrays, keep=outputs == "device")
                 bases = self._time_bases() if profile else {}
+                gpus = [d for d in self.machine.devices
+                        if d.kind == "gpu" and hasattr(d, "reset_peak")] if profile else []
+                for dev in gpus:  # a profile measures this run's high-water mark
+                    dev.reset_peak()
                 t0 = time.perf_counter()
                 if sync:
                     self._run_sync(run)
@@ -506,7 +510,9 @@ class Executor:
             return result
         kept = (frozenset(v.node for v in self._kept if v not in self._mirror)
                 if outputs == "device" else frozenset())
-        prof = Profile.from_run(self.plan, run.trace or [], t0, t1, kept)
+        prof = Profile.from_run(self.plan, run.trace or [], t0, t1, kept,
+                                peak_memory={d.memory_space: int(d.peak_allocated)
+                                             for d in gpus})
         if self.cost is not None:
             self._learn(prof)
         return result, prof

@@ -325,6 +325,9 @@ def _streamed_placement(graph: Graph, machine: Machine, base: place_pass.Placeme
         compute = [est[n.name] for n in parted.nodes if n.name in est
                    and sched.lanes.get(n.name) == gpu.name and n.computes]
         hidden = hidden_fraction([est[copy.name]], compute)
+        all_copies = [est[t.name] for t in copies.values() if t.attrs["dst"] == copy.attrs["dst"]]
+        overall = hidden_fraction(all_copies, compute)
+        copy_time = sum(f - s for s, f in all_copies)
         in_space = [c for c, t in copies.items() if t.attrs["dst"] == copy.attrs["dst"]]
         streamed_bytes = sum(graph.spec(Value(c, 0)).nbytes for c in in_space)
         resident = peaks.get(space, 0) - evaluations.arena_bytes(base.device, offload, space)
@@ -337,7 +340,9 @@ def _streamed_placement(graph: Graph, machine: Machine, base: place_pass.Placeme
                f"{policy} streams every weight ({fmt_bytes(streamed_bytes)}) into {gpu.name}")
         reasons[name] = place_pass.Reason(
             "streamed", f"{why}; copied from host memory on every run into a rotating buffer, "
-            f"{how}, {hidden:.0%} of its copy hidden behind compute (estimated)")
+            f"{how}, {hidden:.0%} of its copy hidden behind compute; the {len(all_copies)} "
+            f"streamed copies take {copy_time * 1e3:.3g} ms, {overall:.0%} of it overlapped with "
+            f"compute (estimated)")
     start = {n.name: est.get(n.name, (0.0, 0.0))[0] for n in graph.nodes}
     finish = {n.name: est.get(n.name, (0.0, 0.0))[1] for n in graph.nodes}
     return dataclasses.replace(base, device=device, reason=reasons, start=start, finish=finish,

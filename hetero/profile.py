@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,16 +104,23 @@ class Profile:
         plan: the Plan that ran.
         spans: one Span per node and transfer that ran, in start order.
         wall: seconds from the start to the end of the run (host side, including joins).
+        peak_memory: GPU memory space -> the most bytes its device held during the run: the
+            simulated GPU's high-water mark, CuPy's memory pool on CUDA (what the pool held by
+            the end of the run, after its unused blocks were released before it); compare
+            with ``plan.peak_memory``, the prediction.
     """
 
-    def __init__(self, plan: Any, spans: list[Span], wall: float) -> None:
+    def __init__(self, plan: Any, spans: list[Span], wall: float,
+                 peak_memory: Mapping[str, int] | None = None) -> None:
         self.plan = plan
         self.spans = sorted(spans, key=lambda s: (s.start, s.device, s.stream))
         self.wall = wall
+        self.peak_memory = dict(peak_memory or {})
 
     @classmethod
     def from_run(cls, plan: Any, trace: list[tuple], t0: float, t1: float,
-                 kept: frozenset[str] = frozenset()) -> Profile:
+                 kept: frozenset[str] = frozenset(),
+                 peak_memory: Mapping[str, int] | None = None) -> Profile:
         """Build a profile from the executor's raw records ``(node index, device, stream,
         start, end)``; a GPU record carries a two-element list of stream time stamps as start
         and None as end. ``kept``: device-to-host transfers that copied within the GPU instead
@@ -133,7 +140,7 @@ class Profile:
                 modelled = _modelled_time(plan, node, device, node.name in kept)
             spans.append(Span(node.name, node.op, device, stream, start - t0,
                               max(end, start) - t0, nbytes, modelled))
-        return cls(plan, spans, t1 - t0)
+        return cls(plan, spans, t1 - t0, peak_memory)
 
     # -- figures -----------------------------------------------------------------------------
 
@@ -195,7 +202,8 @@ class Profile:
         ``transfer_s``, ``transfer_overlap`` (share of transfer time during which some device
         computed), ``measured_makespan``, ``estimated_makespan`` (the plan's), ``wall``,
         ``simulated`` (the simulated devices, whose measured times are host time) and, where
-        there are any, ``modelled_makespan`` (of ``modelled_timeline()``).
+        there are any, ``modelled_makespan`` (of ``modelled_timeline()``); ``peak_memory``
+        (measured, per GPU memory space) beside ``predicted_peak_memory`` (the plan's).
         """
         span = self.makespan or 1e-12
         devices: dict[str, dict[str, float]] = {}
@@ -230,6 +238,10 @@ class Profile:
             "estimated_makespan": float(self.plan.makespan),
             "wall": self.wall,
             "simulated": sorted(simulated),
+            "peak_memory": dict(self.peak_memory),
+            "predicted_peak_memory": {k: v for k, v in
+                                      getattr(self.plan, "peak_memory", {}).items()
+                                      if k in self.peak_memory},
         }
         if simulated and self.spans:
             times = self.modelled_timeline().values()

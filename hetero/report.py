@@ -53,13 +53,14 @@ __all__ = ["FORMATS", "SCHEMA_VERSION", "build", "device_colors", "policy_makesp
 SCHEMA_VERSION = "1.1"  # 1.1: cost_model
 SCHEMA_ID = "hetero.placement"
 
-FORMATS = ("table", "json", "dot", "html")
+FORMATS = ("table", "json", "dot", "html", "svg")
 
 _CPU_COLORS = ("#4e79a7", "#76b7b2", "#59a14f", "#a0cbe8", "#499894", "#8cd17d", "#86bcb6",
                "#2f6f9f")
 _GPU_COLORS = ("#f28e2b", "#e15759", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#d37295",
                "#fabfd2")
 _TRANSFER_COLOR = "#d9d9d9"
+_STREAMED_COLOR = "#9ecae1"  # a weight streamed from host memory on every run
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,8 +155,12 @@ def build(plan: Any, *, source: str | None = None,
     nodes, transfers = [], []
     const_count, const_bytes = 0, 0
     streamed, streamed_bytes = 0, 0
+    kept_on_host = {n.inputs[0].node for n in graph.nodes  # streamed weights: not uploaded
+                    if n.is_transfer and n.attrs.get("streamed")}
     for node in graph.nodes:
         if node.is_constant:
+            if node.name in kept_on_host:
+                continue
             const_count += 1
             const_bytes += sum(s.nbytes for s in node.outputs)
             continue
@@ -355,11 +360,15 @@ def render_table(report: Mapping[str, Any]) -> str:
                   right=(3, 4, 5))
     out.append("")
     if report["transfers"]:
-        rows = [[t["name"], t["direction"], f"{t['src']} -> {t['dst']}", fmt_bytes(t["bytes"]),
+        rows = [[t["name"], t["direction"] + ("*" if t.get("streamed") else ""),
+                 f"{t['src']} -> {t['dst']}", fmt_bytes(t["bytes"]),
                  fmt_time(t["start"]), fmt_time(t["time"]), ", ".join(t["consumers"]) or
                  "(graph output)"] for t in report["transfers"]]
         out += text_table(["transfer", "dir", "route", "bytes", "start", "time", "consumers"], rows,
                       right=(3, 4, 5))
+        why = next((t["reason"]["detail"] for t in report["transfers"] if "reason" in t), None)
+        if why is not None:
+            out.append(f"* a weight streamed from host memory on every run; the first: {why}")
     else:
         out.append("no transfers: every value stays in one memory space")
     out.append("")
@@ -631,13 +640,16 @@ def _gantt_svg(report: Mapping[str, Any]) -> str:
         x = left + item["start"] * scale
         w = max(item["time"] * scale, 1.0)
         y = y_of[lane]
-        fill = _TRANSFER_COLOR if is_transfer else colors.get(item["device"], "#999")
+        streamed = is_transfer and item.get("streamed", False)
+        fill = (_STREAMED_COLOR if streamed else _TRANSFER_COLOR) if is_transfer \
+            else colors.get(item["device"], "#999")
         label = item["name"]
-        what = (f"{item['direction']} {fmt_bytes(item['bytes'])}" if is_transfer
-                else f"{item['op']}")
+        what = (f"{'streamed weight, ' if streamed else ''}{item['direction']} "
+                f"{fmt_bytes(item['bytes'])}" if is_transfer else f"{item['op']}")
         tip = (f"{label} ({what}) on {lane}\nstart {fmt_time(item['start'])}, "
                f"finish {fmt_time(item['finish'])}, time {fmt_time(item['time'])}")
-        cls = "bar transfer" if is_transfer else "bar"
+        cls = ("bar transfer streamed" if streamed else "bar transfer") if is_transfer \
+            else "bar"
         stroke = f' stroke="{colors.get(item["device"], "#000")}"' if is_transfer else ""
         parts.append(f'<g class="{cls}" data-node="{_esc(label)}" '
                      f'data-device="{_esc(item["device"])}"><title>{_esc(tip)}</title>'
@@ -955,8 +967,19 @@ def render_cluster(doc: Mapping[str, Any], fmt: str) -> str:
     return renderer(doc)
 
 
+def render_svg(report: Mapping[str, Any]) -> str:
+    """The report's timeline alone (the HTML page's Gantt chart: every node and copy on its
+    lane at its estimated start; streamed weights' copies in blue) as a standalone SVG."""
+    rules = "".join(line for line in _CSS.splitlines(keepends=True)
+                    if line.startswith(("#gantt", " stroke-dasharray", "svg text")))
+    svg = _gantt_svg(report)
+    head, rest = svg.split(">", 1)
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n{head}><style>{rules}'
+            f'#gantt{{font-family:Helvetica,Arial,sans-serif;background:#fff}}</style>{rest}\n')
+
+
 RENDERERS = {"table": render_table, "json": render_json, "dot": render_dot,
-             "html": render_html}
+             "html": render_html, "svg": render_svg}
 
 
 def render(report: Mapping[str, Any], fmt: str) -> str:

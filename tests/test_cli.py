@@ -406,7 +406,7 @@ MORE_ERRORS = [
      "has the model's dtype, float32 (--input may change its shape, not its dtype)"),
     (["place", ex("model.py")], 1, "path/to/file.py:function"),
     (["place", ex("build_examples.py") + ":cnn"], 1, "returned ModelProto"),
-    (["place", ex("cnn.onnx"), "--format", "svg"], 2, "invalid choice: 'svg'"),
+    (["place", ex("cnn.onnx"), "--format", "pdf"], 2, "invalid choice: 'pdf'"),
     (["run", ex("cnn.onnx"), "--repeat", "0"], 2, "must be at least 1"),
 ]
 

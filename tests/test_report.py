@@ -22,7 +22,7 @@ import hetero
 from hetero import ops, report
 from hetero.devices import Machine
 from hetero.pipeline import optimize_for
-from tests.graphs import parallel_branches, random_layered
+from tests.graphs import mlp, parallel_branches, random_layered
 
 MACHINE = "cpu:2,sim:1@h100"
 
@@ -227,8 +227,8 @@ def test_html_is_self_contained(doc):
 
 
 def test_render_rejects_unknown_format(doc):
-    with pytest.raises(hetero.HeteroError, match="unknown report format 'svg'"):
-        report.render(doc, "svg")
+    with pytest.raises(hetero.HeteroError, match="unknown report format 'pdf'"):
+        report.render(doc, "pdf")
 
 
 def test_formatting():
@@ -280,3 +280,13 @@ def test_report_of_parallel_branches_on_cpus_only():
     validate(doc)
     assert doc["transfers"] == [] and doc["summary"]["policies"] == {}
     assert {n["device"] for n in doc["nodes"]} <= {"cpu:0", "cpu:1"}
+
+
+def test_svg_is_the_timeline_alone():
+    plan = hetero.compile(mlp(batch=8, sizes=(64, 64, 8)), "cpu:2,sim:1")
+    text = report.render(report.build(plan), "svg")
+    assert text.startswith("<?xml") and text.rstrip().endswith("</svg>")
+    assert "<style>" in text and 'id="gantt"' in text and "gpu:0/h2d" in text
+    import xml.dom.minidom
+
+    xml.dom.minidom.parseString(text)  # well-formed

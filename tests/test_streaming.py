@@ -221,3 +221,16 @@ def test_copies_wait_for_the_weight_they_replace(decoder, prefetch, sequential):
                             cost=ev.cost))
     ht.check(plan)
     np.testing.assert_allclose(np.asarray(plan.run(x)[0]), cpu_only, rtol=1e-5, atol=1e-5)
+
+
+def test_profile_measures_the_peak_against_the_prediction(plans, decoder):
+    _, x, _, _ = decoder
+    for policy in OFFLOAD:
+        plan = plans[policy]
+        _, prof = plan.run(x, profile=True)
+        summary = prof.summary()
+        measured = summary["peak_memory"]["gpu:0"]
+        assert 0 < measured <= summary["predicted_peak_memory"]["gpu:0"]
+        assert measured <= plan.machine.device("gpu:0").capacity
+        assert summary["transfer_bytes"] == sum(sum(k.values())
+                                                for k in plan.copy_bytes().values())

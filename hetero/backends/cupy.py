@@ -385,6 +385,21 @@ class CudaDevice(Device):
         """Bytes in use in this device's memory space (CuPy's memory pool)."""
         return self.memory_used()
 
+    def reset_peak(self) -> None:
+        """Release the memory pool's unused blocks, so that ``peak_allocated`` afterwards is
+        the most this process's pool held since (CuPy keeps no high-water mark of its own; a
+        pool never shrinks by itself, so what it holds is its peak)."""
+        cp = _cupy()
+        with cp.cuda.Device(self.index):
+            cp.get_default_memory_pool().free_all_blocks()
+
+    @property
+    def peak_allocated(self) -> int:
+        """Bytes this device's CuPy memory pool holds (its peak since ``reset_peak``)."""
+        cp = _cupy()
+        with cp.cuda.Device(self.index):
+            return int(cp.get_default_memory_pool().total_bytes())
+
     def memory_used(self) -> int:
         """Bytes held by live arrays in this device's CuPy memory pool."""
         cp = _cupy()
