@@ -66,6 +66,11 @@ SCRATCH: dict[str, tuple[float, str]] = {
                     "their weighted products"),
     "attention": (15.0, "the scores, the mask bias, their exponentials and the probabilities "
                         "(heads x queries x keys each)"),
+    "conv2d_weight_grad": (170.0, "the im2col matrix of every image side by side (C_in * kh * "
+                                  "kw values per output pixel) and the cotangent transposed "
+                                  "to (O, N * pixels): its output, the weights, is small"),
+    "max_pool2d_grad": (4.0, "the -inf-padded input, the padded gradient it accumulates into "
+                             "and the per-window tie counts and shares"),
 }
 
 
@@ -161,6 +166,11 @@ def _graph(name: str):
                                scales=(1.0, 1.0, 2.0, 2.0), mode="linear"),
         "attention": lambda: b.op("attention", b.input((1, 2, 64, 32)), b.input((1, 2, 64, 32)),
                                   b.input((1, 2, 64, 32)), is_causal=1),
+        "conv2d_weight_grad": lambda: b.op("conv2d_weight_grad", x, b.input((N, C, H, W)),
+                                           kernel_shape=(3, 3), pads=(1, 1, 1, 1)),
+        "max_pool2d_grad": lambda: b.op("max_pool2d_grad", x, b.input((N, C, H // 2, W // 2)),
+                                        b.input((N, C, H // 2, W // 2)), kernel_shape=(3, 3),
+                                        strides=(2, 2), pads=(1, 1, 1, 1)),
     }
     logical = {"logical_and", "logical_or", "logical_xor"}
     if name in special:

@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hetero.ops", "hetero.ops.elementwise", "hetero.ops.index", "hetero.ops.linalg",
      "hetero.ops.misc", "hetero.ops.nn", "hetero.ops.reduce", "hetero.ops.shape",
      "hetero.ops.transfer", "hetero.ops.methods", "hetero.ops.spatial", "hetero.ops.attention",
-     "hetero.ops.vjp"),
+     "hetero.ops.vjp", "hetero.ops.grads"),
     ("hetero.backends", "hetero.backends.sim", "hetero.backends.cupy", "hetero.backends.cpu",
      "hetero.backends.cpu.kernels", "hetero.backends.cpu._loops"),
     ("hetero.cost",),

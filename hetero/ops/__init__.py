@@ -9,6 +9,7 @@ Each family module lists its public functions in ``__all__``.
 from hetero.ops import methods  # noqa: E402,F401,I001
 from hetero.ops.attention import *  # noqa: F403
 from hetero.ops.elementwise import *  # noqa: F403
+from hetero.ops.grads import *  # noqa: F403
 from hetero.ops.index import *  # noqa: F403
 from hetero.ops.linalg import *  # noqa: F403
 from hetero.ops.misc import *  # noqa: F403

@@ -311,21 +311,27 @@ def _conv2d(ins, outs, cts, attrs):
 
 
 def _conv_weight_grad(x, g, kernel, s, d, p, groups):
-    """The weight cotangent of ``conv2d(x, w)`` whose output's cotangent is ``g``."""
-    kh, kw = kernel
-    cin, cout = x.shape[1] // groups, g.shape[1] // groups
-    xt = apply("transpose", [x], {"perm": (1, 0, 2, 3)})
-    gt = apply("transpose", [g], {"perm": (1, 0, 2, 3)})
-    parts = []
-    for k in range(groups):
-        xk = xt if groups == 1 else apply("slice", [xt], {"starts": (k * cin,),
-                                                         "ends": ((k + 1) * cin,), "axes": (0,)})
-        gk = gt if groups == 1 else apply("slice", [gt], {"starts": (k * cout,),
-                                                         "ends": ((k + 1) * cout,), "axes": (0,)})
-        r = apply("conv2d", [xk, gk], {"strides": d, "dilations": s, "pads": p})
-        r = apply("slice", [r], {"starts": (0, 0), "ends": (kh, kw), "axes": (2, 3)})
-        parts.append(apply("transpose", [r], {"perm": (1, 0, 2, 3)}))
-    return parts[0] if groups == 1 else apply("concat", parts, {"axis": 0})
+    """The weight cotangent of ``conv2d(x, w)`` whose output's cotangent is ``g``: one
+    ``conv2d_weight_grad`` node (im2col and a GEMM per group, ``hetero.ops.grads``)."""
+    return apply("conv2d_weight_grad", [x, g], {"kernel_shape": tuple(kernel), "strides": s,
+                                                "pads": p, "dilations": d, "groups": groups})
+
+
+def _conv2d_weight_grad(ins, outs, cts, attrs):
+    """dW = corr(x, g) is linear in both: the cotangent of g is conv2d(x, ct) and that of x
+    conv2d's input cotangent under the weights ct (a transposed convolution)."""
+    x, g = ins
+    ct = cts[0]
+    s, p, d = attrs["strides"], attrs["pads"], attrs["dilations"]
+    groups = attrs["groups"]
+    dg = apply("conv2d", [x, ct], {"strides": s, "pads": p, "dilations": d, "groups": groups})
+    kh, kw = attrs["kernel_shape"]
+    oh, ow = g.shape[2], g.shape[3]
+    extra = tuple(x.shape[2 + i] - (s[i] * ((oh, ow)[i] - 1) + d[i] * ((kh, kw)[i] - 1) + 1
+                                   - p[i] - p[i + 2]) for i in range(2))
+    dx = apply("conv_transpose", [g, ct], {"strides": s, "pads": p, "dilations": d,
+                                           "output_padding": extra, "groups": groups})
+    return [dx, dg]
 
 
 def _conv_transpose(ins, outs, cts, attrs):
@@ -382,38 +388,42 @@ def _avg_pool2d(ins, outs, cts, attrs):
 
 def _max_pool2d(ins, outs, cts, attrs):
     """Each window's cotangent goes to the input(s) equal to its maximum, shared equally among
-    ties (JAX's convention for max; PyTorch gives all of it to the first)."""
-    x, y, g = ins[0], outs[0], cts[0]
+    ties (JAX's convention for max; PyTorch gives all of it to the first): one
+    ``max_pool2d_grad`` node (``hetero.ops.grads``)."""
     if attrs["ceil_mode"]:
         raise NotImplementedError("max_pool2d's gradient rule needs ceil_mode=0")
-    s, d, p = attrs["strides"], attrs["dilations"], attrs["pads"]
+    window = {k: attrs[k] for k in ("kernel_shape", "strides", "pads", "dilations")}
+    return [apply("max_pool2d_grad", [ins[0], outs[0], cts[0]], window)]
+
+
+def _max_pool2d_grad(ins, outs, cts, attrs):
+    """Linear in the cotangent g: its cotangent gathers ct back through the same windows (each
+    window's share of the inputs equal to its maximum); piecewise constant in x and y, whose
+    cotangents are zero."""
+    x, y, g = ins
+    ct = cts[0]
     kh, kw = attrs["kernel_shape"]
-    xp = x
+    s, d, p = attrs["strides"], attrs["dilations"], attrs["pads"]
+    xp_, cp_ = x, ct
     if any(p):
-        xp = apply("pad", [x], {"pads": (0, 0, p[0], p[1], 0, 0, p[2], p[3]), "mode": "constant",
-                                "value": float("-inf")})
+        pads = (0, 0, p[0], p[1], 0, 0, p[2], p[3])
+        xp_ = apply("pad", [x], {"pads": pads, "mode": "constant", "value": float("-inf")})
+        cp_ = apply("pad", [ct], {"pads": pads, "mode": "constant", "value": 0.0})
     oh, ow = y.shape[2], y.shape[3]
-    hits = {}
-    count = None
+    count = total = None
     for i in range(kh):
         for j in range(kw):
-            win = apply("slice", [xp], {"starts": (i * d[0], j * d[1]),
-                                        "ends": (i * d[0] + s[0] * (oh - 1) + 1,
-                                                 j * d[1] + s[1] * (ow - 1) + 1),
-                                        "axes": (2, 3), "steps": (s[0], s[1])})
-            hits[i, j] = apply("equal", [win, y])
-            one = apply("cast", [hits[i, j]], {"to": str(g.dtype)})
+            window = {"starts": (i * d[0], j * d[1]),
+                      "ends": (i * d[0] + s[0] * (oh - 1) + 1, j * d[1] + s[1] * (ow - 1) + 1),
+                      "axes": (2, 3), "steps": (s[0], s[1])}
+            hit = apply("equal", [apply("slice", [xp_], window), y])
+            one = apply("cast", [hit], {"to": str(g.dtype)})
+            picked = apply("where", [hit, apply("slice", [cp_], window), _c(g, 0.0)])
             count = one if count is None else apply("add", [count, one])
-    share = apply("div", [g, apply("maximum", [count, _c(g, 1.0)])])
-    total = None
-    for i in range(kh):
-        for j in range(kw):
-            hit = apply("where", [hits[i, j], share, _c(g, 0.0)])
-            kernel = np.zeros((x.shape[1], 1, kh, kw))
-            kernel[:, :, i, j] = 1.0
-            back = _scatter_window(hit, x, attrs, kernel)
-            total = back if total is None else apply("add", [total, back])
-    return [total]
+            total = picked if total is None else apply("add", [total, picked])
+    dg = apply("div", [total, apply("maximum", [count, _c(g, 1.0)])])
+    zeros = [apply("mul", [t, _c(t, 0.0)]) for t in (x, y)]
+    return [zeros[0], zeros[1], dg]
 
 
 def _max_reduce(ins, outs, cts, attrs):
@@ -544,6 +554,7 @@ def _cast(ins, outs, cts, attrs):
 
 RULES = {
     "conv2d": _conv2d, "avg_pool2d": _avg_pool2d, "max_pool2d": _max_pool2d,
+    "conv2d_weight_grad": _conv2d_weight_grad, "max_pool2d_grad": _max_pool2d_grad,
     "gemm": _gemm, "gather": _gather, "concat": _concat, "split": _split, "slice": _slice,
     "layer_norm": _layer_norm, "flatten": _reshape_like, "squeeze": _reshape_like,
     "unsqueeze": _reshape_like, "cast": _cast,

@@ -31,6 +31,15 @@ def P(*shape: int) -> np.ndarray:
     return (RNG.random(shape) * 1.5 + 0.5).astype(np.float32)
 
 
+def _pooled(x: np.ndarray, **attrs) -> list[np.ndarray]:
+    """``[x, max_pool2d(x), a cotangent]``: max_pool2d_grad's inputs, ties included."""
+    import hetero.ops as F
+
+    x = np.round(x * 2) / 2  # some windows hold equal maxima
+    y = np.asarray(F.max_pool2d(x, **attrs).numpy())
+    return [x, y, N(*y.shape)]
+
+
 def B(*shape: int) -> np.ndarray:
     return RNG.random(shape) < 0.5
 
@@ -172,6 +181,11 @@ CASES: list[tuple[str, list[np.ndarray], dict]] = [
     ("conv_transpose", [N(1, 4, 3, 4), N(4, 3, 3, 3), N(6)],
      {"strides": (2, 2), "pads": (1, 0, 0, 1), "output_padding": (1, 0), "groups": 2}),
     ("conv_transpose", [N(1, 2, 3, 3, 3), N(2, 2, 2, 2, 2)], {"strides": (2, 2, 2)}),
+    ("conv2d_weight_grad", [N(2, 4, 6, 7), N(2, 6, 3, 4)],
+     {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1), "groups": 2}),
+    ("max_pool2d_grad", _pooled(N(2, 3, 6, 7), kernel_shape=(3, 3), strides=(2, 2),
+                                pads=(1, 0, 1, 1)),
+     {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 0, 1, 1)}),
     ("max_pool_nd", [N(1, 2, 5, 6, 7)], {"kernel_shape": (3, 3, 3), "strides": (2, 2, 2),
                                          "pads": (1,) * 6, "indices": 1}),
     ("avg_pool_nd", [N(1, 2, 5, 6, 7)], {"kernel_shape": (3, 3, 3), "strides": (2, 2, 2),

@@ -182,6 +182,14 @@ def epilogue(y, r0, r1, c0, c1, bias, z, has_bias, has_z, code, a, b):
         _activate(row, code, a, b)
 
 
+@jit_ieee
+def epilogue_images(y3, i0, i1, r0, r1, c0, c1, bias, z3, has_bias, has_z, code, a, b):
+    """``epilogue`` on images ``i0:i1`` of ``y3`` (``(N, O, P)``; ``z3`` like it), one call for a
+    batch."""
+    for i in range(i0, i1):
+        epilogue(y3[i], r0, r1, c0, c1, bias, z3[i], has_bias, has_z, code, a, b)
+
+
 @jit
 def _combine(a, v, is_max):
     # np.maximum(a, v): a where a > v or a is NaN, else v; np.add: a + v

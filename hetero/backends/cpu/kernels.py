@@ -83,7 +83,21 @@ def _activation_code(activation: str, params, dtype) -> tuple[int, Any, Any] | N
 
 
 def finish(out3, img, rows, cols, bias, z, activation, params) -> None:
-    """``nn.finish_numpy`` as one compiled pass per output row (the same values)."""
+    """``nn.finish_numpy`` as one compiled pass per output row (the same values); ``img`` an
+    image or a slice of them."""
+    if isinstance(img, slice):
+        i0, i1, _ = img.indices(out3.shape[0])
+        code = _activation_code(activation, params, out3.dtype)
+        if code is None:
+            for i in range(i0, i1):
+                finish(out3, i, rows, cols, bias, z, activation, params)
+            return
+        r0, r1, _ = rows.indices(out3.shape[1])
+        c0, c1, _ = cols.indices(out3.shape[2])
+        loops.epilogue_images(out3, i0, i1, r0, r1, c0, c1,
+                              out3[0, 0] if bias is None else bias.reshape(-1),
+                              out3 if z is None else z, bias is not None, z is not None, *code)
+        return
     y = out3[img]
     r0, r1, _ = rows.indices(y.shape[0])
     c0, c1, _ = cols.indices(y.shape[1])
