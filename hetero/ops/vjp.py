@@ -300,14 +300,39 @@ def _conv2d(ins, outs, cts, attrs):
     groups = attrs["groups"]
     kh, kw = w.shape[2], w.shape[3]
     oh, ow = g.shape[2], g.shape[3]
-    extra = tuple(x.shape[2 + i] - (s[i] * ((oh, ow)[i] - 1) + d[i] * ((kh, kw)[i] - 1) + 1
-                                   - p[i] - p[i + 2]) for i in range(2))
-    dx = apply("conv_transpose", [g, w], {"strides": s, "pads": p, "dilations": d,
-                                          "output_padding": extra, "groups": groups})
+    reach = (d[0] * (kh - 1), d[1] * (kw - 1))
+    if tuple(s) == (1, 1) and all(p[i] <= reach[i % 2] for i in range(4)):
+        dx = _conv_input_grad_stride1(g, w, d, p, reach, groups)
+    else:
+        extra = tuple(x.shape[2 + i] - (s[i] * ((oh, ow)[i] - 1) + d[i] * ((kh, kw)[i] - 1) + 1
+                                       - p[i] - p[i + 2]) for i in range(2))
+        dx = apply("conv_transpose", [g, w], {"strides": s, "pads": p, "dilations": d,
+                                              "output_padding": extra, "groups": groups})
     res = [dx, _conv_weight_grad(x, g, (kh, kw), s, d, p, groups)]
     if len(ins) == 3:
         res.append(apply("sum", [g], {"axes": (0, 2, 3), "keepdims": 0}))
     return res
+
+
+def _conv_input_grad_stride1(g, w, d, p, reach, groups):
+    """The input cotangent of a stride-1 conv2d as a convolution: the cotangent convolved with
+    the weights flipped in space and with their channel axes swapped per group, padded by
+    ``dilation * (kernel - 1) - pad`` on each side. It takes conv2d's kernels (banded im2col
+    GEMMs, the compiled depthwise loop) where the transposed convolution adds one strided tap
+    at a time."""
+    o, cg, kh, kw = w.shape
+    og = o // groups
+    flipped = apply("slice", [w], {"starts": (-1, -1), "ends": (-(2**62), -(2**62)),
+                                   "axes": (2, 3), "steps": (-1, -1)})
+    if groups == 1:
+        wt = apply("transpose", [flipped], {"perm": (1, 0, 2, 3)})
+    else:  # (G, Og, Cg, kh, kw) -> (G, Cg, Og, kh, kw) -> (C, Og, kh, kw)
+        five = apply("reshape", [flipped], {"shape": (groups, og, cg, kh, kw)})
+        wt = apply("reshape", [apply("transpose", [five], {"perm": (0, 2, 1, 3, 4)})],
+                   {"shape": (groups * cg, og, kh, kw)})
+    pads = (reach[0] - p[0], reach[1] - p[1], reach[0] - p[2], reach[1] - p[3])
+    return apply("conv2d", [g, wt], {"strides": (1, 1), "pads": pads, "dilations": tuple(d),
+                                     "groups": groups})
 
 
 def _conv_weight_grad(x, g, kernel, s, d, p, groups):
