@@ -219,9 +219,10 @@ def placed(graph: Graph, machine: Machine, cost: Any, policy: str,
 
     - "heft" / "peft": the placer's own placement when it fits every GPU's memory. Otherwise the
       cheapest, by estimated makespan, of that capacity-moved placement (nodes moved to the
-      CPU) and placements that run as if memory were unlimited but stream the weights that do
-      not fit (``hetero.passes.offload``): for each prefetch distance, the most weights
-      resident (in the order they are used) that still let the exact memory plan fit.
+      CPU), placements that run as if memory were unlimited (or as the capacity-moved one)
+      but stream the weights that do not fit (``hetero.passes.offload``: for each prefetch
+      distance, the most weights resident, in the order they are used, that still let the
+      exact memory plan fit), and the two offload policies' placements.
     - "sequential_offload": every node with a GPU kernel on a GPU, every weight streamed just
       before its node and nothing overlapped (Hugging Face accelerate's CPU offload).
     - "layer_split": the first k layers on the GPU with their weights resident, the rest on the
@@ -244,13 +245,31 @@ def placed(graph: Graph, machine: Machine, cost: Any, policy: str,
         return moved  # it fits without moving anything (the memory pass checks it exactly)
     free = place_pass.place(graph, machine, cost, policy, evaluate=evaluations, capacity=False)
     best = moved if moved is not None and evaluations.fits(moved.device) else None
-    for prefetch in PREFETCH_DISTANCES:
-        offload = _most_resident(graph, machine, free.device, evaluations, prefetch)
-        if offload is None:
+    # streamed weights on the unconstrained placement, and on top of the capacity-moved one
+    for base in (free, *([moved] if moved is not None else [])):
+        for prefetch in PREFETCH_DISTANCES:
+            offload = _most_resident(graph, machine, base.device, evaluations, prefetch)
+            if offload is None:
+                continue
+            candidate = _streamed_placement(graph, machine, base, offload, evaluations, policy)
+            if best is None or candidate.makespan < best.makespan * (1 - 1e-9):
+                best = candidate
+    # and, as the fixed "cpu" and "gpu" placements are for the placer, the offload policies'
+    # own placements: the default is never estimated slower than either
+    for name, build in (("layer_split", _layer_split), ("sequential_offload",
+                                                        _sequential_offload)):
+        try:
+            candidate = build(graph, machine, cost, evaluations)
+        except PlacementError:
             continue
-        candidate = _streamed_placement(graph, machine, free, offload, evaluations, policy)
+        if not evaluations.fits(candidate.device, candidate.offload):
+            continue
         if best is None or candidate.makespan < best.makespan * (1 - 1e-9):
-            best = candidate
+            reasons = {n: (place_pass.Reason(r.kind, f"{r.detail} ({name}'s placement, "
+                                                     f"estimated fastest under the budget)")
+                           if r.kind in ("policy", "streamed") else r)
+                       for n, r in candidate.reason.items()}
+            best = dataclasses.replace(candidate, policy=policy, reason=reasons)
     if best is None:
         if moved is None:  # the placer's own error names what cannot move
             place_pass.place(graph, machine, cost, policy, evaluate=evaluations)

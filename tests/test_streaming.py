@@ -234,3 +234,22 @@ def test_profile_measures_the_peak_against_the_prediction(plans, decoder):
         assert measured <= plan.machine.device("gpu:0").capacity
         assert summary["transfer_bytes"] == sum(sum(k.values())
                                                 for k in plan.copy_bytes().values())
+
+
+@pytest.mark.parametrize("share", [2, 5])
+def test_the_default_is_never_estimated_slower_than_the_offload_policies(decoder, share):
+    """As heft is never estimated slower than the fixed cpu and gpu policies, it is never slower
+    than sequential_offload or layer_split under a budget (their placements are candidates)."""
+    fn, x, nbytes, cpu_only = decoder
+    memory = {"gpu:0": nbytes // share}
+    made = {}
+    for policy in OFFLOAD:
+        try:
+            made[policy] = ht.compile(fn, MACHINE, policy=policy, example_inputs=(x,),
+                                      memory=memory)
+        except PlacementError:
+            assert policy == "sequential_offload"  # every weight streamed may still not fit
+    for policy, plan in made.items():
+        assert made["heft"].makespan <= plan.makespan * (1 + 1e-9), policy
+    (out,) = made["heft"].run(x)
+    np.testing.assert_allclose(np.asarray(out), cpu_only, rtol=1e-5, atol=1e-5)
