@@ -253,3 +253,10 @@ def test_the_default_is_never_estimated_slower_than_the_offload_policies(decoder
         assert made["heft"].makespan <= plan.makespan * (1 + 1e-9), policy
     (out,) = made["heft"].run(x)
     np.testing.assert_allclose(np.asarray(out), cpu_only, rtol=1e-5, atol=1e-5)
+
+
+def test_the_gpu_policy_says_why_it_cannot_fit(decoder):
+    fn, x, nbytes, _ = decoder
+    with pytest.raises(PlacementError, match="the default policy streams weights"):
+        ht.compile(fn, MACHINE, policy="gpu", example_inputs=(x,),
+                   memory={"gpu:0": nbytes // 3})

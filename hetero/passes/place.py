@@ -550,7 +550,7 @@ def place(graph: Graph, machine: Any = None, cost: Any = None, policy: str = "he
         over = _over_capacity(ctx, device, start, finish) if capacity else None
         if over is None:
             break
-        moved = _relieve(ctx, rules, tasks, device, over)
+        moved = _relieve(ctx, rules, tasks, device, over, policy)
         capacity_moves.update(moved)
     reasons = _reasons(ctx, rules, tasks, device, policy, outcome, capacity_moves)
     placement = Placement(device=device, reason=reasons, start=start, finish=finish,
@@ -666,7 +666,7 @@ def _over_capacity(ctx: _Context, device: Mapping[str, str], start: Mapping[str,
 
 
 def _relieve(ctx: _Context, rules: _Rules, tasks: _Tasks, device: Mapping[str, str],
-             over: tuple[str, float, float, str]) -> dict[str, str]:
+             over: tuple[str, float, float, str], policy: str = "heft") -> dict[str, str]:
     """Bar the largest movable nodes from the over-full device; returns node -> device."""
     dev, peak, capacity, who = over
     graph = ctx.graph
@@ -692,8 +692,12 @@ def _relieve(ctx: _Context, rules: _Rules, tasks: _Tasks, device: Mapping[str, s
             if peak_node is not None else ""
         raise PlacementError(f"the graph does not fit in the memory of {dev}: planned peak "
                              f"{peak / 2**20:.1f} MiB, capacity {capacity / 2**20:.1f} MiB, and "
-                             f"none of the nodes there may move (pinned or without a kernel "
-                             f"elsewhere): {names}{largest}")
+                             f"none of the nodes there may move ("
+                             + ("the 'gpu' policy keeps every node with a GPU kernel on the GPU "
+                                "with its weights resident; the default policy streams weights "
+                                "or moves nodes to fit" if policy == "gpu" else
+                                "pinned or without a kernel elsewhere")
+                             + f"): {names}{largest}")
     movable.sort(key=lambda x: -x[0])
     excess = peak - capacity
     moved: dict[str, str] = {}
