@@ -9,7 +9,7 @@ kernels compile will look up).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from hetero.config import resolve_machine
@@ -38,7 +38,7 @@ def as_graph(fn_or_graph: Any, example_inputs: Sequence[Any] | None = None) -> G
 
 def compile(fn_or_graph: Any, machine: Any = None, policy: str | None = None, cost: Any = None,
             example_inputs: Sequence[Any] | None = None, *, optimize: bool = True,
-            memory: Any = None) -> Plan:
+            memory: Any = None, donate: Mapping[int, int] | None = None) -> Plan:
     """Compile ``fn_or_graph`` for ``machine`` into a Plan: place, partition, schedule, memory.
 
     Args:
@@ -58,6 +58,9 @@ def compile(fn_or_graph: Any, machine: Any = None, policy: str | None = None, co
         memory: memory budget per device, ``{"gpu:0": "2GiB"}`` (sizes like "512MiB",
             "1.5GB"; ``hetero.budget``): weights, activations, workspaces and copy buffers of
             the plan stay within it, and a simulated GPU enforces it when the plan runs.
+        donate: ``{input index: output index}``: each run writes that output into that input's
+            array in place, after every reader of it, and returns the array as the output (a
+            train step's parameters and optimizer state; ``hetero.pipeline.donated``).
 
     Returns:
         The Plan; ``plan.run(*inputs)`` runs it.
@@ -66,7 +69,8 @@ def compile(fn_or_graph: Any, machine: Any = None, policy: str | None = None, co
         machine = machine if machine is not None else fn_or_graph.machine
         policy = policy or fn_or_graph.policy
     graph = as_graph(fn_or_graph, example_inputs)
-    return compile_graph(graph, machine, policy, cost, optimize=optimize, memory=memory)
+    return compile_graph(graph, machine, policy, cost, optimize=optimize, memory=memory,
+                         donate=donate)
 
 
 def calibrate(graph: Any, machine: Any, cost: MeasuredCost | None = None,

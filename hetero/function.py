@@ -170,11 +170,14 @@ class Function:
     max_traces = 5
 
     def __init__(self, fn: Callable[..., Any], *, machine: Any = None, policy: str | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, donate: Mapping[int, int] | None = None) -> None:
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.machine = machine
         self.policy = policy
+        #: flattened array argument -> flattened output written into it in place
+        #: (``ht.compile``'s ``donate``)
+        self.donate = dict(donate or {})
         self.name = name or getattr(fn, "__name__", "function")
         self._cache: dict[tuple[Any, ...], _Traced] = {}
         self._lock = threading.Lock()
@@ -302,7 +305,9 @@ class Function:
         if entry.runner is None:
             entry.runner = self._make_runner(entry.graph)
         outs = entry.runner(arrays)
-        return entry.rebuild([tensor_from_host(o) for o in outs])
+        donated = set(self.donate.values())  # the caller's own arrays, updated in place
+        return entry.rebuild([Tensor(o, "cpu:0") if j in donated else tensor_from_host(o)
+                              for j, o in enumerate(outs)])
 
     def _make_runner(self, graph: Graph) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
         """How a traced graph runs: compiled into a Plan (optimize, place, partition, schedule,
@@ -311,7 +316,8 @@ class Function:
         # the pipeline loads on the first graph-mode call, so that `import hetero` stays light
         from hetero.pipeline import compile_graph
 
-        plan = compile_graph(graph, machine=self.machine, policy=self.policy or "heft")
+        plan = compile_graph(graph, machine=self.machine, policy=self.policy or "heft",
+                             donate=self.donate or None)
         return lambda arrays: list(plan.run(*arrays))
 
 

@@ -43,6 +43,9 @@ class NodeKind(enum.Enum):
 
 #: The op names of the structural node kinds.
 INPUT, CONSTANT, TRANSFER = "input", "constant", "transfer"
+#: The op that writes a donated input in place (``hetero.ops.transfer``); its inputs after the
+#: first two only order it.
+ASSIGN = "assign"
 STRUCTURAL_OPS = frozenset({INPUT, CONSTANT, TRANSFER})
 _KIND_OF = {INPUT: NodeKind.INPUT, CONSTANT: NodeKind.CONSTANT, TRANSFER: NodeKind.TRANSFER}
 
@@ -261,8 +264,13 @@ class Node:
     @property
     def reads(self) -> tuple[Value, ...]:
         """The inputs whose bytes the node reads: all of them, except for a transfer, which reads
-        its first (a streamed weight's copy has order-only inputs after it)."""
-        return self.inputs[:1] if self.kind is NodeKind.TRANSFER else self.inputs
+        its first (a streamed weight's copy has order-only inputs after it), and an ``assign``,
+        which reads its first two (the value and the input it overwrites; the rest order it)."""
+        if self.kind is NodeKind.TRANSFER:
+            return self.inputs[:1]
+        if self.op == ASSIGN:
+            return self.inputs[:2]
+        return self.inputs
 
     @property
     def label(self) -> str:

@@ -25,11 +25,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hetero.budget import apply_budget
+from hetero.builder import GraphBuilder
 from hetero.config import config, resolve_machine
 from hetero.cost import resolve_cost
 from hetero.devices import Machine
-from hetero.errors import PlacementError
-from hetero.graph import Graph, Value, fmt_bytes
+from hetero.errors import GraphError, PlacementError
+from hetero.graph import ASSIGN, Graph, Node, TensorSpec, Value, fmt_bytes
 from hetero.ops.registry import lookup
 from hetero.passes import place as place_pass
 from hetero.passes.memory import layout, peak_bytes, plan_memory
@@ -38,6 +39,7 @@ from hetero.passes.optimize import optimize
 from hetero.passes.partition import partition
 from hetero.passes.schedule import DeviceSchedule, schedule
 from hetero.plan import Plan
+from hetero.spaces import INPUT_DEVICE
 from hetero.threads import cpu_cores
 from hetero.verify import check
 
@@ -429,8 +431,49 @@ def _layer_split(graph: Graph, machine: Machine, cost: Any,
                                 makespan=makespan, policy="layer_split")
 
 
+def donated(graph: Graph, donate: Mapping[int, int]) -> Graph:
+    """``graph`` with each donated input written in place: for ``donate[i] = j`` an ``assign``
+    node on the host writes output j into input i's buffer once every reader of input i has run
+    (order-only inputs), and output j becomes the assign's empty output (``Plan.run`` returns
+    the input array itself there). Raises GraphError for a pair that cannot be donated."""
+    n_in, n_out = len(graph.inputs), len(graph.outputs)
+    outs = list(graph.outputs)
+    seen_out: set[int] = set()
+    for i, j in donate.items():
+        if not (0 <= i < n_in and 0 <= j < n_out):
+            raise GraphError(f"donate {{{i}: {j}}}: graph {graph.name!r} has {n_in} inputs and "
+                             f"{n_out} outputs")
+        if j in seen_out:
+            raise GraphError(f"donate: output {j} is donated into two inputs")
+        seen_out.add(j)
+        want, got = graph.node(graph.inputs[i]).outputs[0], graph.spec(outs[j])
+        if want != got:
+            raise GraphError(f"donate {{{i}: {j}}}: output {j} ({got}) does not match input "
+                             f"{graph.inputs[i]!r} ({want})")
+        if outs[j].node in graph.inputs:
+            raise GraphError(f"donate {{{i}: {j}}}: output {j} is a graph input itself")
+    consumers = graph.consumers()
+    b = GraphBuilder(graph.name, taken=(n.name for n in graph.nodes))
+    for node in graph.nodes:
+        if node.is_constant:
+            b.add_constant(node, graph.constants[node.name])
+        else:
+            b.add(node)
+    for i, j in sorted(donate.items()):
+        name = graph.inputs[i]
+        value = outs[j]
+        readers = [r for r in consumers[name] if r != value.node]
+        node = b.add(Node(name=b.fresh(f"{name}_assign"), op=ASSIGN,
+                          inputs=(value, Value(name, 0), *(Value(r, 0) for r in readers)),
+                          outputs=(TensorSpec((0,), graph.spec(value).dtype),),
+                          device=INPUT_DEVICE, soft=False, where=graph.node(value.node).where))
+        outs[j] = Value(node.name, 0)
+    return b.build(tuple(outs), inputs=graph.inputs)
+
+
 def compile_graph(graph: Graph, machine: Any = None, policy: str | None = None, cost: Any = None,
-                  *, optimize: bool = True, memory: Any = None) -> Plan:
+                  *, optimize: bool = True, memory: Any = None,
+                  donate: Mapping[int, int] | None = None) -> Plan:
     """Compile ``graph`` for ``machine`` into a Plan (see the module docstring).
 
     Args:
@@ -441,6 +484,10 @@ def compile_graph(graph: Graph, machine: Any = None, policy: str | None = None, 
         optimize: run the graph optimizer first (``optimize_for``).
         memory: budget per device, ``{"gpu:0": "2GiB"}``: the plan holds a machine whose
             budgeted devices have that capacity (``hetero.budget.apply_budget``).
+        donate: ``{input index: output index}``: output j is written in place into input i's
+            array at the end of each run, after every reader of it (``donated``); ``Plan.run``
+            returns that array as output j. A train step donates its parameters and optimizer
+            state: they are updated in place, and no new arrays are made for them per step.
     """
     policy = policy or "heft"
     checks = config.checks
@@ -452,6 +499,8 @@ def compile_graph(graph: Graph, machine: Any = None, policy: str | None = None, 
         graph = optimize_for(graph, machine)
         if checks:
             check(graph)
+    if donate:  # after the optimizer, so that its fusions see the graph the user wrote
+        graph = donated(graph, donate)
     cost = resolve_cost(cost, machine, graph)  # a measured model: this plan's threads
     evaluations = Evaluations(graph, machine, cost)
     placement = placed(graph, machine, cost, policy, evaluations)
@@ -461,7 +510,8 @@ def compile_graph(graph: Graph, machine: Any = None, policy: str | None = None, 
     plan = Plan(graph=parted, machine=machine, placement=placement, queues=sched.queues,
                 estimates=sched.estimates, makespan=sched.makespan,
                 lower_bound=max(place_pass.lower_bound(graph, machine, cost),
-                                copy_bound(parted, sched)), policy=policy, cost=cost)
+                                copy_bound(parted, sched)), policy=policy, cost=cost,
+                donate={int(i): int(j) for i, j in (donate or {}).items()})
     plan = plan_memory(plan)
     if checks:
         check(plan)

@@ -56,6 +56,8 @@ class Plan:
             (``MeasuredCost``), every ``plan.run(..., profile=True)`` records the measured kernel
             times into it and saves them, so the next ``compile(..., cost="measured")`` places
             with them. Not part of equality; JSON keeps only where a measured model is cached.
+        donate: graph input index -> graph output index written into that input's array in
+            place (``compile(..., donate=...)``); ``run`` returns the input array there.
     """
 
     graph: Graph
@@ -68,6 +70,7 @@ class Plan:
     policy: str = "heft"
     memory: Any = None
     cost: Any = field(default=None, repr=False, compare=False)
+    donate: Mapping[int, int] = field(default_factory=dict)
     _executor: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +78,8 @@ class Plan:
             {d: tuple(q) for d, q in dict(self.queues).items()}))
         object.__setattr__(self, "estimates", _frozen_map(
             {n: (float(s), float(f)) for n, (s, f) in dict(self.estimates).items()}))
+        object.__setattr__(self, "donate", _frozen_map(
+            {int(i): int(j) for i, j in dict(self.donate).items()}))
 
     def replace(self, **changes: Any) -> Plan:
         """A copy with some fields changed (``plan_memory`` uses it to add ``memory``)."""
@@ -95,7 +100,23 @@ class Plan:
         if self._executor is None:
             plan = self if self.memory is not None else plan_memory(self)
             object.__setattr__(self, "_executor", Executor(plan))
-        return self._executor.run(list(inputs), profile=profile, outputs=outputs, sync=sync)
+        inputs = list(inputs)
+        for i in self.donate:  # written in place: the caller's own array, exactly as planned
+            x = inputs[i] if i < len(inputs) else None
+            want = self.graph.node(self.graph.inputs[i]).outputs[0]
+            if not (isinstance(x, np.ndarray) and x.flags.writeable and x.dtype == want.dtype
+                    and x.dtype.isnative and tuple(x.shape) == tuple(want.shape)):
+                raise HeteroError(f"input {i} ({self.graph.inputs[i]!r}) is donated: it is "
+                                  f"updated in place, so it must be a writable NumPy array of "
+                                  f"{want}, got {_describe(x)}")
+        result = self._executor.run(inputs, profile=profile, outputs=outputs, sync=sync)
+        if not self.donate:
+            return result
+        outs = result[0] if profile else result
+        outs = list(outs)
+        for i, j in self.donate.items():
+            outs[j] = inputs[i]
+        return (outs, result[1]) if profile else outs
 
     def transfers(self) -> tuple[Node, ...]:
         """The transfer nodes of the plan, in graph order."""
@@ -137,6 +158,7 @@ class Plan:
             "policy": self.policy,
             "memory": memory.to_json() if memory is not None else None,
             "peak_memory": self.peak_memory,
+            "donate": {str(i): j for i, j in self.donate.items()},
             "cost": _cost_to_json(self.cost),
         }
 
@@ -168,7 +190,15 @@ class Plan:
                    estimates={n: tuple(se) for n, se in data["estimates"].items()},
                    makespan=float(data["makespan"]), lower_bound=float(data["lower_bound"]),
                    policy=data["policy"], memory=memory,
-                   cost=_cost_from_json(data.get("cost"), machine))
+                   cost=_cost_from_json(data.get("cost"), machine),
+                   donate={int(i): int(j) for i, j in (data.get("donate") or {}).items()})
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, np.ndarray):
+        flags = "" if x.flags.writeable else "read-only "
+        return f"a {flags}{x.dtype}{list(x.shape)} array"
+    return "nothing" if x is None else type(x).__name__
 
 
 def _cost_to_json(cost: Any) -> Any:
@@ -205,7 +235,7 @@ def _attr_from_json(value: Any) -> Any:
 
 
 def _array_to_json(arr: np.ndarray) -> dict[str, Any]:
-    data = np.ascontiguousarray(arr)
+    data = np.array(arr, order="C", copy=None)  # ascontiguousarray makes a 0-d array 1-d
     return {"dtype": data.dtype.str, "shape": list(data.shape),
             "data": base64.b64encode(data.tobytes()).decode("ascii")}
 

@@ -179,7 +179,7 @@ def check_partitioned(graph: Graph, machine: Any = None) -> None:
             seen[key] = node.name
             spaces[node.name] = d_space
             continue
-        for pos, v in enumerate(node.inputs):
+        for pos, v in enumerate(node.reads):  # not an assign's order-only inputs
             if spaces[v.node] != here:
                 producer = graph.node(v.node)
                 raise node_error(graph, node, f"input {pos} reads {v} from {spaces[v.node]} "

@@ -461,7 +461,13 @@ class Sequential(Module):
         self._norm_counts: dict[tuple[int, ...], list[int]] = {}
         if self.graph:
             from hetero.function import function
-            return function(step)
+
+            # parameters and optimizer state are donated: the compiled step writes the new
+            # values into their arrays in place (arguments t, x, y, params, state, masks;
+            # outputs loss, params, state, statistics)
+            n, k = len(names), len(self._state)
+            donate = {3 + i: 1 + i for i in range(n + k)}
+            return function(step, donate=donate)
         return step
 
     def _masks(self, xb: np.ndarray) -> list[np.ndarray]:
@@ -484,8 +490,8 @@ class Sequential(Module):
             verbose: bool = True) -> dict[str, list[float]]:
         """Train; ``y`` are integer class labels. Returns the per-epoch history."""
         if self._step is None:
-            self._step = self._build_step()
             self._state = self.optimizer.init(list(self.params.values()))
+            self._step = self._build_step()
             self._t = 0
             self._mask_shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         classes = self.layers[-1].params["bias"].shape[0] if self.layers[-1].params else \
@@ -513,8 +519,9 @@ class Sequential(Module):
                     self._restore(before)
                 out = [np.asarray(o.numpy() if isinstance(o, Tensor) else o) for o in out]
                 k, s = len(self.params), len(out) - 2 * len(self._norms)
-                self._set(dict(zip(self.params, out[1:1 + k], strict=True)))
-                self._state = out[1 + k:s]
+                if not self.graph:  # graph mode updated the arrays in place (donated)
+                    self._set(dict(zip(self.params, out[1:1 + k], strict=True)))
+                    self._state = out[1 + k:s]
                 counts = self._norm_counts[tuple(xb.shape)]
                 for j, m in enumerate(self._norms):
                     m.update_running(out[s + 2 * j], out[s + 2 * j + 1], counts[j])

@@ -6,6 +6,9 @@ workers) the tensor keeps its buffer and only changes device. Graph mode: an ``i
 pinned to the device (not soft), so the placer keeps it there and the partitioner inserts the
 transfer node in front of it.
 
+``assign`` writes a new value into the buffer of a graph input, in place: what a compile with
+``donate`` (the train step's parameters) appends after the graph's last reader of that input.
+
 The ``transfer`` op is what partitioning inserts between memory spaces: the identity on its
 first input's spec; the executor turns it into a copy on the issuing GPU's copy stream. A
 streamed weight's copy (``streamed=True``, ``hetero.passes.offload``) may have more inputs: they
@@ -20,7 +23,7 @@ import numpy as np
 
 from hetero.config import config
 from hetero.devices import normalize_device
-from hetero.errors import DeviceError, TraceError
+from hetero.errors import DeviceError, ShapeError, TraceError
 from hetero.graph import TRANSFER, Attrs, TensorSpec
 from hetero.ops.registry import REQUIRED, Cost, Op, register
 from hetero.tracing import Tensor, _traces, apply, tensor, user_line
@@ -40,6 +43,23 @@ register(Op(TRANSFER, _transfer_infer, _transfer_kernel, arity=(1, None),
             attrs={"src": REQUIRED, "dst": REQUIRED, "kind": REQUIRED, "streamed": False},
             cost=lambda ins, outs, attrs: Cost(0.0, float(ins[0].nbytes)), op_class="data",
             doc="copy one value between memory spaces (inserted by partition)"))
+
+
+def _assign_infer(ins: tuple[TensorSpec, ...], attrs: Attrs) -> tuple[TensorSpec, ...]:
+    value, target = ins[0], ins[1]
+    if value != target:
+        raise ShapeError(f"assign: the new value {value} does not match its target {target}")
+    return (TensorSpec((0,), target.dtype),)
+
+
+def _assign_kernel(xp, ins, attrs, outs) -> None:
+    ins[1][...] = ins[0]
+
+
+register(Op("assign", _assign_infer, _assign_kernel, arity=(2, None), backends=frozenset({"numpy"}),
+            cost=lambda ins, outs, attrs: Cost(0.0, 2.0 * float(ins[0].nbytes)), op_class="data",
+            doc="write input 0 into the buffer of graph input 1, in place (a donated input, "
+                "hetero.compiler); the inputs after them only order it: it runs after them"))
 
 
 def to_device(x: Any, device: str) -> Tensor:

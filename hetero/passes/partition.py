@@ -12,6 +12,8 @@
 - a constant is duplicated into each memory space that uses it (named ``<const>@<space>``), so it
   is uploaded once when the plan is built, not copied on every run;
 - graph outputs produced outside the host come back through a d2h transfer;
+- an ``assign`` (a donated input written in place) gets its value and target in its own space;
+  its order-only inputs stay where they are (it waits for them, it reads nothing from them);
 - a constant that ``offload`` streams (``hetero.passes.offload``) stays in host memory and its
   readers in a GPU space get a ``transfer`` with ``streamed=True`` instead of a resident copy: a
   host-to-device copy on every run, whose extra inputs (the readers of an earlier streamed
@@ -106,7 +108,10 @@ def partition(graph: Graph, placement: Any, machine: Any = None,
 
     for node in graph.nodes:
         dev = device_of(node)
-        inputs = tuple(local(v, dev) for v in node.inputs)
+        # an assign's order-only inputs (after the two it reads) wait for their producers
+        # wherever they run: no copy
+        reads = len(node.reads)
+        inputs = tuple(local(v, dev) if i < reads else v for i, v in enumerate(node.inputs))
         if node.kind is NodeKind.CONSTANT:
             out.add_constant(node.replace(device=dev, inputs=inputs), graph.constants[node.name])
         else:

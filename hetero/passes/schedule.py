@@ -72,8 +72,8 @@ def schedule(graph: Graph, machine: Any = None, cost: Any = None) -> DeviceSched
 
     def comm(u: str, v: str, p: str, q: str) -> float:
         consumer = graph.node(v)
-        if consumer.is_transfer and consumer.inputs[0].node != u:
-            return 0.0  # a streamed copy's order-only input: an event wait, no data
+        if all(r.node != u for r in consumer.reads):
+            return 0.0  # an order-only input (a streamed copy's, an assign's): a wait, no data
         src = output_device(graph.node(u))
         dst = input_device(consumer)
         if src == dst:
