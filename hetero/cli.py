@@ -770,6 +770,32 @@ def _check_plan_options(args: argparse.Namespace) -> None:
                          "only give arrays (name=file.npy)")
 
 
+def _memory_lines(plan: Plan, gpus: list, runs: int) -> list[str]:
+    """Per GPU the plan uses: the measured peak of the timed runs against the prediction and
+    the capacity (a budget, if one was given), and on a simulated GPU the bytes its streams
+    copied per run against the plan's."""
+    used = {n.device for n in plan.graph.nodes if n.computes or n.is_transfer}
+    predicted = plan.peak_memory
+    planned = plan.copy_bytes()
+    lines = []
+    for dev in gpus:
+        if dev.name not in used:
+            continue
+        line = (f"{dev.name} memory: peak {fmt_bytes(dev.peak_allocated)} measured, "
+                f"{fmt_bytes(predicted.get(dev.memory_space, 0))} predicted, capacity "
+                f"{fmt_bytes(dev.capacity)}")
+        if hasattr(dev, "copied_bytes") and runs:
+            copied = sum(dev.copied_bytes.values()) / runs
+            want = sum(planned.get(dev.name, {}).values())
+            line += f"; copies {fmt_bytes(copied)} a run (planned {fmt_bytes(want)})"
+        streamed = sum(plan.graph.spec(n.inputs[0]).nbytes for n in plan.transfers()
+                       if n.attrs.get("streamed") and n.device == dev.name)
+        if streamed:
+            line += f", {fmt_bytes(streamed)} of it streamed weights"
+        lines.append(line)
+    return lines
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if getattr(args, "dask", None) is not None or _is_cluster(args.devices):
         return _run_dask(args)
@@ -794,12 +820,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         plan = _compile(args, graph, machine, cost)
     arrays = _run_inputs(graph, args.input, args.seed)
     outputs = plan.run(*arrays)  # warm-up: arenas, constant uploads, first-touch costs
+    gpus = [d for d in plan.machine.devices if d.kind == "gpu" and hasattr(d, "reset_peak")]
+    for dev in gpus:  # the timed runs' high-water mark and copies, against the plan's
+        dev.reset_peak()
+        if hasattr(dev, "reset_copied"):
+            dev.reset_copied()
     times = []
     for _ in range(args.repeat):
         t0 = time.perf_counter()
         outputs = plan.run(*arrays)
         times.append(time.perf_counter() - t0)
     median = statistics.median(times)
+    memory_lines = _memory_lines(plan, gpus, args.repeat)
     used = sorted({n.device for n in plan.graph.nodes if n.computes or n.is_transfer})
     print(f"model {graph.name} ({args.model})  machine {machine.spec}  policy {plan.policy}")
     print(f"devices used: {', '.join(used) or 'none'}; "
@@ -811,6 +843,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     note = _measured_note(plan, args)
     if note is not None:
         print(note + ("" if args.profile else " (add --profile to record this run's times)"))
+    for line in memory_lines:
+        print(line)
     if any(d.backend == "sim" for d in machine.devices):
         print("note: a simulated GPU computes with NumPy on this host, so it runs no faster "
               "than the host does, whatever card it simulates")

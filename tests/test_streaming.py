@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -260,3 +261,21 @@ def test_the_gpu_policy_says_why_it_cannot_fit(decoder):
     with pytest.raises(PlacementError, match="the default policy streams weights"):
         ht.compile(fn, MACHINE, policy="gpu", example_inputs=(x,),
                    memory={"gpu:0": nbytes // 3})
+
+
+def test_cli_run_reports_measured_peak_and_copies(tmp_path):
+    model = tmp_path / "dec.py"
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    model.write_text(f"import sys\nsys.path.insert(0, {root!r})\n"
+                     "from examples.gpt_offload import decoder_weights, make_decoder\n"
+                     "f = make_decoder(decoder_weights(4, 128))\n")
+    proc = subprocess.run([sys.executable, "-m", "hetero", "run", f"{model}:f",
+                           "--input", "x=32x128:float32", "--devices", MACHINE,
+                           "--memory", "gpu:0=1MiB", "--repeat", "2"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("gpu:0 memory:")]
+    measured, predicted = re.search(r"peak (.+?) measured, (.+?) predicted", line).groups()
+    assert measured == predicted
+    copied, planned = re.search(r"copies (.+?) a run \(planned (.+?)\)", line).groups()
+    assert copied == planned and "streamed weights" in line
