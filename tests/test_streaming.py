@@ -163,17 +163,23 @@ def test_compare_policies_with_a_budget(decoder):
     assert "sequential_offload" not in compare_policies(graph, MACHINE)  # no budget: not asked
 
 
-def test_cli_place_shows_the_three_policies(tmp_path):
+def _cli(tmp_path, command, *extra):
+    """``hetero COMMAND`` on a 4-layer decoder file with a 1 MiB budget on gpu:0."""
     model = tmp_path / "dec.py"
     root = str(pathlib.Path(__file__).resolve().parents[1])
     model.write_text(f"import sys\nsys.path.insert(0, {root!r})\n"
                      "from examples.gpt_offload import decoder_weights, make_decoder\n"
                      "f = make_decoder(decoder_weights(4, 128))\n")
-    proc = subprocess.run([sys.executable, "-m", "hetero", "place", f"{model}:f",
+    proc = subprocess.run([sys.executable, "-m", "hetero", command, f"{model}:f",
                            "--input", "x=32x128:float32", "--devices", MACHINE,
-                           "--memory", "gpu:0=1MiB"], capture_output=True, text=True,
+                           "--memory", "gpu:0=1MiB", *extra], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_cli_place_shows_the_three_policies(tmp_path):
+    proc = _cli(tmp_path, "place")
     compare = [line for line in proc.stdout.splitlines() if line.startswith("compare:")]
     assert compare and "sequential_offload policy" in compare[0]
     assert "layer_split policy" in compare[0]
@@ -264,16 +270,7 @@ def test_the_gpu_policy_says_why_it_cannot_fit(decoder):
 
 
 def test_cli_run_reports_measured_peak_and_copies(tmp_path):
-    model = tmp_path / "dec.py"
-    root = str(pathlib.Path(__file__).resolve().parents[1])
-    model.write_text(f"import sys\nsys.path.insert(0, {root!r})\n"
-                     "from examples.gpt_offload import decoder_weights, make_decoder\n"
-                     "f = make_decoder(decoder_weights(4, 128))\n")
-    proc = subprocess.run([sys.executable, "-m", "hetero", "run", f"{model}:f",
-                           "--input", "x=32x128:float32", "--devices", MACHINE,
-                           "--memory", "gpu:0=1MiB", "--repeat", "2"], capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    proc = _cli(tmp_path, "run", "--repeat", "2")
     (line,) = [x for x in proc.stdout.splitlines() if x.startswith("gpu:0 memory:")]
     measured, predicted = re.search(r"peak (.+?) measured, (.+?) predicted", line).groups()
     assert measured == predicted
