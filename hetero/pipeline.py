@@ -336,21 +336,24 @@ def _streamed_placement(graph: Graph, machine: Machine, base: place_pass.Placeme
     est = sched.estimates
     device = dict(base.device)
     reasons = dict(base.reason)
-    copies = {n.inputs[0].node: n for n in parted.nodes
-              if n.is_transfer and n.attrs.get("streamed")}
+    copies: dict[str, list[Node]] = {}
+    for n in parted.nodes:
+        if n.is_transfer and n.attrs.get("streamed"):
+            copies.setdefault(n.inputs[0].node, []).append(n)
     for name in offload.streamed:
         device[name] = place_pass.HOST_DEVICE
-        copy = copies[name]
-        gpu = machine.device(copy.attrs["dst"])
+        mine = copies[name]
+        gpu = machine.device(mine[0].attrs["dst"])
         space = gpu.memory_space
         compute = [est[n.name] for n in parted.nodes if n.name in est
                    and sched.lanes.get(n.name) == gpu.name and n.computes]
-        hidden = hidden_fraction([est[copy.name]], compute)
-        all_copies = [est[t.name] for t in copies.values() if t.attrs["dst"] == copy.attrs["dst"]]
+        hidden = hidden_fraction([est[t.name] for t in mine], compute)
+        in_space = [t for ts in copies.values() for t in ts if t.attrs["dst"] == gpu.name]
+        all_copies = [est[t.name] for t in in_space]
         overall = hidden_fraction(all_copies, compute)
         copy_time = sum(f - s for s, f in all_copies)
-        in_space = [c for c, t in copies.items() if t.attrs["dst"] == copy.attrs["dst"]]
-        streamed_bytes = sum(graph.spec(Value(c, 0)).nbytes for c in in_space)
+        streamed_bytes = sum(graph.spec(Value(c, 0)).nbytes for c in copies
+                             if copies[c][0].attrs["dst"] == gpu.name)
         resident = peaks.get(space, 0) - evaluations.arena_bytes(base.device, offload, space)
         how = (detail or f"prefetched {offload.prefetch} weight"
                f"{'s' if offload.prefetch != 1 else ''} ahead")
@@ -361,9 +364,10 @@ def _streamed_placement(graph: Graph, machine: Machine, base: place_pass.Placeme
                f"{policy} streams every weight ({fmt_bytes(streamed_bytes)}) into {gpu.name}")
         reasons[name] = place_pass.Reason(
             "streamed", f"{why}; copied from host memory on every run into a rotating buffer, "
-            f"{how}, {hidden:.0%} of its copy hidden behind compute; the {len(all_copies)} "
-            f"streamed copies take {copy_time * 1e3:.3g} ms, {overall:.0%} of it overlapped with "
-            f"compute (estimated)")
+            f"{how}, {hidden:.0%} of its cop{'ies' if len(mine) > 1 else 'y'} hidden behind "
+            f"compute{f' ({len(mine)} uses, a copy each)' if len(mine) > 1 else ''}; the "
+            f"{len(all_copies)} streamed copies take {copy_time * 1e3:.3g} ms, {overall:.0%} of "
+            f"it overlapped with compute (estimated)")
     start = {n.name: est.get(n.name, (0.0, 0.0))[0] for n in graph.nodes}
     finish = {n.name: est.get(n.name, (0.0, 0.0))[1] for n in graph.nodes}
     return dataclasses.replace(base, device=device, reason=reasons, start=start, finish=finish,

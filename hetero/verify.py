@@ -171,7 +171,8 @@ def check_partitioned(graph: Graph, machine: Any = None) -> None:
                 if spaces[w.node] != here:
                     raise node_error(graph, node, f"waits for {w} in {spaces[w.node]}, not in "
                                                   f"the space of its issuer ({here})")
-            key = (v, d_space)
+            # a streamed weight has a copy per reader (``hetero.passes.offload``)
+            key = (v, d_space, node.name) if node.attrs.get("streamed") else (v, d_space)
             if key in seen:
                 raise node_error(graph, node, f"{v} is already copied to {d_space} by "
                                               f"{seen[key]} (one transfer per value and memory "

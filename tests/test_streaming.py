@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hetero as ht
+import hetero.ops as F
 from examples.gpt_offload import decoder_weights, make_decoder, weight_bytes
 from hetero import report
 from hetero.compiler import as_graph
@@ -193,13 +194,29 @@ def test_a_budget_too_small_for_anything_is_a_clear_error(decoder):
                    memory={"gpu:0": 4096})
 
 
-@settings(max_examples=12, deadline=None)
-@given(prefetch=st.integers(0, 4), sequential=st.booleans())
-def test_copies_wait_for_the_weight_they_replace(decoder, prefetch, sequential):
-    """The order inputs of every streamed copy: it happens after every reader of the weight
-    ``prefetch + 1`` places earlier (or, sequential, after the GPU's compute before its own
-    reader), and the order forms no cycle (the plan runs)."""
+def _tied(weights):
+    """Twelve layers over six weights, each read twice far apart (as a tied embedding is)."""
+    def f(x):
+        h = x
+        for i in range(12):
+            h = F.relu(F.matmul(h, weights[i % 6]))
+        return h
+    return f
+
+
+@settings(max_examples=16, deadline=None)
+@given(prefetch=st.integers(0, 4), sequential=st.booleans(), tied=st.booleans())
+def test_copies_wait_for_the_weight_they_replace(decoder, prefetch, sequential, tied):
+    """Every reader of a streamed weight has a copy of its own, and each copy happens after the
+    reader of the use ``prefetch + 1`` places earlier (or, sequential, after the GPU's compute
+    before its own reader); the order forms no cycle: the plan runs and computes the CPU's
+    values. Also for weights read twice far apart (``tied``)."""
     fn, x, _, cpu_only = decoder
+    if tied:
+        rng = np.random.default_rng(5)
+        fn = _tied([(rng.standard_normal((128, 128)) / 12).astype(np.float32)
+                    for _ in range(6)])
+        (cpu_only,) = ht.compile(fn, "cpu:1", example_inputs=(x,)).run(x)
     machine = ht.Machine.parse(MACHINE)
     graph = optimize_for(as_graph(fn, (x,)), machine)
     device = {n.name: ("cpu:0" if n.is_input else "gpu:0") for n in graph.nodes}
@@ -211,14 +228,19 @@ def test_copies_wait_for_the_weight_they_replace(decoder, prefetch, sequential):
     ev = Evaluations(graph, machine, ht.cost.RooflineCost(machine))
     _, sched = ev.result(device, offload)
     hb = HappensBefore(parted, sched.queues, {d.name: d.kind for d in machine.devices})
-    copy_of = {n.inputs[0].node: n.name for n in parted.nodes if n.attrs.get("streamed")}
-    consumers = graph.consumers()
-    for j, name in enumerate(chain):
-        for v in after[name]:
-            assert hb.before(v.node, copy_of[name])
-        if not sequential and j > prefetch:
-            for r in consumers[chain[j - prefetch - 1]]:
-                assert hb.before(r, copy_of[name])
+    position = {n.name: i for i, n in enumerate(graph.nodes)}
+    consumers, parted_consumers = graph.consumers(), parted.consumers()
+    uses = sorted((position[r], name, r) for name in chain for r in dict.fromkeys(consumers[name]))
+    copies = {(n.inputs[0].node, r): n.name for n in parted.nodes if n.attrs.get("streamed")
+              for r in parted_consumers[n.name]}
+    assert set(copies) == {(name, r) for _, name, r in uses}  # a copy per reader
+    for j, (at, name, reader) in enumerate(uses):
+        copy = copies[name, reader]
+        for v in after[name, reader]:
+            assert hb.before(v.node, copy)
+        earlier = uses[j - prefetch - 1][2] if j > prefetch else None
+        if not sequential and earlier is not None and position[earlier] < at:
+            assert hb.before(earlier, copy)
     # the partitioned graph runs as a plan (no deadlock) and computes what the CPU does
     placement = Placement(device=device, reason={n: Reason("default") for n in device},
                           offload=offload)
@@ -228,6 +250,23 @@ def test_copies_wait_for_the_weight_they_replace(decoder, prefetch, sequential):
                             cost=ev.cost))
     ht.check(plan)
     np.testing.assert_allclose(np.asarray(plan.run(x)[0]), cpu_only, rtol=1e-5, atol=1e-5)
+
+
+def test_a_weight_read_twice_far_apart_is_copied_for_each_read():
+    """A tied weight streamed as one copy would stay in GPU memory from its first reader to its
+    last; a copy per reader lets sequential_offload fit a budget of half the weights (it needed
+    every weight at once before) and the default stream instead of running on the CPU."""
+    rng = np.random.default_rng(2)
+    weights = [(rng.standard_normal((128, 128)) / 12).astype(np.float32) for _ in range(6)]
+    fn, x = _tied(weights), rng.standard_normal((32, 128)).astype(np.float32)
+    (want,) = ht.compile(fn, "cpu:1", example_inputs=(x,)).run(x)
+    budget = sum(w.nbytes for w in weights) // 2
+    for policy in ("sequential_offload", "heft"):
+        plan = ht.compile(fn, MACHINE, policy=policy, example_inputs=(x,),
+                          memory={"gpu:0": budget})
+        assert plan.peak_memory["gpu:0"] <= budget
+        assert len(streamed_copies(plan)) == 12  # six weights, two reads each
+        np.testing.assert_allclose(np.asarray(plan.run(x)[0]), want, rtol=1e-5, atol=1e-5)
 
 
 def test_profile_measures_the_peak_against_the_prediction(plans, decoder):

@@ -12,12 +12,13 @@ every reader of one happens-before the copy that writes the next, so the buffers
 What orders the copies is an ``Offload``:
 
 - ``streamed``: the constants that are streamed (each read on one GPU memory space);
-- ``prefetch``: how many streamed weights ahead of the compute a copy may run. The copy of the
-  j-th streamed weight of a space (weights in the order their first reader runs) waits for every
-  reader of weight j - prefetch - 1 (extra, order-only inputs of the transfer node: the copy
-  starts after them and reads nothing from them). ``prefetch=0`` copies a weight only once the
-  previous one is consumed; ``prefetch=2`` keeps up to three weights' buffers in flight, so a
-  copy overlaps the compute of the two layers before its own;
+- ``prefetch``: how many streamed weights ahead of the compute a copy may run. Every reader of
+  a streamed weight gets a copy of its own (a weight read twice far apart, a tied embedding, is
+  not held in between), and the uses of a space run in their readers' order: the copy of the
+  j-th use waits for the reader of use j - prefetch - 1 (an extra, order-only input of the
+  transfer node: the copy starts after it and reads nothing from it). ``prefetch=0`` copies a
+  weight only once the previous one is consumed; ``prefetch=2`` keeps up to three weights'
+  buffers in flight, so a copy overlaps the compute of the two layers before its own;
 - ``sequential``: accelerate's CPU offload instead: each copy waits for every compute node of
   the space before its first reader, so copies and compute alternate and nothing overlaps (the
   ``sequential_offload`` policy).
@@ -34,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hetero.graph import Graph, Node, Value
+from hetero.graph import Graph, Value
 from hetero.spaces import device_space
 
 __all__ = ["MIN_STREAM_BYTES", "Offload", "hidden_fraction", "order_inputs", "streamable"]
@@ -104,38 +105,36 @@ def streamable(graph: Graph, device: Mapping[str, str], machine: Any,
 
 
 def order_inputs(graph: Graph, offload: Offload, device: Mapping[str, str], machine: Any
-                 ) -> dict[str, tuple[Value, ...]]:
-    """Streamed constant -> the values (of nodes in its GPU space, in ``graph``'s names) its copy
-    must wait for: the readers of the streamed weight ``prefetch + 1`` places earlier, or with
-    ``sequential`` every compute node of the space before its first reader. Only nodes that come
-    before the constant's first reader in graph order are named, so the order never forms a
-    cycle."""
+                 ) -> dict[tuple[str, str], tuple[Value, ...]]:
+    """(streamed constant, reader) -> the values (of nodes in its GPU space, in ``graph``'s
+    names) that use's copy must wait for. Each reader of a streamed weight gets a copy of its
+    own (a weight read twice far apart, such as a tied embedding, is not held between them),
+    and the uses of a space run in their readers' order: a use's copy waits for the reader of
+    the use ``prefetch + 1`` places earlier, or with ``sequential`` for the last compute node of
+    the space before its own reader. Only nodes before its reader in graph order are named, so
+    the order never forms a cycle."""
     position = {n.name: i for i, n in enumerate(graph.nodes)}
     readers = _readers_by_space(graph, device, machine)
     order = streamable(graph, device, machine, min_bytes=0)
-    result: dict[str, tuple[Value, ...]] = {}
+    result: dict[tuple[str, str], tuple[Value, ...]] = {}
     for space, names in order.items():
-        chain = [n for n in names if n in offload.streamed]
+        uses = sorted((position[r], name, r) for name in names if name in offload.streamed
+                       for r in dict.fromkeys(readers[name][space]))
         if offload.sequential:
-            before: list[Node] = []
-            nodes = [n for n in graph.nodes if n.computes
+            nodes = [n.name for n in graph.nodes if n.computes
                      and device_space(device[n.name], machine) == space]
-            cursor = 0
-            for name in chain:
-                first = position[readers[name][space][0]]
-                while cursor < len(nodes) and position[nodes[cursor].name] < first:
-                    before.append(nodes[cursor])
+            cursor, last = 0, None
+            for at, name, reader in uses:
+                while cursor < len(nodes) and position[nodes[cursor]] < at:
+                    last = nodes[cursor]
                     cursor += 1
-                result[name] = (Value(before[-1].name, 0),) if before else ()
+                result[name, reader] = (Value(last, 0),) if last is not None else ()
             continue
-        for j, name in enumerate(chain):
+        for j, (at, name, reader) in enumerate(uses):
             k = j - offload.prefetch - 1
-            if k < 0:
-                result[name] = ()
-                continue
-            first = position[readers[name][space][0]]
-            result[name] = tuple(Value(r, 0) for r in readers[chain[k]][space]
-                                 if position[r] < first)
+            earlier = uses[k][2] if k >= 0 else None
+            result[name, reader] = ((Value(earlier, 0),)
+                                    if earlier is not None and position[earlier] < at else ())
     return result
 
 

@@ -15,9 +15,9 @@
 - an ``assign`` (a donated input written in place) gets its value and target in its own space;
   its order-only inputs stay where they are (it waits for them, it reads nothing from them);
 - a constant that ``offload`` streams (``hetero.passes.offload``) stays in host memory and its
-  readers in a GPU space get a ``transfer`` with ``streamed=True`` instead of a resident copy: a
-  host-to-device copy on every run, whose extra inputs (the readers of an earlier streamed
-  weight) only order it, so its buffer can take the place of one already consumed.
+  readers in a GPU space get a ``transfer`` with ``streamed=True`` each instead of a resident
+  copy: a host-to-device copy on every run, whose extra input (the reader of an earlier
+  streamed use) only orders it, so its buffer can take the place of one already consumed.
 
 The stage's invariant (no op reads a value from another memory space) is checked by
 ``hetero.verify.check``: on every fully placed graph when a machine is given, or when the graph
@@ -72,13 +72,15 @@ def partition(graph: Graph, placement: Any, machine: Any = None,
     new_device: dict[str, str] = {}
     copies: dict[tuple[Value, str], Value] = {}  # (value, destination space) -> local value
 
-    def local(v: Value, dst_dev: str) -> Value:
-        """``v`` as readable in the memory space of ``dst_dev`` (a transfer or a constant copy)."""
+    def local(v: Value, dst_dev: str, reader: str) -> Value:
+        """``v`` as readable in the memory space of ``dst_dev`` (a transfer or a constant copy)
+        for node ``reader``."""
         dst_space = space(dst_dev)
         src_space = value_space[v.node]
         if src_space == dst_space:
             return v
-        key = (v, dst_space)
+        # one copy per (value, space); a streamed weight one per reader, each on its own turn
+        key = (v, dst_space, reader) if v.node in streamed else (v, dst_space)
         if key in copies:
             return copies[key]
         producer = graph.node(v.node) if v.node in graph else None
@@ -96,7 +98,7 @@ def partition(graph: Graph, placement: Any, machine: Any = None,
             inputs = (v,)
             if v.node in streamed:
                 attrs["streamed"] = True
-                inputs += after.get(v.node, ())
+                inputs += after.get((v.node, reader), ())
             node = out.add(Node(name=name, op="transfer", inputs=inputs, attrs=Attrs(attrs),
                                 outputs=(graph.spec(v),),
                                 device=transfer_issuer(src_dev, dst_dev, kind),
@@ -111,7 +113,8 @@ def partition(graph: Graph, placement: Any, machine: Any = None,
         # an assign's order-only inputs (after the two it reads) wait for their producers
         # wherever they run: no copy
         reads = len(node.reads)
-        inputs = tuple(local(v, dev) if i < reads else v for i, v in enumerate(node.inputs))
+        inputs = tuple(local(v, dev, node.name) if i < reads else v
+                       for i, v in enumerate(node.inputs))
         if node.kind is NodeKind.CONSTANT:
             out.add_constant(node.replace(device=dev, inputs=inputs), graph.constants[node.name])
         else:
@@ -119,6 +122,6 @@ def partition(graph: Graph, placement: Any, machine: Any = None,
         new_device[node.name] = dev
         value_space[node.name] = space(dev)
 
-    outputs = tuple(local(v, INPUT_DEVICE) for v in graph.outputs)
+    outputs = tuple(local(v, INPUT_DEVICE, "") for v in graph.outputs)
     # constants that are used only through their copies need not stay on their original device
     return out.build(outputs, prune=True, inputs=graph.inputs)
