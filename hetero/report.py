@@ -393,7 +393,7 @@ def render_table(report: Mapping[str, Any]) -> str:
     out.append(f"{summary['nodes']} nodes, {summary['transfers']} transfers "
                f"({fmt_bytes(summary['transfer_bytes'])} per run), {summary['constants']} "
                f"constants ({fmt_bytes(summary['constant_bytes'])}, uploaded once)"
-               + (f", {summary['streamed']} weights streamed "
+               + (f", {summary['streamed']} streamed weight copies "
                   f"({fmt_bytes(summary['streamed_bytes'])} per run)"
                   if summary.get("streamed") else ""))
     return "\n".join(out) + "\n"

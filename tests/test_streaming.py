@@ -151,7 +151,7 @@ def test_report_shows_streamed_weights_and_validates(plans):
     assert doc["summary"]["streamed"] == len(streamed)
     assert doc["summary"]["peak_memory"]["gpu:0"] <= plans["heft"].machine.device(
         "gpu:0").capacity
-    assert "weights streamed" in report.render(doc, "table")
+    assert "streamed weight copies" in report.render(doc, "table")
 
 
 def test_compare_policies_with_a_budget(decoder):
@@ -184,7 +184,7 @@ def test_cli_place_shows_the_three_policies(tmp_path):
     compare = [line for line in proc.stdout.splitlines() if line.startswith("compare:")]
     assert compare and "sequential_offload policy" in compare[0]
     assert "layer_split policy" in compare[0]
-    assert "weights streamed" in proc.stdout
+    assert "streamed weight copies" in proc.stdout
 
 
 def test_a_budget_too_small_for_anything_is_a_clear_error(decoder):
