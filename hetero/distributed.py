@@ -82,12 +82,32 @@ def _shares(workers: Sequence[str]) -> list[int]:
     return [hosts.count(h) for h in hosts]
 
 
+def _worker_threads() -> int | None:
+    """The thread count of the Dask worker this runs on (None outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    state = getattr(worker, "state", None)
+    n = getattr(state, "nthreads", None) or getattr(worker, "nthreads", None)
+    return int(n) if n else None
+
+
 def _executor(plan: Any, share: int) -> Executor:
     """The executor an actor runs its plan with: its splitting kernels use the cores of its
     host over the ``share`` actors of the runner there (two replicas on a 2-core host get one
-    core each, rather than both cutting every conv in two and fighting for the same cores)."""
+    core each, rather than both cutting every conv in two and fighting for the same cores), and
+    no more threads than its Dask worker declares (``threads_per_worker``: Dask's own account
+    of what a worker may use, so a cluster of N one-thread workers on N cores is not
+    oversubscribed by one of them)."""
     loaded = plan if plan.memory is not None else plan_memory(plan)
-    return Executor(loaded, intra_op_threads=max(1, cpu_cores() // max(1, share)))
+    threads = max(1, cpu_cores() // max(1, share))
+    declared = _worker_threads()
+    if declared is not None:
+        threads = max(1, min(threads, declared))
+    return Executor(loaded, intra_op_threads=threads)
 
 
 @dataclass(frozen=True)
@@ -314,6 +334,10 @@ class PlanActor:
         self.runs += 1
         return [np.array(o, copy=True) for o in outs]
 
+    def threads(self) -> int:
+        """The intra-op threads this actor's executor runs with."""
+        return self.executor.intra_op_threads
+
     def slow_run(self, inputs: list[np.ndarray], seconds: float) -> list[np.ndarray]:
         """``run`` after ``seconds`` of sleep (tests kill a worker in the gap)."""
         time.sleep(seconds)
@@ -422,6 +446,10 @@ class StageActor:
         import os
 
         return os.getpid()
+
+    def threads(self) -> int:
+        """The intra-op threads this actor's executor runs with."""
+        return self.executor.intra_op_threads
 
 
 class PipelineRunner:

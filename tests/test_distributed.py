@@ -209,3 +209,14 @@ def test_cli_place_plans_for_a_cluster_you_do_not_have(capsys):
     assert doc["cluster"]["network"]["bandwidth"] == 10e9 / 8
     assert main(["compile", str(EXAMPLES[0]), "--devices", "2x(cpu:1)", "-o", "-"]) != 0
     assert "describes several nodes" in capsys.readouterr().err
+
+
+def test_an_actor_uses_no_more_threads_than_its_worker_declares(conn):
+    """local:2 starts one-thread workers: even alone on the 2-core host, an actor's executor
+    runs one intra-op thread (Dask's account of the worker), so N such workers on N cores are
+    not oversubscribed by one of them."""
+    g = load_model(str(EXAMPLES[0]))
+    stages = hd.split(g, "2x(cpu:1)")
+    runner = hd.PipelineRunner(conn, stages)
+    assert [a.threads().result() for a in runner._actors] == [1, 1]
+    assert hd._worker_threads() is None  # not on a worker here
