@@ -595,7 +595,8 @@ def _place_cluster(args: argparse.Namespace) -> int:
 
     cluster = args.devices
     graph = load_model(args.model, args.input)
-    stages = split(graph, cluster, policy=_policy(args))
+    # --memory DEV=SIZE budgets that device on every node (each node's plan is its own)
+    stages = split(graph, cluster, policy=_policy(args), memory=getattr(args, "memory", None))
     crossing = []
     for st in stages:
         for dst, names in st.sends.items():
@@ -646,7 +647,8 @@ def _run_dask(args: argparse.Namespace) -> int:
     target = args.dask or f"local:{len(cluster) if cluster else 1}"
     with hd.connect(target) as conn:
         if cluster is not None and len(cluster) > 1:
-            stages = hd.split(graph, cluster, policy=_policy(args))
+            stages = hd.split(graph, cluster, policy=_policy(args),
+                              memory=getattr(args, "memory", None))
             runner: Any = hd.PipelineRunner(conn, stages)
             what = (f"cluster {cluster.spec}: {len(stages)} nodes on Dask workers "
                     f"{', '.join(runner._workers)}")

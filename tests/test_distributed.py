@@ -220,3 +220,14 @@ def test_an_actor_uses_no_more_threads_than_its_worker_declares(conn):
     runner = hd.PipelineRunner(conn, stages)
     assert [a.threads().result() for a in runner._actors] == [1, 1]
     assert hd._worker_threads() is None  # not on a worker here
+
+
+def test_a_memory_budget_applies_to_that_device_on_every_node(capsys):
+    from hetero.cli import main
+
+    g = load_model(str(EXAMPLES[0]))
+    stages = hd.split(g, "2x(cpu:2,sim:1@t4)", memory={"gpu:0": "1MiB"})
+    assert [s.plan.machine.device("gpu:0").capacity for s in stages] == [2**20, 2**20]
+    assert main(["place", str(EXAMPLES[0]), "--devices", "2x(cpu:2,sim:1@t4)",
+                 "--memory", "gpu:0=1KiB"]) == 0
+    assert "capacity: moved off gpu:0" in capsys.readouterr().out
