@@ -762,7 +762,8 @@ def _check_plan_options(args: argparse.Namespace) -> None:
     """A saved plan is already placed and costed: options that only apply when compiling are
     refused rather than silently ignored."""
     for option, value in (("--policy", args.policy), ("--cost", args.cost),
-                          ("--cost-file", args.cost_file)):
+                          ("--cost-file", args.cost_file),
+                          ("--memory", getattr(args, "memory", None))):
         if value is not None:
             raise ModelError(f"{args.model}: {option} applies when compiling, and a saved plan "
                              f"is compiled already: give it to 'hetero compile MODEL' (or run "

@@ -774,6 +774,7 @@ def test_run_plan_refuses_options_that_only_apply_when_compiling(capsys, tmp_pat
             (("--policy", "gpu"), "--policy applies when compiling"),
             (("--cost", "measured"), "--cost applies when compiling"),
             (("--cost-file", "c.json"), "--cost-file applies when compiling"),
+            (("--memory", "gpu:0=1GiB"), "--memory applies when compiling"),
             (("--input", f"pixels={tmp_path / 'x.npy'}"),
              "no input named 'pixels' (inputs: image)")):
         code, _, err = _cli(capsys, "run", plan_file, "--repeat", "1", *extra)
