@@ -36,6 +36,8 @@ Rules (``allowed`` per node, then a Reason per node):
   space; constants for the whole run). While a peak exceeds the device's capacity, the largest
   movable nodes there are barred from it (Reason "capacity") and the graph is scheduled again;
   when nothing is left to move, a PlacementError names the device, its peak and capacity.
+  (The pipeline weighs that capacity-moved placement against ones that stream weights from
+  host memory instead, ``hetero.pipeline.placed`` and ``hetero.passes.offload``.)
 
 Estimates: the list scheduler treats a transfer as a delay on an edge. The candidate placements
 are then compared, and the chosen one's start, finish and makespan reported, as the plan will run
