@@ -237,6 +237,8 @@ class Executor:
         self._spaces = {d.name: d.memory_space for d in self.machine.devices}
         self._owner = {name: dev for dev, queue in plan.queues.items() for name in queue}
         self._outputs = list(dict.fromkeys(graph.outputs))
+        # outputs the graph lists more than once: each place gets a copy of its own
+        self._repeated = {v for v in self._outputs if graph.outputs.count(v) > 1}
         self._arenas = self._allocate_arenas(plan.memory)
         self._place_values()
         self._plan_synchronisation()
@@ -603,7 +605,7 @@ class Executor:
                 arr = self._mirror[v][0]  # copied on its GPU by the run, beside the d2h copy
             elif where == "device" and v in self._kept:
                 pass  # computed into a buffer on its GPU by the run itself
-            elif graph.outputs.count(v) > 1 and any(a is arr for a in result):
+            elif v in self._repeated and any(a is arr for a in result):
                 arr = np.array(arr, copy=True)
             result.append(arr)
         return result
