@@ -162,3 +162,24 @@ def test_resnet50_sized_page_renders(tmp_path):
     bars = len([n for n in doc["nodes"] if n["op"] != "input"]) + len(doc["transfers"])
     assert f'data-graph-nodes="{nodes}"' in body and f'data-gantt-bars="{bars}"' in body
     assert 'data-rendered="1"' in body
+
+
+def test_a_plan_with_streamed_weights_renders(tmp_path):
+    """Under a memory budget the page draws every streamed weight's copy (blue, on the h2d
+    lane) and the graph with their order-only edges, and its script finishes."""
+    model = tmp_path / "dec.py"
+    model.write_text(f"import sys\nsys.path.insert(0, {ROOT!r})\n"
+                     "from examples.gpt_offload import decoder_weights, make_decoder\n"
+                     "f = make_decoder(decoder_weights(4, 128))\n")
+    html = tmp_path / "dec.html"
+    common = ("--input", "x=32x128:float32", "--devices", "cpu:2,sim:1@t4", "--memory",
+              "gpu:0=1MiB")
+    _hetero("place", f"{model}:f", *common, "--format", "html", "-o", str(html))
+    doc = json.loads(_hetero("place", f"{model}:f", *common, "--format", "json",
+                             "--no-compare").stdout)
+    streamed = [t for t in doc["transfers"] if t.get("streamed")]
+    assert streamed
+    proc = _browser(str(html), str(tmp_path / "profile"), "--dump-dom")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'data-rendered="1"' in re.search(r"<body[^>]*>", proc.stdout).group(0)
+    assert proc.stdout.count('class="bar transfer streamed"') == len(streamed)
