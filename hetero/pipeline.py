@@ -296,8 +296,7 @@ def _no_fit(graph: Graph, machine: Machine, device: Mapping[str, str],
 
 
 def _most_resident(graph: Graph, machine: Machine, device: Mapping[str, str],
-                   evaluations: Evaluations, prefetch: int,
-                   sequential: bool = False) -> Offload | None:
+                   evaluations: Evaluations, prefetch: int) -> Offload | None:
     """The Offload that streams the fewest weights (the last ones used, per GPU space) and
     fits, at this prefetch distance; None if even streaming every one does not fit."""
     order = streamable(graph, device, machine)
@@ -306,8 +305,7 @@ def _most_resident(graph: Graph, machine: Machine, device: Mapping[str, str],
     streamed = {s: list(names) for s, names in order.items()}
 
     def offload() -> Offload:
-        return Offload(frozenset(n for names in streamed.values() for n in names), prefetch,
-                       sequential)
+        return Offload(frozenset(n for names in streamed.values() for n in names), prefetch)
 
     if not evaluations.fits(device, offload()):
         return None
@@ -336,38 +334,43 @@ def _streamed_placement(graph: Graph, machine: Machine, base: place_pass.Placeme
     est = sched.estimates
     device = dict(base.device)
     reasons = dict(base.reason)
-    copies: dict[str, list[Node]] = {}
+    copies: dict[str, list[Node]] = {}  # streamed constant -> its copies (one per reader)
     for n in parted.nodes:
         if n.is_transfer and n.attrs.get("streamed"):
             copies.setdefault(n.inputs[0].node, []).append(n)
-    for name in offload.streamed:
-        device[name] = place_pass.HOST_DEVICE
-        mine = copies[name]
-        gpu = machine.device(mine[0].attrs["dst"])
+    how = (detail or f"prefetched {offload.prefetch} weight"
+           f"{'s' if offload.prefetch != 1 else ''} ahead")
+    per_gpu: dict[str, tuple[list[tuple[float, float]], str, str]] = {}
+    for gpu_name in {ts[0].attrs["dst"] for ts in copies.values()}:
+        # once per GPU: its kernels' intervals, and what every streamed copy into it says
+        gpu = machine.device(gpu_name)
         space = gpu.memory_space
-        compute = [est[n.name] for n in parted.nodes if n.name in est
-                   and sched.lanes.get(n.name) == gpu.name and n.computes]
-        hidden = hidden_fraction([est[t.name] for t in mine], compute)
-        in_space = [t for ts in copies.values() for t in ts if t.attrs["dst"] == gpu.name]
-        all_copies = [est[t.name] for t in in_space]
-        overall = hidden_fraction(all_copies, compute)
-        copy_time = sum(f - s for s, f in all_copies)
-        streamed_bytes = sum(graph.spec(Value(c, 0)).nbytes for c in copies
-                             if copies[c][0].attrs["dst"] == gpu.name)
+        compute = [est[n.name] for n in parted.nodes if n.computes and n.name in est
+                   and sched.lanes.get(n.name) == gpu_name]
+        all_copies = [est[t.name] for ts in copies.values() for t in ts
+                      if t.attrs["dst"] == gpu_name]
+        streamed_bytes = sum(graph.spec(Value(c, 0)).nbytes for c, ts in copies.items()
+                             if ts[0].attrs["dst"] == gpu_name)
         resident = peaks.get(space, 0) - evaluations.arena_bytes(base.device, offload, space)
-        how = (detail or f"prefetched {offload.prefetch} weight"
-               f"{'s' if offload.prefetch != 1 else ''} ahead")
-        why = (f"{fmt_bytes(streamed_bytes)} of weights do not fit in {gpu.name}'s "
+        why = (f"{fmt_bytes(streamed_bytes)} of weights do not fit in {gpu_name}'s "
                f"{fmt_bytes(gpu.capacity)} beside {fmt_bytes(resident)} of resident weights and "
                f"{fmt_bytes(peaks.get(space, 0) - resident)} of activations and copy buffers"
                if not offload.sequential else
-               f"{policy} streams every weight ({fmt_bytes(streamed_bytes)}) into {gpu.name}")
+               f"{policy} streams every weight ({fmt_bytes(streamed_bytes)}) into {gpu_name}")
+        total = (f"the {len(all_copies)} streamed copies take "
+                 f"{sum(f - s for s, f in all_copies) * 1e3:.3g} ms, "
+                 f"{hidden_fraction(all_copies, compute):.0%} of it overlapped with compute")
+        per_gpu[gpu_name] = (compute, why, total)
+    for name in offload.streamed:
+        device[name] = place_pass.HOST_DEVICE
+        mine = copies[name]
+        compute, why, total = per_gpu[mine[0].attrs["dst"]]
+        hidden = hidden_fraction([est[t.name] for t in mine], compute)
         reasons[name] = place_pass.Reason(
             "streamed", f"{why}; copied from host memory on every run into a rotating buffer, "
             f"{how}, {hidden:.0%} of its cop{'ies' if len(mine) > 1 else 'y'} hidden behind "
-            f"compute{f' ({len(mine)} uses, a copy each)' if len(mine) > 1 else ''}; the "
-            f"{len(all_copies)} streamed copies take {copy_time * 1e3:.3g} ms, {overall:.0%} of "
-            f"it overlapped with compute (estimated)")
+            f"compute{f' ({len(mine)} uses, a copy each)' if len(mine) > 1 else ''}; {total} "
+            "(estimated)")
     start = {n.name: est.get(n.name, (0.0, 0.0))[0] for n in graph.nodes}
     finish = {n.name: est.get(n.name, (0.0, 0.0))[1] for n in graph.nodes}
     return dataclasses.replace(base, device=device, reason=reasons, start=start, finish=finish,
