@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from hetero.backends import cupy as cuda_backend
 from hetero.graph import TRANSFER
 from hetero.ops.registry import lookup
+from hetero.scheduling import interval_length, interval_overlap, merge_intervals
 
 __all__ = ["Profile", "Span"]
 
@@ -66,35 +67,6 @@ class Span:
     @property
     def is_transfer(self) -> bool:
         return self.op == TRANSFER
-
-
-def _union(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
-    merged: list[list[float]] = []
-    for lo, hi in sorted(intervals):
-        if merged and lo <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], hi)
-        else:
-            merged.append([lo, hi])
-    return [(lo, hi) for lo, hi in merged]
-
-
-def _length(intervals: Iterable[tuple[float, float]]) -> float:
-    return sum(hi - lo for lo, hi in intervals)
-
-
-def _overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
-    """Total length of the intersection of two sorted, disjoint interval lists."""
-    i = j = 0
-    total = 0.0
-    while i < len(a) and j < len(b):
-        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if hi > lo:
-            total += hi - lo
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return total
 
 
 class Profile:
@@ -212,11 +184,12 @@ class Profile:
         tbytes = 0
         simulated = _simulated(self.plan)
         for dev in sorted({s.device for s in self.spans}):
-            busy = _union((s.start, s.end) for s in self.spans
+            busy = merge_intervals((s.start, s.end) for s in self.spans
                           if s.device == dev and not s.is_transfer)
             compute_all.extend(busy)
             n = sum(1 for s in self.spans if s.device == dev)
-            devices[dev] = {"busy": _length(busy) / span, "busy_s": _length(busy), "nodes": n}
+            busy_s = interval_length(busy)
+            devices[dev] = {"busy": busy_s / span, "busy_s": busy_s, "nodes": n}
             if dev in simulated:  # host time above; what the modelled card would be busy
                 devices[dev]["modelled_busy_s"] = sum(
                     s.modelled or 0.0 for s in self.spans
@@ -225,10 +198,10 @@ class Profile:
             if s.is_transfer:
                 transfers.append((s.start, s.end))
                 tbytes += s.nbytes
-        compute_u = _union(compute_all)
-        transfer_u = _union(transfers)
-        t_time = _length(transfer_u)
-        overlapped = _overlap(transfer_u, compute_u)
+        compute_u = merge_intervals(compute_all)
+        transfer_u = merge_intervals(transfers)
+        t_time = interval_length(transfer_u)
+        overlapped = interval_overlap(transfer_u, compute_u)
         out = {
             "devices": devices,
             "transfer_bytes": tbytes,

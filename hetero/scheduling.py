@@ -93,6 +93,9 @@ from hetero.errors import PlacementError
 __all__ = [
     "Schedule",
     "SchedulingError",
+    "interval_length",
+    "interval_overlap",
+    "merge_intervals",
     "heft",
     "lower_bound",
     "makespan_of",
@@ -531,3 +534,37 @@ def _name(dag, t) -> str:
 def _q(x: float) -> float:
     """Round to 12 significant digits so floating-point noise cannot decide a tie."""
     return float(f"{x:.12g}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Intervals of time (a profile's busy spans, a schedule's copies against its kernels)
+
+
+def merge_intervals(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The union of ``(start, end)`` intervals as a sorted list of disjoint ones."""
+    merged: list[list[float]] = []
+    for lo, hi in sorted(intervals):
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return [(lo, hi) for lo, hi in merged]
+
+
+def interval_length(intervals: Iterable[tuple[float, float]]) -> float:
+    return sum(hi - lo for lo, hi in intervals)
+
+
+def interval_overlap(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> float:
+    """Total length of the intersection of two sorted, disjoint interval lists."""
+    i = j = 0
+    total = 0.0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if hi > lo:
+            total += hi - lo
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total

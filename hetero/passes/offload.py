@@ -20,10 +20,10 @@ What orders the copies is an ``Offload``:
   weight only once the previous one is consumed; ``prefetch=2`` keeps up to three weights'
   buffers in flight, so a copy overlaps the compute of the two layers before its own;
 - ``sequential``: accelerate's CPU offload instead: each copy waits for every compute node of
-  the space before its first reader, so copies and compute alternate and nothing overlaps (the
+  the space before its reader, so copies and compute alternate and nothing overlaps (the
   ``sequential_offload`` policy).
 
-The placement pipeline (``hetero.pipeline.place``) chooses the Offload by the cost model and an
+The placement pipeline (``hetero.pipeline.placed``) chooses the Offload by the cost model and an
 exact memory plan of each candidate; this module holds the decisions that need no later stage:
 which constants can stream (``streamable``), the order inputs of each copy (``order_inputs``),
 and the figures a report quotes (``hidden_fraction``).
@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hetero.graph import Graph, Value
+from hetero.scheduling import interval_overlap, merge_intervals
 from hetero.spaces import device_space
 
 __all__ = ["MIN_STREAM_BYTES", "Offload", "hidden_fraction", "order_inputs", "streamable"]
@@ -114,12 +115,16 @@ def order_inputs(graph: Graph, offload: Offload, device: Mapping[str, str], mach
     the space before its own reader. Only nodes before its reader in graph order are named, so
     the order never forms a cycle."""
     position = {n.name: i for i, n in enumerate(graph.nodes)}
-    readers = _readers_by_space(graph, device, machine)
-    order = streamable(graph, device, machine, min_bytes=0)
+    uses_of: dict[str, list[tuple[int, str, str]]] = {}  # space -> (position, weight, reader)
+    for name, spaces in _readers_by_space(graph, device, machine).items():
+        if name not in offload.streamed or len(spaces) != 1 or "host" in spaces:
+            continue  # (``streamable`` offers only weights read in one GPU space)
+        (space, readers), = spaces.items()
+        uses_of.setdefault(space, []).extend((position[r], name, r)
+                                             for r in dict.fromkeys(readers))
     result: dict[tuple[str, str], tuple[Value, ...]] = {}
-    for space, names in order.items():
-        uses = sorted((position[r], name, r) for name in names if name in offload.streamed
-                       for r in dict.fromkeys(readers[name][space]))
+    for space, found in uses_of.items():
+        uses = sorted(found)
         if offload.sequential:
             nodes = [n.name for n in graph.nodes if n.computes
                      and device_space(device[n.name], machine) == space]
@@ -145,17 +150,6 @@ def hidden_fraction(copies: Sequence[tuple[float, float]],
     total = sum(max(0.0, f - s) for s, f in copies)
     if total <= 0:
         return 1.0
-    spans = sorted((s, f) for s, f in compute if f > s)
-    merged: list[list[float]] = []
-    for s, f in spans:
-        if merged and s <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], f)
-        else:
-            merged.append([s, f])
-    covered = 0.0
-    for s, f in copies:
-        for a, b in merged:
-            lo, hi = max(s, a), min(f, b)
-            if hi > lo:
-                covered += hi - lo
+    busy = merge_intervals((s, f) for s, f in compute if f > s)
+    covered = sum(interval_overlap([(s, f)], busy) for s, f in copies if f > s)
     return min(1.0, covered / total)
