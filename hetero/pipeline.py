@@ -33,7 +33,7 @@ from hetero.errors import GraphError, PlacementError
 from hetero.graph import ASSIGN, Graph, Node, TensorSpec, Value, fmt_bytes
 from hetero.ops.registry import lookup
 from hetero.passes import place as place_pass
-from hetero.passes.memory import layout, peak_bytes, plan_memory
+from hetero.passes.memory import machine_layout, peak_bytes, plan_memory
 from hetero.passes.offload import Offload, hidden_fraction, streamable
 from hetero.passes.optimize import optimize
 from hetero.passes.partition import partition
@@ -171,12 +171,7 @@ class Evaluations:
         hit = self._peaks.get(key)
         if hit is None:
             parted, sched = self.result(device, offload)
-            kinds = {d.name: d.kind for d in self.machine.devices}
-            spaces = {d.name: d.memory_space for d in self.machine.devices}
-            est = sched.estimates
-            pos = {n.name: i for i, n in enumerate(parted.nodes)}
-            order = sorted(pos, key=lambda n: (est[n][0] if n in est else -1.0, pos[n]))
-            memory = layout(parted, sched.queues, kinds, spaces, order)
+            memory = machine_layout(parted, sched.queues, sched.estimates, self.machine)
             self._arenas[key] = {s: a.arena_bytes for s, a in memory.arenas.items()}
             hit = self._peaks[key] = peak_bytes(parted, memory, self.machine)
         return hit

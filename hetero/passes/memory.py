@@ -152,14 +152,19 @@ class MemoryPlan(Mapping[str, Arena]):
 
 def plan_memory(plan: Any) -> Any:
     """A copy of ``plan`` with ``memory`` set: one arena per memory space, an offset per value."""
-    kinds, spaces = {}, {}
-    for dev in plan.machine.devices:
-        kinds[dev.name] = dev.kind
-        spaces[dev.name] = dev.memory_space
-    order = _estimated_order(plan)
-    memory = layout(plan.graph, plan.queues, kinds, spaces, order)
+    memory = machine_layout(plan.graph, plan.queues, plan.estimates, plan.machine)
     _check_capacity(plan, memory)
     return dataclasses.replace(plan, memory=memory)
+
+
+def machine_layout(graph: Graph, queues: Mapping[str, Iterable[str]],
+                   estimates: Mapping[str, tuple[float, float]], machine: Any) -> MemoryPlan:
+    """``layout`` of a scheduled, partitioned graph on ``machine`` (its devices' kinds and
+    memory spaces; the schedule's estimated order for the lower bound): what ``plan_memory``
+    plans, for the pipeline to size candidates with before any Plan exists."""
+    kinds = {d.name: d.kind for d in machine.devices}
+    spaces = {d.name: d.memory_space for d in machine.devices}
+    return layout(graph, queues, kinds, spaces, _estimated_order(graph, estimates))
 
 
 def peak_bytes(graph: Graph, memory: MemoryPlan | None, machine: Any) -> dict[str, int]:
@@ -199,11 +204,10 @@ def _check_capacity(plan: Any, memory: MemoryPlan) -> None:
             f"{node.label}")
 
 
-def _estimated_order(plan: Any) -> list[str] | None:
-    est = plan.estimates
+def _estimated_order(graph: Graph, est: Mapping[str, tuple[float, float]]) -> list[str] | None:
     if not est:
         return None
-    pos = {n.name: i for i, n in enumerate(plan.graph.nodes)}
+    pos = {n.name: i for i, n in enumerate(graph.nodes)}
     return sorted(pos, key=lambda n: (est[n][0] if n in est else -1.0, pos[n]))
 
 
