@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -315,7 +316,20 @@ def connect(target: Any, *, threads_per_worker: int = 1,
 # The actor that holds a loaded plan on a worker
 
 
-class PlanActor:
+class _Held:
+    """What both actors answer about themselves (tests and diagnostics)."""
+
+    executor: Executor
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def threads(self) -> int:
+        """The intra-op threads this actor's executor runs with."""
+        return self.executor.intra_op_threads
+
+
+class PlanActor(_Held):
     """Lives on one Dask worker: reads the plan (JSON, with its constants) once, loads its
     executor at creation (arenas allocated, constants uploaded), then runs it per call."""
 
@@ -334,22 +348,13 @@ class PlanActor:
         self.runs += 1
         return [np.array(o, copy=True) for o in outs]
 
-    def threads(self) -> int:
-        """The intra-op threads this actor's executor runs with."""
-        return self.executor.intra_op_threads
-
     def slow_run(self, inputs: list[np.ndarray], seconds: float) -> list[np.ndarray]:
         """``run`` after ``seconds`` of sleep (tests kill a worker in the gap)."""
         time.sleep(seconds)
         return self.run(inputs)
 
-    def pid(self) -> int:
-        import os
 
-        return os.getpid()
-
-
-class StageActor:
+class StageActor(_Held):
     """Lives on the worker of one cluster node: holds that node's sub-plan, loaded once (arenas
     allocated, constants uploaded), and runs it for each batch as soon as every input of the
     batch has arrived, from the client (graph inputs) or straight from the actors of other nodes
@@ -441,15 +446,6 @@ class StageActor:
                 fut = loop.create_future()
                 self._waiters[batch] = (loop, fut)
             await fut
-
-    def pid(self) -> int:
-        import os
-
-        return os.getpid()
-
-    def threads(self) -> int:
-        """The intra-op threads this actor's executor runs with."""
-        return self.executor.intra_op_threads
 
 
 class PipelineRunner:
