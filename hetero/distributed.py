@@ -566,9 +566,14 @@ class PipelineRunner:
                     if not isinstance(exc, TimeoutError):
                         self._lost(st, w, f"{type(exc).__name__}: {exc}")
                 alive = set(self.conn.workers())
-                for st2, w2 in zip(self.stages, self._workers):
-                    if w2 not in alive:
-                        self._lost(st2, w2, "its Dask worker died")
+                missing = [(st2, w2) for st2, w2 in zip(self.stages, self._workers)
+                           if w2 not in alive]
+                if missing:  # confirmed a poll later: the scheduler's list can lag a restart
+                    time.sleep(self.poll)
+                    alive = set(self.conn.workers())
+                    for st2, w2 in missing:
+                        if w2 not in alive:
+                            self._lost(st2, w2, "its Dask worker died")
                 if time.monotonic() > deadline:
                     self._lost(st, w, f"no result within {self.timeout:g} s")
         return [results[i] for i in sorted(results)]
