@@ -366,6 +366,9 @@ def _machine(args: argparse.Namespace) -> Any:
     if _is_cluster(args.devices):
         raise ModelError(f"--devices {args.devices.spec!r} describes several nodes: 'hetero "
                          "place' and 'hetero run' take such a spec, this command one machine's")
+    if getattr(args, "objective", None) is not None:
+        raise ModelError("--objective applies to a cluster spec of several nodes (e.g. --devices "
+                         "'2x(cpu:2)'); one machine's plan has no nodes to place over")
     if args.devices is None:
         return apply_budget(Machine.detect(), getattr(args, "memory", None))
     _warn_oversubscribed(args.devices)
@@ -588,37 +591,50 @@ def _is_cluster(devices: Any) -> bool:
     return type(devices).__name__ == "Cluster"
 
 
-def _place_cluster(args: argparse.Namespace) -> int:
-    """``hetero place`` for a cluster of several nodes: the split over the nodes, the values that
-    cross the network, and each node's own placement report."""
-    from hetero.distributed import split
+def _plan_cluster(args: argparse.Namespace, graph: Any) -> Any:
+    """The ClusterPlan of ``graph`` over the cluster of ``--devices``; ``--memory DEV=SIZE``
+    budgets that device on every node (each stage's plan is its own)."""
+    from hetero.cluster import plan_cluster
 
+    return plan_cluster(graph, args.devices, objective=args.objective or "throughput",
+                        policy=_policy(args), memory=getattr(args, "memory", None))
+
+
+def _place_cluster(args: argparse.Namespace) -> int:
+    """``hetero place`` for a cluster of several nodes: the placement over the nodes (with its
+    reasons and estimates), the values that cross the network, and each stage's own placement
+    report."""
     cluster = args.devices
     graph = load_model(args.model, args.input)
-    # --memory DEV=SIZE budgets that device on every node (each node's plan is its own)
-    stages = split(graph, cluster, policy=_policy(args), memory=getattr(args, "memory", None))
-    crossing = []
-    for st in stages:
-        for dst, names in st.sends.items():
-            for name in names:
-                spec = st.plan.graph.spec(next(v for v, n in zip(st.plan.graph.outputs,
-                                                                st.outputs) if n == name))
-                crossing.append({"value": name, "src": st.node, "dst": stages[dst].node,
-                                 "kind": "n2n", "bytes": spec.nbytes,
-                                 "seconds": cluster.network.time(spec.nbytes)})
-    docs = [report.build(st.plan, source=f"{args.model} ({st.node})", policies=None)
+    cplan = _plan_cluster(args, graph)
+    stages = cplan.stages
+    docs = [report.build(st.plan, source=f"{args.model} ({st.label})", policies=None)
             for st in stages]
+    summary = cplan.to_json()
     document = {"format": "hetero.cluster-placement/1", "cluster": cluster.to_json(),
-                "transfers": crossing,
-                "nodes": [{"name": st.node, "report": doc} for st, doc in zip(stages, docs)]}
+                "objective": summary["objective"], "estimate": summary["estimate"],
+                "placement": summary["placement"],
+                "transfers": [dict(t) for t in cplan.transfers],
+                "nodes": [{"name": st.label, "node": st.node, "report": doc}
+                          for st, doc in zip(stages, docs)]}
+    crossing = document["transfers"]
     if args.format == "json":
         text = json.dumps(document, indent=2) + "\n"
     elif args.format == "table":
-        rows = [cluster.describe(), "", "node-to-node transfers (kind n2n):"]
-        rows += [f"  {c['value']}: {c['src']} -> {c['dst']}, {c['bytes']} B, "
-                 f"{fmt_time(c['seconds'])}" for c in crossing] or ["  none"]
+        est = document["estimate"]
+        rows = [cluster.describe(),
+                f"objective {document['objective']}: estimated {fmt_time(est['latency'])} a "
+                f"run, a result every {fmt_time(est['interval'])} pipelined; stages "
+                + ", ".join(f"{st.label} ({fmt_time(st.plan.makespan)})" for st in stages),
+                "", "node-to-node transfers (kind n2n):"]
+        rows += [f"  {c['value']}: {c['src']} ({c['src_device']}) -> {c['dst']} "
+                 f"({c['dst_device']}), {c['bytes']} B, {fmt_time(c['seconds'])}"
+                 for c in crossing] or ["  none"]
         for st, doc in zip(stages, docs):
-            rows += ["", f"== node {st.node} ==", report.render(doc, "table")]
+            first = next((n for n in st.plan.graph.nodes if n.computes), None)
+            why = cplan.placement.reasons.get(first.name, "") if first is not None else ""
+            rows += ["", f"== node {st.label} ==" + (f"  ({why})" if why else ""),
+                     report.render(doc, "table")]
         text = "\n".join(rows) + "\n"
     else:  # dot, html: each node's plan drawn as for one machine, plus the n2n transfers
         text = report.render_cluster(document, args.format)
@@ -647,11 +663,12 @@ def _run_dask(args: argparse.Namespace) -> int:
     target = args.dask or f"local:{len(cluster) if cluster else 1}"
     with hd.connect(target) as conn:
         if cluster is not None and len(cluster) > 1:
-            stages = hd.split(graph, cluster, policy=_policy(args),
-                              memory=getattr(args, "memory", None))
-            runner: Any = hd.PipelineRunner(conn, stages)
-            what = (f"cluster {cluster.spec}: {len(stages)} nodes on Dask workers "
-                    f"{', '.join(runner._workers)}")
+            cplan = _plan_cluster(args, graph)
+            runner: Any = hd.PipelineRunner(conn, cplan)
+            what = (f"cluster {cluster.spec} ({cplan.placement.objective}): "
+                    f"{len(cplan.stages)} stage(s) on {runner.nodes} node(s), Dask workers "
+                    f"{', '.join(dict.fromkeys(runner._workers))}; estimated "
+                    f"{fmt_time(cplan.latency)} a run, {fmt_time(cplan.interval)} pipelined")
         else:
             machine = cluster.machines[0] if cluster is not None else _machine(args)
             plan = _compile(args, graph, machine, _cost(args, machine))
@@ -1083,6 +1100,11 @@ def build_parser() -> argparse.ArgumentParser:
     machine.add_argument("--memory", metavar="DEVICE=SIZE", action="append", default=None,
                          help="memory budget of a device, e.g. gpu:0=2GiB (sizes like 512MiB, "
                               "1.5GB); the plan stays within it; repeatable")
+    machine.add_argument("--objective", choices=("throughput", "latency"), default=None,
+                         help="with a cluster spec (several nodes): what placing the graph over "
+                              "the nodes optimises: throughput (pipeline stages, the default) or "
+                              "latency (list scheduling over every device of every node, the "
+                              "network in the costs)")
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("model", metavar="MODEL",
                        help="an .onnx file, or path/to/file.py:function ('hetero run' also "

@@ -1,17 +1,18 @@
-"""Scale out on Dask distributed: clusters of several nodes, and a runner that holds a plan in a
-Dask actor on each worker.
+"""Scale out on Dask distributed: a runner that holds a plan in a Dask actor on each worker.
 
-- ``parse_cluster("2x(cpu:2,sim:1@t4)")`` / ``parse_cluster("node0=cpu:2,sim:1;node1=cpu:4")``:
-  a ``Cluster`` of per-node Machines joined by a network ``Link`` (default 10 Gb/s, 50 us;
-  override with a trailing ``;net=25gbps/20us``). Device names on node 0 stay unqualified
-  ("cpu:0"); on node k they read "nodek/cpu:0" (``qualify``).
+What runs where across several nodes is planned by ``hetero.cluster`` (clusters, the network-
+aware node placement, n2n transfers, stages; re-exported here); this module runs it:
+
 - ``connect(client_or_address)``: a ``Connection`` to a Dask cluster: a ``distributed.Client``,
-  an address ("tcp://HOST:8786") or "local:N" (a LocalCluster of N worker processes here).
+  an address ("tcp://HOST:8786") or "local:N" (a LocalCluster of N worker processes here). The
+  client talks to the workers directly, not through the scheduler.
 - ``Connection.runner(plan)``: a ``Runner`` with one replica of the plan per worker, each held by
   a Dask actor that loads the plan (executor, arenas, constants) once when it is created. ``run``
   sends one input set to one replica; ``map`` spreads independent inputs over all replicas and
-  returns the outputs in input order. Inputs and outputs travel between the client and the
-  actor's worker directly (actor calls), not through the scheduler.
+  returns the outputs in input order.
+- ``PipelineRunner(conn, stages_or_cluster_plan)``: each stage of a split graph held by a
+  ``StageActor`` on its node's worker; cross-node values go worker to worker as one-way messages
+  on Dask's comms, never through the scheduler or the client.
 
 Dask and distributed are imported inside functions only: ``import hetero`` does not load them.
 """
@@ -19,58 +20,53 @@ Dask and distributed are imported inside functions only: ``import hetero`` does 
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from hetero.devices import Link, Machine
+from hetero.cluster import (
+    CLUSTER_GRAMMAR,
+    DEFAULT_NETWORK,
+    MESSAGE_COST,
+    OBJECTIVES,
+    Cluster,
+    ClusterPlan,
+    NodePlacement,
+    Stage,
+    is_cluster_spec,
+    parse_cluster,
+    partition_cluster,
+    place_nodes,
+    plan_cluster,
+    qualify,
+    resources_of,
+    run_stages,
+    split,
+    split_name,
+    stage_cuts,
+)
 from hetero.errors import DeviceError, ExecutionError, HeteroError
 from hetero.executor import Executor
 from hetero.passes.memory import plan_memory
 from hetero.threads import cpu_cores
 
-#: The network between two nodes when the spec does not say: 10 Gb/s Ethernet, 50 us.
-DEFAULT_NETWORK = Link(10e9 / 8, 50e-6)
 #: Seconds one actor call may take before the runner gives up on its worker (ExecutionError).
 DEFAULT_TIMEOUT = 60.0
 #: Numbers the PipelineRunners of this process (their actors' keys).
 _RUNNERS = itertools.count()
+#: Seconds a scatter waits for its worker to be running (the scheduler may still list a worker
+#: lost a moment ago; the runner then retries with the workers the scheduler has then).
+SCATTER_TIMEOUT = 3.0
 #: Seconds to wait for the workers of a cluster to come up.
 CONNECT_TIMEOUT = 60.0
 
-CLUSTER_GRAMMAR = ("a cluster spec is NxMACHINE, e.g. '2x(cpu:2,sim:1@t4)', or NAME=MACHINE items "
-                   "separated by ';', e.g. 'node0=cpu:2,sim:1;node1=cpu:4'; a last item "
-                   "'net=BW/LAT' (e.g. 'net=10gbps/50us') sets the network between nodes "
-                   "(default 10 Gb/s, 50 us)")
-
-_REPEAT_RE = re.compile(r"^(\d+)\s*x\s*\((.*)\)$", re.S)
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
-_BW_RE = re.compile(r"^([0-9.]+(?:e[+-]?\d+)?)\s*(gbps|mbps|gb/s|mb/s|gbit|mbit)?$")
-_LAT_RE = re.compile(r"^([0-9.]+(?:e[+-]?\d+)?)\s*(us|ms|s|ns)?$")
-
 
 # ----------------------------------------------------------------------------------------------
-# Clusters of several nodes
-
-
-def qualify(node_index: int, device: str, node_name: str | None = None) -> str:
-    """The cluster-wide name of ``device`` on node ``node_index``: unchanged on node 0, else
-    "NODE/device" (so single-node names never change)."""
-    if node_index == 0:
-        return device
-    return f"{node_name or f'node{node_index}'}/{device}"
-
-
-def split_name(name: str) -> tuple[str | None, str]:
-    """("node1", "cpu:0") for "node1/cpu:0"; (None, "cpu:0") for an unqualified name."""
-    node, sep, dev = name.partition("/")
-    return (node, dev) if sep else (None, name)
+# Workers and their threads
 
 
 def _host(worker: str) -> str:
@@ -113,132 +109,6 @@ def _executor(plan: Any, share: int) -> Executor:
     return Executor(loaded, intra_op_threads=threads)
 
 
-@dataclass(frozen=True)
-class Cluster:
-    """Named nodes, each a Machine, joined by one network ``Link`` (every pair of nodes)."""
-
-    names: tuple[str, ...]
-    machines: tuple[Machine, ...]
-    network: Link = DEFAULT_NETWORK
-    spec: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.machines:
-            raise DeviceError(f"a cluster needs at least one node: {CLUSTER_GRAMMAR}")
-        if len(set(self.names)) != len(self.names):
-            raise DeviceError(f"cluster spec {self.spec!r} names a node twice")
-
-    def __len__(self) -> int:
-        return len(self.machines)
-
-    def device_names(self) -> list[str]:
-        """Every device of every node, by its cluster-wide name."""
-        return [qualify(i, d.name, n) for i, (n, m) in enumerate(zip(self.names, self.machines))
-                for d in m.devices]
-
-    def node_of(self, name: str) -> int:
-        """The index of the node a cluster-wide device name is on (DeviceError if none)."""
-        node, dev = split_name(name)
-        index = 0 if node is None else (self.names.index(node) if node in self.names else -1)
-        if index < 0 or dev not in self.machines[index]:
-            raise DeviceError(f"device {name!r} is not in cluster {self.spec!r} "
-                              f"({', '.join(self.device_names())})")
-        return index
-
-    def transfer_time(self, nbytes: float, src: str, dst: str) -> float:
-        """Seconds to move ``nbytes`` between two devices (cluster-wide names): the node's own
-        link within a node; across nodes, down to the source node's host, over the network, and
-        up to the destination device."""
-        a, b = self.node_of(src), self.node_of(dst)
-        sdev, ddev = split_name(src)[1], split_name(dst)[1]
-        if a == b:
-            return self.machines[a].transfer_time(nbytes, sdev, ddev)
-        return (self.machines[a].transfer_time(nbytes, sdev, "host")
-                + self.network.time(nbytes)
-                + self.machines[b].transfer_time(nbytes, "host", ddev))
-
-    def node_resources(self, index: int) -> dict[str, float]:
-        """The Dask worker resources node ``index`` needs: GPU=n for its real GPUs."""
-        return _resources_of(self.machines[index])
-
-    def to_json(self) -> dict[str, Any]:
-        return {"spec": self.spec, "network": self.network.to_json(),
-                "nodes": [{"name": n, "machine": m.to_json()}
-                          for n, m in zip(self.names, self.machines)]}
-
-    def describe(self) -> str:
-        rows = [f"cluster {self.spec}: {len(self)} node(s), network "
-                f"{self.network.bandwidth * 8 / 1e9:.1f} Gb/s, {self.network.latency * 1e6:.0f} us"]
-        for i, (n, m) in enumerate(zip(self.names, self.machines)):
-            rows.append(f"  node {n}: {', '.join(qualify(i, d.name, n) for d in m.devices)}")
-        return "\n".join(rows)
-
-
-def _parse_network(text: str, spec: str) -> Link:
-    bw_text, sep, lat_text = text.partition("/")
-    bw = _BW_RE.match(bw_text.strip().lower())
-    lat = _LAT_RE.match(lat_text.strip().lower()) if sep else None
-    if bw is None or (sep and lat is None):
-        raise DeviceError(f"bad network {text!r} in cluster spec {spec!r}: {CLUSTER_GRAMMAR}")
-    scale = {"gbps": 1e9 / 8, "gb/s": 1e9 / 8, "gbit": 1e9 / 8, "mbps": 1e6 / 8, "mb/s": 1e6 / 8,
-             "mbit": 1e6 / 8, None: 1e9 / 8}[bw.group(2)]
-    bandwidth = float(bw.group(1)) * scale
-    latency = DEFAULT_NETWORK.latency
-    if lat is not None:
-        latency = float(lat.group(1)) / {"us": 1e6, "ms": 1e3, "s": 1.0, "ns": 1e9,
-                                         None: 1e6}[lat.group(2)]
-    if not (bandwidth > 0 and math.isfinite(bandwidth)) or latency < 0:
-        raise DeviceError(f"network {text!r} in cluster spec {spec!r}: the bandwidth must be "
-                          "positive and the latency not negative")
-    return Link(bandwidth, latency)
-
-
-def is_cluster_spec(spec: str) -> bool:
-    """Is ``spec`` a spec of several nodes (``2x(...)``, ``a=...;b=...``), not one machine's?"""
-    text = spec.strip().lower()
-    return bool(_REPEAT_RE.match(text.split(";")[0].strip())) or "=" in text or ";" in text
-
-
-def parse_cluster(spec: str | Cluster) -> Cluster:
-    """A Cluster from ``"2x(cpu:2,sim:1@t4)"`` or ``"node0=cpu:2,sim:1;node1=cpu:4"`` (plus an
-    optional ``";net=10gbps/50us"``); a plain machine spec is a cluster of one node."""
-    if isinstance(spec, Cluster):
-        return spec
-    if not isinstance(spec, str) or not spec.strip():
-        raise DeviceError(f"bad cluster spec {spec!r}: {CLUSTER_GRAMMAR}")
-    items = [s.strip() for s in spec.strip().split(";") if s.strip()]
-    network = DEFAULT_NETWORK
-    if items and items[-1].lower().startswith("net="):
-        network = _parse_network(items.pop()[4:], spec)
-    if not items:
-        raise DeviceError(f"cluster spec {spec!r} has no node: {CLUSTER_GRAMMAR}")
-    names: list[str] = []
-    machines: list[Machine] = []
-    repeat = _REPEAT_RE.match(items[0]) if len(items) == 1 else None
-    if repeat:
-        n = int(repeat.group(1))
-        if not 1 <= n <= 256:
-            raise DeviceError(f"cluster spec {spec!r} asks for {n} nodes (1 to 256)")
-        for i in range(n):
-            names.append(f"node{i}")
-            machines.append(Machine.parse(repeat.group(2)))
-    else:
-        for item in items:
-            name, sep, body = item.partition("=")
-            if not sep:
-                if len(items) > 1:
-                    raise DeviceError(f"item {item!r} of cluster spec {spec!r} has no node "
-                                      f"name: {CLUSTER_GRAMMAR}")
-                name, body = "node0", item
-            name = name.strip().lower()
-            if not _NAME_RE.match(name):
-                raise DeviceError(f"bad node name {name!r} in cluster spec {spec!r}: "
-                                  f"{CLUSTER_GRAMMAR}")
-            names.append(name)
-            machines.append(Machine.parse(body))
-    return Cluster(tuple(names), tuple(machines), network, spec.strip())
-
-
 # ----------------------------------------------------------------------------------------------
 # Connecting to Dask
 
@@ -250,18 +120,25 @@ class Connection:
         self.client = client
         self._cluster = cluster
 
-    def workers(self, at_least: int = 0, timeout: float = CONNECT_TIMEOUT) -> list[str]:
-        """The addresses of the workers, sorted (node k of a cluster runs on the k-th); waits up
-        to ``timeout`` seconds for ``at_least`` of them (a worker being restarted)."""
-        if at_least and len(self.client.scheduler_info()["workers"]) < at_least:
-            try:
-                self.client.wait_for_workers(at_least, timeout=timeout)
-            except TimeoutError:
-                pass  # the caller says how many it has and needs
-        return sorted(self.client.scheduler_info()["workers"])
+    def workers(self, at_least: int = 0, timeout: float = CONNECT_TIMEOUT, *,
+                running: bool = True) -> list[str]:
+        """The addresses of the workers, sorted (node k of a cluster runs on the k-th), as the
+        scheduler knows them now (the client's own copy of the list lags by seconds, and lists
+        a worker just lost): those running (``running``: ready for actors), else every worker
+        the scheduler has (a paused one is alive); waits up to ``timeout`` seconds for
+        ``at_least`` of them (a worker being restarted)."""
+        ask = self.client.scheduler.ncores_running if running else self.client.scheduler.ncores
+        deadline = time.monotonic() + timeout
+        while True:
+            running_now = sorted(self.client.sync(ask))
+            if len(running_now) >= at_least or time.monotonic() > deadline:
+                return running_now  # the caller says how many it has and needs
+            time.sleep(0.1)
 
     def resources(self, address: str) -> dict[str, float]:
-        info = self.client.scheduler_info()["workers"].get(address, {})
+        """The Dask resources worker ``address`` offers (asked of the scheduler now: a worker
+        that was just restarted is not in the client's copy yet)."""
+        info = self.client.sync(self.client.scheduler.identity)["workers"].get(address, {})
         return dict(info.get("resources") or {})
 
     def runner(self, plan: Any, *, timeout: float = DEFAULT_TIMEOUT,
@@ -595,8 +472,9 @@ class StageActor(_Held):
 
 
 class PipelineRunner:
-    """A graph split over the nodes of a cluster, one node per Dask worker (node k on the k-th
-    worker in address order), each node's sub-plan held by a ``StageActor``.
+    """A graph split over the nodes of a cluster (``hetero.cluster.plan_cluster``), one node per
+    Dask worker (node k on the k-th worker in address order), each stage's sub-plan held by a
+    ``StageActor`` on its node's worker (a node that runs several stages holds several).
 
     ``run(*inputs)`` runs one input set; ``map(batches)`` sends every batch in at once, so node
     0 works on batch k+1 while node 1 works on batch k, and returns the outputs in order. A
@@ -606,14 +484,18 @@ class PipelineRunner:
     makes every actor again.
     """
 
-    def __init__(self, conn: Connection, stages: Sequence[Stage], *,
+    def __init__(self, conn: Connection, stages: Sequence[Stage] | ClusterPlan, *,
                  timeout: float = DEFAULT_TIMEOUT, poll: float = 0.5,
                  needs: Sequence[dict[str, float]] | None = None) -> None:
         self.conn = conn
-        self.stages = list(stages)
+        #: the ClusterPlan the stages come from, where one was given
+        self.plan = stages if isinstance(stages, ClusterPlan) else None
+        self.stages = list(stages.stages if isinstance(stages, ClusterPlan) else stages)
+        #: how many cluster nodes (Dask workers) the stages need: node k runs on the k-th
+        self.nodes = max(st.node_index for st in self.stages) + 1
         #: the Dask worker resources each node needs (default GPU=n for its n real GPUs)
         self.needs = [dict(n) for n in needs] if needs is not None else [
-            _resources_of(st.plan.machine) for st in self.stages]
+            resources_of(st.plan.machine) for st in self.stages]
         self.timeout, self.poll = float(timeout), float(poll)
         self._jsons = [st.plan.to_json() for st in self.stages]
         self._actors: list[Any] | None = None
@@ -641,11 +523,13 @@ class PipelineRunner:
                 time.sleep(self.poll)
 
     def _start_once(self) -> None:
-        workers = self.conn.workers(at_least=len(self.stages), timeout=self.timeout)
-        if len(workers) < len(self.stages):
-            raise ExecutionError(f"{len(self.stages)} cluster node(s) need as many Dask workers; "
-                                 f"the cluster has {len(workers)}")
-        workers = workers[:len(self.stages)]
+        nodes = self.conn.workers(at_least=self.nodes, timeout=self.timeout)
+        if len(nodes) < self.nodes:
+            raise ExecutionError(f"{self.nodes} cluster node(s) need as many Dask workers; "
+                                 f"the cluster has {len(nodes)}")
+        nodes = nodes[:self.nodes]
+        workers = [nodes[st.node_index] for st in self.stages]  # each stage's worker
+        node_share = dict(zip(nodes, _shares(nodes)))
         for st, w, needs in zip(self.stages, workers, self.needs):
             have = self.conn.resources(w)
             short = {k: v for k, v in needs.items() if have.get(k, 0) < v}
@@ -659,10 +543,13 @@ class PipelineRunner:
         futs = []
         key = f"{self._id}.{next(self._generation)}"  # a message for lost actors finds none
         self._key = key
-        for st, js, w, share in zip(self.stages, self._jsons, workers, _shares(workers)):
+        for st, js, w in zip(self.stages, self._jsons, workers):
+            share = node_share[w]
             warm = [np.zeros(s.shape, s.dtype) for s in st.plan.graph.input_specs]
             # the sub-plan (weights included) goes straight to its worker, not via the scheduler
-            [data] = self.conn.client.scatter([js], workers=[w], direct=True, hash=False)
+            # a worker lost a moment ago may still be listed: give up on it soon and retry
+            [data] = self.conn.client.scatter([js], workers=[w], direct=True, hash=False,
+                                              timeout=SCATTER_TIMEOUT)
             futs.append(self.conn.client.submit(
                 StageActor, data, st.index, st.node, list(st.inputs), list(st.outputs),
                 {k: list(v) for k, v in st.sends.items()}, list(st.results), warm, share,
@@ -737,12 +624,12 @@ class PipelineRunner:
                 except Exception as exc:  # noqa: BLE001 - a timeout of one poll, or a lost worker
                     if not isinstance(exc, TimeoutError):
                         self._lost(st, w, f"{type(exc).__name__}: {exc}")
-                alive = set(self.conn.workers())
+                alive = set(self.conn.workers(running=False))
                 missing = [(st2, w2) for st2, w2 in zip(self.stages, self._workers)
                            if w2 not in alive]
                 if missing:  # confirmed a poll later: the scheduler's list can lag a restart
                     time.sleep(self.poll)
-                    alive = set(self.conn.workers())
+                    alive = set(self.conn.workers(running=False))
                     for st2, w2 in missing:
                         if w2 not in alive:
                             self._lost(st2, w2, "its Dask worker died")
@@ -807,7 +694,7 @@ class Runner:
             self._actor(w)
 
     def _check_resources(self) -> None:
-        need = _resources_of(self.plan.machine).get("GPU", 0)
+        need = resources_of(self.plan.machine).get("GPU", 0)
         if not need:
             return
         for w in self.workers:
@@ -825,12 +712,13 @@ class Runner:
                 raise ExecutionError(f"Dask worker {worker} has left the cluster; the plan "
                                      f"{self.plan.graph.name!r} cannot run there")
             warm = [np.zeros(s.shape, s.dtype) for s in self.plan.graph.input_specs]
-            [data] = self.conn.client.scatter([self._json], workers=[worker], direct=True,
-                                              hash=False)
             share = _shares(self.workers)[self.workers.index(worker)]
-            fut = self.conn.client.submit(PlanActor, data, warm, share, actor=True,
-                                          workers=[worker], allow_other_workers=False, pure=False)
             try:
+                [data] = self.conn.client.scatter([self._json], workers=[worker], direct=True,
+                                                  hash=False, timeout=SCATTER_TIMEOUT)
+                fut = self.conn.client.submit(PlanActor, data, warm, share, actor=True,
+                                              workers=[worker], allow_other_workers=False,
+                                              pure=False)
                 actor = fut.result(timeout=self.timeout)
             except Exception as exc:  # noqa: BLE001 - every cause becomes one error
                 raise ExecutionError(f"Dask worker {worker}: loading the plan "
@@ -892,218 +780,9 @@ class Runner:
                              "run")
 
 
-# ----------------------------------------------------------------------------------------------
-# Splitting a graph over the nodes of a cluster
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One node's share of a split graph: its sub-plan, and where its values come and go.
-
-    Attributes:
-        index, node: the node's position and name in the cluster.
-        plan: the node's sub-plan (compiled for the node's Machine by the ordinary pipeline:
-            placement, partitioning into device partitions, schedule, memory).
-        inputs: for each input of the sub-plan, in order, ``("graph", i)`` (the i-th input of
-            the whole graph) or ``("stage", j, name)`` (output ``name`` of stage j, a
-            cross-node value).
-        outputs: the names of the sub-plan's outputs, in its output order.
-        sends: stage index -> names of this stage's outputs that stage needs.
-        results: (position in the whole graph's outputs, name of this stage's output).
-    """
-
-    index: int
-    node: str
-    plan: Any
-    inputs: tuple[tuple[Any, ...], ...]
-    outputs: tuple[str, ...]
-    sends: dict[int, tuple[str, ...]]
-    results: tuple[tuple[int, str], ...]
-
-
-def _resources_of(machine: Machine) -> dict[str, float]:
-    """The Dask worker resources a machine's devices need: GPU=n for its n real GPUs."""
-    real = sum(d.backend == "cupy" for d in machine.gpus())
-    return {"GPU": float(real)} if real else {}
-
-
-def _value_name(v: Any) -> str:
-    return v.node if v.index == 0 else f"{v.node}__out{v.index}"
-
-
-def stage_cuts(graph: Any, cluster: Cluster, cost: Any = None) -> list[int]:
-    """Where to cut the compute nodes of ``graph`` (in graph order) into one contiguous run per
-    node: the cuts that minimise the slowest stage, a stage's time being its nodes' times on the
-    node's fastest device for each plus the network time of the values crossing into it (so a
-    pipelined ``map`` runs at the pace of the slowest node). ``cost`` is the cost model, per
-    node's machine as ``compile`` takes it: "roofline" (default), "measured" (the kernel
-    times ``hetero calibrate`` cached; a kernel not measured keeps its roofline time) or an
-    object."""
-    from hetero.cost import input_specs, resolve_cost
-
-    compute = [n for n in graph.nodes if n.computes]
-    k, n = len(cluster), len(compute)
-    if n < k:
-        raise DeviceError(f"graph {graph.name!r} has {n} compute node(s), fewer than the "
-                          f"{k} nodes of cluster {cluster.spec!r}")
-    pos = {node.name: i for i, node in enumerate(compute)}
-    prefix = []
-    for m in cluster.machines:
-        model = resolve_cost(cost, m, graph)
-        acc = [0.0]
-        for node in compute:
-            ins = input_specs(graph, node)
-            t = min(model.compute(node, d, ins) for d in m.devices)
-            acc.append(acc[-1] + (t if math.isfinite(t) else 1.0))
-        prefix.append(acc)
-    # bytes crossing a cut before compute position p (produced before p, read at or after p)
-    crossing = [0.0] * (n + 1)
-    last_use: dict[Any, int] = {}
-    for node in compute:
-        for v in node.inputs:
-            if v.node in pos:
-                last_use[v] = max(last_use.get(v, -1), pos[node.name])
-    for v, last in last_use.items():
-        nbytes = graph.spec(v).nbytes
-        for p in range(pos[v.node] + 1, last + 1):
-            crossing[p] += nbytes
-    inf = math.inf
-    best = [[inf] * (n + 1) for _ in range(k + 1)]
-    back = [[0] * (n + 1) for _ in range(k + 1)]
-    best[0][0] = 0.0
-    for s in range(1, k + 1):
-        for b in range(s, n - (k - s) + 1):
-            for a in range(s - 1, b):
-                if best[s - 1][a] == inf:
-                    continue
-                t = prefix[s - 1][b] - prefix[s - 1][a]
-                if a > 0:
-                    t += cluster.network.time(crossing[a])
-                cand = max(best[s - 1][a], t)
-                if cand < best[s][b]:
-                    best[s][b], back[s][b] = cand, a
-    cuts, b = [], n
-    for s in range(k, 0, -1):
-        b = back[s][b]
-        cuts.append(b)
-    return sorted(cuts)[1:]  # the first stage starts at 0
-
-
-def split(graph: Any, cluster: Cluster | str, *, cuts: Sequence[int] | None = None,
-          **compile_options: Any) -> list[Stage]:
-    """``graph`` split over the nodes of ``cluster``: each node gets a contiguous run of the
-    compute nodes (``cuts``: the compute-node positions where node 1, 2, ... begin; by default
-    ``stage_cuts`` under the ``cost`` model of ``compile_options``), compiled into a sub-plan
-    for that node's Machine whose cross-node inputs and outputs are explicit graph inputs and
-    outputs."""
-
-    cluster = parse_cluster(cluster)
-    compute = [n for n in graph.nodes if n.computes]
-    cuts = list(stage_cuts(graph, cluster, compile_options.get("cost"))
-                if cuts is None else cuts)
-    bounds = [0, *cuts, len(compute)]
-    if len(bounds) != len(cluster) + 1 or any(a >= b for a, b in zip(bounds, bounds[1:])):
-        raise DeviceError(f"cuts {cuts} do not split the {len(compute)} compute nodes of "
-                          f"{graph.name!r} into {len(cluster)} non-empty runs")
-    stage_of = {node.name: s for s in range(len(cluster))
-                for node in compute[bounds[s]:bounds[s + 1]]}
-    # which stages read each value made by a compute node, and where graph outputs come from
-    readers: dict[Any, set[int]] = {}
-    for node in compute:
-        for v in node.inputs:
-            if v.node in stage_of and stage_of[v.node] != stage_of[node.name]:
-                readers.setdefault(v, set()).add(stage_of[node.name])
-    return [_stage(s, graph, cluster, stage_of, readers, compile_options)
-            for s in range(len(cluster))]
-
-
-def _stage(s: int, graph: Any, cluster: Cluster, stage_of: dict[str, int],
-           readers: dict[Any, set[int]], compile_options: dict[str, Any]) -> Stage:
-    from hetero.compiler import compile as compile_graph
-    from hetero.graph import Graph, Node, Value
-
-    by_name = {node.name: node for node in graph.nodes}
-    graph_inputs = {name: i for i, name in enumerate(graph.inputs)}
-    mine = [node for node in graph.nodes if stage_of.get(node.name) == s]
-    nodes: list[Any] = []
-    inputs: list[tuple[Any, ...]] = []
-    in_names: list[str] = []
-    consts: dict[str, np.ndarray] = {}
-    seen: set[str] = set()
-    remap: dict[Any, Any] = {}
-
-    def need(v: Any) -> Any:
-        if v in remap:
-            return remap[v]
-        src = by_name[v.node]
-        if src.is_input:
-            if src.name not in seen:
-                nodes.append(src)
-                seen.add(src.name)
-                in_names.append(src.name)
-                inputs.append(("graph", graph_inputs[src.name]))
-            remap[v] = v
-        elif src.is_constant:
-            if src.name not in seen:
-                nodes.append(src)
-                seen.add(src.name)
-                consts[src.name] = graph.constants[src.name]
-            remap[v] = v
-        else:  # made on another node: a cross-node input
-            name = _value_name(v)
-            nodes.append(Node(name, "input", outputs=(graph.spec(v),), where=src.where))
-            in_names.append(name)
-            inputs.append(("stage", stage_of[v.node], name))
-            remap[v] = Value(name, 0)
-        return remap[v]
-
-    for node in mine:
-        ins = tuple(need(v) for v in node.inputs)
-        nodes.append(node.replace(inputs=ins))
-        for i in range(len(node.outputs)):
-            remap[Value(node.name, i)] = Value(node.name, i)
-    outs: list[Any] = []
-    out_names: list[str] = []
-    sends: dict[int, list[str]] = {}
-    results = []
-    for v, who in sorted(readers.items(), key=lambda kv: (kv[0].node, kv[0].index)):
-        if stage_of[v.node] == s:
-            out_names.append(_value_name(v))
-            outs.append(v)
-            for r in sorted(who):
-                sends.setdefault(r, []).append(_value_name(v))
-    for i, v in enumerate(graph.outputs):
-        src = by_name[v.node]
-        if stage_of.get(v.node, 0 if not src.computes else -1) == s:
-            name = f"__result{i}"
-            outs.append(need(v) if not src.computes else v)
-            out_names.append(name)
-            results.append((i, name))
-    sub_inputs = tuple(in_names)
-    sub = Graph(tuple(nodes), sub_inputs, tuple(outs), consts,
-                name=f"{graph.name}@{cluster.names[s]}")
-    plan = compile_graph(sub, cluster.machines[s], **compile_options)
-    return Stage(s, cluster.names[s], plan, tuple(inputs), tuple(out_names),
-                 {r: tuple(v) for r, v in sends.items()}, tuple(results))
-
-
-def run_stages(stages: Sequence[Stage], inputs: Sequence[Any]) -> list[np.ndarray]:
-    """The whole graph's outputs from running its stages one after another in this process
-    (the in-process counterpart of ``PipelineRunner.run``)."""
-    made: dict[tuple[int, str], np.ndarray] = {}
-    results: dict[int, np.ndarray] = {}
-    for st in stages:
-        args = [inputs[src[1]] if src[0] == "graph" else made[(src[1], src[2])]
-                for src in st.inputs]
-        outs = st.plan.run(*args)
-        for name, out in zip(st.outputs, outs):
-            made[(st.index, name)] = np.array(out, copy=True)
-        for i, name in st.results:
-            results[i] = made[(st.index, name)]
-    return [results[i] for i in sorted(results)]
-
-
-__all__ = ["CLUSTER_GRAMMAR", "DEFAULT_NETWORK", "DEFAULT_TIMEOUT", "Cluster", "Connection",
-           "PipelineRunner", "PlanActor", "Runner", "Stage", "StageActor", "connect",
-           "is_cluster_spec", "parse_cluster", "qualify", "run_stages", "split", "split_name",
-           "stage_cuts"]
+#: hetero.cluster's planning API is re-exported: ``hd.split(...)`` then ``hd.PipelineRunner``.
+__all__ = ["CLUSTER_GRAMMAR", "DEFAULT_NETWORK", "DEFAULT_TIMEOUT", "MESSAGE_COST", "OBJECTIVES",
+           "Cluster", "ClusterPlan", "Connection", "NodePlacement", "PipelineRunner", "PlanActor",
+           "Runner", "Stage", "StageActor", "connect", "is_cluster_spec", "parse_cluster",
+           "partition_cluster", "place_nodes", "plan_cluster", "qualify", "resources_of",
+           "run_stages", "split", "split_name", "stage_cuts"]

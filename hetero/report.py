@@ -44,7 +44,7 @@ from hetero.spaces import lane_of
 from hetero.version import __version__
 
 __all__ = ["FORMATS", "SCHEMA_VERSION", "build", "device_colors", "policy_makespans",
-           "fmt_bytes", "fmt_time", "layout_graph", "render", "render_cluster",
+           "cluster_schema", "fmt_bytes", "fmt_time", "layout_graph", "render", "render_cluster",
            "render_cluster_dot", "render_cluster_html", "render_dot", "render_html",
            "render_json", "render_table", "schema", "text_table"]
 
@@ -314,6 +314,15 @@ def schema() -> dict[str, Any]:
 
     text = resources.files("hetero").joinpath("schemas/placement.schema.json").read_text("utf-8")
     return json.loads(text)
+
+
+def cluster_schema() -> dict[str, Any]:
+    """The JSON Schema of a cluster's report (``hetero/schemas/cluster-placement.schema.json``,
+    each stage's report checked against ``schema()``, embedded under ``$defs``)."""
+    path = resources.files("hetero").joinpath("schemas/cluster-placement.schema.json")
+    doc = json.loads(path.read_text("utf-8"))
+    doc["$defs"]["placement"] = schema()
+    return doc
 
 
 # ----------------------------------------------------------------------------------------------

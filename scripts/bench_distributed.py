@@ -11,7 +11,9 @@ worker processes on this machine.
 2. Throughput of ``map`` over 2 worker processes against 1, on examples/two_tower.onnx (one run
    about 70 ms on one CPU worker): data-parallel replicas (``Connection.runner``, one per
    worker) and the pipeline over two nodes (``PipelineRunner``, the graph split in two; each
-   node's partition takes 10 ms or more, printed).
+   node's partition takes 10 ms or more, printed). One run's latency over two nodes too: the
+   throughput split against the latency placement (``objective="latency"``), which runs the
+   two towers on the two nodes at once.
 
 Each figure is the median of ``--rounds`` rounds. The machine may be shared: read the ratios.
 """
@@ -108,12 +110,20 @@ def main() -> None:
             for _ in range(10):
                 st.plan.run(*ins)
             stage_ms.append((time.perf_counter() - t0) / 10 * 1e3)
+        lat = hd.plan_cluster(cnn, "2x(cpu:1)", objective="latency")
+        t_lat = _median_run(hd.PipelineRunner(conn, lat), batches[0], 20)
+        t_thr = _median_run(hd.PipelineRunner(conn, stages), batches[0], 20)
         r1 = _rate(conn.runner(plan, replicas=1), batches, args.rounds)
         r2 = _rate(conn.runner(plan, replicas=2), batches, args.rounds)
         rp = _rate(hd.PipelineRunner(conn, stages), batches, args.rounds)
         print(f"| two_tower.onnx, one run on one worker | {t_run * 1e3:.1f} ms |")
         print(f"| two_tower.onnx partitions over two nodes (in-process, each) | "
               f"{', '.join(f'{m:.1f} ms' for m in stage_ms)} |")
+        print(f"| one run over 2 nodes, throughput split (pipeline stages) | "
+              f"{t_thr * 1e3:.1f} ms ({t_thr / t_run:.2f}x of one worker) |")
+        labels = ", ".join(s.label for s in lat.stages)
+        print(f"| one run over 2 nodes, latency placement ({labels}: the towers at once) | "
+              f"{t_lat * 1e3:.1f} ms ({t_lat / t_run:.2f}x of one worker) |")
         print(f"| map, 1 worker | {r1:.1f} runs/s |")
         print(f"| map, 2 workers, data-parallel replicas | {r2:.1f} runs/s ({r2 / r1:.2f}x) |")
         print(f"| map, 2 workers, pipeline over 2 nodes | {rp:.1f} runs/s ({rp / r1:.2f}x) |")

@@ -44,8 +44,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hetero.plan",),
     ("hetero.pipeline",),
     ("hetero.function", "hetero.compiler", "hetero.onnx", "hetero.autodiff"),
-    ("hetero.report", "hetero.distributed", "hetero.optim", "hetero.nn", "hetero.nn.layers",
-     "hetero.nn.onnx_export"),
+    ("hetero.report", "hetero.cluster", "hetero.distributed", "hetero.optim", "hetero.nn",
+     "hetero.nn.layers", "hetero.nn.onnx_export"),
     ("hetero.cli", "hetero.__main__", "hetero"),
 )
 

@@ -74,8 +74,13 @@ def test_network_enters_transfer_costs():
     within = c.transfer_time(nbytes, "cpu:0", "gpu:0")
     across = c.transfer_time(nbytes, "cpu:0", "node1/gpu:0")
     assert within == c.machines[0].transfer_time(nbytes, "cpu:0", "gpu:0")
-    assert across == pytest.approx(100e-6 + nbytes / (1e9 / 8) + within)
-    assert c.transfer_time(nbytes, "cpu:0", "node1/cpu:0") == c.network.time(nbytes)
+    assert across == pytest.approx(100e-6 + nbytes / (1e9 / 8) + hd.MESSAGE_COST + within)
+    assert c.transfer_time(nbytes, "cpu:0", "node1/cpu:0") == \
+        c.network.time(nbytes) + hd.MESSAGE_COST
+    quiet = hd.parse_cluster("2x(cpu:1);net=1gbps/100us;msg=20us")
+    assert quiet.message == pytest.approx(20e-6)
+    assert quiet.transfer_time(nbytes, "cpu:0", "node1/cpu:0") == \
+        pytest.approx(100e-6 + nbytes / (1e9 / 8) + 20e-6)
     with pytest.raises(DeviceError, match="node2/cpu:0"):
         c.transfer_time(1, "cpu:0", "node2/cpu:0")
 
@@ -158,6 +163,58 @@ def test_pipelined_map_of_16_inputs_in_order(conn):
     assert not np.array_equal(outs[0][0], outs[1][0])  # distinct inputs, distinct outputs
 
 
+def test_a_latency_plan_runs_two_stages_on_one_node_bit_for_bit(conn):
+    """The latency objective splits two_tower's towers over the nodes: node0 runs the user
+    tower, then (a second actor on its worker) the head once node1's tower arrives."""
+    g = load_model(str(ROOT / "examples" / "two_tower.onnx"))
+    cplan = hd.plan_cluster(g, "2x(cpu:1)", objective="latency")
+    runner = hd.PipelineRunner(conn, cplan, timeout=30)
+    assert [s.label for s in cplan.stages] == ["node0.1", "node1", "node0.2"]
+    assert runner.nodes == 2 and runner._workers[0] == runner._workers[2] != runner._workers[1]
+    batches = [_inputs(g, seed) for seed in range(4)]
+    for xs, got in zip(batches, runner.map(batches)):
+        assert _same(got, hd.run_stages(cplan.stages, xs))
+    whole = compile_graph(g, Machine.parse("cpu:1"))
+    assert _same(runner.run(*batches[0]), whole.run(*batches[0]))
+    # the cross-node value went worker to worker: node1 sent it, node0's second stage got it
+    sent = runner._actors[1].timings().result()["sent"]
+    arrived = runner._actors[2].timings().result()["arrived"]
+    assert sent and set(sent) <= set(arrived)  # node0.1 sends its tower to node0.2 too
+    assert all(arrived[k] >= t for k, t in sent.items())
+
+
+def test_the_client_talks_to_workers_directly(conn):
+    """Actor calls of a default Dask client go through the scheduler; connect switches them to
+    direct (a given Client too, unless direct=False)."""
+    from distributed import Client
+
+    assert conn.client.direct_to_workers is True
+    other = Client(conn.client.scheduler.address)
+    try:
+        assert not other.direct_to_workers
+        assert hd.connect(other).client.direct_to_workers is True
+        another = Client(conn.client.scheduler.address)
+        assert not hd.connect(another, direct=False).client.direct_to_workers
+        another.close()
+    finally:
+        other.close()
+
+
+def test_messages_pack_small_arrays_inline_and_large_ones_as_frames():
+    pytest.importorskip("distributed")
+    from distributed.protocol import Serialize
+
+    arrays = [np.arange(12, dtype=np.float32).reshape(3, 4), np.float64(2.5) * np.ones(()),
+              np.array([True, False]), np.arange(20, dtype=np.int64)[::3],
+              np.zeros((0, 3), np.float16), np.ones(hd.INLINE_BYTES // 4 + 1, np.float32),
+              np.array(["a", "bc"])]
+    packed = hd._pack(arrays)
+    assert [isinstance(p, Serialize) for p in packed] == [False] * 5 + [True, True]
+    for a, b in zip(hd._unpack(packed[:5]), arrays):
+        assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+        assert a.flags.writeable
+
+
 def test_resource_mismatch_is_refused_before_anything_runs(conn):
     g = load_model(str(EXAMPLES[-1]))
     stages = hd.split(g, "2x(cpu:1)")
@@ -192,7 +249,7 @@ def test_cli_run_on_a_running_cluster_with_a_two_node_spec(conn, capsys):
     assert main(["run", str(EXAMPLES[-1]), "--dask", address, "--devices", "2x(cpu:1)",
                  "--check", "--repeat", "2"]) == 0
     out = capsys.readouterr().out
-    assert "2 nodes on Dask workers" in out
+    assert "2 stage(s) on 2 node(s)" in out and "estimated" in out
     assert "max relative error 0" in out
 
 
