@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import networkx as nx
@@ -248,6 +248,8 @@ class NodePlacement:
         reasons: compute node name -> why it is on that node, with the figures compared.
         estimate: the objective's estimated seconds: the slowest stage (throughput) or the
             cluster schedule's makespan (latency).
+        single: the node whose single-node schedule was estimated fastest (latency: the
+            placement ``plan_cluster`` weighs a spread placement against).
     """
 
     objective: str
@@ -255,6 +257,7 @@ class NodePlacement:
     device: dict[str, str]
     reasons: dict[str, str]
     estimate: float
+    single: int = 0
 
 
 def _fmt(seconds: float) -> str:
@@ -437,7 +440,10 @@ def place_nodes(graph: Any, cluster: Cluster | str, *, objective: str = "through
                     f"{_fmt(f)} at best on {cluster.names[cluster.node_of(dev)]} "
                     f"(its inputs there at {_fmt(ready[dev])})")
         reasons[t] = why
-    return NodePlacement(objective, node_of, dict(sched.device), reasons, sched.makespan)
+    alone = [k for k in range(len(cluster)) if f"{cluster.names[k]} alone" in candidates]
+    single = min(alone, key=lambda k: candidates[f"{cluster.names[k]} alone"].makespan,
+                 default=0)
+    return NodePlacement(objective, node_of, dict(sched.device), reasons, sched.makespan, single)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -604,6 +610,24 @@ def plan_cluster(graph: Any, cluster: Cluster | str, *, objective: str = "throug
     if placement is None:
         placement = place_nodes(graph, cluster, objective=objective,
                                 cost=compile_options.get("cost"), cuts=cuts)
+        if objective == "latency" and len(set(placement.node_of.values())) > 1:
+            # the node-level schedule guesses each node's devices; once each stage is compiled
+            # for its node, the spread placement is weighed against the whole graph on the
+            # best single node, and the faster of the two plans is kept
+            spread = plan_cluster(graph, cluster, placement=placement, **compile_options)
+            k = placement.single
+            one = NodePlacement("latency", {n: k for n in placement.node_of},
+                                {n: cluster.devices_of(k)[0] for n in placement.node_of},
+                                {}, placement.estimate, k)
+            alone = plan_cluster(graph, cluster, placement=one, **compile_options)
+            if alone.latency < spread.latency:
+                why = (f"on {cluster.names[k]}: the whole graph on {cluster.names[k]} is planned "
+                       f"{_fmt(alone.latency)} a run, the spread placement "
+                       f"{_fmt(spread.latency)} once each node's devices are placed (its "
+                       f"node-level estimate was {_fmt(placement.estimate)})")
+                return replace(alone, placement=replace(
+                    one, reasons={n: why for n in placement.node_of}))
+            return spread
     else:
         objective = placement.objective
         computes = {n.name for n in graph.nodes if n.computes}

@@ -168,3 +168,21 @@ def test_objective_needs_a_cluster_spec(capsys):
     assert "--objective applies to a cluster spec" in capsys.readouterr().err
     with pytest.raises(HeteroError):
         hc.parse_cluster("2x(cpu:1);msg=soon")
+
+
+@pytest.mark.parametrize("name", ["gpt2_past.ts.onnx", "vit.dynamo.onnx", "googlenet.ts.onnx"])
+def test_a_latency_plan_is_never_planned_slower_than_one_node(name):
+    """With a network so fast that the node-level schedule spreads these models over three
+    nodes, the stages compiled for their nodes are weighed against the whole graph on the best
+    node, and the faster plan is kept (here: one node)."""
+    g = load_model(str(ROOT / "tests" / "fixtures" / "models" / name))
+    spec = "3x(cpu:2,sim:1@t4);net=100gbps/5us;msg=1us"
+    spread = hc.place_nodes(g, spec, objective="latency")
+    assert len(set(spread.node_of.values())) > 1
+    kept = hc.plan_cluster(g, spec, objective="latency")
+    one = hc.plan_cluster(g, spec, placement=hc.NodePlacement(
+        "latency", dict.fromkeys(spread.node_of, spread.single), {}, {}, 0.0))
+    forced = hc.plan_cluster(g, spec, placement=spread)
+    assert kept.latency <= min(one.latency, forced.latency) + 1e-12
+    if kept.latency < forced.latency:
+        assert "the spread placement" in next(iter(kept.placement.reasons.values()))
