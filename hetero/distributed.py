@@ -261,6 +261,17 @@ def _stages() -> Any:
     return _STAGES
 
 
+#: How many departure and arrival times a StageActor keeps (the latest; a long stream of
+#: batches does not grow them).
+TIMINGS_KEPT = 4096
+
+
+def _stamp(times: dict[Any, float], key: Any, when: float) -> None:
+    times[key] = when
+    if len(times) > TIMINGS_KEPT:
+        del times[next(iter(times))]  # the oldest: dicts keep insertion order
+
+
 #: Arrays up to this many bytes travel inside the message itself (msgpack bytes); larger ones
 #: as Dask-serialized frames of their own (no copy). Measured on localhost: a round trip of a
 #: 1 KiB array 0.67-0.85 ms inline against 1.27-1.38 ms as frames.
@@ -334,8 +345,9 @@ class StageActor(_Held):
         self._failed: dict[int, str] = {}
         self._waiters: dict[int, tuple[Any, Any]] = {}
         self._names = [src[2] if src[0] == "stage" else f"__graph{src[1]}" for src in inputs]
-        #: perf_counter at the arrival of each cross-node value (batch, name); the clock is
-        #: the host's monotonic clock, shared by the processes of one machine (benchmarks)
+        #: perf_counter at the arrival of each cross-node value (batch, name), the latest
+        #: TIMINGS_KEPT; the clock is the host's monotonic clock, shared by the processes of one
+        #: machine (benchmarks)
         self.arrivals: dict[tuple[int, str], float] = {}
         self.departures: dict[tuple[int, str], float] = {}
         self._worker = get_worker()
@@ -370,7 +382,7 @@ class StageActor(_Held):
         with self._lock:
             for name in values:
                 if not name.startswith("__graph"):
-                    self.arrivals[(batch, name)] = now
+                    _stamp(self.arrivals, (batch, name), now)
             have = self._pending.setdefault(batch, {})
             have.update(values)
             if batch in self._failed or any(n not in have for n in self._names):
@@ -404,7 +416,7 @@ class StageActor(_Held):
         address, key = self.peers[peer]
         now = time.perf_counter()
         for name in names:
-            self.departures[(batch, name)] = now
+            _stamp(self.departures, (batch, name), now)
 
         async def send() -> None:
             try:

@@ -288,3 +288,11 @@ def test_a_memory_budget_applies_to_that_device_on_every_node(capsys):
     assert main(["place", str(EXAMPLES[0]), "--devices", "2x(cpu:2,sim:1@t4)",
                  "--memory", "gpu:0=1KiB"]) == 0
     assert "capacity: moved off gpu:0" in capsys.readouterr().out
+
+
+def test_an_actor_keeps_only_the_latest_timings():
+    times: dict = {}
+    for i in range(hd.TIMINGS_KEPT + 10):
+        hd._stamp(times, (i, "v"), float(i))
+    assert len(times) == hd.TIMINGS_KEPT
+    assert min(k[0] for k in times) == 10 and (hd.TIMINGS_KEPT + 9, "v") in times
