@@ -875,14 +875,26 @@ def _network_text(cluster: Mapping[str, Any]) -> str:
             f"{fmt_time(net.get('latency') or 0.0)}")
 
 
+def _objective_text(doc: Mapping[str, Any]) -> str:
+    """" · objective latency: estimated 52.1 ms a run, 48.2 ms between pipelined results"
+    (empty for a document without the placement's estimates)."""
+    est = doc.get("estimate")
+    if not est:
+        return ""
+    return (f" \u00b7 objective {doc.get('objective', '?')}: estimated "
+            f"{fmt_time(est['latency'])} a run, {fmt_time(est['interval'])} between pipelined "
+            "results")
+
+
 def render_cluster_dot(doc: Mapping[str, Any]) -> str:
     """Graphviz DOT for a cluster: one ``cluster_<node>`` subgraph per node holding that node's
     plan as ``render_dot`` draws it (IDs prefixed ``<node>/``), and a bold edge per node-to-node
     transfer labelled with its value, bytes and estimated network time."""
     cluster = doc["cluster"]
+    title = f"{cluster['spec']} - {_network_text(cluster)}{_objective_text(doc)}"
     lines = [f"digraph {_dot_id('cluster ' + cluster['spec'])} {{",
              "  rankdir=TB; compound=true;",
-             f"  label={_dot_id(cluster['spec'] + ' - ' + _network_text(cluster))}; "
+             f"  label={_dot_id(title)}; "
              'labelloc=t; fontname="Helvetica";',
              '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
              '  edge [fontname="Helvetica", fontsize=8, color="#555555"];']
@@ -932,8 +944,8 @@ def render_cluster_html(doc: Mapping[str, Any]) -> str:
              "iframe{width:100%;height:900px;border:1px solid #ddd;background:#fff}"
              "section{margin-top:28px}</style></head><body>",
              f"<h1>{_esc(title)}</h1>",
-             f'<div class="meta">{len(doc["nodes"])} node(s) · '
-             f'{_esc(_network_text(cluster))}</div>',
+             f'<div class="meta">{len(doc["nodes"])} stage(s) · '
+             f'{_esc(_network_text(cluster))}{_esc(_objective_text(doc))}</div>',
              "<h2>Node-to-node transfers (kind n2n)</h2>",
              _html_table("n2n", ["value", "kind", "route", "bytes", "time"], crossing,
                          numeric=(3, 4)) if crossing

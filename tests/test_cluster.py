@@ -157,7 +157,7 @@ def test_cli_cluster_report_validates_and_names_every_stage(capsys):
         assert main(["place", str(TWO_TOWER), "--devices", "2x(cpu:1)", "--objective",
                      "latency", "--format", fmt]) == 0
         out = capsys.readouterr().out
-        assert "node0.2" in out and "item2.h" in out
+        assert "node0.2" in out and "item2.h" in out and "objective latency" in out
     bad = dict(doc, nodes=[dict(doc["nodes"][0], report={"nodes": []})])
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, report.cluster_schema(), cls=jsonschema.Draft202012Validator)
