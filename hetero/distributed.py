@@ -278,8 +278,10 @@ def _stamp(times: dict[Any, float], key: Any, when: float) -> None:
 INLINE_BYTES = 64 * 1024
 
 
-def _pack(arrays: Iterable[Any]) -> list[Any]:
-    """Arrays for a message: small ones as (dtype, shape, bytes), the rest as frames."""
+def _pack(arrays: Iterable[Any], *, frames: bool = True) -> list[Any]:
+    """Arrays for a message: small ones as (dtype, shape, bytes), the rest as frames of their
+    own (``frames``: in a message hetero writes) or as they are (in the value an actor call
+    returns, which Dask serializes whole: a frame marker inside it would arrive unopened)."""
     from distributed.protocol import to_serialize
 
     out: list[Any] = []
@@ -288,7 +290,7 @@ def _pack(arrays: Iterable[Any]) -> list[Any]:
         if a.nbytes <= INLINE_BYTES and a.dtype.kind in "biufc":
             out.append([a.dtype.str, list(a.shape), np.ascontiguousarray(a).tobytes()])
         else:
-            out.append(to_serialize(a))
+            out.append(to_serialize(a) if frames else a)
     return out
 
 
@@ -475,7 +477,7 @@ class StageActor(_Held):
             with self._lock:
                 if batch in self._done:
                     done = self._done.pop(batch)
-                    return list(done), _pack(done.values())
+                    return list(done), _pack(done.values(), frames=False)
                 if batch in self._failed:
                     raise ExecutionError(self._failed.pop(batch))
                 fut = loop.create_future()
