@@ -596,8 +596,13 @@ def _plan_cluster(args: argparse.Namespace, graph: Any) -> Any:
     budgets that device on every node (each stage's plan is its own)."""
     from hetero.cluster import plan_cluster
 
+    if getattr(args, "cost_file", None):
+        raise ModelError("--cost-file names one machine's measured costs; with a cluster spec "
+                         "use --cost measured (each node's machine reads its own entries of the "
+                         "default cost cache)")
     return plan_cluster(graph, args.devices, objective=args.objective or "throughput",
-                        policy=_policy(args), memory=getattr(args, "memory", None))
+                        policy=_policy(args), memory=getattr(args, "memory", None),
+                        cost=getattr(args, "cost", None))
 
 
 def _place_cluster(args: argparse.Namespace) -> int:

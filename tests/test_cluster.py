@@ -186,3 +186,11 @@ def test_a_latency_plan_is_never_planned_slower_than_one_node(name):
     assert kept.latency <= min(one.latency, forced.latency) + 1e-12
     if kept.latency < forced.latency:
         assert "the spread placement" in next(iter(kept.placement.reasons.values()))
+
+
+def test_cli_cluster_takes_the_measured_cost_model(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HETERO_CACHE_DIR", str(tmp_path))  # an empty cache: roofline fallback
+    assert main(["place", str(CNN), "--devices", "2x(cpu:1)", "--cost", "measured"]) == 0
+    assert capsys.readouterr().out.count("cost model measured") == 2  # each stage's report
+    assert main(["place", str(CNN), "--devices", "2x(cpu:1)", "--cost-file", "x.json"]) != 0
+    assert "with a cluster spec use --cost measured" in capsys.readouterr().err
