@@ -194,3 +194,14 @@ def test_cli_cluster_takes_the_measured_cost_model(capsys, tmp_path, monkeypatch
     assert capsys.readouterr().out.count("cost model measured") == 2  # each stage's report
     assert main(["place", str(CNN), "--devices", "2x(cpu:1)", "--cost-file", "x.json"]) != 0
     assert "with a cluster spec use --cost measured" in capsys.readouterr().err
+
+
+def test_the_cluster_api_is_on_hetero_and_loads_on_first_use():
+    import subprocess
+    import sys
+
+    code = ("import sys, hetero as ht; assert 'hetero.cluster' not in sys.modules; "
+            "assert ht.plan_cluster is ht.cluster.plan_cluster; "
+            "assert ht.partition_cluster is ht.cluster.partition_cluster; "
+            "assert ht.place_nodes is ht.cluster.place_nodes")
+    subprocess.run([sys.executable, "-c", code], check=True)
