@@ -40,6 +40,7 @@ from hetero.cost import input_specs, resolve_cost
 from hetero.devices import Link, Machine
 from hetero.errors import DeviceError, PlacementError
 from hetero.graph import Attrs, Graph, Node, NodeKind, Value
+from hetero.report import fmt_time
 from hetero.scheduling import heft, peft
 
 #: The network between two nodes when the spec does not say: 10 Gb/s Ethernet, 50 us.
@@ -260,23 +261,20 @@ class NodePlacement:
     single: int = 0
 
 
-def _fmt(seconds: float) -> str:
-    return f"{seconds * 1e3:.3g} ms" if seconds >= 1e-4 else f"{seconds * 1e6:.3g} us"
-
-
 def _compute_table(graph: Any, cluster: Cluster, cost: Any) -> dict[str, dict[str, float]]:
     """Compute node -> cluster-wide device -> estimated seconds (inf: no kernel there)."""
 
     table: dict[str, dict[str, float]] = {n.name: {} for n in graph.nodes if n.computes}
+    by_spec: dict[str, dict[tuple[str, str], float]] = {}  # nodes of one machine spec: once
     for k, m in enumerate(cluster.machines):
-        model = resolve_cost(cost, m, graph)
-        for node in graph.nodes:
-            if not node.computes:
-                continue
-            ins = input_specs(graph, node)
-            for d in m.devices:
-                t = float(model.compute(node, d, ins))
-                table[node.name][qualify(k, d.name, cluster.names[k])] = t
+        times = by_spec.get(m.spec)
+        if times is None:
+            model = resolve_cost(cost, m, graph)
+            times = by_spec[m.spec] = {
+                (node.name, d.name): float(model.compute(node, d, input_specs(graph, node)))
+                for node in graph.nodes if node.computes for d in m.devices}
+        for (name, dev), t in times.items():
+            table[name][qualify(k, dev, cluster.names[k])] = t
     return table
 
 
@@ -403,8 +401,8 @@ def place_nodes(graph: Any, cluster: Cluster | str, *, objective: str = "through
                    f"{bounds[s + 1] - 1}, {first.name} .. {last.name})")
             if times:
                 why += (f": the cuts minimise the slowest stage, estimated "
-                        f"{_fmt(times[s])} here (with the network into it), the slowest "
-                        f"{_fmt(slowest)}")
+                        f"{fmt_time(times[s])} here (with the network into it), the slowest "
+                        f"{fmt_time(slowest)}")
             else:
                 why += ": the cuts were given"
             for node in compute[bounds[s]:bounds[s + 1]]:
@@ -424,7 +422,7 @@ def place_nodes(graph: Any, cluster: Cluster | str, *, objective: str = "through
     chosen = min(candidates, key=lambda c: (round(candidates[c].makespan, 12),
                                             list(candidates).index(c)))
     sched = candidates[chosen]
-    compared = ", ".join(f"{c} {_fmt(x.makespan)}" for c, x in candidates.items())
+    compared = ", ".join(f"{c} {fmt_time(x.makespan)}" for c, x in candidates.items())
     node_of = {t: cluster.node_of(d) for t, d in sched.device.items()}
     spread = len(set(node_of.values())) > 1
     for t, d in sched.device.items():
@@ -432,13 +430,13 @@ def place_nodes(graph: Any, cluster: Cluster | str, *, objective: str = "through
         finish = {o[0]: o[3] for o in sched.options.get(t, ())}
         ready = {o[0]: o[1] for o in sched.options.get(t, ())}
         why = (f"on {cluster.names[here]} ({d}): the {chosen} schedule is estimated "
-               f"{_fmt(sched.makespan)} for one run ({compared})")
+               f"{fmt_time(sched.makespan)} for one run ({compared})")
         elsewhere = [(f, dev) for dev, f in finish.items() if cluster.node_of(dev) != here]
         if spread and elsewhere:
             f, dev = min(elsewhere)
-            why += (f"; done at {_fmt(finish.get(d, sched.finish[t]))} here, against "
-                    f"{_fmt(f)} at best on {cluster.names[cluster.node_of(dev)]} "
-                    f"(its inputs there at {_fmt(ready[dev])})")
+            why += (f"; done at {fmt_time(finish.get(d, sched.finish[t]))} here, against "
+                    f"{fmt_time(f)} at best on {cluster.names[cluster.node_of(dev)]} "
+                    f"(its inputs there at {fmt_time(ready[dev])})")
         reasons[t] = why
     alone = [k for k in range(len(cluster)) if f"{cluster.names[k]} alone" in candidates]
     single = min(alone, key=lambda k: candidates[f"{cluster.names[k]} alone"].makespan,
@@ -622,9 +620,9 @@ def plan_cluster(graph: Any, cluster: Cluster | str, *, objective: str = "throug
             alone = plan_cluster(graph, cluster, placement=one, **compile_options)
             if alone.latency < spread.latency:
                 why = (f"on {cluster.names[k]}: the whole graph on {cluster.names[k]} is planned "
-                       f"{_fmt(alone.latency)} a run, the spread placement "
-                       f"{_fmt(spread.latency)} once each node's devices are placed (its "
-                       f"node-level estimate was {_fmt(placement.estimate)})")
+                       f"{fmt_time(alone.latency)} a run, the spread placement "
+                       f"{fmt_time(spread.latency)} once each node's devices are placed (its "
+                       f"node-level estimate was {fmt_time(placement.estimate)})")
                 return replace(alone, placement=replace(
                     one, reasons={n: why for n in placement.node_of}))
             return spread
