@@ -614,6 +614,41 @@ def test_runs_asking_for_other_blas_counts_take_turns():
     assert seen[0] == ("one", 1) and seen[1][0] == "two"
 
 
+def test_a_blas_limit_already_in_force_is_not_set_again(monkeypatch):
+    """A Dask worker starts with OPENBLAS_NUM_THREADS=1: a run asking for one BLAS thread skips
+    threadpoolctl's set-and-restore (about 80 us a run); one asking for another count still
+    sets it and restores the count after."""
+    from threadpoolctl import threadpool_info
+
+    from hetero import threads
+
+    def blas():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    if not blas():
+        pytest.skip("no BLAS library that threadpoolctl can see")
+    before = blas()
+    with threads.blas_limit(1):
+        assert set(blas()) == {1}
+        ctl = threads._blas_controller()
+        calls = []
+        real = type(ctl).limit
+        monkeypatch.setattr(type(ctl), "limit", lambda self, **kw: calls.append(kw) or
+                            real(self, **kw))
+    assert blas() == before
+    with threads.blas_limit(1):  # set through threadpoolctl unless it already was 1
+        pass
+    assert bool(calls) == (set(before) != {1})
+    calls.clear()
+    with threads.blas_limit(1):
+        with threads.blas_limit(1):  # nested: the lease is shared
+            pass
+    assert len(calls) <= 1
+    monkeypatch.undo()
+    with threads.blas_limit(max(before)):  # the count in force: nothing set
+        assert blas() == before
+
+
 def test_a_blas_loaded_after_the_first_run_is_limited_too():
     """SciPy brings its own OpenBLAS; one imported between runs is held to the run's count as
     well (threadpoolctl lists the libraries once, so the list is refreshed after imports)."""
