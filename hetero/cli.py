@@ -634,7 +634,12 @@ def _place_cluster(args: argparse.Namespace) -> int:
                 "", "node-to-node transfers (kind n2n):"]
         rows += [f"  {c['value']}: {c['src']} ({c['src_device']}) -> {c['dst']} "
                  f"({c['dst_device']}), {c['bytes']} B, {fmt_time(c['seconds'])}"
-                 for c in crossing] or ["  none"]
+                 for c in crossing if c["kind"] == "n2n"] or ["  none"]
+        local = [c for c in crossing if c["kind"] != "n2n"]
+        if local:
+            rows += ["values handed between stages of one node (a message on its worker):"]
+            rows += [f"  {c['value']}: {c['src']} -> {c['dst']}, {c['bytes']} B"
+                     for c in local]
         for st, doc in zip(stages, docs):
             first = next((n for n in st.plan.graph.nodes if n.computes), None)
             why = cplan.placement.reasons.get(first.name, "") if first is not None else ""

@@ -568,7 +568,10 @@ class ClusterPlan:
         graph: ``partition_cluster``'s graph (the n2n transfers explicit).
         stages: the stages, in dependency order.
         transfers: one dict per n2n transfer: value (the name the receiving stage knows it
-            by), src / dst (stage labels), src_device / dst_device, kind "n2n", bytes, seconds.
+            by), transfer (the n2n node's name), src / dst (stage labels), src_device /
+            dst_device, kind "n2n", bytes, seconds; then one per value handed between two
+            stages of one node (kind "stage", transfer None: a message on that node's worker,
+            no network).
         latency: estimated seconds of one run (the longest path through the stages' planned
             makespans and the network time of the values between them).
         interval: estimated seconds between results of a pipelined ``map``: the busiest node
@@ -672,6 +675,17 @@ def plan_cluster(graph: Any, cluster: Cluster | str, *, objective: str = "throug
                               "src_device": t.attrs["src"], "dst_device": t.attrs["dst"],
                               "kind": "n2n", "bytes": nbytes,
                               "seconds": cluster.network_time(nbytes)})
+    # values handed between two stages of one node: a message on that node's worker
+    for v, who in sorted(readers.items(), key=lambda kv: (kv[0].node, kv[0].index)):
+        src = stage_of[v.node]
+        for dst in sorted(who):
+            if node_index[dst] == node_index[src]:
+                here = cluster.devices_of(node_index[src])[0]
+                transfers.append({"value": _value_name(v), "transfer": None,
+                                  "src": labels[src], "dst": labels[dst],
+                                  "src_device": placement.device.get(v.node) or here,
+                                  "dst_device": here, "kind": "stage",
+                                  "bytes": cgraph.spec(v).nbytes, "seconds": cluster.message})
     latency, interval = _estimates(stages, cluster)
     return ClusterPlan(cluster, placement, cgraph, stages, tuple(transfers), latency, interval)
 
@@ -688,8 +702,10 @@ def _estimates(stages: Sequence[Stage], cluster: Cluster) -> tuple[float, float]
                 continue
             j = src[1]
             nbytes = st.plan.graph.spec(st.plan.graph.node(src[2]).value()).nbytes
-            hop = 0.0 if stages[j].node_index == st.node_index else cluster.network_time(nbytes)
-            if hop:
+            if stages[j].node_index == st.node_index:  # a message on the node's own worker
+                hop = cluster.message
+            else:
+                hop = cluster.network_time(nbytes)
                 key = (stages[j].node_index, st.node_index)
                 link[key] = link.get(key, 0.0) + hop
             ready = max(ready, finish[j] + hop)

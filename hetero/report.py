@@ -914,12 +914,17 @@ def render_cluster_dot(doc: Mapping[str, Any]) -> str:
             ends.append(f"{node}/{found}")
         label = f"{t['value']} ({t.get('kind', 'n2n')})\n{fmt_bytes(t['bytes'])}, " \
                 f"{fmt_time(t['seconds'])}"
+        style = ('color="#c00000", fontcolor="#c00000", penwidth=2, style=bold'
+                 if t.get("kind", "n2n") == "n2n" else  # a hand-off between stages of a node
+                 'color="#777777", fontcolor="#777777", style=dashed')
         edges.append(f"  {_dot_id(ends[0])} -> {_dot_id(ends[1])} [label={_dot_id(label)}, "
-                     'color="#c00000", fontcolor="#c00000", penwidth=2, style=bold];')
+                     f"{style}];")
+    node_of = {n["name"]: n.get("node", n["name"]) for n in doc["nodes"]}
     for name, report in reports.items():
         machine = report["machine"]["spec"]
+        title = f"node {node_of[name]}" + (f", stage {name}" if name != node_of[name] else "")
         lines.append(f"  subgraph {_dot_id('cluster_' + name)} {{")
-        lines.append(f"    label={_dot_id(f'node {name}: {machine}')}; style=rounded; "
+        lines.append(f"    label={_dot_id(f'{title}: {machine}')}; style=rounded; "
                      'color="#888888";')
         lines += _dot_statements(report, prefix=f"{name}/", indent="    ")
         lines += extra.get(name, [])

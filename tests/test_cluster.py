@@ -66,7 +66,8 @@ def test_latency_objective_runs_the_two_towers_on_two_nodes_at_once():
     assert [s.label for s in lat.stages] == ["node0.1", "node1", "node0.2"]
     assert not any(src[0] == "stage" for src in lat.stages[0].inputs)
     assert lat.latency < 0.7 * thr.latency
-    assert [t["kind"] for t in lat.transfers] == ["n2n"]
+    assert [(t["kind"], t["src"], t["dst"]) for t in lat.transfers] == [
+        ("n2n", "node1", "node0.2"), ("stage", "node0.1", "node0.2")]
     _n2n_invariants(g, lat)
     _n2n_invariants(g, thr)
     why = lat.placement.reasons["item0.mm"]
@@ -150,8 +151,11 @@ def test_cli_cluster_report_validates_and_names_every_stage(capsys):
     assert [n["name"] for n in doc["nodes"]] == ["node0.1", "node1", "node0.2"]
     assert doc["objective"] == "latency"
     assert doc["estimate"]["latency"] > 0 and doc["estimate"]["interval"] > 0
-    [t] = doc["transfers"]
+    [t] = [t for t in doc["transfers"] if t["kind"] == "n2n"]
     assert (t["src"], t["dst"], t["src_device"]) == ("node1", "node0.2", "node1/cpu:0")
+    [h] = [t for t in doc["transfers"] if t["kind"] == "stage"]
+    assert (h["value"], h["src"], h["dst"], h["transfer"]) == ("user2.h", "node0.1", "node0.2",
+                                                               None)
     assert doc["placement"]["item0.mm"]["node"] == "node1"
     for fmt in ("table", "dot", "html"):
         assert main(["place", str(TWO_TOWER), "--devices", "2x(cpu:1)", "--objective",
