@@ -951,7 +951,8 @@ def render_cluster_html(doc: Mapping[str, Any]) -> str:
              f"<h1>{_esc(title)}</h1>",
              f'<div class="meta">{len(doc["nodes"])} stage(s) · '
              f'{_esc(_network_text(cluster))}{_esc(_objective_text(doc))}</div>',
-             "<h2>Node-to-node transfers (kind n2n)</h2>",
+             "<h2>Values between stages (kind n2n: over the network; stage: within a "
+             "node)</h2>",
              _html_table("n2n", ["value", "kind", "route", "bytes", "time"], crossing,
                          numeric=(3, 4)) if crossing
              else "<p>No node-to-node transfers: no value crosses the network.</p>"]
