@@ -245,7 +245,7 @@ class PlanActor(_Held):
 
 
 #: The Dask worker handler that carries cross-node values (``StageActor``): one-way messages.
-PUT_HANDLER = "hetero_stage_put"  # the rpc attribute below spells it out
+PUT_HANDLER = "hetero_stage_put"
 #: Seconds under which a StageActor runs its sub-plan on the worker's event loop.
 INLINE_SECONDS = 0.5e-3
 #: The StageActors of this worker process, by key (the handler finds its receiver here).
@@ -304,6 +304,14 @@ def _unpack(items: Iterable[Any]) -> list[np.ndarray]:
         else:
             out.append(np.asarray(item))
     return out
+
+
+async def _put(rpc: Any, key: str, batch: int, names: Sequence[str], arrays: Iterable[Any],
+               why: str | None = None) -> None:
+    """Send one ``PUT_HANDLER`` message (no reply) over ``rpc``, a pooled Dask rpc to the
+    receiving worker: the client's inputs and the actors' cross-node values alike."""
+    await getattr(rpc, PUT_HANDLER)(reply=False, key=key, batch=batch, names=list(names),
+                                    arrays=_pack(arrays), why=why)
 
 
 async def _on_put(key: str = "", batch: int = 0, names: Sequence[str] = (),
@@ -422,9 +430,7 @@ class StageActor(_Held):
 
         async def send() -> None:
             try:
-                await self._worker.rpc(address).hetero_stage_put(
-                    reply=False, key=key, batch=batch, names=list(names),
-                    arrays=_pack(arrays), why=why)
+                await _put(self._worker.rpc(address), key, batch, names, arrays, why)
             except Exception:  # noqa: BLE001, S110 - the peer's worker left: the client says so
                 pass
 
@@ -609,13 +615,9 @@ class PipelineRunner:
         import asyncio
 
         client = self.conn.client
-
-        async def send() -> None:
-            await client.rpc(worker).hetero_stage_put(
-                reply=False, key=key, batch=batch, names=list(values),
-                arrays=_pack(values.values()), why=None)
-
-        asyncio.run_coroutine_threadsafe(send(), client.loop.asyncio_loop)
+        asyncio.run_coroutine_threadsafe(
+            _put(client.rpc(worker), key, batch, list(values), list(values.values())),
+            client.loop.asyncio_loop)
 
     def _take(self, batch: int) -> list[np.ndarray]:
         assert self._actors is not None
